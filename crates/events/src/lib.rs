@@ -1,0 +1,1 @@
+//! The event contract: typed CloudEvents on NATS JetStream, subjects, streams and consumers.

@@ -1,0 +1,1 @@
+//! What every Countersign service binary shares: config, telemetry, health, shutdown.

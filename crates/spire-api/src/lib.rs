@@ -1,0 +1,1 @@
+//! A client for the SPIRE Server Entry, Agent and Bundle APIs.

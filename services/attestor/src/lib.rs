@@ -1,0 +1,1 @@
+//! Attestor: verifies signed TaskRun results and publishes signed attestations.

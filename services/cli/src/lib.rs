@@ -1,0 +1,1 @@
+//! The countersign command: verify, get and tail attestations.

@@ -1,0 +1,1 @@
+//! Registrar: a SPIRE registration entry for every TaskRun pod, and none left behind.

@@ -1,0 +1,1 @@
+//! Relay: delivers attestation events to HTTP CloudEvents sinks.

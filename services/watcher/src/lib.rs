@@ -1,0 +1,1 @@
+//! Watcher: TaskRun lifecycle events from Kubernetes and from Tekton's CloudEvents.

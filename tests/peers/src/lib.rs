@@ -1,0 +1,598 @@
+//! Builds the real peers Countersign is tested against (nats-server, spire-server, spire-agent, etcd,
+//! kube-apiserver) from the Go module proxy, into a per-machine cache outside the repository.
+//!
+//! The versions are pinned in one place: the `go.mod` of each small Go module under `tests/peers/`.
+//! This crate reads them, keys the cache directory by module, version and a hash of `go.mod` and
+//! `go.sum`, and runs `go build` only when that directory is missing. A file lock serialises builds,
+//! so parallel test runs on one machine never build the same peer twice or see a half-written binary.
+
+use std::fmt;
+use std::fs;
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// The oldest Go toolchain that builds every pinned module (k8s.io/kubernetes v1.37 declares `go 1.26.0`).
+pub const MINIMUM_GO: GoVersion = GoVersion { major: 1, minor: 26, patch: 0 };
+
+/// One program built from a Go module.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Peer {
+    NatsServer,
+    SpireServer,
+    SpireAgent,
+    Etcd,
+    KubeApiserver,
+}
+
+impl Peer {
+    pub const ALL: [Peer; 5] = [
+        Peer::NatsServer,
+        Peer::SpireServer,
+        Peer::SpireAgent,
+        Peer::Etcd,
+        Peer::KubeApiserver,
+    ];
+
+    /// The binary's file name.
+    pub fn binary_name(self) -> &'static str {
+        match self {
+            Peer::NatsServer => "nats-server",
+            Peer::SpireServer => "spire-server",
+            Peer::SpireAgent => "spire-agent",
+            Peer::Etcd => "etcd",
+            Peer::KubeApiserver => "kube-apiserver",
+        }
+    }
+
+    fn module(self) -> &'static GoModule {
+        match self {
+            Peer::NatsServer => &NATS,
+            Peer::SpireServer | Peer::SpireAgent => &SPIRE,
+            Peer::Etcd => &ETCD,
+            Peer::KubeApiserver => &KUBE,
+        }
+    }
+
+    fn package(self) -> &'static str {
+        match self {
+            Peer::NatsServer => "github.com/nats-io/nats-server/v2",
+            Peer::SpireServer => "github.com/spiffe/spire/cmd/spire-server",
+            Peer::SpireAgent => "github.com/spiffe/spire/cmd/spire-agent",
+            Peer::Etcd => "go.etcd.io/etcd/server/v3",
+            Peer::KubeApiserver => "k8s.io/kubernetes/cmd/kube-apiserver",
+        }
+    }
+}
+
+impl fmt::Display for Peer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.binary_name())
+    }
+}
+
+/// A Go module of ours under `tests/peers/` that pins one upstream module.
+#[derive(Debug)]
+struct GoModule {
+    /// Directory under `tests/peers/`.
+    dir: &'static str,
+    /// The upstream module whose version names the cache entry.
+    upstream: &'static str,
+    /// The programs built from it.
+    peers: &'static [Peer],
+    /// cgo is needed by SPIRE's sqlite datastore; everything else is built static.
+    cgo: bool,
+    /// A rough figure for the progress message on a cold machine with 2 cores.
+    cold_build_estimate: &'static str,
+}
+
+const NATS: GoModule = GoModule {
+    dir: "nats",
+    upstream: "github.com/nats-io/nats-server/v2",
+    peers: &[Peer::NatsServer],
+    cgo: false,
+    cold_build_estimate: "about 1 minute",
+};
+const SPIRE: GoModule = GoModule {
+    dir: "spire",
+    upstream: "github.com/spiffe/spire",
+    peers: &[Peer::SpireServer, Peer::SpireAgent],
+    cgo: true,
+    cold_build_estimate: "about 5 minutes",
+};
+const ETCD: GoModule = GoModule {
+    dir: "etcd",
+    upstream: "go.etcd.io/etcd/server/v3",
+    peers: &[Peer::Etcd],
+    cgo: false,
+    cold_build_estimate: "about 2 minutes",
+};
+const KUBE: GoModule = GoModule {
+    dir: "kube",
+    upstream: "k8s.io/kubernetes",
+    peers: &[Peer::KubeApiserver],
+    cgo: false,
+    cold_build_estimate: "about 15 minutes",
+};
+const MODULES: [&GoModule; 4] = [&NATS, &SPIRE, &ETCD, &KUBE];
+
+/// Where a built peer is, and what it is.
+#[derive(Debug, Clone)]
+pub struct PeerBinary {
+    pub peer: Peer,
+    /// The pinned upstream version, e.g. `v2.15.2`.
+    pub version: String,
+    pub path: PathBuf,
+}
+
+/// Every peer, built.
+#[derive(Debug, Clone)]
+pub struct Peers {
+    pub nats_server: PeerBinary,
+    pub spire_server: PeerBinary,
+    pub spire_agent: PeerBinary,
+    pub etcd: PeerBinary,
+    pub kube_apiserver: PeerBinary,
+}
+
+impl Peers {
+    pub fn get(&self, peer: Peer) -> &PeerBinary {
+        match peer {
+            Peer::NatsServer => &self.nats_server,
+            Peer::SpireServer => &self.spire_server,
+            Peer::SpireAgent => &self.spire_agent,
+            Peer::Etcd => &self.etcd,
+            Peer::KubeApiserver => &self.kube_apiserver,
+        }
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &PeerBinary> {
+        Peer::ALL.into_iter().map(|peer| self.get(peer))
+    }
+}
+
+/// What [`ensure`] reports while it works.
+#[derive(Debug)]
+pub enum Progress<'a> {
+    /// A module's binaries are missing and are being built.
+    Building { module: &'a str, version: &'a str, estimate: &'a str },
+    /// Still building, after this long.
+    StillBuilding { module: &'a str, elapsed: Duration },
+    /// Built, in this long.
+    Built { module: &'a str, elapsed: Duration },
+    /// Another process holds the build lock; waiting for it.
+    WaitingForLock { path: &'a Path },
+}
+
+impl fmt::Display for Progress<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Progress::Building { module, version, estimate } => write!(
+                f,
+                "building {module} {version} from the Go module proxy (once per machine; {estimate} on 2 cores)"
+            ),
+            Progress::StillBuilding { module, elapsed } => {
+                write!(f, "still building {module} ({}s)", elapsed.as_secs())
+            }
+            Progress::Built { module, elapsed } => {
+                write!(f, "built {module} in {}s", elapsed.as_secs())
+            }
+            Progress::WaitingForLock { path } => write!(
+                f,
+                "another process is building the peers; waiting for the lock {}",
+                path.display()
+            ),
+        }
+    }
+}
+
+/// Why the peers could not be located or built. Each message says what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum EnsureError {
+    #[error(
+        "`go` was not found on PATH. Countersign's tests and demo run against real nats-server, SPIRE and \
+         kube-apiserver, built from the Go module proxy: install Go {MINIMUM_GO} or newer (https://go.dev/dl/) \
+         and gcc (for SPIRE's sqlite datastore), then run again"
+    )]
+    GoMissing,
+    #[error(
+        "Go {found} is too old: the pinned peers need Go {MINIMUM_GO} or newer (https://go.dev/dl/). \
+         `go version` printed: {printed}"
+    )]
+    GoTooOld { found: GoVersion, printed: String },
+    #[error(
+        "no C compiler (`cc` or `gcc`) on PATH: spire-server is built with cgo for its sqlite datastore; \
+         install gcc (Debian: apt-get install gcc) and run again"
+    )]
+    CCompilerMissing,
+    #[error(
+        "the Go module proxy refused or could not serve a module while building {module} \
+         (GOPROXY={goproxy}). Check network access to the proxy, or set GOPROXY to a mirror that serves \
+         the pinned versions in tests/peers/{module}/go.mod. go said:\n{stderr}"
+    )]
+    ProxyRefused { module: &'static str, goproxy: String, stderr: String },
+    #[error("`go build` failed for {module}:\n{stderr}")]
+    BuildFailed { module: &'static str, stderr: String },
+    #[error("could not read the pin of {upstream} in {go_mod}")]
+    PinMissing { upstream: &'static str, go_mod: PathBuf },
+    #[error("{peer} has not been built yet (expected at {path}); run `cargo xtask peers`")]
+    NotBuilt { peer: Peer, path: PathBuf },
+    #[error("no cache directory: set COUNTERSIGN_PEERS_CACHE, XDG_CACHE_HOME or HOME")]
+    NoCacheDir,
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
+fn io_error(context: impl Into<String>) -> impl FnOnce(io::Error) -> EnsureError {
+    move |source| EnsureError::Io { context: context.into(), source }
+}
+
+/// A Go toolchain version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct GoVersion {
+    pub major: u32,
+    pub minor: u32,
+    pub patch: u32,
+}
+
+impl GoVersion {
+    /// Parses `go1.26.8` or `1.26` (as in `go version` output and `go` directives).
+    pub fn parse(text: &str) -> Option<GoVersion> {
+        let text = text.strip_prefix("go").unwrap_or(text);
+        // Release candidates (`go1.27rc1`) count as their release.
+        let numeric: String = text
+            .chars()
+            .take_while(|c| c.is_ascii_digit() || *c == '.')
+            .collect();
+        let mut parts = numeric.split('.').map(|p| p.parse::<u32>());
+        let major = parts.next()?.ok()?;
+        let minor = parts.next()?.ok()?;
+        let patch = match parts.next() {
+            Some(p) => p.ok()?,
+            None => 0,
+        };
+        Some(GoVersion { major, minor, patch })
+    }
+}
+
+impl fmt::Display for GoVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}.{}", self.major, self.minor, self.patch)
+    }
+}
+
+/// The directory holding the Go modules (this crate's own directory).
+pub fn modules_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The per-machine cache root.
+pub fn cache_root() -> Result<PathBuf, EnsureError> {
+    if let Some(dir) = std::env::var_os("COUNTERSIGN_PEERS_CACHE").filter(|d| !d.is_empty()) {
+        return Ok(PathBuf::from(dir));
+    }
+    let base = match std::env::var_os("XDG_CACHE_HOME").filter(|d| !d.is_empty()) {
+        Some(dir) => PathBuf::from(dir),
+        None => match std::env::var_os("HOME").filter(|d| !d.is_empty()) {
+            Some(home) => PathBuf::from(home).join(".cache"),
+            None => return Err(EnsureError::NoCacheDir),
+        },
+    };
+    Ok(base.join("countersign").join("peers"))
+}
+
+/// A module's resolved pin and cache location.
+#[derive(Debug)]
+struct Pinned {
+    module: &'static GoModule,
+    version: String,
+    /// `<cache>/<dir>-<version>-<hash>`
+    entry: PathBuf,
+}
+
+impl Pinned {
+    fn resolve(module: &'static GoModule, cache: &Path) -> Result<Pinned, EnsureError> {
+        let dir = modules_dir().join(module.dir);
+        let go_mod_path = dir.join("go.mod");
+        let go_mod = fs::read_to_string(&go_mod_path)
+            .map_err(io_error(format!("reading {}", go_mod_path.display())))?;
+        let go_sum = fs::read(dir.join("go.sum")).unwrap_or_default();
+        let version = pinned_version(&go_mod, module.upstream).ok_or(EnsureError::PinMissing {
+            upstream: module.upstream,
+            go_mod: go_mod_path,
+        })?;
+        let mut context = ring::digest::Context::new(&ring::digest::SHA256);
+        context.update(go_mod.as_bytes());
+        context.update(&go_sum);
+        let hash = hex::encode(&context.finish().as_ref()[..6]);
+        let entry = cache.join(format!("{}-{}-{}", module.dir, version, hash));
+        Ok(Pinned { module, version, entry })
+    }
+
+    fn binary(&self, peer: Peer) -> PathBuf {
+        self.entry.join("bin").join(peer.binary_name())
+    }
+
+    fn is_built(&self) -> bool {
+        self.module.peers.iter().all(|peer| self.binary(*peer).is_file())
+    }
+}
+
+/// Finds `<upstream> vX.Y.Z` in a go.mod `require` block or line.
+fn pinned_version(go_mod: &str, upstream: &str) -> Option<String> {
+    go_mod.lines().find_map(|line| {
+        let line = line.trim().trim_start_matches("require").trim();
+        let mut words = line.split_whitespace();
+        (words.next()? == upstream)
+            .then(|| words.next().map(str::to_owned))
+            .flatten()
+            .filter(|version| version.starts_with('v'))
+    })
+}
+
+/// Finds the built peers without building anything.
+pub fn locate() -> Result<Peers, EnsureError> {
+    let cache = cache_root()?;
+    let pinned = MODULES
+        .iter()
+        .map(|module| Pinned::resolve(module, &cache))
+        .collect::<Result<Vec<_>, _>>()?;
+    assemble(&pinned, |pinned, peer| {
+        let path = pinned.binary(peer);
+        if path.is_file() {
+            Ok(path)
+        } else {
+            Err(EnsureError::NotBuilt { peer, path })
+        }
+    })
+}
+
+/// Builds whatever peer is missing from the cache, then returns them all.
+pub fn ensure(progress: &mut dyn FnMut(Progress<'_>)) -> Result<Peers, EnsureError> {
+    let cache = cache_root()?;
+    let pinned = MODULES
+        .iter()
+        .map(|module| Pinned::resolve(module, &cache))
+        .collect::<Result<Vec<_>, _>>()?;
+    if pinned.iter().any(|p| !p.is_built()) {
+        fs::create_dir_all(&cache).map_err(io_error(format!("creating {}", cache.display())))?;
+        let lock_path = cache.join(".build.lock");
+        let lock = fs::File::create(&lock_path)
+            .map_err(io_error(format!("opening {}", lock_path.display())))?;
+        if lock.try_lock().is_err() {
+            progress(Progress::WaitingForLock { path: &lock_path });
+            lock.lock()
+                .map_err(io_error(format!("locking {}", lock_path.display())))?;
+        }
+        // Checked again under the lock: another process may have built it meanwhile.
+        let missing: Vec<&Pinned> = pinned.iter().filter(|p| !p.is_built()).collect();
+        if !missing.is_empty() {
+            check_toolchain(missing.iter().any(|p| p.module.cgo))?;
+        }
+        for pinned in missing {
+            build(pinned, progress)?;
+        }
+        // The lock is released when `lock` is dropped.
+    }
+    assemble(&pinned, |pinned, peer| Ok(pinned.binary(peer)))
+}
+
+fn assemble(
+    pinned: &[Pinned],
+    mut path_of: impl FnMut(&Pinned, Peer) -> Result<PathBuf, EnsureError>,
+) -> Result<Peers, EnsureError> {
+    let mut binary = |peer: Peer| -> Result<PeerBinary, EnsureError> {
+        let module = peer.module();
+        let pinned = pinned
+            .iter()
+            .find(|p| std::ptr::eq(p.module, module))
+            .expect("every peer's module is in MODULES");
+        Ok(PeerBinary { peer, version: pinned.version.clone(), path: path_of(pinned, peer)? })
+    };
+    Ok(Peers {
+        nats_server: binary(Peer::NatsServer)?,
+        spire_server: binary(Peer::SpireServer)?,
+        spire_agent: binary(Peer::SpireAgent)?,
+        etcd: binary(Peer::Etcd)?,
+        kube_apiserver: binary(Peer::KubeApiserver)?,
+    })
+}
+
+/// The installed Go, checked against [`MINIMUM_GO`].
+pub fn go_version() -> Result<GoVersion, EnsureError> {
+    let output = match Command::new("go").arg("version").env("GOTOOLCHAIN", "local").output() {
+        Ok(output) => output,
+        Err(error) if error.kind() == io::ErrorKind::NotFound => return Err(EnsureError::GoMissing),
+        Err(error) => return Err(io_error("running `go version`")(error)),
+    };
+    let printed = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+    // `go version go1.26.8 linux/amd64`
+    let found = printed
+        .split_whitespace()
+        .find_map(|word| word.starts_with("go1").then(|| GoVersion::parse(word)).flatten())
+        .ok_or_else(|| EnsureError::GoTooOld {
+            found: GoVersion { major: 0, minor: 0, patch: 0 },
+            printed: printed.clone(),
+        })?;
+    if found < MINIMUM_GO {
+        return Err(EnsureError::GoTooOld { found, printed });
+    }
+    Ok(found)
+}
+
+fn check_toolchain(needs_cgo: bool) -> Result<(), EnsureError> {
+    go_version()?;
+    if needs_cgo {
+        let has_cc = ["cc", "gcc"].iter().any(|compiler| {
+            Command::new(compiler)
+                .arg("--version")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|status| status.success())
+        });
+        if !has_cc {
+            return Err(EnsureError::CCompilerMissing);
+        }
+    }
+    Ok(())
+}
+
+fn build(pinned: &Pinned, progress: &mut dyn FnMut(Progress<'_>)) -> Result<(), EnsureError> {
+    let module = pinned.module;
+    progress(Progress::Building {
+        module: module.dir,
+        version: &pinned.version,
+        estimate: module.cold_build_estimate,
+    });
+    let started = Instant::now();
+    // Built into a staging directory and renamed, so a half-built entry is never visible.
+    let staging = pinned.entry.with_extension(format!("tmp-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&staging);
+    let bin = staging.join("bin");
+    fs::create_dir_all(&bin).map_err(io_error(format!("creating {}", bin.display())))?;
+
+    for peer in module.peers {
+        let mut command = Command::new("go");
+        command
+            .current_dir(modules_dir().join(module.dir))
+            .env("GOTOOLCHAIN", "local")
+            .env("GOFLAGS", "-mod=readonly")
+            .env("CGO_ENABLED", if module.cgo { "1" } else { "0" })
+            .args(["build", "-trimpath", "-pgo=off"])
+            .arg("-ldflags")
+            .arg(ldflags(*peer, &pinned.version))
+            .arg("-o")
+            .arg(bin.join(peer.binary_name()))
+            .arg(peer.package())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = command.spawn().map_err(|error| match error.kind() {
+            io::ErrorKind::NotFound => EnsureError::GoMissing,
+            _ => io_error("running `go build`")(error),
+        })?;
+        let mut stderr_pipe = child.stderr.take().expect("stderr is piped");
+        let (done_tx, done_rx) = mpsc::channel::<String>();
+        let reader = std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = stderr_pipe.read_to_string(&mut text);
+            let _ = done_tx.send(text);
+        });
+        let stderr = loop {
+            match done_rx.recv_timeout(Duration::from_secs(60)) {
+                Ok(text) => break text,
+                Err(mpsc::RecvTimeoutError::Timeout) => progress(Progress::StillBuilding {
+                    module: module.dir,
+                    elapsed: started.elapsed(),
+                }),
+                Err(mpsc::RecvTimeoutError::Disconnected) => break String::new(),
+            }
+        };
+        let _ = reader.join();
+        let status = child.wait().map_err(io_error("waiting for `go build`"))?;
+        if !status.success() {
+            let _ = fs::remove_dir_all(&staging);
+            return Err(classify_build_failure(module.dir, stderr));
+        }
+    }
+    let _ = fs::remove_dir_all(&pinned.entry);
+    fs::rename(&staging, &pinned.entry)
+        .map_err(io_error(format!("moving {} into place", staging.display())))?;
+    progress(Progress::Built { module: module.dir, elapsed: started.elapsed() });
+    Ok(())
+}
+
+fn ldflags(peer: Peer, version: &str) -> String {
+    let mut flags = String::from("-s -w");
+    if peer == Peer::KubeApiserver {
+        // Without these, /version says v0.0.0-master; they make it report the pinned release.
+        if let Some(rest) = version.strip_prefix('v') {
+            let mut parts = rest.split('.');
+            let major = parts.next().unwrap_or("1");
+            let minor = parts.next().unwrap_or("0");
+            for (key, value) in [("gitVersion", version), ("gitMajor", major), ("gitMinor", minor)] {
+                flags.push_str(&format!(" -X k8s.io/component-base/version.{key}={value}"));
+            }
+        }
+    }
+    flags
+}
+
+fn classify_build_failure(module: &'static str, stderr: String) -> EnsureError {
+    const PROXY_SIGNS: [&str; 6] = [
+        "proxy.golang.org",
+        "410 Gone",
+        "404 Not Found",
+        "unknown revision",
+        "dial tcp",
+        "verifying module",
+    ];
+    if PROXY_SIGNS.iter().any(|sign| stderr.contains(sign)) {
+        let goproxy = Command::new("go")
+            .args(["env", "GOPROXY"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+            .unwrap_or_default();
+        EnsureError::ProxyRefused { module, goproxy, stderr }
+    } else {
+        EnsureError::BuildFailed { module, stderr }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_go_versions() {
+        assert_eq!(GoVersion::parse("go1.26.8"), Some(GoVersion { major: 1, minor: 26, patch: 8 }));
+        assert_eq!(GoVersion::parse("1.25"), Some(GoVersion { major: 1, minor: 25, patch: 0 }));
+        assert_eq!(GoVersion::parse("go1.27rc1"), Some(GoVersion { major: 1, minor: 27, patch: 0 }));
+        assert_eq!(GoVersion::parse("devel"), None);
+        assert!(GoVersion::parse("go1.25.9").unwrap() < MINIMUM_GO);
+    }
+
+    #[test]
+    fn reads_pins_from_require_blocks_and_lines() {
+        let go_mod = "module x\n\ngo 1.26.0\n\nrequire k8s.io/kubernetes v1.37.2\n\nrequire (\n\tgithub.com/spiffe/spire v1.13.3 // indirect\n)\n";
+        assert_eq!(pinned_version(go_mod, "k8s.io/kubernetes").as_deref(), Some("v1.37.2"));
+        assert_eq!(pinned_version(go_mod, "github.com/spiffe/spire").as_deref(), Some("v1.13.3"));
+        assert_eq!(pinned_version(go_mod, "github.com/spiffe"), None);
+    }
+
+    #[test]
+    fn every_module_pins_its_upstream() {
+        let cache = tempfile::tempdir().unwrap();
+        for module in MODULES {
+            let pinned = Pinned::resolve(module, cache.path()).unwrap();
+            assert!(pinned.version.starts_with('v'), "{}: {}", module.dir, pinned.version);
+            assert!(!pinned.is_built());
+        }
+    }
+
+    #[test]
+    fn proxy_failures_are_told_apart_from_build_failures() {
+        let refused = classify_build_failure(
+            "kube",
+            "go: k8s.io/api@v0.0.0: reading https://proxy.golang.org/k8s.io/api/@v/v0.0.0.mod: 410 Gone".into(),
+        );
+        assert!(matches!(refused, EnsureError::ProxyRefused { module: "kube", .. }));
+        let broken = classify_build_failure("nats", "main.go:3:1: syntax error".into());
+        assert!(matches!(broken, EnsureError::BuildFailed { module: "nats", .. }));
+    }
+
+    #[test]
+    fn kube_apiserver_reports_its_release() {
+        let flags = ldflags(Peer::KubeApiserver, "v1.37.2");
+        assert!(flags.contains("gitVersion=v1.37.2"));
+        assert!(flags.contains("gitMinor=37"));
+        assert_eq!(ldflags(Peer::Etcd, "v3.6.16"), "-s -w");
+    }
+}

@@ -1,0 +1,1 @@
+//! etcd and kube-apiserver (filled in by the Kubernetes harness work).

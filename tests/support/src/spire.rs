@@ -1,0 +1,1 @@
+//! SPIRE server and agent (filled in by the SPIRE harness work).

@@ -1,0 +1,103 @@
+//! Smoke test: the nats-server the harness starts is real, with JetStream.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, AckKind, consumer::pull, stream};
+use countersign_test_support::nats::NatsServer;
+use futures::StreamExt;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+async fn next_message(messages: &mut pull::Stream) -> jetstream::Message {
+    tokio::time::timeout(WAIT, messages.next())
+        .await
+        .expect("a message within the timeout")
+        .expect("the stream is open")
+        .expect("a message, not an error")
+}
+
+#[tokio::test]
+async fn jetstream_publish_consume_ack_and_redelivery_after_nak() {
+    let server = NatsServer::start().await.unwrap();
+    let js = server.jetstream().await;
+    let stream = js
+        .create_stream(stream::Config {
+            name: "SMOKE".into(),
+            subjects: vec!["smoke.>".into()],
+            storage: stream::StorageType::File,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+
+    let ack = js.publish("smoke.one", "first".into()).await.unwrap().await.unwrap();
+    assert_eq!(ack.stream, "SMOKE");
+    assert_eq!(ack.sequence, 1);
+
+    let consumer = stream
+        .create_consumer(pull::Config {
+            durable_name: Some("smoke".into()),
+            ack_policy: jetstream::consumer::AckPolicy::Explicit,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut messages = consumer.messages().await.unwrap();
+
+    let first = next_message(&mut messages).await;
+    assert_eq!(first.payload.as_ref(), b"first");
+    assert_eq!(first.info().unwrap().delivered, 1);
+    first.ack_with(AckKind::Nak(None)).await.unwrap();
+
+    // A nak'd message comes back, marked as a second delivery.
+    let again = next_message(&mut messages).await;
+    assert_eq!(again.payload.as_ref(), b"first");
+    assert_eq!(again.info().unwrap().delivered, 2);
+    again.double_ack().await.unwrap();
+
+    js.publish("smoke.two", "second".into()).await.unwrap().await.unwrap();
+    let second = next_message(&mut messages).await;
+    assert_eq!(second.payload.as_ref(), b"second");
+    second.double_ack().await.unwrap();
+
+    // Both acks are durable: nothing is pending on the consumer.
+    let mut consumer = stream.get_consumer::<pull::Config>("smoke").await.unwrap();
+    let info = consumer.info().await.unwrap();
+    assert_eq!(info.num_ack_pending, 0);
+    assert_eq!(info.num_pending, 0);
+    assert_eq!(info.delivered.stream_sequence, 2);
+}
+
+#[tokio::test]
+async fn restart_keeps_the_port_and_the_store() {
+    let mut server = NatsServer::start().await.unwrap();
+    let js = server.jetstream().await;
+    js.create_stream(stream::Config {
+        name: "KEEP".into(),
+        subjects: vec!["keep".into()],
+        storage: stream::StorageType::File,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    js.publish("keep", "durable".into()).await.unwrap().await.unwrap();
+    let port = server.port();
+
+    server.restart().await.unwrap();
+
+    assert_eq!(server.port(), port);
+    let js = server.jetstream().await;
+    let mut stream = js.get_stream("KEEP").await.unwrap();
+    assert_eq!(stream.info().await.unwrap().state.messages, 1);
+}
+
+#[tokio::test]
+async fn two_servers_do_not_share_ports_or_stores() {
+    let (a, b) = tokio::join!(NatsServer::start(), NatsServer::start());
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert_ne!(a.port(), b.port());
+    assert_ne!(a.store_dir(), b.store_dir());
+    a.jetstream().await.create_stream("ONLY_A").await.unwrap();
+    let names: Vec<String> = b.jetstream().await.stream_names().map(|n| n.unwrap()).collect().await;
+    assert!(names.is_empty(), "server b sees {names:?}");
+}

@@ -1,0 +1,1 @@
+//! System tests: the deployment manifests and the services together, against real peers.

@@ -1,0 +1,25 @@
+//! `cargo xtask peers`: build what is missing, then print every peer's version and path.
+
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use countersign_peers::Peers;
+
+/// Builds missing peers, printing progress on stderr.
+pub fn ensure() -> anyhow::Result<Peers> {
+    countersign_peers::ensure(&mut |progress| eprintln!("peers: {progress}"))
+        .context("the real test peers are not available")
+}
+
+pub fn run() -> anyhow::Result<ExitCode> {
+    let go = countersign_peers::go_version().ok();
+    let peers = ensure()?;
+    println!("cache: {}", countersign_peers::cache_root()?.display());
+    if let Some(go) = go {
+        println!("go:    {go}");
+    }
+    for binary in peers.iter() {
+        println!("{:<15} {:<9} {}", binary.peer.binary_name(), binary.version, binary.path.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}

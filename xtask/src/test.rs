@@ -1,0 +1,107 @@
+//! `cargo xtask test`: ensure the peers, run every test, print the runner's summary.
+//!
+//! Each test binary prints its own `test result:` line; this task adds them up and ends with one line
+//! for the whole run, which is what CI logs show.
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, ExitCode, Stdio};
+use std::time::Instant;
+
+use anyhow::Context as _;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Extra arguments for `cargo test` (after `--`), e.g. a package or a filter.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    cargo_args: Vec<String>,
+}
+
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Summary {
+    binaries: u32,
+    passed: u64,
+    failed: u64,
+    ignored: u64,
+    filtered_out: u64,
+}
+
+impl Summary {
+    /// Adds one `test result: ok. 3 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; ...` line.
+    fn add_line(&mut self, line: &str) -> bool {
+        let Some(rest) = line.trim().strip_prefix("test result: ") else {
+            return false;
+        };
+        self.binaries += 1;
+        for part in rest.split(';') {
+            let mut words = part.split_whitespace().rev();
+            let (Some(label), Some(count)) = (words.next(), words.next()) else { continue };
+            let Ok(count) = count.parse::<u64>() else { continue };
+            match label {
+                "passed" => self.passed += count,
+                "failed" => self.failed += count,
+                "ignored" => self.ignored += count,
+                "out" => self.filtered_out += count,
+                _ => {}
+            }
+        }
+        true
+    }
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let started = Instant::now();
+    let peers = crate::peers::ensure()?;
+    for binary in peers.iter() {
+        eprintln!("peers: {} {} at {}", binary.peer, binary.version, binary.path.display());
+    }
+
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut command = Command::new(cargo);
+    command.args(["test", "--workspace"]);
+    command.args(&args.cargo_args);
+    command.stdout(Stdio::piped());
+    eprintln!("running: cargo test --workspace {}", args.cargo_args.join(" "));
+    let mut child = command.spawn().context("running cargo test")?;
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let mut summary = Summary::default();
+    let mut out = std::io::stdout().lock();
+    for line in BufReader::new(stdout).lines() {
+        let line = line.context("reading cargo test output")?;
+        summary.add_line(&line);
+        writeln!(out, "{line}")?;
+    }
+    let status = child.wait().context("waiting for cargo test")?;
+    let verdict = if status.success() && summary.failed == 0 { "ok" } else { "FAILED" };
+    writeln!(
+        out,
+        "\ntest result: {verdict}. {} passed; {} failed; {} ignored; {} filtered out; {} test binaries; finished in {:.1}s",
+        summary.passed,
+        summary.failed,
+        summary.ignored,
+        summary.filtered_out,
+        summary.binaries,
+        started.elapsed().as_secs_f64()
+    )?;
+    Ok(if verdict == "ok" { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn adds_up_result_lines_and_ignores_the_rest() {
+        let mut summary = Summary::default();
+        assert!(summary.add_line(
+            "test result: ok. 3 passed; 0 failed; 1 ignored; 0 measured; 2 filtered out; finished in 0.01s"
+        ));
+        assert!(summary.add_line(
+            "test result: FAILED. 4 passed; 2 failed; 0 ignored; 0 measured; 0 filtered out; finished in 1.2s"
+        ));
+        assert!(!summary.add_line("running 7 tests"));
+        assert_eq!(
+            summary,
+            Summary { binaries: 2, passed: 7, failed: 2, ignored: 1, filtered_out: 2 }
+        );
+    }
+}

@@ -1,5 +1,6 @@
 //! Builds the real peers Countersign is tested against (nats-server, spire-server, spire-agent, etcd,
-//! kube-apiserver) from the Go module proxy, into a per-machine cache outside the repository.
+//! kube-apiserver), and kustomize to render the deployment manifests, from the Go module proxy, into a
+//! per-machine cache outside the repository.
 //!
 //! The versions are pinned in one place: the `go.mod` of each small Go module under `tests/peers/`.
 //! This crate reads them, keys the cache directory by module, version and a hash of `go.mod` and
@@ -15,7 +16,11 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 /// The oldest Go toolchain that builds every pinned module (k8s.io/kubernetes v1.37 declares `go 1.26.0`).
-pub const MINIMUM_GO: GoVersion = GoVersion { major: 1, minor: 26, patch: 0 };
+pub const MINIMUM_GO: GoVersion = GoVersion {
+    major: 1,
+    minor: 26,
+    patch: 0,
+};
 
 /// One program built from a Go module.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,15 +30,18 @@ pub enum Peer {
     SpireAgent,
     Etcd,
     KubeApiserver,
+    /// Not a peer but a build tool: renders `k8s/` for the manifest tests.
+    Kustomize,
 }
 
 impl Peer {
-    pub const ALL: [Peer; 5] = [
+    pub const ALL: [Peer; 6] = [
         Peer::NatsServer,
         Peer::SpireServer,
         Peer::SpireAgent,
         Peer::Etcd,
         Peer::KubeApiserver,
+        Peer::Kustomize,
     ];
 
     /// The binary's file name.
@@ -44,6 +52,7 @@ impl Peer {
             Peer::SpireAgent => "spire-agent",
             Peer::Etcd => "etcd",
             Peer::KubeApiserver => "kube-apiserver",
+            Peer::Kustomize => "kustomize",
         }
     }
 
@@ -53,6 +62,7 @@ impl Peer {
             Peer::SpireServer | Peer::SpireAgent => &SPIRE,
             Peer::Etcd => &ETCD,
             Peer::KubeApiserver => &KUBE,
+            Peer::Kustomize => &KUSTOMIZE,
         }
     }
 
@@ -63,6 +73,7 @@ impl Peer {
             Peer::SpireAgent => "github.com/spiffe/spire/cmd/spire-agent",
             Peer::Etcd => "go.etcd.io/etcd/server/v3",
             Peer::KubeApiserver => "k8s.io/kubernetes/cmd/kube-apiserver",
+            Peer::Kustomize => "sigs.k8s.io/kustomize/kustomize/v5",
         }
     }
 }
@@ -116,7 +127,14 @@ const KUBE: GoModule = GoModule {
     cgo: false,
     cold_build_estimate: "about 15 minutes",
 };
-const MODULES: [&GoModule; 4] = [&NATS, &SPIRE, &ETCD, &KUBE];
+const KUSTOMIZE: GoModule = GoModule {
+    dir: "kustomize",
+    upstream: "sigs.k8s.io/kustomize/kustomize/v5",
+    peers: &[Peer::Kustomize],
+    cgo: false,
+    cold_build_estimate: "about 1 minute",
+};
+const MODULES: [&GoModule; 5] = [&NATS, &SPIRE, &ETCD, &KUBE, &KUSTOMIZE];
 
 /// Where a built peer is, and what it is.
 #[derive(Debug, Clone)]
@@ -135,6 +153,7 @@ pub struct Peers {
     pub spire_agent: PeerBinary,
     pub etcd: PeerBinary,
     pub kube_apiserver: PeerBinary,
+    pub kustomize: PeerBinary,
 }
 
 impl Peers {
@@ -145,6 +164,7 @@ impl Peers {
             Peer::SpireAgent => &self.spire_agent,
             Peer::Etcd => &self.etcd,
             Peer::KubeApiserver => &self.kube_apiserver,
+            Peer::Kustomize => &self.kustomize,
         }
     }
 
@@ -157,7 +177,11 @@ impl Peers {
 #[derive(Debug)]
 pub enum Progress<'a> {
     /// A module's binaries are missing and are being built.
-    Building { module: &'a str, version: &'a str, estimate: &'a str },
+    Building {
+        module: &'a str,
+        version: &'a str,
+        estimate: &'a str,
+    },
     /// Still building, after this long.
     StillBuilding { module: &'a str, elapsed: Duration },
     /// Built, in this long.
@@ -169,7 +193,11 @@ pub enum Progress<'a> {
 impl fmt::Display for Progress<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Progress::Building { module, version, estimate } => write!(
+            Progress::Building {
+                module,
+                version,
+                estimate,
+            } => write!(
                 f,
                 "building {module} {version} from the Go module proxy (once per machine; {estimate} on 2 cores)"
             ),
@@ -212,11 +240,21 @@ pub enum EnsureError {
          (GOPROXY={goproxy}). Check network access to the proxy, or set GOPROXY to a mirror that serves \
          the pinned versions in tests/peers/{module}/go.mod. go said:\n{stderr}"
     )]
-    ProxyRefused { module: &'static str, goproxy: String, stderr: String },
+    ProxyRefused {
+        module: &'static str,
+        goproxy: String,
+        stderr: String,
+    },
     #[error("`go build` failed for {module}:\n{stderr}")]
-    BuildFailed { module: &'static str, stderr: String },
+    BuildFailed {
+        module: &'static str,
+        stderr: String,
+    },
     #[error("could not read the pin of {upstream} in {go_mod}")]
-    PinMissing { upstream: &'static str, go_mod: PathBuf },
+    PinMissing {
+        upstream: &'static str,
+        go_mod: PathBuf,
+    },
     #[error("{peer} has not been built yet (expected at {path}); run `cargo xtask peers`")]
     NotBuilt { peer: Peer, path: PathBuf },
     #[error("no cache directory: set COUNTERSIGN_PEERS_CACHE, XDG_CACHE_HOME or HOME")]
@@ -230,7 +268,10 @@ pub enum EnsureError {
 }
 
 fn io_error(context: impl Into<String>) -> impl FnOnce(io::Error) -> EnsureError {
-    move |source| EnsureError::Io { context: context.into(), source }
+    move |source| EnsureError::Io {
+        context: context.into(),
+        source,
+    }
 }
 
 /// A Go toolchain version.
@@ -257,7 +298,11 @@ impl GoVersion {
             Some(p) => p.ok()?,
             None => 0,
         };
-        Some(GoVersion { major, minor, patch })
+        Some(GoVersion {
+            major,
+            minor,
+            patch,
+        })
     }
 }
 
@@ -312,7 +357,11 @@ impl Pinned {
         context.update(&go_sum);
         let hash = hex::encode(&context.finish().as_ref()[..6]);
         let entry = cache.join(format!("{}-{}-{}", module.dir, version, hash));
-        Ok(Pinned { module, version, entry })
+        Ok(Pinned {
+            module,
+            version,
+            entry,
+        })
     }
 
     fn binary(&self, peer: Peer) -> PathBuf {
@@ -320,7 +369,10 @@ impl Pinned {
     }
 
     fn is_built(&self) -> bool {
-        self.module.peers.iter().all(|peer| self.binary(*peer).is_file())
+        self.module
+            .peers
+            .iter()
+            .all(|peer| self.binary(*peer).is_file())
     }
 }
 
@@ -393,7 +445,11 @@ fn assemble(
             .iter()
             .find(|p| std::ptr::eq(p.module, module))
             .expect("every peer's module is in MODULES");
-        Ok(PeerBinary { peer, version: pinned.version.clone(), path: path_of(pinned, peer)? })
+        Ok(PeerBinary {
+            peer,
+            version: pinned.version.clone(),
+            path: path_of(pinned, peer)?,
+        })
     };
     Ok(Peers {
         nats_server: binary(Peer::NatsServer)?,
@@ -401,23 +457,38 @@ fn assemble(
         spire_agent: binary(Peer::SpireAgent)?,
         etcd: binary(Peer::Etcd)?,
         kube_apiserver: binary(Peer::KubeApiserver)?,
+        kustomize: binary(Peer::Kustomize)?,
     })
 }
 
 /// The installed Go, checked against [`MINIMUM_GO`].
 pub fn go_version() -> Result<GoVersion, EnsureError> {
-    let output = match Command::new("go").arg("version").env("GOTOOLCHAIN", "local").output() {
+    let output = match Command::new("go")
+        .arg("version")
+        .env("GOTOOLCHAIN", "local")
+        .output()
+    {
         Ok(output) => output,
-        Err(error) if error.kind() == io::ErrorKind::NotFound => return Err(EnsureError::GoMissing),
+        Err(error) if error.kind() == io::ErrorKind::NotFound => {
+            return Err(EnsureError::GoMissing);
+        }
         Err(error) => return Err(io_error("running `go version`")(error)),
     };
     let printed = String::from_utf8_lossy(&output.stdout).trim().to_owned();
     // `go version go1.26.8 linux/amd64`
     let found = printed
         .split_whitespace()
-        .find_map(|word| word.starts_with("go1").then(|| GoVersion::parse(word)).flatten())
+        .find_map(|word| {
+            word.starts_with("go1")
+                .then(|| GoVersion::parse(word))
+                .flatten()
+        })
         .ok_or_else(|| EnsureError::GoTooOld {
-            found: GoVersion { major: 0, minor: 0, patch: 0 },
+            found: GoVersion {
+                major: 0,
+                minor: 0,
+                patch: 0,
+            },
             printed: printed.clone(),
         })?;
     if found < MINIMUM_GO {
@@ -453,7 +524,9 @@ fn build(pinned: &Pinned, progress: &mut dyn FnMut(Progress<'_>)) -> Result<(), 
     });
     let started = Instant::now();
     // Built into a staging directory and renamed, so a half-built entry is never visible.
-    let staging = pinned.entry.with_extension(format!("tmp-{}", std::process::id()));
+    let staging = pinned
+        .entry
+        .with_extension(format!("tmp-{}", std::process::id()));
     let _ = fs::remove_dir_all(&staging);
     let bin = staging.join("bin");
     fs::create_dir_all(&bin).map_err(io_error(format!("creating {}", bin.display())))?;
@@ -505,7 +578,10 @@ fn build(pinned: &Pinned, progress: &mut dyn FnMut(Progress<'_>)) -> Result<(), 
     let _ = fs::remove_dir_all(&pinned.entry);
     fs::rename(&staging, &pinned.entry)
         .map_err(io_error(format!("moving {} into place", staging.display())))?;
-    progress(Progress::Built { module: module.dir, elapsed: started.elapsed() });
+    progress(Progress::Built {
+        module: module.dir,
+        elapsed: started.elapsed(),
+    });
     Ok(())
 }
 
@@ -517,7 +593,11 @@ fn ldflags(peer: Peer, version: &str) -> String {
             let mut parts = rest.split('.');
             let major = parts.next().unwrap_or("1");
             let minor = parts.next().unwrap_or("0");
-            for (key, value) in [("gitVersion", version), ("gitMajor", major), ("gitMinor", minor)] {
+            for (key, value) in [
+                ("gitVersion", version),
+                ("gitMajor", major),
+                ("gitMinor", minor),
+            ] {
                 flags.push_str(&format!(" -X k8s.io/component-base/version.{key}={value}"));
             }
         }
@@ -540,7 +620,11 @@ fn classify_build_failure(module: &'static str, stderr: String) -> EnsureError {
             .output()
             .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
             .unwrap_or_default();
-        EnsureError::ProxyRefused { module, goproxy, stderr }
+        EnsureError::ProxyRefused {
+            module,
+            goproxy,
+            stderr,
+        }
     } else {
         EnsureError::BuildFailed { module, stderr }
     }
@@ -552,9 +636,30 @@ mod tests {
 
     #[test]
     fn parses_go_versions() {
-        assert_eq!(GoVersion::parse("go1.26.8"), Some(GoVersion { major: 1, minor: 26, patch: 8 }));
-        assert_eq!(GoVersion::parse("1.25"), Some(GoVersion { major: 1, minor: 25, patch: 0 }));
-        assert_eq!(GoVersion::parse("go1.27rc1"), Some(GoVersion { major: 1, minor: 27, patch: 0 }));
+        assert_eq!(
+            GoVersion::parse("go1.26.8"),
+            Some(GoVersion {
+                major: 1,
+                minor: 26,
+                patch: 8
+            })
+        );
+        assert_eq!(
+            GoVersion::parse("1.25"),
+            Some(GoVersion {
+                major: 1,
+                minor: 25,
+                patch: 0
+            })
+        );
+        assert_eq!(
+            GoVersion::parse("go1.27rc1"),
+            Some(GoVersion {
+                major: 1,
+                minor: 27,
+                patch: 0
+            })
+        );
         assert_eq!(GoVersion::parse("devel"), None);
         assert!(GoVersion::parse("go1.25.9").unwrap() < MINIMUM_GO);
     }
@@ -562,8 +667,14 @@ mod tests {
     #[test]
     fn reads_pins_from_require_blocks_and_lines() {
         let go_mod = "module x\n\ngo 1.26.0\n\nrequire k8s.io/kubernetes v1.37.2\n\nrequire (\n\tgithub.com/spiffe/spire v1.13.3 // indirect\n)\n";
-        assert_eq!(pinned_version(go_mod, "k8s.io/kubernetes").as_deref(), Some("v1.37.2"));
-        assert_eq!(pinned_version(go_mod, "github.com/spiffe/spire").as_deref(), Some("v1.13.3"));
+        assert_eq!(
+            pinned_version(go_mod, "k8s.io/kubernetes").as_deref(),
+            Some("v1.37.2")
+        );
+        assert_eq!(
+            pinned_version(go_mod, "github.com/spiffe/spire").as_deref(),
+            Some("v1.13.3")
+        );
         assert_eq!(pinned_version(go_mod, "github.com/spiffe"), None);
     }
 
@@ -572,7 +683,12 @@ mod tests {
         let cache = tempfile::tempdir().unwrap();
         for module in MODULES {
             let pinned = Pinned::resolve(module, cache.path()).unwrap();
-            assert!(pinned.version.starts_with('v'), "{}: {}", module.dir, pinned.version);
+            assert!(
+                pinned.version.starts_with('v'),
+                "{}: {}",
+                module.dir,
+                pinned.version
+            );
             assert!(!pinned.is_built());
         }
     }
@@ -583,9 +699,15 @@ mod tests {
             "kube",
             "go: k8s.io/api@v0.0.0: reading https://proxy.golang.org/k8s.io/api/@v/v0.0.0.mod: 410 Gone".into(),
         );
-        assert!(matches!(refused, EnsureError::ProxyRefused { module: "kube", .. }));
+        assert!(matches!(
+            refused,
+            EnsureError::ProxyRefused { module: "kube", .. }
+        ));
         let broken = classify_build_failure("nats", "main.go:3:1: syntax error".into());
-        assert!(matches!(broken, EnsureError::BuildFailed { module: "nats", .. }));
+        assert!(matches!(
+            broken,
+            EnsureError::BuildFailed { module: "nats", .. }
+        ));
     }
 
     #[test]

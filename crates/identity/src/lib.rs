@@ -1,1 +1,27 @@
 //! Workload identity: SPIFFE IDs, X509-SVID checks, Tekton's result signatures, DSSE and in-toto.
+//!
+//! The map:
+//!
+//! * [`spiffe_id`]: the SPIFFE IDs of TaskRuns, node aliases and the SPIRE server.
+//! * [`svid`]: X509-SVID leaf checks, trust bundles by trust domain (federation), chain
+//!   validation, and [`svid::SigningSvid`] (an SVID that signs).
+//! * [`crypto`]: the one crypto stack (`ring`): digests, closed key algorithms, sign/verify.
+//! * [`tekton`]: Tekton's result-signature format, both directions, and its verification with
+//!   reason codes (per step and per TaskRun).
+//! * [`dsse`] and [`intoto`]: DSSE envelopes around in-toto Statement v1, our TaskRun-results
+//!   predicate, and [`attestation`]: signed attestations and their offline verification.
+//! * [`workload`]: the SPIFFE Workload API (current SVID and bundles, kept current; a signer's
+//!   fetch with retry).
+//!
+//! Verification is parse-then-verify and fails closed: checked types (`SvidLeaf`,
+//! `VerifiedResults`, `VerifiedAttestation`) can only be made by the checks, every check has its
+//! own error variant, and no policy that accepts everything can be built.
+
+pub mod attestation;
+pub mod crypto;
+pub mod dsse;
+pub mod intoto;
+pub mod spiffe_id;
+pub mod svid;
+pub mod tekton;
+pub mod workload;

@@ -1,0 +1,346 @@
+//! The service skeleton as a real process: the example service binary is started, probed over
+//! HTTP, sent SIGTERM/SIGINT with `nix`, and its exit code checked.
+//!
+//! Each test has its own temporary directory and binds its admin server to `127.0.0.1:0`; the
+//! bound address is read from the service's JSON startup log line.
+
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use countersign_runtime::http_client::{HttpClientOptions, http_client};
+use countersign_test_support::wait;
+use nix::sys::signal::{self, Signal};
+use nix::unistd::Pid;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+const EXAMPLE: &str = env!("CARGO_BIN_EXE_countersign-example-service");
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A running example service.
+struct Service {
+    child: Child,
+    admin: String,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Service {
+    /// Starts the example with `config` (TOML) written to a file in `dir`, and waits for its
+    /// startup log line to learn the admin address.
+    async fn start(dir: &Path, config: &str) -> Service {
+        let path = dir.join("service.toml");
+        std::fs::write(&path, config).expect("writing the config");
+        let mut child = Command::new(EXAMPLE)
+            .env_clear()
+            .env("COUNTERSIGN_CONFIG", &path)
+            .env("COUNTERSIGN_TELEMETRY__LOG_FORMAT", "json")
+            .env("COUNTERSIGN_ADMIN__LISTEN", "127.0.0.1:0")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("starting the example service");
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (admin_tx, admin_rx) = tokio::sync::oneshot::channel();
+        tokio::spawn({
+            let log = Arc::clone(&log);
+            async move {
+                let mut admin_tx = Some(admin_tx);
+                let mut lines = BufReader::new(stderr).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    if let Some(admin) = startup_admin_address(&line)
+                        && let Some(tx) = admin_tx.take()
+                    {
+                        let _ = tx.send(admin);
+                    }
+                    log.lock().expect("log lock").push(line);
+                }
+            }
+        });
+        let admin = tokio::time::timeout(TIMEOUT, admin_rx)
+            .await
+            .unwrap_or_else(|_| panic!("no startup line within {TIMEOUT:?}; log: {:?}", log.lock()))
+            .unwrap_or_else(|_| {
+                panic!("the service exited before starting; log: {:?}", log.lock())
+            });
+        Service { child, admin, log }
+    }
+
+    fn signal(&self, signal: Signal) {
+        let pid = self.child.id().expect("the service is running");
+        signal::kill(Pid::from_raw(pid as i32), signal).expect("sending the signal");
+    }
+
+    async fn exit_status(&mut self) -> ExitStatus {
+        tokio::time::timeout(TIMEOUT, self.child.wait())
+            .await
+            .unwrap_or_else(|_| panic!("the service did not exit; log: {:?}", self.log()))
+            .expect("waiting for the service")
+    }
+
+    fn log(&self) -> Vec<String> {
+        self.log.lock().expect("log lock").clone()
+    }
+
+    fn logged(&self, message: &str) -> bool {
+        self.log()
+            .iter()
+            .any(|line| log_message(line).as_deref() == Some(message))
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.admin)
+    }
+}
+
+fn startup_admin_address(line: &str) -> Option<String> {
+    let value: serde_json::Value = serde_json::from_str(line).ok()?;
+    if value.get("message")?.as_str()? != "starting" {
+        return None;
+    }
+    Some(value.get("admin")?.as_str()?.to_owned())
+}
+
+fn log_message(line: &str) -> Option<String> {
+    let value: serde_json::Value = serde_json::from_str(line).ok()?;
+    Some(value.get("message")?.as_str()?.to_owned())
+}
+
+async fn get(client: &reqwest::Client, url: &str) -> Option<(u16, String)> {
+    let response = client.get(url).send().await.ok()?;
+    let status = response.status().as_u16();
+    Some((status, response.text().await.ok()?))
+}
+
+/// Waits until `GET url` answers `status` with a body containing `needle`.
+async fn wait_for_response(client: &reqwest::Client, url: &str, status: u16, needle: &str) {
+    wait::until_true(&format!("{url} to answer {status} with {needle:?}"), TIMEOUT, || async {
+        matches!(get(client, url).await, Some((code, body)) if code == status && body.contains(needle))
+    })
+    .await
+    .expect("the expected response");
+}
+
+fn client() -> reqwest::Client {
+    http_client(HttpClientOptions::new().timeout(Duration::from_secs(5))).expect("an HTTP client")
+}
+
+fn touch(path: &Path) {
+    std::fs::write(path, b"").expect("creating the file");
+}
+
+fn file_paths(dir: &Path) -> (PathBuf, PathBuf) {
+    (dir.join("ready"), dir.join("finish"))
+}
+
+#[tokio::test]
+async fn sigterm_drains_in_flight_work_and_exits_zero_with_readyz_flipping() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let (ready_file, finish_file) = file_paths(dir.path());
+    let config = format!(
+        "[example]\nready_file = {:?}\nfinish_file = {:?}\n[shutdown]\ngrace_period = \"20s\"\n",
+        ready_file, finish_file
+    );
+    let mut service = Service::start(dir.path(), &config).await;
+    let client = client();
+
+    // Not ready until the latch is released, and `/readyz` says which latch.
+    wait_for_response(&client, &service.url("/readyz"), 503, "example ready").await;
+    assert_eq!(
+        get(&client, &service.url("/livez"))
+            .await
+            .map(|(code, _)| code),
+        Some(200)
+    );
+    touch(&ready_file);
+    wait_for_response(&client, &service.url("/readyz"), 200, "ready").await;
+    wait_for_response(
+        &client,
+        &service.url("/metrics"),
+        200,
+        "countersign_example_work_finished_total 0",
+    )
+    .await;
+
+    // SIGTERM: unready at once, still alive while the work in flight finishes.
+    service.signal(Signal::SIGTERM);
+    wait_for_response(&client, &service.url("/readyz"), 503, "draining").await;
+    assert_eq!(
+        get(&client, &service.url("/livez"))
+            .await
+            .map(|(code, _)| code),
+        Some(200)
+    );
+    assert!(
+        service
+            .child
+            .try_wait()
+            .expect("checking the child")
+            .is_none(),
+        "exited before its work finished"
+    );
+    touch(&finish_file);
+
+    let status = service.exit_status().await;
+    assert_eq!(status.code(), Some(0), "log: {:?}", service.log());
+    assert!(
+        service.logged("work in flight finished"),
+        "log: {:?}",
+        service.log()
+    );
+    assert!(
+        service.logged("drain completed; exiting"),
+        "log: {:?}",
+        service.log()
+    );
+}
+
+#[tokio::test]
+async fn sigint_drains_too() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let mut service = Service::start(dir.path(), "").await;
+    wait_for_response(&client(), &service.url("/readyz"), 200, "ready").await;
+    service.signal(Signal::SIGINT);
+    assert_eq!(
+        service.exit_status().await.code(),
+        Some(0),
+        "log: {:?}",
+        service.log()
+    );
+    assert!(service.logged("work in flight finished"));
+}
+
+#[tokio::test]
+async fn work_that_outlives_the_grace_period_is_reported_and_exits_75() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let (_, finish_file) = file_paths(dir.path());
+    // The finish file is never created: the in-flight work cannot finish.
+    let config =
+        format!("[example]\nfinish_file = {finish_file:?}\n[shutdown]\ngrace_period = \"300ms\"\n");
+    let mut service = Service::start(dir.path(), &config).await;
+    wait_for_response(&client(), &service.url("/readyz"), 200, "ready").await;
+    service.signal(Signal::SIGTERM);
+    let status = service.exit_status().await;
+    assert_eq!(
+        status.code(),
+        Some(i32::from(
+            countersign_runtime::service::exit_code::DRAIN_TIMED_OUT
+        )),
+        "log: {:?}",
+        service.log()
+    );
+    assert!(
+        service.logged("drain timed out; abandoning in-flight work"),
+        "log: {:?}",
+        service.log()
+    );
+    assert!(!service.logged("work in flight finished"));
+}
+
+#[tokio::test]
+async fn an_unreachable_otlp_collector_does_not_block_startup_or_shutdown() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    // A port that was free a moment ago: nothing listens there.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("binding")
+        .local_addr()
+        .expect("an address");
+    let config = format!("[telemetry]\notlp_endpoint = \"http://{closed}\"\n");
+    let mut service = Service::start(dir.path(), &config).await;
+    wait_for_response(&client(), &service.url("/readyz"), 200, "ready").await;
+    service.signal(Signal::SIGTERM);
+    assert_eq!(
+        service.exit_status().await.code(),
+        Some(0),
+        "log: {:?}",
+        service.log()
+    );
+}
+
+/// Runs the example to completion with `config` and extra variables; returns its code and stderr.
+async fn run_to_exit(dir: &Path, config: &str, env: &[(&str, &str)]) -> (Option<i32>, String) {
+    let path = dir.join("service.toml");
+    std::fs::write(&path, config).expect("writing the config");
+    let output = tokio::time::timeout(
+        TIMEOUT,
+        Command::new(EXAMPLE)
+            .env_clear()
+            .arg("--config")
+            .arg(&path)
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .output(),
+    )
+    .await
+    .expect("the service exits")
+    .expect("running the example service");
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn invalid_config_exits_64_naming_the_key_before_binding() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    // Hold the admin port: had the service tried to bind it, it would exit 69, not 64.
+    let held = std::net::TcpListener::bind("127.0.0.1:0").expect("binding");
+    let address = held.local_addr().expect("an address");
+    let config = format!("[admin]\nlisten = \"{address}\"\n[example]\nready_fil = \"/tmp/x\"\n");
+    let (code, stderr) = run_to_exit(dir.path(), &config, &[]).await;
+    assert_eq!(
+        code,
+        Some(i32::from(countersign_runtime::service::exit_code::USAGE)),
+        "{stderr}"
+    );
+    assert!(stderr.contains("example.ready_fil"), "{stderr}");
+    assert!(
+        !stderr.contains("starting"),
+        "nothing may start on a bad config: {stderr}"
+    );
+}
+
+#[tokio::test]
+async fn invalid_environment_value_exits_64_naming_the_key_and_variable() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let (code, stderr) = run_to_exit(
+        dir.path(),
+        "",
+        &[("COUNTERSIGN_SHUTDOWN__GRACE_PERIOD", "soonish")],
+    )
+    .await;
+    assert_eq!(
+        code,
+        Some(i32::from(countersign_runtime::service::exit_code::USAGE)),
+        "{stderr}"
+    );
+    assert!(stderr.contains("shutdown.grace_period"), "{stderr}");
+    assert!(
+        stderr.contains("COUNTERSIGN_SHUTDOWN__GRACE_PERIOD"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn a_taken_admin_port_exits_69() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let held = std::net::TcpListener::bind("127.0.0.1:0").expect("binding");
+    let address = held.local_addr().expect("an address");
+    let (code, stderr) = run_to_exit(
+        dir.path(),
+        &format!("[admin]\nlisten = \"{address}\"\n"),
+        &[],
+    )
+    .await;
+    assert_eq!(
+        code,
+        Some(i32::from(
+            countersign_runtime::service::exit_code::UNAVAILABLE
+        )),
+        "{stderr}"
+    );
+}

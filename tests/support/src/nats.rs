@@ -75,20 +75,25 @@ impl NatsServer {
     async fn launch(&mut self) -> Result<(), PeerFailed> {
         let log = self.dir.path().join("nats-server.log");
         let args = vec!["-c".to_owned(), self.config_path().display().to_string()];
-        let process = PeerProcess::spawn("nats-server", &peers().nats_server.path, &args, &[], &log)
-            .await
-            .map_err(|error| PeerFailed {
-                name: "nats-server".into(),
-                message: error.to_string(),
-                log_tail: crate::process::log_tail(&log),
-            })?;
+        let process =
+            PeerProcess::spawn("nats-server", &peers().nats_server.path, &args, &[], &log)
+                .await
+                .map_err(|error| PeerFailed {
+                    name: "nats-server".into(),
+                    message: error.to_string(),
+                    log_tail: crate::process::log_tail(&log),
+                })?;
         let url = self.url();
         let credentials = self.options.probe_credentials.clone();
-        let ready = wait::until("nats-server with JetStream to be ready", START_TIMEOUT, || {
-            let url = url.clone();
-            let credentials = credentials.clone();
-            async move { probe_jetstream(&url, credentials).await.then_some(()) }
-        })
+        let ready = wait::until(
+            "nats-server with JetStream to be ready",
+            START_TIMEOUT,
+            || {
+                let url = url.clone();
+                let credentials = credentials.clone();
+                async move { probe_jetstream(&url, credentials).await.then_some(()) }
+            },
+        )
         .await;
         if let Err(error) = ready {
             return Err(PeerFailed::from_wait(&process, error));
@@ -113,7 +118,9 @@ impl NatsServer {
 
     /// A new client connection.
     pub async fn client(&self) -> async_nats::Client {
-        async_nats::connect(self.url()).await.expect("connecting to the test nats-server")
+        async_nats::connect(self.url())
+            .await
+            .expect("connecting to the test nats-server")
     }
 
     /// A JetStream context on a new connection.

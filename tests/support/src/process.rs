@@ -16,9 +16,10 @@ use nix::unistd::Pid;
 
 use crate::wait::{self, WaitError};
 
-/// The guard: start the peer in the background, record its pid, stop it when stdin closes, then
-/// remove `COUNTERSIGN_GUARD_CLEANUP` if set (for peers shared by a whole test process, whose
-/// handles live in statics and are never dropped).
+/// The guard: start the peer in the background, record its pid, stop it when stdin closes
+/// (SIGTERM, then SIGKILL if it has not exited 10 s later: kube-apiserver never finishes its
+/// shutdown once its etcd is gone), then remove `COUNTERSIGN_GUARD_CLEANUP` if set (for peers
+/// shared by a whole test process, whose handles live in statics and are never dropped).
 const GUARD: &str = r#"
 "$@" &
 peer=$!
@@ -26,7 +27,10 @@ echo "$peer" > "$COUNTERSIGN_GUARD_PIDFILE"
 trap 'kill -TERM "$peer" 2>/dev/null' TERM
 read -r _ignored || true
 kill -TERM "$peer" 2>/dev/null
+( sleep 10; kill -KILL "$peer" 2>/dev/null ) &
+escalation=$!
 wait "$peer"
+kill "$escalation" 2>/dev/null
 if [ -n "${COUNTERSIGN_GUARD_CLEANUP:-}" ]; then rm -rf "$COUNTERSIGN_GUARD_CLEANUP"; fi
 "#;
 
@@ -64,10 +68,17 @@ impl PeerProcess {
         envs: &[(String, String)],
         log: &Path,
     ) -> Result<PeerProcess, SpawnError> {
-        let io_error = |source| SpawnError::Io { name: name.to_owned(), source };
+        let io_error = |source| SpawnError::Io {
+            name: name.to_owned(),
+            source,
+        };
         let pidfile = log.with_extension("pid");
         let _ = fs::remove_file(&pidfile);
-        let log_file = File::options().create(true).append(true).open(log).map_err(io_error)?;
+        let log_file = File::options()
+            .create(true)
+            .append(true)
+            .open(log)
+            .map_err(io_error)?;
         let log_file_err = log_file.try_clone().map_err(io_error)?;
         let mut command = Command::new("sh");
         command
@@ -99,7 +110,10 @@ impl PeerProcess {
             }
         })
         .await
-        .map_err(|_| SpawnError::NoPid { name: name.to_owned(), log_tail: process.log_tail() })?;
+        .map_err(|_| SpawnError::NoPid {
+            name: name.to_owned(),
+            log_tail: process.log_tail(),
+        })?;
         process.pid = Some(Pid::from_raw(pid));
         Ok(process)
     }
@@ -119,8 +133,7 @@ impl PeerProcess {
 
     /// Whether the peer process is still alive.
     pub fn is_running(&self) -> bool {
-        self.pid.is_some_and(|pid| signal::kill(pid, None).is_ok())
-            && !self.peer_is_zombie()
+        self.pid.is_some_and(|pid| signal::kill(pid, None).is_ok()) && !self.peer_is_zombie()
     }
 
     fn peer_is_zombie(&self) -> bool {
@@ -182,7 +195,12 @@ impl PeerProcess {
 impl Drop for PeerProcess {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            eprintln!("---- {} log tail ({}) ----\n{}", self.name, self.log.display(), self.log_tail());
+            eprintln!(
+                "---- {} log tail ({}) ----\n{}",
+                self.name,
+                self.log.display(),
+                self.log_tail()
+            );
         }
         self.stop(Duration::from_secs(5));
     }
@@ -221,7 +239,11 @@ pub struct PeerFailed {
 
 impl PeerFailed {
     pub fn new(process: &PeerProcess, message: impl std::fmt::Display) -> PeerFailed {
-        PeerFailed { name: process.name.clone(), message: message.to_string(), log_tail: process.log_tail() }
+        PeerFailed {
+            name: process.name.clone(),
+            message: message.to_string(),
+            log_tail: process.log_tail(),
+        }
     }
 
     pub fn from_wait(process: &PeerProcess, error: WaitError) -> PeerFailed {

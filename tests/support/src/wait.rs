@@ -25,14 +25,21 @@ where
             return Ok(value);
         }
         if Instant::now() >= deadline {
-            return Err(WaitError { what: what.to_owned(), timeout });
+            return Err(WaitError {
+                what: what.to_owned(),
+                timeout,
+            });
         }
         tokio::time::sleep(POLL_INTERVAL).await;
     }
 }
 
 /// Polls `probe` until it returns `true`, or fails after `timeout`.
-pub async fn until_true<F, Fut>(what: &str, timeout: Duration, mut probe: F) -> Result<(), WaitError>
+pub async fn until_true<F, Fut>(
+    what: &str,
+    timeout: Duration,
+    mut probe: F,
+) -> Result<(), WaitError>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,

@@ -30,7 +30,12 @@ async fn jetstream_publish_consume_ack_and_redelivery_after_nak() {
         .await
         .unwrap();
 
-    let ack = js.publish("smoke.one", "first".into()).await.unwrap().await.unwrap();
+    let ack = js
+        .publish("smoke.one", "first".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
     assert_eq!(ack.stream, "SMOKE");
     assert_eq!(ack.sequence, 1);
 
@@ -55,7 +60,11 @@ async fn jetstream_publish_consume_ack_and_redelivery_after_nak() {
     assert_eq!(again.info().unwrap().delivered, 2);
     again.double_ack().await.unwrap();
 
-    js.publish("smoke.two", "second".into()).await.unwrap().await.unwrap();
+    js.publish("smoke.two", "second".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
     let second = next_message(&mut messages).await;
     assert_eq!(second.payload.as_ref(), b"second");
     second.double_ack().await.unwrap();
@@ -80,7 +89,11 @@ async fn restart_keeps_the_port_and_the_store() {
     })
     .await
     .unwrap();
-    js.publish("keep", "durable".into()).await.unwrap().await.unwrap();
+    js.publish("keep", "durable".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
     let port = server.port();
 
     server.restart().await.unwrap();
@@ -98,6 +111,12 @@ async fn two_servers_do_not_share_ports_or_stores() {
     assert_ne!(a.port(), b.port());
     assert_ne!(a.store_dir(), b.store_dir());
     a.jetstream().await.create_stream("ONLY_A").await.unwrap();
-    let names: Vec<String> = b.jetstream().await.stream_names().map(|n| n.unwrap()).collect().await;
+    let names: Vec<String> = b
+        .jetstream()
+        .await
+        .stream_names()
+        .map(|n| n.unwrap())
+        .collect()
+        .await;
     assert!(names.is_empty(), "server b sees {names:?}");
 }

@@ -2,10 +2,14 @@
 //!
 //! - `test`: make sure the real peers are built, then run every test and print one summary line;
 //! - `peers`: build or locate nats-server, spire-server, spire-agent, etcd and kube-apiserver;
+//! - `schemas`: regenerate `schemas/` from the event types in `crates/events`;
+//! - `bench`: build the benchmarks in release and run one case or all, writing a report;
 //!
 //! It needs nothing but cargo (and Go, to build the peers the first time).
 
+mod bench;
 mod peers;
+mod schemas;
 mod test;
 
 use std::process::ExitCode;
@@ -25,6 +29,10 @@ enum Task {
     Test(test::Args),
     /// Build or locate the real peers and print their versions and paths.
     Peers,
+    /// Regenerate schemas/ (JSON Schemas and the AsyncAPI document) from the event types.
+    Schemas(schemas::Args),
+    /// Run the benchmarks in release (one case or all) and write a report under target/bench/.
+    Bench(bench::Args),
 }
 
 fn main() -> ExitCode {
@@ -32,6 +40,8 @@ fn main() -> ExitCode {
     let result = match cli.task {
         Task::Test(args) => test::run(args),
         Task::Peers => peers::run(),
+        Task::Schemas(args) => schemas::run(args),
+        Task::Bench(args) => bench::run(args),
     };
     match result {
         Ok(code) => code,

@@ -1,0 +1,200 @@
+//! Configuration of the bus (prefix, stream limits) and of a durable consumer, as serde structs
+//! with documented defaults and unknown keys rejected. Durations are humantime strings (`2m`,
+//! `14days`).
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::subject::DEFAULT_PREFIX;
+
+/// The bus: which subjects and streams a deployment uses.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BusConfig {
+    /// The subject prefix, one token of `[A-Za-z0-9_-]`. Streams are `{PREFIX}_TASKRUNS` etc.
+    /// Default: `countersign`.
+    pub prefix: String,
+    /// The limits of each stream.
+    pub streams: StreamsConfig,
+}
+
+impl Default for BusConfig {
+    fn default() -> BusConfig {
+        BusConfig {
+            prefix: DEFAULT_PREFIX.to_owned(),
+            streams: StreamsConfig::default(),
+        }
+    }
+}
+
+/// The limits of the four streams.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StreamsConfig {
+    /// `{PREFIX}_TASKRUNS`: TaskRun lifecycle events.
+    pub taskruns: StreamLimits,
+    /// `{PREFIX}_REGISTRATIONS`: registration audit events.
+    pub registrations: StreamLimits,
+    /// `{PREFIX}_ATTESTATIONS`: attestation events.
+    pub attestations: StreamLimits,
+    /// `{PREFIX}_DEADLETTER`: dead letters.
+    pub deadletter: StreamLimits,
+}
+
+/// The limits of one stream (always file storage).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StreamLimits {
+    /// How long the stream remembers message ids to drop duplicates. Default: `10m` (longer
+    /// than a watcher restart and resync, so a re-observed transition is dropped).
+    #[serde(with = "humantime_serde")]
+    pub duplicate_window: Duration,
+    /// How long messages are kept. Default: `14days`.
+    #[serde(with = "humantime_serde")]
+    pub max_age: Duration,
+    /// The most bytes the stream keeps (oldest dropped first). Default: 1 GiB.
+    pub max_bytes: i64,
+    /// The number of replicas in a JetStream cluster. Default: 1.
+    pub replicas: usize,
+}
+
+impl Default for StreamLimits {
+    fn default() -> StreamLimits {
+        StreamLimits {
+            duplicate_window: Duration::from_secs(10 * 60),
+            max_age: Duration::from_secs(14 * 24 * 60 * 60),
+            max_bytes: 1024 * 1024 * 1024,
+            replicas: 1,
+        }
+    }
+}
+
+/// How a service consumes from its durable consumer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConsumerConfig {
+    /// How long the server waits for an ack before redelivering. While a handler runs, the
+    /// consumer tells the server it is still working every half of this. Default: `30s`.
+    #[serde(with = "humantime_serde")]
+    pub ack_wait: Duration,
+    /// How many times a message is delivered at most; on the last delivery a transient failure
+    /// is dead-lettered as `retries_exhausted`. `None` (absent) means no limit. Default: 20.
+    pub max_deliver: Option<u32>,
+    /// The nak delay after the n-th failed delivery (the last entry repeats). Applied by the
+    /// consumer with each nak rather than as the server's `backoff`, which would also shorten
+    /// the ack wait of a handler that is merely slow. Default: `1s, 5s, 15s, 1m, 5m`.
+    #[serde(with = "duration_list")]
+    pub nak_backoff: Vec<Duration>,
+    /// How many messages are handled at once by one replica. Default: 16.
+    pub concurrency: usize,
+    /// How many messages may be delivered and unacknowledged across all replicas. Default: 1024.
+    pub max_ack_pending: i64,
+    /// The largest message body accepted; larger ones are dead-lettered. Default: 1 MiB.
+    pub max_payload_bytes: usize,
+}
+
+impl Default for ConsumerConfig {
+    fn default() -> ConsumerConfig {
+        ConsumerConfig {
+            ack_wait: Duration::from_secs(30),
+            max_deliver: Some(20),
+            nak_backoff: [1, 5, 15, 60, 300]
+                .into_iter()
+                .map(Duration::from_secs)
+                .collect(),
+            concurrency: 16,
+            max_ack_pending: 1024,
+            max_payload_bytes: 1024 * 1024,
+        }
+    }
+}
+
+/// A key-value bucket a service keeps state in.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KvConfig {
+    /// How many values per key are kept. Default: 1.
+    pub history: i64,
+    /// How long values are kept; zero keeps them forever. Default: zero.
+    #[serde(with = "humantime_serde")]
+    pub max_age: Duration,
+    /// The most bytes the bucket holds; -1 for no limit. Default: 256 MiB.
+    pub max_bytes: i64,
+    /// The number of replicas. Default: 1.
+    pub replicas: usize,
+}
+
+impl Default for KvConfig {
+    fn default() -> KvConfig {
+        KvConfig {
+            history: 1,
+            max_age: Duration::ZERO,
+            max_bytes: 256 * 1024 * 1024,
+            replicas: 1,
+        }
+    }
+}
+
+/// A list of humantime durations.
+mod duration_list {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(
+        durations: &[Duration],
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(
+            durations
+                .iter()
+                .map(|duration| humantime::format_duration(*duration).to_string()),
+        )
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Vec<Duration>, D::Error> {
+        Vec::<String>::deserialize(deserializer)?
+            .iter()
+            .map(|text| humantime::parse_duration(text).map_err(serde::de::Error::custom))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_apply_to_missing_keys_and_unknown_keys_are_rejected() {
+        let config: BusConfig = serde_json::from_str(
+            r#"{"streams": {"taskruns": {"max_age": "1day", "replicas": 3}}}"#,
+        )
+        .unwrap();
+        assert_eq!(config.prefix, "countersign");
+        assert_eq!(config.streams.taskruns.max_age, Duration::from_secs(86_400));
+        assert_eq!(config.streams.taskruns.replicas, 3);
+        assert_eq!(
+            config.streams.taskruns.duplicate_window,
+            Duration::from_secs(600)
+        );
+        assert_eq!(config.streams.deadletter, StreamLimits::default());
+        assert!(serde_json::from_str::<BusConfig>(r#"{"prefx": "x"}"#).is_err());
+        assert!(serde_json::from_str::<StreamLimits>(r#"{"max_age": 5}"#).is_err());
+
+        let consumer: ConsumerConfig = serde_json::from_str(
+            r#"{"ack_wait": "5s", "nak_backoff": ["100ms", "1s"], "max_deliver": null}"#,
+        )
+        .unwrap();
+        assert_eq!(consumer.ack_wait, Duration::from_secs(5));
+        assert_eq!(
+            consumer.nak_backoff,
+            vec![Duration::from_millis(100), Duration::from_secs(1)]
+        );
+        assert_eq!(consumer.max_deliver, None);
+        assert_eq!(consumer.concurrency, 16);
+        assert!(serde_json::from_str::<ConsumerConfig>(r#"{"ackwait": "5s"}"#).is_err());
+    }
+}

@@ -1,0 +1,709 @@
+//! Consuming: [`run_consumer`] pulls from a durable consumer with bounded concurrency, decodes
+//! each message once into an [`Event<T>`], calls the [`Handler`], and settles the message by the
+//! one rule in [`disposition`]:
+//!
+//! | what happened | disposition |
+//! |---|---|
+//! | the handler succeeded | ack, waiting for the server to confirm it (double ack) |
+//! | a transient failure | nak with a delay that grows with the delivery count |
+//! | a transient failure on the last allowed delivery | dead letter `retries_exhausted` |
+//! | the handler rejected the event (poison) | dead letter `rejected` |
+//! | the message does not decode | dead letter with the decode error's kind |
+//!
+//! A dead letter is published and acknowledged by its stream *before* the message is terminated,
+//! so nothing is dropped silently. The server is given one delivery more than
+//! [`ConsumerConfig::max_deliver`]: that extra delivery only happens when the last real attempt
+//! never settled (its handler hung or the process died), and it is dead-lettered at once.
+//!
+//! Shutdown: when the token is cancelled the loop stops pulling, lets the handlers in flight
+//! finish and settles them, then returns. If the future is dropped instead, the messages in
+//! flight stay unacknowledged and are redelivered after `ack_wait`: nothing is lost either way.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::AckKind;
+use async_nats::jetstream::consumer::PullConsumer;
+use async_nats::jetstream::consumer::pull::{MessagesError, MessagesErrorKind};
+use async_nats::jetstream::context::Context;
+use futures::StreamExt as _;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
+
+use crate::binding::{DecodeError, DecodeLimits, decode};
+use crate::config::ConsumerConfig;
+use crate::deadletter::{DeadLetterNote, DeadLetterReason, Origin, publish_dead_letter};
+use crate::event::Event;
+use crate::metrics::{ConsumeOutcome, ConsumerMetrics, EventMetrics};
+use crate::payload::EventPayload;
+use crate::subject::Subjects;
+use crate::trace::set_remote_parent;
+
+/// A boxed error, the source of a [`HandlerError`].
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// How a handler failed.
+#[derive(Debug, thiserror::Error)]
+pub enum HandlerError {
+    /// Trying again later may succeed (SPIRE or NATS unavailable, a timeout).
+    #[error("transient failure")]
+    Transient(#[source] BoxError),
+    /// The event can never be handled; it is dead-lettered with `code`.
+    #[error("the event can never be handled ({code})")]
+    Poison {
+        /// A machine-readable code for the dead letter (snake_case).
+        code: String,
+        #[source]
+        source: BoxError,
+    },
+}
+
+impl HandlerError {
+    /// A transient failure.
+    pub fn transient(error: impl Into<BoxError>) -> HandlerError {
+        HandlerError::Transient(error.into())
+    }
+
+    /// A permanent failure, dead-lettered with `code`.
+    pub fn poison(code: impl Into<String>, error: impl Into<BoxError>) -> HandlerError {
+        HandlerError::Poison {
+            code: code.into(),
+            source: error.into(),
+        }
+    }
+
+    /// Whether trying again later may succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, HandlerError::Transient(_))
+    }
+}
+
+/// Where and how often a message was delivered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    /// The stream the message is in.
+    pub stream: String,
+    /// Its sequence in the stream.
+    pub stream_sequence: u64,
+    /// The subject it was published on.
+    pub subject: String,
+    /// Which delivery this is, from 1.
+    pub attempt: u64,
+}
+
+/// Handles the events of one durable consumer. Handlers must be idempotent: a message is
+/// delivered at least once.
+pub trait Handler<T>: Send + Sync + 'static {
+    /// Handles one event. Return only once its effects are durable: the message is acked after.
+    fn handle(
+        &self,
+        event: Event<T>,
+        delivery: Delivery,
+    ) -> impl Future<Output = Result<(), HandlerError>> + Send;
+}
+
+impl<T, F, Fut> Handler<T> for F
+where
+    F: Fn(Event<T>, Delivery) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), HandlerError>> + Send,
+{
+    fn handle(
+        &self,
+        event: Event<T>,
+        delivery: Delivery,
+    ) -> impl Future<Output = Result<(), HandlerError>> + Send {
+        self(event, delivery)
+    }
+}
+
+// === the one rule ===
+
+/// What to do with a message once it has been processed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Disposition {
+    /// Acknowledge it (and wait for the server to confirm).
+    Ack,
+    /// Negatively acknowledge it; the server redelivers it after the delay.
+    Nak(Duration),
+    /// Publish a dead letter, wait for its acknowledgement, then terminate the message.
+    DeadLetter(DeadLetterNote),
+}
+
+/// What processing a message gave.
+#[derive(Debug, Clone, Copy)]
+pub enum Processed<'a> {
+    /// The message decoded and the handler returned.
+    Handled(&'a Result<(), HandlerError>),
+    /// The message did not decode.
+    Undecodable(&'a DecodeError),
+    /// The message was delivered more times than allowed without being settled.
+    DeliveriesExceeded,
+}
+
+/// Retry rules, from [`ConsumerConfig`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// The most deliveries that are handled; `None` for no limit.
+    pub max_deliver: Option<u32>,
+    /// The nak delay after the n-th failed delivery; the last entry repeats.
+    pub nak_backoff: Vec<Duration>,
+}
+
+impl RetryPolicy {
+    /// The policy of a consumer configuration.
+    pub fn of(config: &ConsumerConfig) -> RetryPolicy {
+        RetryPolicy {
+            max_deliver: config.max_deliver,
+            nak_backoff: config.nak_backoff.clone(),
+        }
+    }
+
+    /// The nak delay after delivery `attempt` (from 1) failed.
+    pub fn nak_delay(&self, attempt: u64) -> Duration {
+        let index = usize::try_from(attempt.saturating_sub(1)).unwrap_or(usize::MAX);
+        self.nak_backoff
+            .get(index)
+            .or_else(|| self.nak_backoff.last())
+            .copied()
+            .unwrap_or(Duration::from_secs(1))
+    }
+
+    /// Whether delivery `attempt` is the last one that is handled.
+    pub fn is_last(&self, attempt: u64) -> bool {
+        self.max_deliver
+            .is_some_and(|max| attempt >= u64::from(max))
+    }
+
+    /// Whether delivery `attempt` is past the last one (the previous one never settled).
+    pub fn is_exceeded(&self, attempt: u64) -> bool {
+        self.max_deliver.is_some_and(|max| attempt > u64::from(max))
+    }
+}
+
+/// The one function that maps an outcome to ack, nak with delay, or dead letter.
+pub fn disposition(processed: Processed<'_>, attempt: u64, retry: &RetryPolicy) -> Disposition {
+    match processed {
+        Processed::Handled(Ok(())) => Disposition::Ack,
+        Processed::Handled(Err(error @ HandlerError::Transient(_))) => {
+            if retry.is_last(attempt) {
+                Disposition::DeadLetter(DeadLetterNote {
+                    reason: DeadLetterReason::RetriesExhausted,
+                    detail: error_chain(error),
+                    code: None,
+                })
+            } else {
+                Disposition::Nak(retry.nak_delay(attempt))
+            }
+        }
+        Processed::Handled(Err(error @ HandlerError::Poison { code, .. })) => {
+            Disposition::DeadLetter(DeadLetterNote {
+                reason: DeadLetterReason::Rejected,
+                detail: error_chain(error),
+                code: Some(code.clone()),
+            })
+        }
+        Processed::Undecodable(error) => Disposition::DeadLetter(DeadLetterNote {
+            reason: DeadLetterReason::Decode(error.kind()),
+            detail: error_chain(error),
+            code: None,
+        }),
+        Processed::DeliveriesExceeded => Disposition::DeadLetter(DeadLetterNote {
+            reason: DeadLetterReason::RetriesExhausted,
+            detail: format!("delivered {attempt} times without being settled"),
+            code: None,
+        }),
+    }
+}
+
+/// An error and its sources, joined by `: `.
+pub(crate) fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+// === the durable consumer ===
+
+/// A durable pull consumer bound at start-up (see [`Bus::ensure_consumer`](crate::Bus::ensure_consumer)),
+/// with what [`run_consumer`] needs to settle its messages.
+#[derive(Debug, Clone)]
+pub struct DurableConsumer {
+    pub(crate) name: String,
+    pub(crate) stream: String,
+    pub(crate) consumer: PullConsumer,
+    pub(crate) config: ConsumerConfig,
+    pub(crate) jetstream: Context,
+    pub(crate) subjects: Subjects,
+    pub(crate) metrics: EventMetrics,
+}
+
+impl DurableConsumer {
+    /// The consumer's durable name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The stream it reads.
+    pub fn stream(&self) -> &str {
+        &self.stream
+    }
+
+    /// Its configuration.
+    pub fn config(&self) -> &ConsumerConfig {
+        &self.config
+    }
+
+    /// The async-nats consumer, for inspection.
+    pub fn inner(&self) -> &PullConsumer {
+        &self.consumer
+    }
+}
+
+/// Why [`run_consumer`] stopped before it was cancelled.
+#[derive(Debug, thiserror::Error)]
+pub enum ConsumeError {
+    /// Pulling could not start.
+    #[error("starting to pull from consumer {consumer}")]
+    Pull {
+        consumer: String,
+        #[source]
+        source: async_nats::jetstream::consumer::StreamError,
+    },
+    /// The server ended the pull for good (the consumer was deleted or is misconfigured).
+    #[error("pulling from consumer {consumer}")]
+    Messages {
+        consumer: String,
+        #[source]
+        source: MessagesError,
+    },
+}
+
+impl ConsumeError {
+    /// Whether restarting (which declares the consumer again) may help.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ConsumeError::Pull { .. } => true,
+            ConsumeError::Messages { source, .. } => {
+                source.kind() == MessagesErrorKind::ConsumerDeleted
+            }
+        }
+    }
+}
+
+/// What the tasks share.
+struct Shared {
+    name: String,
+    jetstream: Context,
+    subjects: Subjects,
+    metrics: ConsumerMetrics,
+    retry: RetryPolicy,
+    limits: DecodeLimits,
+    progress_every: Duration,
+}
+
+const ERROR_BACKOFF_MIN: Duration = Duration::from_millis(100);
+const ERROR_BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// Runs `handler` on the events of `consumer` until `shutdown` is cancelled (then returns
+/// `Ok` once the handlers in flight are settled) or the server ends the pull for good.
+pub async fn run_consumer<T, H>(
+    consumer: &DurableConsumer,
+    handler: H,
+    shutdown: CancellationToken,
+) -> Result<(), ConsumeError>
+where
+    T: EventPayload,
+    H: Handler<T>,
+{
+    let concurrency = consumer.config.concurrency.max(1);
+    let shared = Arc::new(Shared {
+        name: consumer.name.clone(),
+        jetstream: consumer.jetstream.clone(),
+        subjects: consumer.subjects.clone(),
+        metrics: consumer.metrics.for_consumer(&consumer.name),
+        retry: RetryPolicy::of(&consumer.config),
+        limits: DecodeLimits {
+            max_payload_bytes: consumer.config.max_payload_bytes,
+        },
+        progress_every: (consumer.config.ack_wait / 2).max(Duration::from_millis(100)),
+    });
+    let handler = Arc::new(handler);
+    let semaphore = Arc::new(Semaphore::new(concurrency));
+    let mut tasks: JoinSet<()> = JoinSet::new();
+    let pull = || async {
+        consumer
+            .consumer
+            .stream()
+            .max_messages_per_batch(concurrency)
+            .messages()
+            .await
+            .map_err(|source| ConsumeError::Pull {
+                consumer: consumer.name.clone(),
+                source,
+            })
+    };
+    let mut messages = pull().await?;
+    let mut error_backoff = ERROR_BACKOFF_MIN;
+    let mut failure = None;
+    tracing::debug!(consumer = %consumer.name, concurrency, "consuming");
+
+    loop {
+        while let Some(joined) = tasks.try_join_next() {
+            report_join(&shared.name, joined);
+        }
+        let permit = tokio::select! {
+            biased;
+            () = shutdown.cancelled() => break,
+            permit = semaphore.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                // The semaphore is never closed.
+                Err(_) => break,
+            },
+        };
+        let next = tokio::select! {
+            biased;
+            () = shutdown.cancelled() => break,
+            next = messages.next() => next,
+        };
+        match next {
+            Some(Ok(message)) => {
+                error_backoff = ERROR_BACKOFF_MIN;
+                tasks.spawn(process(shared.clone(), handler.clone(), message, permit));
+            }
+            Some(Err(error)) => match error.kind() {
+                MessagesErrorKind::ConsumerDeleted
+                | MessagesErrorKind::PushBasedConsumer
+                | MessagesErrorKind::RequestLimitExceeded => {
+                    failure = Some(ConsumeError::Messages {
+                        consumer: shared.name.clone(),
+                        source: error,
+                    });
+                    break;
+                }
+                _ => {
+                    tracing::warn!(consumer = %shared.name, %error, "pulling messages failed; retrying");
+                    tokio::select! {
+                        () = shutdown.cancelled() => break,
+                        () = tokio::time::sleep(error_backoff) => {}
+                    }
+                    error_backoff = (error_backoff * 2).min(ERROR_BACKOFF_MAX);
+                }
+            },
+            None => {
+                tracing::warn!(consumer = %shared.name, "the pull ended; pulling again");
+                messages = match pull().await {
+                    Ok(messages) => messages,
+                    Err(error) => {
+                        failure = Some(error);
+                        break;
+                    }
+                };
+            }
+        }
+    }
+
+    // Stop pulling: what the client buffered but did not start is redelivered after ack_wait.
+    drop(messages);
+    while let Some(joined) = tasks.join_next().await {
+        report_join(&shared.name, joined);
+    }
+    tracing::debug!(consumer = %shared.name, "stopped consuming");
+    match failure {
+        Some(error) => Err(error),
+        None => Ok(()),
+    }
+}
+
+fn report_join(consumer: &str, joined: Result<(), tokio::task::JoinError>) {
+    if let Err(error) = joined
+        && error.is_panic()
+    {
+        tracing::error!(consumer, %error, "an event handler panicked; its message will be redelivered");
+    }
+}
+
+/// Decodes, handles and settles one message.
+async fn process<T, H>(
+    shared: Arc<Shared>,
+    handler: Arc<H>,
+    message: async_nats::jetstream::Message,
+    _permit: OwnedSemaphorePermit,
+) where
+    T: EventPayload,
+    H: Handler<T>,
+{
+    let delivery = match message.info() {
+        Ok(info) => Delivery {
+            stream: info.stream.to_owned(),
+            stream_sequence: info.stream_sequence,
+            subject: message.subject.to_string(),
+            attempt: u64::try_from(info.delivered).unwrap_or(1).max(1),
+        },
+        Err(error) => {
+            // A message from a pull consumer always has a JetStream reply subject.
+            tracing::error!(consumer = %shared.name, %error, "a message without JetStream metadata; leaving it");
+            shared.metrics.consumed(ConsumeOutcome::Abandoned);
+            return;
+        }
+    };
+
+    let disposition = if shared.retry.is_exceeded(delivery.attempt) {
+        disposition(
+            Processed::DeliveriesExceeded,
+            delivery.attempt,
+            &shared.retry,
+        )
+    } else {
+        match decode::<T>(message.headers.as_ref(), &message.payload, &shared.limits) {
+            Err(error) => {
+                tracing::warn!(
+                    consumer = %shared.name,
+                    stream_sequence = delivery.stream_sequence,
+                    subject = %delivery.subject,
+                    reason = error.kind().as_str(),
+                    error = %error_chain(&error),
+                    "undecodable message"
+                );
+                disposition(
+                    Processed::Undecodable(&error),
+                    delivery.attempt,
+                    &shared.retry,
+                )
+            }
+            Ok(event) => {
+                let span = tracing::info_span!(
+                    "handle_event",
+                    consumer = %shared.name,
+                    ce.id = %event.id,
+                    ce.r#type = %event.event_type,
+                    attempt = delivery.attempt,
+                );
+                set_remote_parent(
+                    &span,
+                    event.traceparent.as_deref(),
+                    event.tracestate.as_deref(),
+                );
+                let started = Instant::now();
+                let handled = handler
+                    .handle(event, delivery.clone())
+                    .instrument(span.clone());
+                let result = with_progress(handled, &message, shared.progress_every).await;
+                shared.metrics.handled_in(started.elapsed());
+                if let Err(error) = &result {
+                    let _entered = span.enter();
+                    tracing::warn!(
+                        consumer = %shared.name,
+                        transient = error.is_transient(),
+                        error = %error_chain(error),
+                        "event handler failed"
+                    );
+                }
+                disposition(Processed::Handled(&result), delivery.attempt, &shared.retry)
+            }
+        }
+    };
+    settle(&shared, &message, &delivery, disposition).await;
+}
+
+/// Runs the handler, telling the server every `every` that the message is still being worked on.
+async fn with_progress<F>(
+    handled: F,
+    message: &async_nats::jetstream::Message,
+    every: Duration,
+) -> F::Output
+where
+    F: Future,
+{
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    tokio::pin!(handled);
+    loop {
+        tokio::select! {
+            // Handler first: one that finishes at once never arms the timer.
+            biased;
+            output = &mut handled => return output,
+            _ = ticker.tick() => {
+                if let Err(error) = message.ack_with(AckKind::Progress).await {
+                    tracing::debug!(%error, "sending an in-progress ack failed");
+                }
+            }
+        }
+    }
+}
+
+/// Applies a disposition to a message.
+async fn settle(
+    shared: &Shared,
+    message: &async_nats::jetstream::Message,
+    delivery: &Delivery,
+    disposition: Disposition,
+) {
+    let consumer = shared.name.as_str();
+    match disposition {
+        Disposition::Ack => match message.double_ack().await {
+            Ok(()) => shared.metrics.consumed(ConsumeOutcome::Ack),
+            Err(error) => {
+                tracing::warn!(consumer, %error, "the ack was not confirmed; the message may be redelivered");
+                shared.metrics.consumed(ConsumeOutcome::Abandoned);
+            }
+        },
+        Disposition::Nak(delay) => match message.ack_with(AckKind::Nak(Some(delay))).await {
+            Ok(()) => shared.metrics.consumed(ConsumeOutcome::Nak),
+            Err(error) => {
+                tracing::warn!(consumer, %error, "the nak was not sent; the message is redelivered after ack_wait");
+                shared.metrics.consumed(ConsumeOutcome::Abandoned);
+            }
+        },
+        Disposition::DeadLetter(note) => {
+            let origin = Origin {
+                consumer,
+                stream: &delivery.stream,
+                sequence: delivery.stream_sequence,
+                subject: &delivery.subject,
+                deliveries: delivery.attempt,
+            };
+            let published = publish_dead_letter(
+                &shared.jetstream,
+                &shared.subjects,
+                &origin,
+                message.headers.as_ref(),
+                &message.payload,
+                &note,
+            )
+            .await;
+            match published {
+                Ok(()) => {
+                    tracing::warn!(
+                        consumer,
+                        stream_sequence = delivery.stream_sequence,
+                        reason = note.reason.as_str(),
+                        "dead-lettered"
+                    );
+                    shared.metrics.dead_lettered(note.reason.as_str());
+                    shared.metrics.consumed(ConsumeOutcome::DeadLetter);
+                    if let Err(error) = message.double_ack_with(AckKind::Term).await {
+                        // Redelivered, then dead-lettered again under the same id: stored once.
+                        tracing::warn!(consumer, %error, "terminating a dead-lettered message was not confirmed");
+                    }
+                }
+                Err(error) => {
+                    tracing::error!(
+                        consumer,
+                        error = %error_chain(&error),
+                        "publishing a dead letter failed; the message will be retried"
+                    );
+                    let delay = shared.retry.nak_delay(delivery.attempt);
+                    let _ = message.ack_with(AckKind::Nak(Some(delay))).await;
+                    shared.metrics.consumed(ConsumeOutcome::Abandoned);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::binding::DecodeErrorKind;
+
+    fn policy(max_deliver: Option<u32>) -> RetryPolicy {
+        RetryPolicy {
+            max_deliver,
+            nak_backoff: vec![
+                Duration::from_secs(1),
+                Duration::from_secs(5),
+                Duration::from_secs(30),
+            ],
+        }
+    }
+
+    #[test]
+    fn success_acks() {
+        assert_eq!(
+            disposition(Processed::Handled(&Ok(())), 1, &policy(Some(3))),
+            Disposition::Ack
+        );
+    }
+
+    #[test]
+    fn transient_naks_with_a_growing_delay_until_the_last_delivery() {
+        let failed = Err(HandlerError::transient("spire unavailable"));
+        let retry = policy(Some(5));
+        let delays: Vec<Disposition> = (1..=4)
+            .map(|attempt| disposition(Processed::Handled(&failed), attempt, &retry))
+            .collect();
+        assert_eq!(
+            delays,
+            vec![
+                Disposition::Nak(Duration::from_secs(1)),
+                Disposition::Nak(Duration::from_secs(5)),
+                Disposition::Nak(Duration::from_secs(30)),
+                Disposition::Nak(Duration::from_secs(30)),
+            ]
+        );
+        match disposition(Processed::Handled(&failed), 5, &retry) {
+            Disposition::DeadLetter(note) => {
+                assert_eq!(note.reason, DeadLetterReason::RetriesExhausted)
+            }
+            other => panic!("expected a dead letter, got {other:?}"),
+        }
+        assert_eq!(
+            disposition(Processed::Handled(&failed), 1000, &policy(None)),
+            Disposition::Nak(Duration::from_secs(30))
+        );
+    }
+
+    #[test]
+    fn poison_and_undecodable_are_dead_lettered_with_their_reason() {
+        let poison = Err(HandlerError::poison(
+            "entry_conflict",
+            "the entry belongs to someone else",
+        ));
+        match disposition(Processed::Handled(&poison), 1, &policy(Some(3))) {
+            Disposition::DeadLetter(note) => {
+                assert_eq!(note.reason, DeadLetterReason::Rejected);
+                assert_eq!(note.code.as_deref(), Some("entry_conflict"));
+            }
+            other => panic!("expected a dead letter, got {other:?}"),
+        }
+        let undecodable = DecodeError::MissingData;
+        match disposition(Processed::Undecodable(&undecodable), 1, &policy(Some(3))) {
+            Disposition::DeadLetter(note) => {
+                assert_eq!(
+                    note.reason,
+                    DeadLetterReason::Decode(DecodeErrorKind::MissingData)
+                );
+            }
+            other => panic!("expected a dead letter, got {other:?}"),
+        }
+        match disposition(Processed::DeliveriesExceeded, 4, &policy(Some(3))) {
+            Disposition::DeadLetter(note) => {
+                assert_eq!(note.reason, DeadLetterReason::RetriesExhausted)
+            }
+            other => panic!("expected a dead letter, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn retry_policy_limits() {
+        let retry = policy(Some(3));
+        assert!(!retry.is_last(2));
+        assert!(retry.is_last(3));
+        assert!(!retry.is_exceeded(3));
+        assert!(retry.is_exceeded(4));
+        let unlimited = policy(None);
+        assert!(!unlimited.is_last(u64::MAX));
+        let empty = RetryPolicy {
+            max_deliver: None,
+            nak_backoff: Vec::new(),
+        };
+        assert_eq!(empty.nak_delay(1), Duration::from_secs(1));
+    }
+}

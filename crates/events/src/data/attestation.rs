@@ -1,0 +1,260 @@
+//! Verification outcomes, published by the attestor on `{p}.attestation.<verdict>.…`, one per
+//! TaskRun (id `{taskrun uid}:attestation` for both types, so the stream keeps only the first).
+//!
+//! Both carry a DSSE envelope signed with the attestor's own SVID and the certificate chain of
+//! that SVID, so anyone holding the trust bundle can check the statement offline.
+
+use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::common::TaskRunRef;
+use super::lifecycle::ce_subject_of;
+use crate::event_type::EventType;
+use crate::payload::EventData;
+use crate::subject::{SubjectError, Subjects};
+
+/// What was verified.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    /// Every result was signed by the TaskRun's own SVID, and the signatures check.
+    Verified,
+    /// The Task declares no results and the TaskRun wrote none: nothing to verify.
+    NoResults,
+}
+
+/// Why a TaskRun's results were rejected: one code per verification check, in the order the
+/// checks run. Machine-readable; the event's `message` says more for people.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ReasonCode {
+    /// A step wrote results but no `SVID` entry.
+    SvidMissing,
+    /// The `SVID` entry is not one parseable PEM X.509 certificate.
+    SvidInvalid,
+    /// The SVID does not hold exactly one URI SAN that is a valid SPIFFE ID.
+    SpiffeIdInvalid,
+    /// The SVID's SPIFFE ID is not the TaskRun's (`spiffe://<td>/ns/<namespace>/taskrun/<name>`).
+    SpiffeIdMismatch,
+    /// No trust bundle is configured for the SVID's trust domain.
+    TrustDomainUnknown,
+    /// The SVID does not chain to its trust domain's bundle (signature, CA constraints, key usage).
+    ChainInvalid,
+    /// The SVID was not valid (not yet, or no longer) when the step wrote its results.
+    SvidNotValidAtSigning,
+    /// The SVID was issued before the TaskRun was created, so it was not issued for this run.
+    SvidPredatesTaskrun,
+    /// A step wrote signed results but no `RESULT_MANIFEST` entry.
+    ManifestMissing,
+    /// The manifest does not list every result the step wrote or the Task declares.
+    ManifestIncomplete,
+    /// A result listed in the manifest has no `<name>.sig` entry.
+    UnsignedResult,
+    /// The manifest itself is not signed (`RESULT_MANIFEST.sig` is absent).
+    SignatureMissing,
+    /// A signature (of a result or of the manifest) does not verify with the SVID's key.
+    SignatureInvalid,
+    /// The TaskRun's reported results differ from the values its steps signed.
+    ResultsMismatch,
+    /// The TaskRun has results but no step signed any (signing is not enabled for it).
+    UnsignedResults,
+    /// A result set cannot be parsed (not the termination-message JSON, bad base64, truncated).
+    MalformedResults,
+}
+
+impl ReasonCode {
+    /// Every code, in check order.
+    pub const ALL: [ReasonCode; 16] = [
+        ReasonCode::SvidMissing,
+        ReasonCode::SvidInvalid,
+        ReasonCode::SpiffeIdInvalid,
+        ReasonCode::SpiffeIdMismatch,
+        ReasonCode::TrustDomainUnknown,
+        ReasonCode::ChainInvalid,
+        ReasonCode::SvidNotValidAtSigning,
+        ReasonCode::SvidPredatesTaskrun,
+        ReasonCode::ManifestMissing,
+        ReasonCode::ManifestIncomplete,
+        ReasonCode::UnsignedResult,
+        ReasonCode::SignatureMissing,
+        ReasonCode::SignatureInvalid,
+        ReasonCode::ResultsMismatch,
+        ReasonCode::UnsignedResults,
+        ReasonCode::MalformedResults,
+    ];
+
+    /// The code as it appears in JSON (`svid_missing`...).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ReasonCode::SvidMissing => "svid_missing",
+            ReasonCode::SvidInvalid => "svid_invalid",
+            ReasonCode::SpiffeIdInvalid => "spiffe_id_invalid",
+            ReasonCode::SpiffeIdMismatch => "spiffe_id_mismatch",
+            ReasonCode::TrustDomainUnknown => "trust_domain_unknown",
+            ReasonCode::ChainInvalid => "chain_invalid",
+            ReasonCode::SvidNotValidAtSigning => "svid_not_valid_at_signing",
+            ReasonCode::SvidPredatesTaskrun => "svid_predates_taskrun",
+            ReasonCode::ManifestMissing => "manifest_missing",
+            ReasonCode::ManifestIncomplete => "manifest_incomplete",
+            ReasonCode::UnsignedResult => "unsigned_result",
+            ReasonCode::SignatureMissing => "signature_missing",
+            ReasonCode::SignatureInvalid => "signature_invalid",
+            ReasonCode::ResultsMismatch => "results_mismatch",
+            ReasonCode::UnsignedResults => "unsigned_results",
+            ReasonCode::MalformedResults => "malformed_results",
+        }
+    }
+}
+
+/// One in-toto subject of the attestation: a result, by digest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ResultSubject {
+    /// The result's name.
+    pub name: String,
+    /// Lower-case hex SHA-256 of the signed bytes of the result's value.
+    pub sha256: String,
+}
+
+/// A DSSE signature.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DsseSignature {
+    /// The key id (the attestor SVID's SPIFFE ID); may be empty.
+    pub keyid: String,
+    /// The signature over the DSSE pre-authentication encoding, base64 (standard alphabet).
+    pub sig: String,
+}
+
+/// A DSSE envelope (field names as the DSSE specification spells them).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DsseEnvelope {
+    /// The payload's media type (`application/vnd.in-toto+json`).
+    pub payload_type: String,
+    /// The payload (an in-toto Statement), base64 (standard alphabet).
+    pub payload: String,
+    /// The signatures.
+    pub signatures: Vec<DsseSignature>,
+}
+
+/// A signed statement and what is needed to check it offline.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SignedAttestation {
+    /// The DSSE envelope.
+    pub envelope: DsseEnvelope,
+    /// The attestor SVID's certificate chain as PEM, leaf first.
+    pub certificates: Vec<String>,
+}
+
+/// `dev.countersign.attestation.verified.v1`: a TaskRun's results were verified.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(title = "dev.countersign.attestation.verified.v1")]
+pub struct AttestationVerified {
+    /// The TaskRun.
+    pub taskrun: TaskRunRef,
+    /// What was verified.
+    pub verdict: Verdict,
+    /// The SPIFFE ID that signed the results; absent for `no_results`.
+    pub spiffe_id: Option<String>,
+    /// Lower-case hex SHA-256 of the signing SVID's leaf certificate DER; absent for `no_results`.
+    pub svid_fingerprint: Option<String>,
+    /// The verified results, by digest.
+    pub subjects: Vec<ResultSubject>,
+    /// The attestor's signed in-toto statement.
+    pub attestation: SignedAttestation,
+    /// When the attestor decided.
+    pub attested_at: DateTime<Utc>,
+}
+
+/// `dev.countersign.attestation.rejected.v1`: a TaskRun's results failed verification.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(title = "dev.countersign.attestation.rejected.v1")]
+pub struct AttestationRejected {
+    /// The TaskRun.
+    pub taskrun: TaskRunRef,
+    /// The first check that failed.
+    pub reason: ReasonCode,
+    /// What failed, for people.
+    pub message: String,
+    /// The step whose result set failed, when one did.
+    pub step: Option<String>,
+    /// The SPIFFE ID found in the SVID, when one was parsed.
+    pub spiffe_id: Option<String>,
+    /// The attestor's signed in-toto statement of the rejection.
+    pub attestation: SignedAttestation,
+    /// When the attestor decided.
+    pub attested_at: DateTime<Utc>,
+}
+
+impl EventData for AttestationVerified {
+    const TYPE: EventType = EventType::AttestationVerified;
+
+    fn event_id(&self) -> String {
+        format!("{}:attestation", self.taskrun.uid)
+    }
+
+    fn ce_subject(&self) -> String {
+        ce_subject_of(&self.taskrun)
+    }
+
+    fn nats_subject(&self, subjects: &Subjects) -> Result<String, SubjectError> {
+        subjects.for_taskrun(Self::TYPE, &self.taskrun)
+    }
+}
+
+impl EventData for AttestationRejected {
+    const TYPE: EventType = EventType::AttestationRejected;
+
+    fn event_id(&self) -> String {
+        format!("{}:attestation", self.taskrun.uid)
+    }
+
+    fn ce_subject(&self) -> String {
+        ce_subject_of(&self.taskrun)
+    }
+
+    fn nats_subject(&self, subjects: &Subjects) -> Result<String, SubjectError> {
+        subjects.for_taskrun(Self::TYPE, &self.taskrun)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reason_codes_serialize_as_their_names() {
+        for code in ReasonCode::ALL {
+            assert_eq!(
+                serde_json::to_value(code).unwrap(),
+                serde_json::Value::from(code.as_str())
+            );
+        }
+    }
+
+    #[test]
+    fn dsse_field_names_are_the_specs() {
+        let envelope = DsseEnvelope {
+            payload_type: "application/vnd.in-toto+json".into(),
+            payload: "e30=".into(),
+            signatures: vec![DsseSignature {
+                keyid: "k".into(),
+                sig: "c2ln".into(),
+            }],
+        };
+        let json = serde_json::to_value(&envelope).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({
+                "payloadType": "application/vnd.in-toto+json",
+                "payload": "e30=",
+                "signatures": [{"keyid": "k", "sig": "c2ln"}]
+            })
+        );
+    }
+}

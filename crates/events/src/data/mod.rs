@@ -1,0 +1,26 @@
+//! The data of every event type: one Rust struct per CloudEvent `type`, serialized as JSON with
+//! camelCase field names, unknown fields rejected, and a JSON Schema generated from the struct.
+//!
+//! - [`common`]: the types events share (TaskRun and pod references, steps, results).
+//! - [`lifecycle`]: TaskRun lifecycle events, published by the watcher.
+//! - [`registration`]: SPIRE registration audit events, published by the registrar.
+//! - [`attestation`]: verification outcomes, published by the attestor.
+
+pub mod attestation;
+pub mod common;
+pub mod lifecycle;
+pub mod registration;
+
+pub use attestation::{
+    AttestationRejected, AttestationVerified, DsseEnvelope, DsseSignature, ReasonCode,
+    ResultSubject, SignedAttestation, Verdict,
+};
+pub use common::{
+    Outcome, PodRef, ResultType, StepRecord, TaskRunRef, TaskRunResult, TerminationEntry,
+};
+pub use lifecycle::{
+    StepCompleted, TaskRunCreated, TaskRunDeleted, TaskRunFinished, TaskRunScheduled,
+};
+pub use registration::{
+    EntryKind, EntryRegistered, EntryReleased, RegistrationEntry, ReleaseReason,
+};

@@ -1,0 +1,32 @@
+//! The registry of bench cases. To add one (`watcher`, `registrar`, `attestor`...), write a module
+//! with a `pub const CASE: Case` and list it in [`CASES`].
+
+mod events;
+
+use std::future::Future;
+use std::pin::Pin;
+
+use crate::Options;
+use crate::report::CaseReport;
+
+/// A case's future.
+pub type CaseFuture = Pin<Box<dyn Future<Output = anyhow::Result<CaseReport>>>>;
+
+/// A named benchmark.
+#[derive(Debug)]
+pub struct Case {
+    /// The name used on the command line and in the headline.
+    pub name: &'static str,
+    /// What it measures.
+    pub summary: &'static str,
+    /// Runs it.
+    pub run: fn(Options) -> CaseFuture,
+}
+
+/// Every case, in the order `cargo xtask bench` runs them.
+pub const CASES: &[Case] = &[events::CASE];
+
+/// The case called `name`.
+pub fn find(name: &str) -> Option<&'static Case> {
+    CASES.iter().find(|case| case.name == name)
+}

@@ -1,0 +1,47 @@
+//! `cargo xtask bench [case] [-- options]`: build the benchmark binary (`tests/bench`) in release,
+//! run one case or all of them against real peers, and write the report (markdown and JSON) under
+//! `target/bench/`. Each case prints its headline as `<case>: ratio <number>`.
+
+use std::path::Path;
+use std::process::{Command, ExitCode};
+
+use anyhow::Context as _;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The case to run (`events`, ...); all cases when absent.
+    case: Option<String>,
+    /// Options for the benchmark binary, e.g. `-- --events 5000`.
+    #[arg(last = true)]
+    options: Vec<String>,
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .context("xtask sits in the repository")?;
+    crate::peers::ensure()?;
+    let report_dir = root.join("target").join("bench");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut command = Command::new(cargo);
+    command
+        .current_dir(root)
+        .args([
+            "run",
+            "--quiet",
+            "--release",
+            "--package",
+            "countersign-bench",
+            "--",
+        ])
+        .args(args.case.iter())
+        .arg("--report-dir")
+        .arg(&report_dir)
+        .args(&args.options);
+    let status = command.status().context("running the benchmarks")?;
+    if !status.success() {
+        anyhow::bail!("the benchmarks failed ({status})");
+    }
+    eprintln!("bench: report in {}", report_dir.display());
+    Ok(ExitCode::SUCCESS)
+}

@@ -19,7 +19,12 @@ pub fn run() -> anyhow::Result<ExitCode> {
         println!("go:    {go}");
     }
     for binary in peers.iter() {
-        println!("{:<15} {:<9} {}", binary.peer.binary_name(), binary.version, binary.path.display());
+        println!(
+            "{:<15} {:<9} {}",
+            binary.peer.binary_name(),
+            binary.version,
+            binary.path.display()
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -32,15 +32,22 @@ impl Summary {
             return false;
         };
         self.binaries += 1;
-        for part in rest.split(';') {
-            let mut words = part.split_whitespace().rev();
-            let (Some(label), Some(count)) = (words.next(), words.next()) else { continue };
-            let Ok(count) = count.parse::<u64>() else { continue };
+        // After the verdict (`ok.` or `FAILED.`), each part is `<count> <label>`, e.g. `2 filtered out`.
+        let counts = rest
+            .split_once(". ")
+            .map_or(rest, |(_verdict, counts)| counts);
+        for part in counts.split(';') {
+            let Some((count, label)) = part.trim().split_once(' ') else {
+                continue;
+            };
+            let Ok(count) = count.parse::<u64>() else {
+                continue;
+            };
             match label {
                 "passed" => self.passed += count,
                 "failed" => self.failed += count,
                 "ignored" => self.ignored += count,
-                "out" => self.filtered_out += count,
+                "filtered out" => self.filtered_out += count,
                 _ => {}
             }
         }
@@ -52,7 +59,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
     let peers = crate::peers::ensure()?;
     for binary in peers.iter() {
-        eprintln!("peers: {} {} at {}", binary.peer, binary.version, binary.path.display());
+        eprintln!(
+            "peers: {} {} at {}",
+            binary.peer,
+            binary.version,
+            binary.path.display()
+        );
     }
 
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
@@ -60,7 +72,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     command.args(["test", "--workspace"]);
     command.args(&args.cargo_args);
     command.stdout(Stdio::piped());
-    eprintln!("running: cargo test --workspace {}", args.cargo_args.join(" "));
+    eprintln!(
+        "running: cargo test --workspace {}",
+        args.cargo_args.join(" ")
+    );
     let mut child = command.spawn().context("running cargo test")?;
     let stdout = child.stdout.take().expect("stdout is piped");
     let mut summary = Summary::default();
@@ -71,7 +86,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         writeln!(out, "{line}")?;
     }
     let status = child.wait().context("waiting for cargo test")?;
-    let verdict = if status.success() && summary.failed == 0 { "ok" } else { "FAILED" };
+    let verdict = if status.success() && summary.failed == 0 {
+        "ok"
+    } else {
+        "FAILED"
+    };
     writeln!(
         out,
         "\ntest result: {verdict}. {} passed; {} failed; {} ignored; {} filtered out; {} test binaries; finished in {:.1}s",
@@ -82,7 +101,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         summary.binaries,
         started.elapsed().as_secs_f64()
     )?;
-    Ok(if verdict == "ok" { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if verdict == "ok" {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 #[cfg(test)]
@@ -101,7 +124,13 @@ mod tests {
         assert!(!summary.add_line("running 7 tests"));
         assert_eq!(
             summary,
-            Summary { binaries: 2, passed: 7, failed: 2, ignored: 1, filtered_out: 2 }
+            Summary {
+                binaries: 2,
+                passed: 7,
+                failed: 2,
+                ignored: 1,
+                filtered_out: 2
+            }
         );
     }
 }

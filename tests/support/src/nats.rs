@@ -9,6 +9,25 @@ use crate::{peers, ports, short_tempdir, wait};
 /// How long a start may take before the test fails.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How many times a first start is tried on new ports when the chosen ones were taken.
+const START_ATTEMPTS: u32 = 3;
+
+/// Why one launch failed.
+#[derive(Debug)]
+enum Launch {
+    /// Another process bound the port first; worth retrying on other ports.
+    PortTaken(PeerFailed),
+    Failed(PeerFailed),
+}
+
+impl Launch {
+    fn into_failure(self) -> PeerFailed {
+        match self {
+            Launch::PortTaken(failure) | Launch::Failed(failure) => failure,
+        }
+    }
+}
+
 /// Extra configuration for a server.
 #[derive(Debug, Clone, Default)]
 pub struct NatsOptions {
@@ -45,9 +64,22 @@ impl NatsServer {
             monitor_port: ports::free_port(),
             options,
         };
-        server.write_config();
-        server.launch().await?;
-        Ok(server)
+        // A port that was free when picked can be taken by another process before nats-server binds
+        // it; then the server exits at once and we try again on new ports.
+        let mut attempt = 1;
+        loop {
+            server.write_config();
+            match server.launch().await {
+                Ok(()) => return Ok(server),
+                Err(Launch::PortTaken(failure)) if attempt < START_ATTEMPTS => {
+                    tracing::warn!(attempt, error = %failure, "nats-server port taken; retrying on new ports");
+                    attempt += 1;
+                    server.port = ports::free_port();
+                    server.monitor_port = ports::free_port();
+                }
+                Err(Launch::PortTaken(failure) | Launch::Failed(failure)) => return Err(failure),
+            }
+        }
     }
 
     fn config_path(&self) -> PathBuf {
@@ -72,34 +104,53 @@ impl NatsServer {
         std::fs::write(self.config_path(), config).expect("writing nats.conf");
     }
 
-    async fn launch(&mut self) -> Result<(), PeerFailed> {
+    async fn launch(&mut self) -> Result<(), Launch> {
         let log = self.dir.path().join("nats-server.log");
         let args = vec!["-c".to_owned(), self.config_path().display().to_string()];
         let process =
             PeerProcess::spawn("nats-server", &peers().nats_server.path, &args, &[], &log)
                 .await
-                .map_err(|error| PeerFailed {
-                    name: "nats-server".into(),
-                    message: error.to_string(),
-                    log_tail: crate::process::log_tail(&log),
+                .map_err(|error| {
+                    Launch::Failed(PeerFailed {
+                        name: "nats-server".into(),
+                        message: error.to_string(),
+                        log_tail: crate::process::log_tail(&log),
+                    })
                 })?;
         let url = self.url();
         let credentials = self.options.probe_credentials.clone();
+        let process_ref = &process;
+        // Ready, or exited (no point waiting out the timeout for a server that is gone).
         let ready = wait::until(
             "nats-server with JetStream to be ready",
             START_TIMEOUT,
             || {
                 let url = url.clone();
                 let credentials = credentials.clone();
-                async move { probe_jetstream(&url, credentials).await.then_some(()) }
+                async move {
+                    if !process_ref.is_running() {
+                        return Some(false);
+                    }
+                    probe_jetstream(&url, credentials).await.then_some(true)
+                }
             },
         )
         .await;
-        if let Err(error) = ready {
-            return Err(PeerFailed::from_wait(&process, error));
+        match ready {
+            Ok(true) => {
+                self.process = Some(process);
+                Ok(())
+            }
+            Ok(false) => {
+                let failure = PeerFailed::new(&process, "nats-server exited during start-up");
+                if failure.log_tail.contains("address already in use") {
+                    Err(Launch::PortTaken(failure))
+                } else {
+                    Err(Launch::Failed(failure))
+                }
+            }
+            Err(error) => Err(Launch::Failed(PeerFailed::from_wait(&process, error))),
         }
-        self.process = Some(process);
-        Ok(())
     }
 
     /// `nats://127.0.0.1:<port>`
@@ -138,7 +189,7 @@ impl NatsServer {
     /// Starts the server again on the same port with the same store.
     pub async fn restart(&mut self) -> Result<(), PeerFailed> {
         self.stop();
-        self.launch().await
+        self.launch().await.map_err(Launch::into_failure)
     }
 
     pub fn log_path(&self) -> PathBuf {

@@ -120,3 +120,24 @@ async fn two_servers_do_not_share_ports_or_stores() {
         .await;
     assert!(names.is_empty(), "server b sees {names:?}");
 }
+
+#[tokio::test]
+async fn a_server_that_cannot_bind_fails_fast_with_its_log() {
+    let mut server = NatsServer::start().await.unwrap();
+    server.stop();
+    // Someone else takes the port while the server is down.
+    let _squatter = std::net::TcpListener::bind(("127.0.0.1", server.port())).unwrap();
+
+    let started = std::time::Instant::now();
+    let failure = server.restart().await.unwrap_err();
+
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert!(
+        failure.log_tail.contains("address already in use"),
+        "{failure}"
+    );
+}

@@ -1,0 +1,792 @@
+//! The relay's configuration: the shared sections, the NATS connection, the bus, and the list of
+//! sinks (`[[sinks]]`), each with its URL, headers, filter and retry rules. Everything has a
+//! documented default except a sink's `name` and `url`; [`RelayConfig::validate`] refuses what
+//! serde cannot (no sinks, duplicate names, an empty filter list, a header the binding owns).
+//!
+//! Header values can be secrets: a literal value is a [`Secret`], and `from_file` / `from_env`
+//! name where the value lives without holding it, so no `Debug` print shows a token.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use countersign_events::{BusConfig, ConsumerConfig, EventType, Subjects};
+use countersign_runtime::config::{
+    AdminConfig, ConfigError, Secret, ServiceConfig, ShutdownConfig, TelemetryConfig,
+};
+use serde::de::{self, Deserializer, MapAccess, Visitor};
+use serde::{Deserialize, Serialize};
+use url::Url;
+
+/// The whole relay configuration.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RelayConfig {
+    /// `[admin]`: `/livez`, `/readyz`, `/metrics`.
+    #[serde(default)]
+    pub admin: AdminConfig,
+    /// `[telemetry]`: logs and traces.
+    #[serde(default)]
+    pub telemetry: TelemetryConfig,
+    /// `[shutdown]`: the drain's grace period.
+    #[serde(default)]
+    pub shutdown: ShutdownConfig,
+    /// `[nats]`: where the bus is.
+    #[serde(default)]
+    pub nats: NatsConfig,
+    /// `[bus]`: the subject prefix and the stream limits (shared with every service).
+    #[serde(default)]
+    pub bus: BusConfig,
+    /// `[[sinks]]`: where attestation events are delivered. At least one.
+    #[serde(default)]
+    pub sinks: Vec<SinkConfig>,
+}
+
+impl ServiceConfig for RelayConfig {
+    fn admin(&self) -> &AdminConfig {
+        &self.admin
+    }
+
+    fn telemetry(&self) -> &TelemetryConfig {
+        &self.telemetry
+    }
+
+    fn shutdown(&self) -> &ShutdownConfig {
+        &self.shutdown
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let subjects = Subjects::new(&self.bus.prefix)
+            .map_err(|error| ConfigError::invalid("bus.prefix", error.to_string()))?;
+        self.nats.validate()?;
+        if self.sinks.is_empty() {
+            return Err(ConfigError::invalid(
+                "sinks",
+                "at least one [[sinks]] entry is required",
+            ));
+        }
+        let mut names = BTreeSet::new();
+        for (index, sink) in self.sinks.iter().enumerate() {
+            let key = format!("sinks[{index}]");
+            sink.validate(&key, &subjects)?;
+            if !names.insert(sink.name.as_str()) {
+                return Err(ConfigError::invalid(
+                    format!("{key}.name"),
+                    format!("the sink name {:?} is used twice", sink.name),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+// === [nats] ===
+
+/// `[nats]`: the connection to the bus.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NatsConfig {
+    /// The server URL (or a comma-separated list). Default `nats://localhost:4222`.
+    #[serde(default = "NatsConfig::default_url")]
+    pub url: String,
+    /// A NATS `.creds` file (JWT + nkey seed). Default: none.
+    #[serde(default)]
+    pub credentials_file: Option<PathBuf>,
+    /// A user name, with `password`. Default: none.
+    #[serde(default)]
+    pub user: Option<String>,
+    /// The password of `user`. Default: none.
+    #[serde(default)]
+    pub password: Option<Secret<String>>,
+}
+
+impl NatsConfig {
+    /// `nats://localhost:4222`.
+    pub fn default_url() -> String {
+        "nats://localhost:4222".to_owned()
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.user.is_some() != self.password.is_some() {
+            return Err(ConfigError::invalid(
+                "nats.password",
+                "`user` and `password` go together",
+            ));
+        }
+        if self.user.is_some() && self.credentials_file.is_some() {
+            return Err(ConfigError::invalid(
+                "nats.credentials_file",
+                "give either `credentials_file` or `user` and `password`, not both",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Default for NatsConfig {
+    fn default() -> NatsConfig {
+        NatsConfig {
+            url: NatsConfig::default_url(),
+            credentials_file: None,
+            user: None,
+            password: None,
+        }
+    }
+}
+
+// === [[sinks]] ===
+
+/// The longest sink name: its consumer (`relay-<name>`) and metric labels stay short.
+pub const MAX_SINK_NAME_LEN: usize = 48;
+
+/// One HTTP CloudEvents sink (`[[sinks]]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SinkConfig {
+    /// The sink's name: `[a-z0-9-]`, starting and ending with a letter or digit, at most 48
+    /// characters. Its durable consumer is `relay-<name>`, and its dead letters go to
+    /// `{prefix}.deadletter.relay-<name>`. Required.
+    pub name: String,
+    /// Where events are POSTed (`http` or `https`). Required.
+    pub url: Url,
+    /// The deadline of one delivery attempt (connect, send, response). Default `10s`.
+    #[serde(default = "SinkConfig::default_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Extra request headers by name, e.g. `Authorization`. A value is a string, or a table with
+    /// exactly one of `value`, `from_file`, `from_env` and an optional `prefix`. Default: none.
+    #[serde(default)]
+    pub headers: BTreeMap<String, HeaderConfig>,
+    /// Which attestation events this sink gets. Default: all.
+    #[serde(default)]
+    pub filter: FilterConfig,
+    /// Retries and the dead letter.
+    #[serde(default)]
+    pub retry: RetryConfig,
+    /// How many deliveries to this sink one replica has in flight. Default 8.
+    #[serde(default = "SinkConfig::default_concurrency")]
+    pub concurrency: usize,
+    /// A PEM file of extra certificate authorities to trust for `https` (besides the system's).
+    /// Default: none.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+}
+
+impl SinkConfig {
+    /// 10 seconds.
+    pub const fn default_timeout() -> Duration {
+        Duration::from_secs(10)
+    }
+
+    /// 8.
+    pub const fn default_concurrency() -> usize {
+        8
+    }
+
+    /// The consumer configuration this sink's durable consumer is bound with.
+    pub fn consumer_config(&self) -> ConsumerConfig {
+        ConsumerConfig {
+            max_deliver: Some(self.retry.max_attempts),
+            nak_backoff: self.retry.nak_backoff(),
+            concurrency: self.concurrency,
+            ..ConsumerConfig::default()
+        }
+    }
+
+    fn validate(&self, key: &str, subjects: &Subjects) -> Result<(), ConfigError> {
+        if !is_valid_sink_name(&self.name) {
+            return Err(ConfigError::invalid(
+                format!("{key}.name"),
+                format!(
+                    "{:?} is not a sink name: 1 to {MAX_SINK_NAME_LEN} characters of [a-z0-9-], \
+                     starting and ending with a letter or digit",
+                    self.name
+                ),
+            ));
+        }
+        if !matches!(self.url.scheme(), "http" | "https") {
+            return Err(ConfigError::invalid(
+                format!("{key}.url"),
+                format!(
+                    "the scheme must be http or https, not {}",
+                    self.url.scheme()
+                ),
+            ));
+        }
+        if self.timeout.is_zero() {
+            return Err(ConfigError::invalid(
+                format!("{key}.timeout"),
+                "must be more than zero",
+            ));
+        }
+        if self.concurrency == 0 {
+            return Err(ConfigError::invalid(
+                format!("{key}.concurrency"),
+                "must be at least 1",
+            ));
+        }
+        let mut header_names = BTreeSet::new();
+        for (name, header) in &self.headers {
+            let header_key = format!("{key}.headers.{name}");
+            validate_header_name(name)
+                .map_err(|message| ConfigError::invalid(&header_key, message))?;
+            if !header_names.insert(name.to_ascii_lowercase()) {
+                return Err(ConfigError::invalid(
+                    header_key,
+                    "the header is given twice (names ignore case)",
+                ));
+            }
+            header.validate(&header_key)?;
+        }
+        self.filter.validate(&format!("{key}.filter"), subjects)?;
+        self.retry.validate(&format!("{key}.retry"))
+    }
+}
+
+/// Whether `name` is a valid sink name.
+pub fn is_valid_sink_name(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    let edge_ok =
+        |byte: Option<&u8>| byte.is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+    !name.is_empty()
+        && name.len() <= MAX_SINK_NAME_LEN
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+        && edge_ok(bytes.first())
+        && edge_ok(bytes.last())
+}
+
+/// The header names the CloudEvents binding writes, which configuration may not set.
+fn validate_header_name(name: &str) -> Result<(), String> {
+    if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
+        return Err(format!("{name:?} is not a valid HTTP header name"));
+    }
+    let lower = name.to_ascii_lowercase();
+    if lower.starts_with("ce-") || lower == "content-type" || lower == "content-length" {
+        return Err(format!(
+            "{name:?} is written by the CloudEvents binding and cannot be configured"
+        ));
+    }
+    Ok(())
+}
+
+// === headers ===
+
+/// Where a header's value comes from.
+#[derive(Clone, PartialEq, Eq)]
+pub enum HeaderSource {
+    /// The value as written in the config (a secret: never printed).
+    Literal(Secret<String>),
+    /// The contents of a file, read again for every delivery so a rotated token is picked up
+    /// (trailing whitespace is trimmed). A mounted Kubernetes Secret or a projected token.
+    File(PathBuf),
+    /// An environment variable of the relay process, read once at start-up.
+    Env(String),
+}
+
+impl fmt::Debug for HeaderSource {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HeaderSource::Literal(secret) => {
+                formatter.debug_tuple("Literal").field(secret).finish()
+            }
+            HeaderSource::File(path) => formatter.debug_tuple("File").field(path).finish(),
+            HeaderSource::Env(var) => formatter.debug_tuple("Env").field(var).finish(),
+        }
+    }
+}
+
+/// A configured header: its source and a prefix put before the value (`"Bearer "`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeaderConfig {
+    /// Where the value comes from.
+    pub source: HeaderSource,
+    /// Text put before the value. Default: none.
+    pub prefix: String,
+}
+
+impl HeaderConfig {
+    fn validate(&self, key: &str) -> Result<(), ConfigError> {
+        match &self.source {
+            HeaderSource::Env(var) if var.is_empty() => Err(ConfigError::invalid(
+                format!("{key}.from_env"),
+                "the variable name is empty",
+            )),
+            HeaderSource::File(path) if path.as_os_str().is_empty() => Err(ConfigError::invalid(
+                format!("{key}.from_file"),
+                "the path is empty",
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// The table form of a header.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HeaderTable {
+    #[serde(default)]
+    value: Option<Secret<String>>,
+    #[serde(default)]
+    from_file: Option<PathBuf>,
+    #[serde(default)]
+    from_env: Option<String>,
+    #[serde(default)]
+    prefix: String,
+}
+
+impl<'de> Deserialize<'de> for HeaderConfig {
+    /// A string (`X-Team = "builds"`) or a table (`Authorization = { from_file = "...",
+    /// prefix = "Bearer " }`) with exactly one of `value`, `from_file`, `from_env`.
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<HeaderConfig, D::Error> {
+        struct HeaderVisitor;
+
+        impl<'de> Visitor<'de> for HeaderVisitor {
+            type Value = HeaderConfig;
+
+            fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+                formatter.write_str(
+                    "a header value, or a table with one of `value`, `from_file`, `from_env`",
+                )
+            }
+
+            fn visit_str<E: de::Error>(self, value: &str) -> Result<HeaderConfig, E> {
+                Ok(HeaderConfig {
+                    source: HeaderSource::Literal(Secret::new(value.to_owned())),
+                    prefix: String::new(),
+                })
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<HeaderConfig, A::Error> {
+                let table = HeaderTable::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                let source = match (table.value, table.from_file, table.from_env) {
+                    (Some(value), None, None) => HeaderSource::Literal(value),
+                    (None, Some(path), None) => HeaderSource::File(path),
+                    (None, None, Some(var)) => HeaderSource::Env(var),
+                    _ => {
+                        return Err(de::Error::custom(
+                            "give exactly one of `value`, `from_file`, `from_env`",
+                        ));
+                    }
+                };
+                Ok(HeaderConfig {
+                    source,
+                    prefix: table.prefix,
+                })
+            }
+        }
+
+        deserializer.deserialize_any(HeaderVisitor)
+    }
+}
+
+// === filter ===
+
+/// The two kinds of attestation event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AttestationKind {
+    /// `dev.countersign.attestation.verified.v1`
+    Verified,
+    /// `dev.countersign.attestation.rejected.v1`
+    Rejected,
+}
+
+impl AttestationKind {
+    /// Both kinds.
+    pub const ALL: [AttestationKind; 2] = [AttestationKind::Verified, AttestationKind::Rejected];
+
+    /// The event type of this kind.
+    pub const fn event_type(self) -> EventType {
+        match self {
+            AttestationKind::Verified => EventType::AttestationVerified,
+            AttestationKind::Rejected => EventType::AttestationRejected,
+        }
+    }
+}
+
+/// `[sinks.filter]`: which attestation events a sink gets. Both conditions must hold.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilterConfig {
+    /// `["verified"]`, `["rejected"]` or both. Absent: both. An empty list is refused.
+    #[serde(default)]
+    pub kinds: Option<Vec<AttestationKind>>,
+    /// The TaskRun namespaces whose events are delivered. Absent: every namespace. An empty list
+    /// is refused (it would deliver nothing).
+    #[serde(default)]
+    pub namespaces: Option<Vec<String>>,
+}
+
+impl FilterConfig {
+    fn validate(&self, key: &str, subjects: &Subjects) -> Result<(), ConfigError> {
+        if self.kinds.as_ref().is_some_and(Vec::is_empty) {
+            return Err(ConfigError::invalid(
+                format!("{key}.kinds"),
+                "an empty list would deliver nothing; leave `kinds` out for every kind",
+            ));
+        }
+        if let Some(namespaces) = &self.namespaces {
+            if namespaces.is_empty() {
+                return Err(ConfigError::invalid(
+                    format!("{key}.namespaces"),
+                    "an empty list would deliver nothing; leave `namespaces` out for every namespace",
+                ));
+            }
+            for namespace in namespaces {
+                subjects
+                    .attestations_in_namespace(namespace)
+                    .map_err(|error| {
+                        ConfigError::invalid(format!("{key}.namespaces"), error.to_string())
+                    })?;
+            }
+        }
+        Ok(())
+    }
+}
+
+// === retry ===
+
+/// `[sinks.retry]`: how failed deliveries are retried and when they are dead-lettered.
+///
+/// Connection errors, timeouts and the statuses 408, 425, 429 and 5xx are retried: the message
+/// is nakked with a delay that starts at `initial_backoff` and doubles up to `max_backoff`; a
+/// `Retry-After` from the sink lengthens the wait (up to `max_backoff`). After `max_attempts`
+/// deliveries the message is dead-lettered as `retries_exhausted`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryConfig {
+    /// How many times a message is delivered to the sink before it is dead-lettered. Default
+    /// 20 (with the default backoff, about an hour of outage).
+    #[serde(default = "RetryConfig::default_max_attempts")]
+    pub max_attempts: u32,
+    /// The wait after the first failed attempt. Default `1s`.
+    #[serde(
+        default = "RetryConfig::default_initial_backoff",
+        with = "humantime_serde"
+    )]
+    pub initial_backoff: Duration,
+    /// The longest wait between attempts, and the most a `Retry-After` is honoured. Default `5m`.
+    #[serde(default = "RetryConfig::default_max_backoff", with = "humantime_serde")]
+    pub max_backoff: Duration,
+}
+
+impl RetryConfig {
+    /// 20.
+    pub const fn default_max_attempts() -> u32 {
+        20
+    }
+
+    /// 1 second.
+    pub const fn default_initial_backoff() -> Duration {
+        Duration::from_secs(1)
+    }
+
+    /// 5 minutes.
+    pub const fn default_max_backoff() -> Duration {
+        Duration::from_secs(5 * 60)
+    }
+
+    /// The nak delays after the 1st, 2nd... failed attempt: `initial_backoff` doubling up to
+    /// `max_backoff` (the consumer repeats the last entry).
+    pub fn nak_backoff(&self) -> Vec<Duration> {
+        let mut delays = Vec::new();
+        let mut delay = self.initial_backoff.min(self.max_backoff);
+        loop {
+            delays.push(delay);
+            if delay >= self.max_backoff || delay.is_zero() {
+                return delays;
+            }
+            delay = delay.saturating_mul(2).min(self.max_backoff);
+        }
+    }
+
+    fn validate(&self, key: &str) -> Result<(), ConfigError> {
+        if self.max_attempts == 0 {
+            return Err(ConfigError::invalid(
+                format!("{key}.max_attempts"),
+                "must be at least 1",
+            ));
+        }
+        if self.initial_backoff.is_zero() {
+            return Err(ConfigError::invalid(
+                format!("{key}.initial_backoff"),
+                "must be more than zero",
+            ));
+        }
+        if self.max_backoff < self.initial_backoff {
+            return Err(ConfigError::invalid(
+                format!("{key}.max_backoff"),
+                "must not be shorter than `initial_backoff`",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Default for RetryConfig {
+    fn default() -> RetryConfig {
+        RetryConfig {
+            max_attempts: RetryConfig::default_max_attempts(),
+            initial_backoff: RetryConfig::default_initial_backoff(),
+            max_backoff: RetryConfig::default_max_backoff(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use countersign_runtime::config::{ConfigErrorKind, Environment, parse_config};
+
+    use super::*;
+
+    fn parse(text: &str) -> Result<RelayConfig, ConfigError> {
+        let config: RelayConfig = parse_config(text, &Environment::new())?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn invalid_key(text: &str) -> String {
+        let error = parse(text).expect_err("an invalid config");
+        assert_eq!(error.kind(), ConfigErrorKind::InvalidValue, "{error}");
+        error.key().unwrap_or_default().to_owned()
+    }
+
+    const MINIMAL: &str =
+        "[[sinks]]\nname = \"broker\"\nurl = \"http://broker.example/ns/default\"\n";
+
+    #[test]
+    fn a_minimal_sink_gets_every_default() {
+        let config = parse(MINIMAL).expect("valid");
+        assert_eq!(config.nats.url, "nats://localhost:4222");
+        assert_eq!(config.bus, BusConfig::default());
+        let sink = &config.sinks[0];
+        assert_eq!(sink.name, "broker");
+        assert_eq!(sink.timeout, Duration::from_secs(10));
+        assert_eq!(sink.concurrency, 8);
+        assert!(sink.headers.is_empty());
+        assert_eq!(sink.filter, FilterConfig::default());
+        assert_eq!(sink.retry, RetryConfig::default());
+        let consumer = sink.consumer_config();
+        assert_eq!(consumer.max_deliver, Some(20));
+        assert_eq!(consumer.concurrency, 8);
+        assert_eq!(consumer.nak_backoff.first(), Some(&Duration::from_secs(1)));
+        assert_eq!(consumer.nak_backoff.last(), Some(&Duration::from_secs(300)));
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_the_maximum() {
+        let retry = RetryConfig {
+            max_attempts: 5,
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_millis(700),
+        };
+        assert_eq!(
+            retry.nak_backoff(),
+            [100, 200, 400, 700]
+                .into_iter()
+                .map(Duration::from_millis)
+                .collect::<Vec<_>>()
+        );
+        let flat = RetryConfig {
+            max_attempts: 5,
+            initial_backoff: Duration::from_secs(2),
+            max_backoff: Duration::from_secs(2),
+        };
+        assert_eq!(flat.nak_backoff(), vec![Duration::from_secs(2)]);
+    }
+
+    #[test]
+    fn headers_are_strings_or_one_source_tables_and_secrets_are_not_printed() {
+        let config = parse(
+            r#"
+            [[sinks]]
+            name = "el"
+            url = "https://el-countersign.tekton.svc:8080/"
+            [sinks.headers]
+            X-Team = "builds"
+            Authorization = { from_file = "/var/run/secrets/el/token", prefix = "Bearer " }
+            X-Api-Key = { from_env = "EL_API_KEY" }
+            X-Literal = { value = "hunter2" }
+            "#,
+        )
+        .expect("valid");
+        let headers = &config.sinks[0].headers;
+        assert_eq!(
+            headers["Authorization"],
+            HeaderConfig {
+                source: HeaderSource::File("/var/run/secrets/el/token".into()),
+                prefix: "Bearer ".into(),
+            }
+        );
+        assert_eq!(
+            headers["X-Api-Key"].source,
+            HeaderSource::Env("EL_API_KEY".into())
+        );
+        match &headers["X-Team"].source {
+            HeaderSource::Literal(value) => assert_eq!(value.expose(), "builds"),
+            other => panic!("expected a literal, got {other:?}"),
+        }
+        let printed = format!("{config:?}");
+        assert!(!printed.contains("hunter2"));
+        assert!(!printed.contains("builds"));
+
+        let two_sources = parse_config::<RelayConfig>(
+            "[[sinks]]\nname = \"a\"\nurl = \"http://a/\"\n[sinks.headers]\nX-A = { value = \"v\", from_env = \"V\" }\n",
+            &Environment::new(),
+        )
+        .expect_err("two sources");
+        assert_eq!(two_sources.kind(), ConfigErrorKind::InvalidValue);
+        let unknown = parse_config::<RelayConfig>(
+            "[[sinks]]\nname = \"a\"\nurl = \"http://a/\"\n[sinks.headers]\nX-A = { valu = \"v\" }\n",
+            &Environment::new(),
+        )
+        .expect_err("unknown key");
+        assert_eq!(unknown.kind(), ConfigErrorKind::InvalidValue);
+    }
+
+    #[test]
+    fn headers_the_binding_owns_are_refused() {
+        for name in ["ce-id", "Ce-Type", "Content-Type", "content-length"] {
+            let key = invalid_key(&format!("{MINIMAL}[sinks.headers]\n{name:?} = \"x\"\n"));
+            assert_eq!(key, format!("sinks[0].headers.{name}"));
+        }
+        let key = invalid_key(&format!(
+            "{MINIMAL}[sinks.headers]\n\"bad header\" = \"x\"\n"
+        ));
+        assert_eq!(key, "sinks[0].headers.bad header");
+        let key = invalid_key(&format!(
+            "{MINIMAL}[sinks.headers]\nX-A = \"1\"\nx-a = \"2\"\n"
+        ));
+        assert!(key.starts_with("sinks[0].headers."), "{key}");
+    }
+
+    #[test]
+    fn sinks_are_required_named_uniquely_and_checked() {
+        assert_eq!(invalid_key(""), "sinks");
+        assert_eq!(invalid_key(&format!("{MINIMAL}{MINIMAL}")), "sinks[1].name");
+        for bad in ["", "Broker", "a.b", "-a", "a-", "a b", &"x".repeat(49)] {
+            assert_eq!(
+                invalid_key(&format!("[[sinks]]\nname = {bad:?}\nurl = \"http://a/\"\n")),
+                "sinks[0].name",
+                "{bad:?}"
+            );
+        }
+        assert!(is_valid_sink_name("knative-broker-2"));
+        assert_eq!(
+            invalid_key("[[sinks]]\nname = \"a\"\nurl = \"ftp://a/\"\n"),
+            "sinks[0].url"
+        );
+        assert_eq!(
+            invalid_key("[[sinks]]\nname = \"a\"\nurl = \"http://a/\"\ntimeout = \"0s\"\n"),
+            "sinks[0].timeout"
+        );
+        assert_eq!(
+            invalid_key("[[sinks]]\nname = \"a\"\nurl = \"http://a/\"\nconcurrency = 0\n"),
+            "sinks[0].concurrency"
+        );
+        // Inside the `[[sinks]]` array the runtime reports a missing field as an invalid value.
+        let missing = parse("[[sinks]]\nname = \"a\"\n").expect_err("no url");
+        assert!(
+            matches!(
+                missing.kind(),
+                ConfigErrorKind::MissingKey | ConfigErrorKind::InvalidValue
+            ),
+            "{missing:?}"
+        );
+        assert!(
+            missing.key().unwrap_or_default().starts_with("sinks"),
+            "{missing:?}"
+        );
+    }
+
+    #[test]
+    fn empty_filter_lists_and_bad_namespaces_are_refused() {
+        assert_eq!(
+            invalid_key(&format!("{MINIMAL}[sinks.filter]\nkinds = []\n")),
+            "sinks[0].filter.kinds"
+        );
+        assert_eq!(
+            invalid_key(&format!("{MINIMAL}[sinks.filter]\nnamespaces = []\n")),
+            "sinks[0].filter.namespaces"
+        );
+        assert_eq!(
+            invalid_key(&format!(
+                "{MINIMAL}[sinks.filter]\nnamespaces = [\".hidden\"]\n"
+            )),
+            "sinks[0].filter.namespaces"
+        );
+        let config = parse(&format!(
+            "{MINIMAL}[sinks.filter]\nkinds = [\"rejected\"]\nnamespaces = [\"team-a\"]\n"
+        ))
+        .expect("valid");
+        assert_eq!(
+            config.sinks[0].filter.kinds,
+            Some(vec![AttestationKind::Rejected])
+        );
+        let error = parse_config::<RelayConfig>(
+            &format!("{MINIMAL}[sinks.filter]\nkinds = [\"maybe\"]\n"),
+            &Environment::new(),
+        )
+        .expect_err("unknown kind");
+        assert_eq!(error.kind(), ConfigErrorKind::InvalidValue);
+    }
+
+    #[test]
+    fn retry_limits_are_checked() {
+        assert_eq!(
+            invalid_key(&format!("{MINIMAL}[sinks.retry]\nmax_attempts = 0\n")),
+            "sinks[0].retry.max_attempts"
+        );
+        assert_eq!(
+            invalid_key(&format!(
+                "{MINIMAL}[sinks.retry]\ninitial_backoff = \"0s\"\n"
+            )),
+            "sinks[0].retry.initial_backoff"
+        );
+        assert_eq!(
+            invalid_key(&format!(
+                "{MINIMAL}[sinks.retry]\ninitial_backoff = \"10s\"\nmax_backoff = \"1s\"\n"
+            )),
+            "sinks[0].retry.max_backoff"
+        );
+    }
+
+    #[test]
+    fn nats_credentials_go_together() {
+        assert_eq!(
+            invalid_key(&format!("[nats]\nuser = \"relay\"\n{MINIMAL}")),
+            "nats.password"
+        );
+        assert_eq!(
+            invalid_key(&format!(
+                "[nats]\nuser = \"relay\"\npassword = \"p\"\ncredentials_file = \"/x.creds\"\n{MINIMAL}"
+            )),
+            "nats.credentials_file"
+        );
+        assert_eq!(
+            invalid_key(&format!("[bus]\nprefix = \"a.b\"\n{MINIMAL}")),
+            "bus.prefix"
+        );
+    }
+
+    /// Every TOML example in the README is a valid configuration, so the README cannot drift.
+    #[test]
+    fn the_readme_examples_are_valid() {
+        let readme = include_str!("../README.md");
+        let mut examples = 0;
+        let mut rest = readme;
+        while let Some(start) = rest.find("```toml\n") {
+            let after = &rest[start + "```toml\n".len()..];
+            let end = after.find("```").expect("a closed code block");
+            let example = &after[..end];
+            let config = parse(example)
+                .unwrap_or_else(|error| panic!("README example is invalid: {error}\n{example}"));
+            assert!(!config.sinks.is_empty());
+            examples += 1;
+            rest = &after[end..];
+        }
+        assert!(examples >= 2, "the README shows its configuration");
+    }
+}

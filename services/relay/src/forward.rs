@@ -1,0 +1,165 @@
+//! The handler of one sink's durable consumer: filter the event, deliver it, and turn the answer
+//! into the typed outcome the consumer loop of `countersign-events` settles by its one rule.
+//!
+//! | delivery | handler returns | the consumer loop then |
+//! |---|---|---|
+//! | not for this sink | `Ok` | acks (nothing sent) |
+//! | 2xx | `Ok` | acks |
+//! | retryable failure | `Transient` | naks with the sink's backoff; on the last attempt dead-letters `retries_exhausted` |
+//! | permanent answer | `Poison` with code `http_<status>` | dead-letters `rejected`, the status and body excerpt in the detail |
+//!
+//! `Retry-After`: the consumer naks with the backoff of the attempt; when the sink asked for a
+//! longer wait, the handler first waits the difference (up to the sink's `max_backoff`), so the
+//! next attempt comes no sooner than the sink asked. The consumer keeps the message's ack
+//! deadline alive meanwhile, and shutdown cuts the wait short (the message is nakked and
+//! delivered again later, here or by another replica).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use countersign_events::{AttestationEvent, Delivery, Event, Handler, HandlerError, RetryPolicy};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
+
+use crate::filter::SinkFilter;
+use crate::metrics::{DeliveryOutcome, SinkMetrics};
+use crate::sink::Sink;
+
+/// Delivers the events of one sink's consumer. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct SinkHandler {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    sink: Sink,
+    filter: SinkFilter,
+    retry: RetryPolicy,
+    max_retry_after: Duration,
+    metrics: SinkMetrics,
+    shutdown: CancellationToken,
+}
+
+impl SinkHandler {
+    /// A handler for `sink`. `retry` is the policy its consumer settles with (so the handler
+    /// knows the coming nak delay and the last attempt), `max_retry_after` caps how long a
+    /// `Retry-After` is honoured, and `shutdown` cuts such a wait short.
+    pub fn new(
+        sink: Sink,
+        filter: SinkFilter,
+        retry: RetryPolicy,
+        max_retry_after: Duration,
+        metrics: SinkMetrics,
+        shutdown: CancellationToken,
+    ) -> SinkHandler {
+        SinkHandler {
+            shared: Arc::new(Shared {
+                sink,
+                filter,
+                retry,
+                max_retry_after,
+                metrics,
+                shutdown,
+            }),
+        }
+    }
+
+    /// Delivers one event and says how the consumer should settle it.
+    pub async fn deliver(
+        &self,
+        event: Event<AttestationEvent>,
+        delivery: Delivery,
+    ) -> Result<(), HandlerError> {
+        let shared = &*self.shared;
+        if !shared.filter.matches(&event) {
+            shared.metrics.record(DeliveryOutcome::Filtered);
+            tracing::debug!(sink = shared.sink.name(), ce.id = %event.id, "not for this sink");
+            return Ok(());
+        }
+        let span = tracing::info_span!(
+            "deliver_to_sink",
+            sink = shared.sink.name(),
+            ce.id = %event.id,
+            ce.r#type = %event.event_type,
+            attempt = delivery.attempt,
+            http.status = tracing::field::Empty,
+        );
+        async move {
+            let started = Instant::now();
+            let result = shared.sink.deliver(&event).await;
+            shared.metrics.answered_in(started.elapsed());
+            let error = match result {
+                Ok(status) => {
+                    tracing::Span::current().record("http.status", status.as_u16());
+                    shared.metrics.record(DeliveryOutcome::Delivered);
+                    tracing::debug!("delivered");
+                    return Ok(());
+                }
+                Err(error) => error,
+            };
+            if let Some(status) = error.status() {
+                tracing::Span::current().record("http.status", status.as_u16());
+            }
+            if !error.is_retryable() {
+                shared.metrics.record(DeliveryOutcome::Rejected);
+                return Err(HandlerError::poison(error.dead_letter_code(), error));
+            }
+            if shared.retry.is_last(delivery.attempt) {
+                shared.metrics.record(DeliveryOutcome::Exhausted);
+                return Err(HandlerError::transient(error));
+            }
+            shared.metrics.record(DeliveryOutcome::Retry);
+            if let Some(retry_after) = error.retry_after() {
+                let wait = extra_wait(
+                    retry_after,
+                    shared.max_retry_after,
+                    shared.retry.nak_delay(delivery.attempt),
+                );
+                if !wait.is_zero() {
+                    tracing::debug!(wait_ms = wait.as_millis(), "the sink asked to retry later");
+                    tokio::select! {
+                        () = tokio::time::sleep(wait) => {}
+                        () = shared.shutdown.cancelled() => {}
+                    }
+                }
+            }
+            Err(HandlerError::transient(error))
+        }
+        .instrument(span)
+        .await
+    }
+}
+
+/// How much longer than the nak delay to wait so the next attempt honours `Retry-After`
+/// (capped at `cap`).
+pub fn extra_wait(retry_after: Duration, cap: Duration, nak_delay: Duration) -> Duration {
+    retry_after.min(cap).saturating_sub(nak_delay)
+}
+
+impl Handler<AttestationEvent> for SinkHandler {
+    fn handle(
+        &self,
+        event: Event<AttestationEvent>,
+        delivery: Delivery,
+    ) -> impl Future<Output = Result<(), HandlerError>> + Send {
+        self.deliver(event, delivery)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_adds_only_what_the_backoff_does_not_cover() {
+        let secs = Duration::from_secs;
+        assert_eq!(extra_wait(secs(10), secs(300), secs(1)), secs(9));
+        assert_eq!(extra_wait(secs(1), secs(300), secs(5)), Duration::ZERO);
+        assert_eq!(
+            extra_wait(secs(3600), secs(300), secs(60)),
+            secs(240),
+            "capped"
+        );
+    }
+}

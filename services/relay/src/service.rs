@@ -1,0 +1,289 @@
+//! The relay service: connect to NATS, apply the bus topology, bind one durable consumer per
+//! sink (`relay-<sink>`, shared by every replica), and run each sink's consumer until shutdown.
+//!
+//! Readiness: `/readyz` waits for `nats connected` (the streams were created or found) and for
+//! `consumer relay-<sink> bound` of every sink. Until then, and while NATS is unreachable at
+//! start-up, the relay keeps trying (with backoff) instead of exiting.
+//!
+//! Shutdown: every sink's consumer stops pulling, lets the deliveries in flight finish (each is
+//! bounded by its sink's `timeout`) and settles them; a delivery still running when the grace
+//! period ends is abandoned unacknowledged and redelivered after the ack wait. Nothing is lost.
+//!
+//! A sink whose consumer ends for good (deleted on the server and not recreatable, a
+//! configuration the server refuses) stops the whole relay with an error, after the other sinks
+//! have settled what they had in flight.
+
+use std::future::Future;
+use std::time::Duration;
+
+use countersign_events::{
+    Bus, ConsumeError, ConsumerConfig, ConsumerSpec, DurableConsumer, EventMetrics, RetryPolicy,
+    SetupError, SubjectError, Subjects, run_consumer,
+};
+use countersign_runtime::Context;
+use countersign_runtime::config::Environment;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{NatsConfig, RelayConfig, SinkConfig};
+use crate::filter::SinkFilter;
+use crate::forward::SinkHandler;
+use crate::metrics::RelayMetrics;
+use crate::sink::{Sink, SinkError};
+
+/// The shortest wait before retrying a failed setup step.
+const SETUP_BACKOFF_MIN: Duration = Duration::from_millis(200);
+/// The longest wait before retrying a failed setup step.
+const SETUP_BACKOFF_MAX: Duration = Duration::from_secs(10);
+
+/// Why the relay stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// A sink could not be set up (its CA file, its headers).
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+    /// The NATS connection options could not be built (the credentials file).
+    #[error("reading the NATS credentials file")]
+    NatsCredentials(#[source] std::io::Error),
+    /// The NATS client could not be created.
+    #[error("connecting to NATS")]
+    NatsConnect(#[source] async_nats::ConnectError),
+    /// A subject or consumer name could not be built.
+    #[error("building a name")]
+    Name(#[from] SubjectError),
+    /// The topology could not be applied and retrying will not help.
+    #[error("setting up the bus")]
+    Setup(#[from] SetupError),
+    /// A sink's consumer ended for good.
+    #[error("consuming for sink {sink}")]
+    Consume {
+        sink: String,
+        #[source]
+        source: ConsumeError,
+    },
+    /// A sink's task panicked.
+    #[error("a sink's task panicked")]
+    Panicked(#[source] tokio::task::JoinError),
+}
+
+/// The relay's `run`, for `run_main`: [`run_with_environment`] with the process environment
+/// (read once, for headers configured `from_env`).
+pub async fn run(ctx: Context<RelayConfig>) -> Result<(), RunError> {
+    run_with_environment(ctx, Environment::from_process()).await
+}
+
+/// Runs the relay until the context's shutdown, reading `from_env` headers from `env`.
+pub async fn run_with_environment(
+    ctx: Context<RelayConfig>,
+    env: Environment,
+) -> Result<(), RunError> {
+    let config = ctx.config.clone();
+    let token = ctx.shutdown.token();
+    let bus_subjects = Subjects::new(&config.bus.prefix)?;
+    let mut planned = Vec::with_capacity(config.sinks.len());
+    for sink_config in &config.sinks {
+        let filter = SinkFilter::new(&sink_config.filter);
+        let spec = filter.consumer_spec(&bus_subjects, &sink_config.name)?;
+        planned.push((sink_config, filter, spec));
+    }
+    let nats_connected = ctx.readiness.latch("nats connected");
+    let consumer_latches: Vec<_> = planned
+        .iter()
+        .map(|(_, _, spec)| ctx.readiness.latch(format!("consumer {} bound", spec.name)))
+        .collect();
+    let event_metrics = EventMetrics::new();
+    ctx.metrics
+        .with_registry(|registry| event_metrics.register(registry));
+    let relay_metrics = RelayMetrics::register(&ctx.metrics);
+
+    // Everything that can be checked without NATS first: a bad CA file or a missing header
+    // secret stops the relay at once.
+    let mut sinks = Vec::with_capacity(planned.len());
+    for (sink_config, _, _) in &planned {
+        sinks.push(Sink::new(sink_config, &env).await?);
+    }
+
+    let client = connect(&config.nats, &ctx.service_name).await?;
+    let bus = Bus::new(client, config.bus.clone(), event_metrics)?;
+    if retry_setup("creating the streams", &token, || bus.ensure_streams())
+        .await?
+        .is_none()
+    {
+        return Ok(());
+    }
+    nats_connected.release();
+
+    // Bind every consumer before any runs, so a consumer the server refuses stops the relay
+    // before a single delivery.
+    let mut bound = Vec::with_capacity(planned.len());
+    for ((sink_config, filter, spec), latch) in planned.into_iter().zip(consumer_latches) {
+        let consumer_config = sink_config.consumer_config();
+        let Some(consumer) = bind_consumer(&bus, &spec, &consumer_config, &token).await? else {
+            return Ok(());
+        };
+        latch.release();
+        tracing::info!(sink = %sink_config.name, consumer = %spec.name, url = %redacted_url(sink_config), "sink ready");
+        bound.push((sink_config, filter, spec, consumer_config, consumer));
+    }
+
+    // One token for every sink: when one fails for good, the others stop too.
+    let sinks_token = token.child_token();
+    let mut tasks = JoinSet::new();
+    for ((sink_config, filter, spec, consumer_config, consumer), sink) in
+        bound.into_iter().zip(sinks)
+    {
+        let handler = SinkHandler::new(
+            sink,
+            filter,
+            RetryPolicy::of(&consumer_config),
+            sink_config.retry.max_backoff,
+            relay_metrics.for_sink(&sink_config.name),
+            sinks_token.clone(),
+        );
+        tasks.spawn(run_sink(
+            bus.clone(),
+            spec,
+            consumer_config,
+            consumer,
+            handler,
+            sinks_token.clone(),
+            sink_config.name.clone(),
+        ));
+    }
+
+    let mut failure = None;
+    while let Some(joined) = tasks.join_next().await {
+        let error = match joined {
+            Ok(Ok(())) => continue,
+            Ok(Err(error)) => error,
+            Err(join_error) => RunError::Panicked(join_error),
+        };
+        tracing::error!(error = %error_chain(&error), "a sink stopped for good; stopping the relay");
+        sinks_token.cancel();
+        failure.get_or_insert(error);
+    }
+    match failure {
+        Some(error) => Err(error),
+        None => Ok(()),
+    }
+}
+
+/// The sink's URL without credentials or query, for logs.
+fn redacted_url(sink: &SinkConfig) -> String {
+    let mut url = sink.url.clone();
+    let _ = url.set_username("");
+    let _ = url.set_password(None);
+    url.set_query(None);
+    url.to_string()
+}
+
+/// A NATS client that keeps trying to connect in the background (the first use waits for it).
+async fn connect(nats: &NatsConfig, service_name: &str) -> Result<async_nats::Client, RunError> {
+    let mut options = async_nats::ConnectOptions::new()
+        .name(format!("countersign-{service_name}"))
+        .retry_on_initial_connect();
+    if let Some(path) = &nats.credentials_file {
+        options = options
+            .credentials_file(path)
+            .await
+            .map_err(RunError::NatsCredentials)?;
+    }
+    if let (Some(user), Some(password)) = (&nats.user, &nats.password) {
+        options = options.user_and_password(user.clone(), password.expose().clone());
+    }
+    options
+        .connect(nats.url.as_str())
+        .await
+        .map_err(RunError::NatsConnect)
+}
+
+/// Runs a setup step until it succeeds, retrying transient failures with backoff. `Ok(None)` when
+/// shutdown came first.
+async fn retry_setup<T, F, Fut>(
+    what: &str,
+    token: &CancellationToken,
+    mut step: F,
+) -> Result<Option<T>, SetupError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, SetupError>>,
+{
+    let mut backoff = SETUP_BACKOFF_MIN;
+    loop {
+        let result = tokio::select! {
+            () = token.cancelled() => return Ok(None),
+            result = step() => result,
+        };
+        match result {
+            Ok(value) => return Ok(Some(value)),
+            Err(error) if error.is_transient() => {
+                tracing::warn!(step = what, error = %error_chain(&error), "setup failed; retrying");
+                tokio::select! {
+                    () = token.cancelled() => return Ok(None),
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(SETUP_BACKOFF_MAX);
+            }
+            Err(error) => return Err(error),
+        }
+    }
+}
+
+async fn bind_consumer(
+    bus: &Bus,
+    spec: &ConsumerSpec,
+    config: &ConsumerConfig,
+    token: &CancellationToken,
+) -> Result<Option<DurableConsumer>, SetupError> {
+    retry_setup("binding a sink's consumer", token, || {
+        bus.ensure_consumer(spec, config)
+    })
+    .await
+}
+
+/// Runs one sink's consumer until `token` is cancelled, binding it again when the server lost it.
+async fn run_sink(
+    bus: Bus,
+    spec: ConsumerSpec,
+    config: ConsumerConfig,
+    mut consumer: DurableConsumer,
+    handler: SinkHandler,
+    token: CancellationToken,
+    sink: String,
+) -> Result<(), RunError> {
+    let mut backoff = SETUP_BACKOFF_MIN;
+    loop {
+        let error = match run_consumer(&consumer, handler.clone(), token.clone()).await {
+            Ok(()) => return Ok(()),
+            Err(error) => error,
+        };
+        if !error.is_transient() {
+            return Err(RunError::Consume {
+                sink,
+                source: error,
+            });
+        }
+        tracing::warn!(sink = %sink, error = %error_chain(&error), "the consumer ended; binding it again");
+        tokio::select! {
+            () = token.cancelled() => return Ok(()),
+            () = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(SETUP_BACKOFF_MAX);
+        consumer = match bind_consumer(&bus, &spec, &config, &token).await? {
+            Some(consumer) => consumer,
+            None => return Ok(()),
+        };
+    }
+}
+
+/// An error and its sources, joined by `: `.
+fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

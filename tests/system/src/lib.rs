@@ -1,1 +1,31 @@
 //! System tests: the deployment manifests and the services together, against real peers.
+//!
+//! The tests live in `tests/`; this library holds what several of them share:
+//!
+//! - [`nack`]: the streams and consumers NACK would create from rendered `Stream`/`Consumer`
+//!   objects, to provision a real nats-server as a cluster would.
+//! - [`render`]: `k8s/` rendered by the real kustomize into JSON documents, and lookups in them.
+//! - [`nats_auth`]: the NATS permission files shipped in `k8s/nats/permissions`, and operator-mode
+//!   credentials minted from them (operator, account and user JWTs, `.creds` files) for a real
+//!   nats-server started by [`nats_auth::OperatorNats`].
+//! - [`promql`]: the metric names a PromQL expression refers to, and those a Prometheus text
+//!   exposition exports, so dashboards and alerts can be checked against the services.
+//! - [`http`]: a minimal HTTP/1.1 GET for admin endpoints on loopback (no TLS, no client stack).
+
+pub mod http;
+pub mod nack;
+pub mod nats_auth;
+pub mod promql;
+pub mod render;
+
+use std::path::PathBuf;
+
+/// `k8s/` in the repository.
+pub fn k8s_dir() -> PathBuf {
+    countersign_test_support::repo_root().join("k8s")
+}
+
+/// `compose/` in the repository.
+pub fn compose_dir() -> PathBuf {
+    countersign_test_support::repo_root().join("compose")
+}

@@ -1,7 +1,10 @@
 //! The registry of bench cases. To add one (`watcher`, `registrar`, `attestor`...), write a module
 //! with a `pub const CASE: Case` and list it in [`CASES`].
 
+mod attestor;
 mod events;
+mod registrar;
+mod watcher;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -24,7 +27,7 @@ pub struct Case {
 }
 
 /// Every case, in the order `cargo xtask bench` runs them.
-pub const CASES: &[Case] = &[events::CASE];
+pub const CASES: &[Case] = &[events::CASE, watcher::CASE, registrar::CASE, attestor::CASE];
 
 /// The case called `name`.
 pub fn find(name: &str) -> Option<&'static Case> {

@@ -1,1 +1,43 @@
 //! Attestor: verifies signed TaskRun results and publishes signed attestations.
+//!
+//! It consumes the watcher's `step-completed` and `finished` events from the shared durable
+//! consumer `attestor`, checks each step's results as Tekton's entrypointer (or our `signer`)
+//! signed them with the pod's SVID, decides the TaskRun's verdict, and turns every verdict into
+//! an in-toto Statement in a DSSE envelope signed with the attestor's own SVID. The attestation
+//! is stored once per TaskRun (KV, create-if-absent) and published as a `verified` or
+//! `rejected` event that anyone holding the trust bundle can check offline.
+//!
+//! The map:
+//!
+//! - [`config`]: the configuration (`[nats]`, `[bus]`, `[consumer]`, `[spire]`, `[store]`,
+//!   `[annotate]`); [`nats`]: connecting with it.
+//! - [`service`]: [`run`], start-up in order behind readiness latches, then the consumer.
+//! - [`handler`]: [`Attestor`], what each event does, and the ack rule's inputs.
+//! - [`material`]: the attestor's SVID and the trust bundles, kept current.
+//! - [`steps`]: one step's verdict ([`steps::verify_step`]); [`decide`]: the TaskRun's verdict
+//!   from its steps; [`reason`]: verifier reason codes as the event contract's.
+//! - [`attestation`]: a verdict as a signed attestation event, and back for offline checks.
+//! - [`store`]: the KV buckets (attestations, name index, step verdicts) and their keys.
+//! - [`annotate`]: the optional `countersign.dev/*` TaskRun annotations.
+//! - [`metrics`] holds `countersign_attestor_*`.
+//!
+//! Invariant: exactly one attestation per TaskRun UID. The KV record is written with
+//! create-if-absent and the event id is `{uid}:attestation`, so redeliveries and replicas
+//! converge on the first stored attestation, and the event published is always that one.
+
+pub mod annotate;
+pub mod attestation;
+pub mod config;
+pub mod decide;
+pub mod handler;
+pub mod material;
+pub mod metrics;
+pub mod nats;
+pub mod reason;
+pub mod service;
+pub mod steps;
+pub mod store;
+
+pub use config::AttestorConfig;
+pub use handler::{AttestError, Attestor, AttestorParts};
+pub use service::{RunError, SERVICE_NAME, run};

@@ -1,1 +1,41 @@
-//! The countersign command: verify, get and tail attestations.
+//! The `countersign` command: check TaskRun results and attestations offline, read
+//! attestations from NATS.
+//!
+//! - `verify-results`: a TaskRun JSON checked offline with the attestor's own rules
+//!   ([`verify_results`]).
+//! - `verify`: a signed attestation (or an attestation event) checked offline against a trust
+//!   bundle and the attestor's SPIFFE ID ([`verify`]).
+//! - `get NAMESPACE/NAME`: the stored attestation of a TaskRun ([`nats::get`]).
+//! - `tail`: attestation events as they are published ([`nats::tail`]).
+//!
+//! [`args`] is the command line, [`exit`] the exit codes and errors, [`render`] the output for
+//! people. The binary (`main.rs`) only parses, runs [`run`] and exits with its code.
+
+pub mod args;
+pub mod exit;
+pub mod inputs;
+pub mod nats;
+pub mod render;
+pub mod verify;
+pub mod verify_results;
+
+use std::io::Write;
+
+pub use args::{Cli, Command};
+pub use exit::{CliError, Outcome, exit_code};
+
+/// Runs a parsed command line, writing results to `out` and progress to `status`, until done
+/// (or, for `tail`, until `stop` resolves).
+pub async fn run(
+    cli: Cli,
+    out: &mut dyn Write,
+    status: &mut dyn Write,
+    stop: impl std::future::Future<Output = ()>,
+) -> Result<Outcome, CliError> {
+    match &cli.command {
+        Command::VerifyResults(args) => verify_results::verify_results(args, out),
+        Command::Verify(args) => verify::verify(args, out),
+        Command::Get(args) => nats::get(&cli.nats, args, out).await,
+        Command::Tail(args) => nats::tail(&cli.nats, args, out, status, stop).await,
+    }
+}

@@ -1,0 +1,336 @@
+//! The attestor's configuration: a TOML file overlaid with `COUNTERSIGN_<SECTION>__<KEY>`
+//! variables (see `countersign_runtime::config`), every key documented with its default in
+//! `services/attestor/README.md`.
+//!
+//! The SPIRE keys follow Tekton's `config-spire` ConfigMap: `[spire] trust_domain` is
+//! `spire-trust-domain` (default `example.org`) and `[spire] socket_path` is `spire-socket-path`
+//! (default: `SPIFFE_ENDPOINT_SOCKET`, else `unix:///spiffe-workload-api/spire-agent.sock`).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use countersign_events::{BusConfig, ConsumerConfig, KvConfig};
+use countersign_identity::spiffe_id::TrustDomain;
+use countersign_identity::workload::{TEKTON_DEFAULT_SOCKET, WorkloadEndpoint};
+use countersign_runtime::config::{
+    AdminConfig, ConfigError, Secret, ServiceConfig, ShutdownConfig, TelemetryConfig,
+};
+use serde::Deserialize;
+
+/// The whole configuration of the attestor.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AttestorConfig {
+    /// `[admin]`: `/livez`, `/readyz`, `/metrics`.
+    #[serde(default)]
+    pub admin: AdminConfig,
+    /// `[telemetry]`: logs and traces.
+    #[serde(default)]
+    pub telemetry: TelemetryConfig,
+    /// `[shutdown]`: the drain's grace period.
+    #[serde(default)]
+    pub shutdown: ShutdownConfig,
+    /// `[nats]`: the connection.
+    #[serde(default)]
+    pub nats: NatsConfig,
+    /// `[bus]`: the subject prefix and the stream limits (shared by every service).
+    #[serde(default)]
+    pub bus: BusConfig,
+    /// `[consumer]`: the durable `attestor` consumer (ack wait, redeliveries, concurrency).
+    #[serde(default)]
+    pub consumer: ConsumerConfig,
+    /// `[spire]`: the trust domain and the Workload API.
+    #[serde(default)]
+    pub spire: SpireConfig,
+    /// `[store]`: the KV buckets.
+    #[serde(default)]
+    pub store: StoreConfig,
+    /// `[annotate]`: the optional TaskRun annotation.
+    #[serde(default)]
+    pub annotate: AnnotateConfig,
+}
+
+impl ServiceConfig for AttestorConfig {
+    fn admin(&self) -> &AdminConfig {
+        &self.admin
+    }
+
+    fn telemetry(&self) -> &TelemetryConfig {
+        &self.telemetry
+    }
+
+    fn shutdown(&self) -> &ShutdownConfig {
+        &self.shutdown
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        self.spire
+            .trust_domain()
+            .map_err(|message| ConfigError::invalid("spire.trust_domain", message))?;
+        if let Some(socket) = &self.spire.socket_path {
+            WorkloadEndpoint::new(socket.as_str())
+                .map_err(|error| ConfigError::invalid("spire.socket_path", error.to_string()))?;
+        }
+        countersign_events::Subjects::new(&self.bus.prefix)
+            .map_err(|error| ConfigError::invalid("bus.prefix", error.to_string()))?;
+        if self.consumer.concurrency == 0 {
+            return Err(ConfigError::invalid(
+                "consumer.concurrency",
+                "must be at least 1",
+            ));
+        }
+        Ok(())
+    }
+}
+
+// === [nats] ===
+
+/// `[nats]`: how to reach NATS.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NatsConfig {
+    /// The server URL (several may be given comma-separated). Default `nats://127.0.0.1:4222`.
+    #[serde(default = "NatsConfig::default_url")]
+    pub url: String,
+    /// A NATS credentials file (`.creds`: user JWT and NKey seed). Default: none.
+    #[serde(default)]
+    pub credentials_file: Option<PathBuf>,
+    /// A user name and password, when the server uses them. Default: none.
+    #[serde(default)]
+    pub user: Option<String>,
+    /// The password of `user`.
+    #[serde(default)]
+    pub password: Option<Secret<String>>,
+    /// How long one connection attempt may take. Default `5s`.
+    #[serde(
+        default = "NatsConfig::default_connect_timeout",
+        with = "humantime_serde"
+    )]
+    pub connect_timeout: Duration,
+}
+
+impl NatsConfig {
+    /// `nats://127.0.0.1:4222`.
+    pub fn default_url() -> String {
+        "nats://127.0.0.1:4222".to_owned()
+    }
+
+    /// Five seconds.
+    pub const fn default_connect_timeout() -> Duration {
+        Duration::from_secs(5)
+    }
+
+    /// A configuration for `url` with everything else at its default.
+    pub fn with_url(url: impl Into<String>) -> NatsConfig {
+        NatsConfig {
+            url: url.into(),
+            ..NatsConfig::default()
+        }
+    }
+}
+
+impl Default for NatsConfig {
+    fn default() -> Self {
+        NatsConfig {
+            url: NatsConfig::default_url(),
+            credentials_file: None,
+            user: None,
+            password: None,
+            connect_timeout: NatsConfig::default_connect_timeout(),
+        }
+    }
+}
+
+// === [spire] ===
+
+/// `[spire]`: the trust domain TaskRuns run in and where the Workload API is.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpireConfig {
+    /// The trust domain of TaskRun identities when an event does not name the SPIFFE ID
+    /// (Tekton's `spire-trust-domain`). Default `example.org`, Tekton's default.
+    #[serde(default = "SpireConfig::default_trust_domain")]
+    pub trust_domain: String,
+    /// The Workload API address (Tekton's `spire-socket-path`). Default: the
+    /// `SPIFFE_ENDPOINT_SOCKET` variable, else `unix:///spiffe-workload-api/spire-agent.sock`.
+    #[serde(default)]
+    pub socket_path: Option<String>,
+    /// How long one attempt to get the attestor's first SVID and bundle may take before it is
+    /// retried. Default `30s`.
+    #[serde(
+        default = "SpireConfig::default_first_svid_timeout",
+        with = "humantime_serde"
+    )]
+    pub first_svid_timeout: Duration,
+    /// Allowance for clock differences between SPIRE, the nodes and the API server, applied to
+    /// the validity and issuance checks. Default `5s`.
+    #[serde(default = "SpireConfig::default_clock_skew", with = "humantime_serde")]
+    pub clock_skew: Duration,
+}
+
+impl SpireConfig {
+    /// `example.org`.
+    pub fn default_trust_domain() -> String {
+        "example.org".to_owned()
+    }
+
+    /// Thirty seconds.
+    pub const fn default_first_svid_timeout() -> Duration {
+        Duration::from_secs(30)
+    }
+
+    /// Five seconds.
+    pub const fn default_clock_skew() -> Duration {
+        Duration::from_secs(5)
+    }
+
+    /// The trust domain, parsed.
+    pub fn trust_domain(&self) -> Result<TrustDomain, String> {
+        TrustDomain::new(&self.trust_domain).map_err(|error| error.to_string())
+    }
+
+    /// The Workload API address: the configured one, else `spiffe_endpoint_socket` (the
+    /// `SPIFFE_ENDPOINT_SOCKET` variable, read by `main`), else Tekton's default.
+    pub fn endpoint(
+        &self,
+        spiffe_endpoint_socket: Option<&str>,
+    ) -> Result<WorkloadEndpoint, countersign_identity::workload::EndpointConfigError> {
+        let chosen = self
+            .socket_path
+            .as_deref()
+            .filter(|address| !address.is_empty())
+            .or(spiffe_endpoint_socket.filter(|address| !address.is_empty()))
+            .unwrap_or(TEKTON_DEFAULT_SOCKET);
+        WorkloadEndpoint::new(chosen)
+    }
+}
+
+impl Default for SpireConfig {
+    fn default() -> Self {
+        SpireConfig {
+            trust_domain: SpireConfig::default_trust_domain(),
+            socket_path: None,
+            first_svid_timeout: SpireConfig::default_first_svid_timeout(),
+            clock_skew: SpireConfig::default_clock_skew(),
+        }
+    }
+}
+
+// === [store] ===
+
+/// `[store]`: the three KV buckets.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// `{PREFIX}_ATTESTATIONS`: one attestation per TaskRun UID. Default: kept for ever,
+    /// 256 MiB.
+    #[serde(default)]
+    pub attestations: KvConfig,
+    /// `{PREFIX}_ATTESTATION_INDEX`: `{namespace}.{name}` → the latest TaskRun UID. Default:
+    /// kept for ever, 256 MiB.
+    #[serde(default)]
+    pub index: KvConfig,
+    /// `{PREFIX}_STEP_VERDICTS`: per-step verdicts, needed only until the TaskRun finishes.
+    /// Default: kept one day, 256 MiB.
+    #[serde(default = "StoreConfig::default_step_verdicts")]
+    pub step_verdicts: KvConfig,
+}
+
+impl StoreConfig {
+    /// One day, otherwise the KV defaults.
+    pub fn default_step_verdicts() -> KvConfig {
+        KvConfig {
+            max_age: Duration::from_secs(24 * 60 * 60),
+            ..KvConfig::default()
+        }
+    }
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            attestations: KvConfig::default(),
+            index: KvConfig::default(),
+            step_verdicts: StoreConfig::default_step_verdicts(),
+        }
+    }
+}
+
+// === [annotate] ===
+
+/// `[annotate]`: write the verdict onto the TaskRun (`countersign.dev/verdict`,
+/// `countersign.dev/attestation-digest`). Needs `patch` on `taskruns.tekton.dev`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AnnotateConfig {
+    /// Whether to annotate. Default `false`.
+    #[serde(default)]
+    pub enabled: bool,
+    /// A kubeconfig file to use instead of the in-cluster service account. Default: none
+    /// (in-cluster config, else `KUBECONFIG`/`~/.kube/config`).
+    #[serde(default)]
+    pub kubeconfig: Option<PathBuf>,
+}
+
+#[cfg(test)]
+mod tests {
+    use countersign_runtime::config::{ConfigErrorKind, Environment, parse_config};
+
+    use super::*;
+
+    fn parse(text: &str) -> Result<AttestorConfig, ConfigError> {
+        let config: AttestorConfig = parse_config(text, &Environment::new())?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    #[test]
+    fn defaults_are_tektons() {
+        let config = parse("").unwrap();
+        assert_eq!(config.spire.trust_domain, "example.org");
+        assert_eq!(
+            config.spire.endpoint(None).unwrap().as_str(),
+            TEKTON_DEFAULT_SOCKET
+        );
+        assert_eq!(
+            config
+                .spire
+                .endpoint(Some("unix:///from/env.sock"))
+                .unwrap()
+                .as_str(),
+            "unix:///from/env.sock"
+        );
+        assert!(!config.annotate.enabled);
+        assert_eq!(config.bus.prefix, "countersign");
+        assert_eq!(
+            config.store.step_verdicts.max_age,
+            Duration::from_secs(86_400)
+        );
+    }
+
+    #[test]
+    fn configured_socket_beats_the_environment() {
+        let config = parse("[spire]\nsocket_path = \"unix:///configured.sock\"\n").unwrap();
+        assert_eq!(
+            config
+                .spire
+                .endpoint(Some("unix:///from/env.sock"))
+                .unwrap()
+                .as_str(),
+            "unix:///configured.sock"
+        );
+    }
+
+    #[test]
+    fn invalid_values_name_their_key() {
+        let error = parse("[spire]\ntrust_domain = \"Not A Domain\"\n").unwrap_err();
+        assert_eq!(error.kind(), ConfigErrorKind::InvalidValue);
+        assert_eq!(error.key(), Some("spire.trust_domain"));
+        let error = parse("[spire]\nsocket_path = \"http://agent\"\n").unwrap_err();
+        assert_eq!(error.key(), Some("spire.socket_path"));
+        let error = parse("[bus]\nprefix = \"a.b\"\n").unwrap_err();
+        assert_eq!(error.key(), Some("bus.prefix"));
+        let error = parse("[annotate]\nenable = true\n").unwrap_err();
+        assert_eq!(error.kind(), ConfigErrorKind::UnknownKey);
+    }
+}

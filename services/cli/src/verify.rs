@@ -1,0 +1,357 @@
+//! `countersign verify`: a signed attestation checked offline against a trust bundle and the
+//! attestor's SPIFFE ID, by `countersign_identity`'s `AttestationVerifier`. The signer policy is
+//! never empty: `--attestor-id`, or the default `spiffe://<--trust-domain>/countersign/attestor`.
+//!
+//! When the input is an attestation event (its data, or the whole CloudEvent), the event's own
+//! fields (TaskRun, verdict, reason, subjects) must also match the signed statement: they are
+//! not signed themselves, so a subscriber must not trust them otherwise.
+
+use std::io::Write;
+
+use chrono::{DateTime, Utc};
+use countersign_attestor::attestation::from_event_attestation;
+use countersign_attestor::reason::event_reason;
+use countersign_events::data::{SignedAttestation as EventAttestation, Verdict as EventVerdict};
+use countersign_events::{AttestationEvent, EventPayload as _, EventType};
+use countersign_identity::attestation::{
+    AttestationTime, AttestationVerifier, AttestationVerifyError, SignedAttestation, SignerPolicy,
+    VerifiedAttestation,
+};
+use countersign_identity::intoto::Verdict;
+use countersign_identity::spiffe_id::SpiffeId;
+use serde_json::json;
+
+use crate::args::VerifyArgs;
+use crate::exit::{CliError, Outcome};
+use crate::inputs::{read_bundle, read_json, trust_domain};
+use crate::render::{checks_json, wire_name, write_checks};
+
+/// What the file held.
+struct Input {
+    /// The attestation, in the verifier's form.
+    attestation: SignedAttestation,
+    /// The event's data, when the file was an event.
+    event: Option<AttestationEvent>,
+}
+
+fn bad_input(args: &VerifyArgs, reason: impl Into<String>) -> CliError {
+    CliError::BadInput {
+        path: args.attestation.clone(),
+        expected: "a signed attestation",
+        reason: reason.into(),
+    }
+}
+
+fn read_input(args: &VerifyArgs) -> Result<Input, CliError> {
+    let mut document = read_json(&args.attestation, "a signed attestation")?;
+    // A whole structured CloudEvent: its type and data.
+    let mut event_type = None;
+    if document.get("specversion").is_some() {
+        event_type = document
+            .get("type")
+            .and_then(serde_json::Value::as_str)
+            .map(str::parse::<EventType>)
+            .transpose()
+            .map_err(|error| bad_input(args, error.to_string()))?;
+        document = document
+            .get_mut("data")
+            .map(serde_json::Value::take)
+            .ok_or_else(|| bad_input(args, "a CloudEvent without data"))?;
+    }
+    if document.get("attestation").is_some() {
+        let event = match event_type {
+            Some(event_type) => AttestationEvent::from_value(event_type, document),
+            None => serde_json::from_value(document.clone())
+                .map(AttestationEvent::Verified)
+                .or_else(|_| serde_json::from_value(document).map(AttestationEvent::Rejected)),
+        }
+        .map_err(|error| bad_input(args, format!("not attestation event data: {error}")))?;
+        let attestation = from_event_attestation(match &event {
+            AttestationEvent::Verified(verified) => &verified.attestation,
+            AttestationEvent::Rejected(rejected) => &rejected.attestation,
+        })
+        .map_err(|error| bad_input(args, error.to_string()))?;
+        return Ok(Input {
+            attestation,
+            event: Some(event),
+        });
+    }
+    // A bare SignedAttestation: certificates as a list (the event contract) or one PEM text.
+    let attestation = if document
+        .get("certificates")
+        .is_some_and(serde_json::Value::is_array)
+    {
+        let event: EventAttestation =
+            serde_json::from_value(document).map_err(|error| bad_input(args, error.to_string()))?;
+        from_event_attestation(&event).map_err(|error| bad_input(args, error.to_string()))?
+    } else {
+        serde_json::from_value(document).map_err(|error| bad_input(args, error.to_string()))?
+    };
+    Ok(Input {
+        attestation,
+        event: None,
+    })
+}
+
+fn signer_policy(args: &VerifyArgs) -> Result<SignerPolicy, CliError> {
+    if !args.attestor_ids.is_empty() {
+        let ids = args
+            .attestor_ids
+            .iter()
+            .map(|id| {
+                SpiffeId::new(id)
+                    .map_err(|error| CliError::Usage(format!("--attestor-id {id:?}: {error}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        return SignerPolicy::any_of(ids).map_err(|error| CliError::Usage(error.to_string()));
+    }
+    match &args.trust_domain {
+        Some(text) => {
+            let trust_domain = trust_domain(text)?;
+            let id = SpiffeId::from_segments(trust_domain, &["countersign", "attestor"])
+                .map_err(|error| CliError::Usage(error.to_string()))?;
+            Ok(SignerPolicy::exact(id))
+        }
+        None => Err(CliError::Usage(
+            "say which attestor to trust: --attestor-id ID, or --trust-domain TD for \
+             spiffe://TD/countersign/attestor"
+                .to_owned(),
+        )),
+    }
+}
+
+fn attestation_time(args: &VerifyArgs) -> Result<AttestationTime, CliError> {
+    match args.at.as_str() {
+        "claimed" => Ok(AttestationTime::ClaimedVerificationTime),
+        "now" => Ok(AttestationTime::At(Utc::now())),
+        text => DateTime::parse_from_rfc3339(text)
+            .map(|time| AttestationTime::At(time.to_utc()))
+            .map_err(|error| {
+                CliError::Usage(format!(
+                    "--at {text:?}: not `claimed`, `now` or an RFC 3339 time: {error}"
+                ))
+            }),
+    }
+}
+
+/// The snake_case name of why an attestation is not valid.
+fn failure_kind(error: &AttestationVerifyError) -> &'static str {
+    match error {
+        AttestationVerifyError::Certificates(_) => "certificates_invalid",
+        AttestationVerifyError::SignerSvidInvalid(_) => "signer_svid_invalid",
+        AttestationVerifyError::SignerNotAllowed { .. } => "signer_not_allowed",
+        AttestationVerifyError::TrustDomainUnknown { .. } => "trust_domain_unknown",
+        AttestationVerifyError::ChainInvalid(_) => "chain_invalid",
+        AttestationVerifyError::SignatureInvalid(_) => "signature_invalid",
+        AttestationVerifyError::WrongPayloadType { .. } => "wrong_payload_type",
+        AttestationVerifyError::NotAStatement(_) => "not_a_statement",
+        AttestationVerifyError::WrongPredicateType { .. } => "wrong_predicate_type",
+        AttestationVerifyError::PredicateInvalid(_) => "predicate_invalid",
+        AttestationVerifyError::NotValidAtTime(_) => "not_valid_at_time",
+    }
+}
+
+/// Where the event's unsigned fields differ from the signed statement, if they do.
+fn event_mismatch(event: &AttestationEvent, verified: &VerifiedAttestation) -> Option<String> {
+    let predicate = verified.predicate();
+    let taskrun = match event {
+        AttestationEvent::Verified(verified) => &verified.taskrun,
+        AttestationEvent::Rejected(rejected) => &rejected.taskrun,
+    };
+    if taskrun.namespace != predicate.taskrun.namespace
+        || taskrun.name != predicate.taskrun.name
+        || taskrun.uid != predicate.taskrun.uid
+        || taskrun.cluster != predicate.cluster
+    {
+        return Some("the event names another TaskRun".to_owned());
+    }
+    match event {
+        AttestationEvent::Verified(data) => {
+            let expected = match data.verdict {
+                EventVerdict::Verified => Verdict::Verified,
+                EventVerdict::NoResults => Verdict::NoResults,
+            };
+            if predicate.verdict != expected {
+                return Some(format!(
+                    "the event says {}, the statement {}",
+                    wire_name(expected),
+                    wire_name(predicate.verdict)
+                ));
+            }
+            if data.verdict == EventVerdict::Verified {
+                let mut signed: Vec<(&str, &str)> = verified
+                    .statement()
+                    .subjects()
+                    .iter()
+                    .map(|subject| {
+                        (
+                            subject.name.as_str(),
+                            subject
+                                .digest
+                                .get("sha256")
+                                .map(String::as_str)
+                                .unwrap_or(""),
+                        )
+                    })
+                    .collect();
+                let mut claimed: Vec<(&str, &str)> = data
+                    .subjects
+                    .iter()
+                    .map(|subject| (subject.name.as_str(), subject.sha256.as_str()))
+                    .collect();
+                signed.sort_unstable();
+                claimed.sort_unstable();
+                if signed != claimed {
+                    return Some("the event's subjects are not the statement's".to_owned());
+                }
+            }
+            None
+        }
+        AttestationEvent::Rejected(data) => {
+            if predicate.verdict != Verdict::Rejected {
+                return Some(format!(
+                    "the event says rejected, the statement {}",
+                    wire_name(predicate.verdict)
+                ));
+            }
+            if predicate.reason_code.map(event_reason) != Some(data.reason) {
+                return Some("the event's reason is not the statement's".to_owned());
+            }
+            None
+        }
+    }
+}
+
+/// Runs `verify`.
+pub fn verify(args: &VerifyArgs, out: &mut dyn Write) -> Result<Outcome, CliError> {
+    let policy = signer_policy(args)?;
+    let time = attestation_time(args)?;
+    let given_trust_domain = args.trust_domain.as_deref().map(trust_domain).transpose()?;
+    let bundles = read_bundle(&args.bundle, given_trust_domain.as_ref())?;
+    let input = read_input(args)?;
+    let verified =
+        match AttestationVerifier::new(&bundles, &policy).verify(&input.attestation, time) {
+            Ok(verified) => verified,
+            Err(error) => {
+                let message = error_chain(&error);
+                if args.json {
+                    let document =
+                        json!({"valid": false, "error": failure_kind(&error), "message": message});
+                    writeln!(
+                        out,
+                        "{}",
+                        serde_json::to_string_pretty(&document).unwrap_or_default()
+                    )?;
+                } else {
+                    writeln!(
+                        out,
+                        "attestation INVALID ({}): {message}",
+                        failure_kind(&error)
+                    )?;
+                }
+                return Ok(Outcome::Rejected);
+            }
+        };
+    if let Some(mismatch) = input
+        .event
+        .as_ref()
+        .and_then(|event| event_mismatch(event, &verified))
+    {
+        if args.json {
+            let document = json!({"valid": false, "error": "event_mismatch", "message": mismatch});
+            writeln!(
+                out,
+                "{}",
+                serde_json::to_string_pretty(&document).unwrap_or_default()
+            )?;
+        } else {
+            writeln!(out, "attestation INVALID (event_mismatch): {mismatch}")?;
+        }
+        return Ok(Outcome::Rejected);
+    }
+
+    let predicate = verified.predicate();
+    let verdict = wire_name(predicate.verdict);
+    if args.json {
+        let document = json!({
+            "valid": true,
+            "signer": verified.signer().to_string(),
+            "signerFingerprint": verified.signer_fingerprint().to_hex(),
+            "payloadSha256": verified.payload_digest().to_hex(),
+            "taskrun": {
+                "cluster": predicate.cluster,
+                "namespace": predicate.taskrun.namespace,
+                "name": predicate.taskrun.name,
+                "uid": predicate.taskrun.uid,
+            },
+            "verdict": verdict,
+            "reasonCode": predicate.reason_code.map(|reason| reason.as_str()),
+            "spiffeId": predicate.spiffe_id,
+            "svidFingerprint": predicate.svid_fingerprint,
+            "trustBundleDigest": predicate.trust_bundle_digest,
+            "times": predicate.times,
+            "checks": checks_json(&predicate.checks),
+            "subjects": verified.statement().subjects(),
+        });
+        writeln!(
+            out,
+            "{}",
+            serde_json::to_string_pretty(&document).unwrap_or_default()
+        )?;
+    } else {
+        writeln!(out, "attestation valid, signed by {}", verified.signer())?;
+        writeln!(
+            out,
+            "TaskRun {}/{} (uid {}, cluster {})",
+            predicate.taskrun.namespace,
+            predicate.taskrun.name,
+            predicate.taskrun.uid,
+            predicate.cluster
+        )?;
+        writeln!(out, "verdict:      {verdict}")?;
+        if let Some(reason) = predicate.reason_code {
+            writeln!(out, "reason:       {}", reason.as_str())?;
+        }
+        if let Some(id) = &predicate.spiffe_id {
+            writeln!(out, "results by:   {id}")?;
+        }
+        writeln!(
+            out,
+            "decided at:   {}",
+            predicate
+                .times
+                .verified
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        )?;
+        writeln!(
+            out,
+            "payload:      sha256:{}",
+            verified.payload_digest().to_hex()
+        )?;
+        write_checks(out, &predicate.checks)?;
+        writeln!(out, "subjects:")?;
+        for subject in verified.statement().subjects() {
+            let digest = subject
+                .digest
+                .get("sha256")
+                .map(String::as_str)
+                .unwrap_or("");
+            writeln!(out, "  {:<24} sha256:{digest}", subject.name)?;
+        }
+    }
+    if args.require_verified && predicate.verdict != Verdict::Verified {
+        return Ok(Outcome::Rejected);
+    }
+    Ok(Outcome::Success)
+}
+
+fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

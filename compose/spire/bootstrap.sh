@@ -10,5 +10,5 @@ until $S healthcheck $SOCK >/dev/null 2>&1; do sleep 1; done
 TD=example.org
 AGENT="spiffe://$TD/compose/agent"
 $S token generate $SOCK -spiffeID "$AGENT" -ttl 86400 | sed -n 's/^Token: //p' > /run/spire/token/join-token
-$S entry create $SOCK -parentID "$AGENT" -spiffeID "spiffe://$TD/ns/countersign/sa/countersign-attestor" -selector unix:uid:65533 || true
-$S entry create $SOCK -parentID "$AGENT" -spiffeID "spiffe://$TD/ns/countersign/sa/countersign-registrar" -selector unix:uid:65534 -admin || true
+$S entry create $SOCK -parentID "$AGENT" -spiffeID "spiffe://$TD/countersign/attestor" -selector unix:uid:65533 || true
+$S entry create $SOCK -parentID "$AGENT" -spiffeID "spiffe://$TD/countersign/registrar" -selector unix:uid:65534 -admin || true

@@ -332,7 +332,7 @@ async fn every_metric_queried_is_exported_by_the_services() {
 
     // The attestor, with an SVID from the agent's Workload API.
     let attestor_id = format!(
-        "spiffe://{}/ns/countersign/sa/countersign-attestor",
+        "spiffe://{}/countersign/attestor",
         spire.trust_domain()
     );
     spire

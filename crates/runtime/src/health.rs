@@ -91,6 +91,9 @@ impl Readiness {
 
     /// Takes a latch: the service is not ready until it is released. Taking one after the service
     /// became ready makes it unready again until that latch is released.
+    ///
+    /// Services take all their latches before their first `.await`: `run_service` holds its own
+    /// "service starting" latch only until the service future's first poll.
     pub fn latch(&self, name: impl Into<String>) -> Latch {
         let name = name.into();
         let id = {

@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::admin::{AdminState, bind_admin, serve_admin};
 use crate::config::{ConfigError, Environment, ServiceConfig, config_path, load_service_config};
-use crate::health::Readiness;
+use crate::health::{Latch, Readiness};
 use crate::metrics::Metrics;
 use crate::shutdown::{Shutdown, ShutdownSignals};
 use crate::telemetry::init_telemetry;
@@ -151,6 +151,24 @@ const ADMIN_STOP_TIMEOUT: Duration = Duration::from_secs(2);
 /// Order on shutdown: `/readyz` turns 503 (draining), the root token is cancelled, the service
 /// future and every task spawned with `ctx.shutdown.spawn` get `grace_period` to return, then the
 /// admin server stops.
+/// The latch [`run_service`] holds until the service future has been polled once.
+pub const STARTING_LATCH: &str = "service starting";
+
+/// Polls `future`, releasing `latch` once its first poll has returned. A service takes its readiness
+/// latches before its first `.await`, so by then they exist and readiness depends on them.
+async fn release_after_first_poll<F: Future>(future: F, latch: Latch) -> F::Output {
+    let mut future = std::pin::pin!(future);
+    let mut latch = Some(latch);
+    std::future::poll_fn(move |cx| {
+        let poll = future.as_mut().poll(cx);
+        if let Some(latch) = latch.take() {
+            latch.release();
+        }
+        poll
+    })
+    .await
+}
+
 pub async fn run_service<C, F, Fut, E>(
     context: Context<C>,
     admin_listener: TcpListener,
@@ -169,8 +187,12 @@ where
         readiness: context.readiness.clone(),
         metrics: context.metrics.clone(),
     };
+    // Held until the service has been polled once, so `/readyz` cannot answer 200 in the moment
+    // between the admin server starting and the service taking its own latches.
+    let starting = context.readiness.latch(STARTING_LATCH);
     let mut admin = tokio::spawn(serve_admin(admin_listener, admin_state, admin_stop.clone()));
-    let mut service_task = tokio::spawn(service(context.clone()));
+    let mut service_task =
+        tokio::spawn(release_after_first_poll(service(context.clone()), starting));
     let mut shutdown_requested = std::pin::pin!(shutdown_requested);
 
     // Phase 1: run until asked to stop, or until the service or the admin server fails. The
@@ -436,6 +458,7 @@ impl fmt::Display for Seconds {
 
 #[cfg(test)]
 mod tests {
+    use crate::health::ReadinessStatus;
     use serde::Deserialize;
 
     use super::*;
@@ -514,5 +537,34 @@ mod tests {
         let help =
             load_startup::<Config>(["svc", "--help"], &Environment::new()).expect_err("help exits");
         assert_eq!(help.exit_code(), exit_code::OK);
+    }
+
+    #[tokio::test]
+    async fn readiness_waits_for_the_first_poll_of_the_service() {
+        let readiness = Readiness::new();
+        let starting = readiness.latch(STARTING_LATCH);
+        let service_latch = {
+            let readiness = readiness.clone();
+            async move {
+                // Taken before the first await, as services do.
+                let _connected = readiness.latch("nats connected");
+                std::future::pending::<()>().await;
+            }
+        };
+        assert!(matches!(readiness.status(), ReadinessStatus::Pending(_)));
+        let task = tokio::spawn(release_after_first_poll(service_latch, starting));
+        // Once polled, only the service's own latch is pending: never `Ready` in between.
+        tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                match readiness.status() {
+                    ReadinessStatus::Pending(names) if names == ["nats connected"] => break,
+                    ReadinessStatus::Pending(_) => tokio::task::yield_now().await,
+                    other => panic!("readiness went {other:?} before the service's latch released"),
+                }
+            }
+        })
+        .await
+        .expect("the starting latch is released after the first poll");
+        task.abort();
     }
 }

@@ -8,6 +8,8 @@
 //! - [`telemetry`]: `tracing` (text or JSON), OpenTelemetry with optional OTLP/gRPC export, the
 //!   W3C TraceContext propagator. The one process-wide piece, set up once by [`run_main`].
 //! - [`metrics`]: a `prometheus-client` registry owned by a [`metrics::Metrics`] value.
+//! - [`nats`]: the `[nats]` section every service shares, and connecting with it (waiting for the
+//!   server at start-up).
 //! - [`health`]: [`health::Readiness`] and its named [`health::Latch`]es.
 //! - [`admin`]: the admin server: `/livez`, `/readyz`, `/metrics`.
 //! - [`shutdown`]: the root `CancellationToken`, tracked tasks and the drain; SIGTERM/SIGINT.
@@ -92,6 +94,7 @@ pub mod config;
 pub mod health;
 pub mod http_client;
 pub mod metrics;
+pub mod nats;
 pub mod service;
 pub mod shutdown;
 pub mod telemetry;

@@ -123,6 +123,11 @@ pub struct KvConfig {
     pub max_bytes: i64,
     /// The number of replicas. Default: 1.
     pub replicas: usize,
+    /// Enables per-key TTLs (nats-server 2.11+): values and purge markers written with a TTL
+    /// expire on their own, and markers the server leaves when `max_age` removes a value live
+    /// this long. Unset (the default): no per-key TTLs.
+    #[serde(with = "humantime_serde")]
+    pub limit_markers: Option<Duration>,
 }
 
 impl Default for KvConfig {
@@ -132,6 +137,7 @@ impl Default for KvConfig {
             max_age: Duration::ZERO,
             max_bytes: 256 * 1024 * 1024,
             replicas: 1,
+            limit_markers: None,
         }
     }
 }

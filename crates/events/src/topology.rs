@@ -371,6 +371,7 @@ impl Bus {
             max_bytes: spec.config.max_bytes,
             storage: StorageType::File,
             num_replicas: spec.config.replicas,
+            limit_markers: spec.config.limit_markers,
             ..Default::default()
         };
         self.jetstream

@@ -1,0 +1,628 @@
+//! The Kubernetes source: kube-rs watchers with reflectors on TaskRuns and on their pods, and the
+//! workers that turn what they see into published transitions.
+//!
+//! - Scopes: one cluster-wide pair of watches, or one pair per configured namespace, each with the
+//!   configured label selector (pods are also selected by `tekton.dev/taskRun`). Watches recover
+//!   with kube's default backoff; errors and (re)lists are counted.
+//! - Level-triggered processing: watch events only queue the TaskRun's `(namespace, name)` on a
+//!   [`WorkQueue`]; a worker reads the TaskRun and its pod from the reflector stores as they are
+//!   now, derives every transition ([`crate::derive`]) and hands them to the [`Emitter`], which
+//!   publishes what is not yet published. During a (re)list the keys are held back until the list
+//!   is complete, so a worker never reads a store that is being replaced.
+//! - Deletions never hang on watch `Delete` events alone. A `Delete` leaves a tombstone (the last
+//!   state, whose transitions are published first). After every (re)list, each live TaskRun of the
+//!   [`TransitionLog`](crate::state::TransitionLog) in the scope that the list did not return is a
+//!   suspect. For both, the worker asks the API for the TaskRun by name and publishes `deleted`
+//!   when it is gone (or has another UID). Asking keeps a TaskRun that only the CloudEvents ingress
+//!   has seen so far, or one that merely stopped matching the label selector, from being declared
+//!   deleted.
+//! - Readiness: the `reflectors synced` latch is released, and the workers start, once every
+//!   watch has completed its first list.
+//!
+//! The watcher only gets, lists and watches TaskRuns and pods; it never writes to the cluster.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use countersign_runtime::health::Latch;
+use futures::future::BoxFuture;
+use futures::{FutureExt as _, Stream, StreamExt as _};
+use kube::api::Api;
+use kube::core::{Selector, SelectorExt as _};
+use kube::runtime::WatchStreamExt as _;
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::watcher::{self, Event};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::derive::{DeriveSettings, derive_transitions};
+use crate::emit::{EmitError, Emitter};
+use crate::metrics::{Resource, Source, WatcherMetrics};
+use crate::queue::WorkQueue;
+use crate::tekton::{TASKRUN_LABEL, TaskRun, TaskRunPod, trim_pod, trim_taskrun};
+
+/// A TaskRun by namespace and name: the unit of work.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TaskRunKey {
+    /// The namespace.
+    pub namespace: String,
+    /// The name.
+    pub name: String,
+}
+
+impl TaskRunKey {
+    fn of_taskrun(taskrun: &TaskRun) -> Option<TaskRunKey> {
+        Some(TaskRunKey {
+            namespace: taskrun.metadata.namespace.clone()?,
+            name: taskrun.metadata.name.clone()?,
+        })
+    }
+
+    fn of_pod(pod: &TaskRunPod) -> Option<TaskRunKey> {
+        Some(TaskRunKey {
+            namespace: pod.metadata.namespace.clone()?,
+            name: pod.taskrun_name()?.to_owned(),
+        })
+    }
+}
+
+/// Why processing a TaskRun failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessError {
+    /// Publishing or recording failed.
+    #[error(transparent)]
+    Emit(#[from] EmitError),
+    /// The API could not confirm whether a TaskRun still exists.
+    #[error("asking the API whether {namespace}/{name} still exists")]
+    Confirm {
+        namespace: String,
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+}
+
+impl ProcessError {
+    /// Whether trying again later may succeed.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ProcessError::Emit(error) => error.is_transient(),
+            ProcessError::Confirm { .. } => true,
+        }
+    }
+}
+
+/// The stores of one scope: all namespaces, or one.
+#[derive(Debug)]
+struct Scope {
+    namespace: Option<String>,
+    taskruns: Store<TaskRun>,
+    pods: Store<TaskRunPod>,
+    /// `(namespace, TaskRun name)` to the names of the pods labelled with it.
+    pod_index: Mutex<HashMap<TaskRunKey, BTreeSet<String>>>,
+}
+
+impl Scope {
+    fn covers(&self, namespace: &str) -> bool {
+        self.namespace
+            .as_deref()
+            .is_none_or(|scoped| scoped == namespace)
+    }
+
+    fn pod_index(&self) -> MutexGuard<'_, HashMap<TaskRunKey, BTreeSet<String>>> {
+        self.pod_index
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// The writers of one scope's stores, handed to its watches.
+#[derive(Debug)]
+pub struct ScopeWriters {
+    index: usize,
+    taskruns: reflector::store::Writer<TaskRun>,
+    pods: reflector::store::Writer<TaskRunPod>,
+}
+
+/// The Kubernetes source: stores, queue and what the workers need.
+pub struct KubernetesSource {
+    client: kube::Client,
+    scopes: Vec<Scope>,
+    selector: Selector,
+    queue: WorkQueue<TaskRunKey>,
+    /// The last state of TaskRuns the watch saw deleted, until processed.
+    tombstones: Mutex<HashMap<TaskRunKey, Vec<Arc<TaskRun>>>>,
+    /// UIDs of live records a relist did not return, until confirmed.
+    suspects: Mutex<HashMap<TaskRunKey, BTreeSet<String>>>,
+    emitter: Arc<Emitter>,
+    settings: Arc<DeriveSettings>,
+    metrics: WatcherMetrics,
+    synced: watch::Sender<bool>,
+    concurrency: usize,
+}
+
+impl std::fmt::Debug for KubernetesSource {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("KubernetesSource")
+            .field("scopes", &self.scopes)
+            .field("selector", &self.selector)
+            .field("queued", &self.queue.len())
+            .field("concurrency", &self.concurrency)
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every critical section here leaves the data consistent, so a poisoned lock is still usable.
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl KubernetesSource {
+    /// A source over `namespaces` (empty: all), selecting TaskRuns (and pods) with `selector`.
+    pub fn new(
+        client: kube::Client,
+        namespaces: &[String],
+        selector: Selector,
+        concurrency: usize,
+        emitter: Arc<Emitter>,
+        settings: Arc<DeriveSettings>,
+        metrics: WatcherMetrics,
+    ) -> (Arc<KubernetesSource>, Vec<ScopeWriters>) {
+        let namespaces: Vec<Option<String>> = if namespaces.is_empty() {
+            vec![None]
+        } else {
+            namespaces.iter().cloned().map(Some).collect()
+        };
+        let mut scopes = Vec::new();
+        let mut writers = Vec::new();
+        for (index, namespace) in namespaces.into_iter().enumerate() {
+            let (taskruns, taskrun_writer) = reflector::store();
+            let (pods, pod_writer) = reflector::store();
+            scopes.push(Scope {
+                namespace,
+                taskruns,
+                pods,
+                pod_index: Mutex::new(HashMap::new()),
+            });
+            writers.push(ScopeWriters {
+                index,
+                taskruns: taskrun_writer,
+                pods: pod_writer,
+            });
+        }
+        let (synced, _) = watch::channel(false);
+        let source = Arc::new(KubernetesSource {
+            client,
+            scopes,
+            selector,
+            queue: WorkQueue::new(),
+            tombstones: Mutex::new(HashMap::new()),
+            suspects: Mutex::new(HashMap::new()),
+            emitter,
+            settings,
+            metrics,
+            synced,
+            concurrency: concurrency.max(1),
+        });
+        (source, writers)
+    }
+
+    /// The watches and the workers, to spawn; they return when `token` is cancelled. `synced`
+    /// is released once every watch has listed.
+    pub fn tasks(
+        self: &Arc<Self>,
+        writers: Vec<ScopeWriters>,
+        token: &CancellationToken,
+        synced: Latch,
+    ) -> Vec<BoxFuture<'static, ()>> {
+        let mut tasks: Vec<BoxFuture<'static, ()>> = Vec::new();
+        let remaining = Arc::new(AtomicUsize::new(writers.len() * 2));
+        for writers in writers {
+            let scope = writers.index;
+            tasks.push(
+                Arc::clone(self)
+                    .watch_taskruns(
+                        scope,
+                        writers.taskruns,
+                        token.clone(),
+                        Arc::clone(&remaining),
+                    )
+                    .boxed(),
+            );
+            tasks.push(
+                Arc::clone(self)
+                    .watch_pods(scope, writers.pods, token.clone(), Arc::clone(&remaining))
+                    .boxed(),
+            );
+        }
+        let mut synced_rx = self.synced.subscribe();
+        let latch_token = token.clone();
+        tasks.push(
+            async move {
+                tokio::select! {
+                    () = latch_token.cancelled() => {}
+                    result = synced_rx.wait_for(|synced| *synced) => {
+                        if result.is_ok() {
+                            tracing::info!("every watch has listed; processing TaskRuns");
+                            synced.release();
+                        }
+                    }
+                }
+            }
+            .boxed(),
+        );
+        for _ in 0..self.concurrency {
+            tasks.push(Arc::clone(self).work(token.clone()).boxed());
+        }
+        tasks
+    }
+
+    /// Whether TaskRuns in `namespace` with `labels` are in this watcher's scope.
+    pub fn in_scope(
+        &self,
+        namespace: &str,
+        labels: &std::collections::BTreeMap<String, String>,
+    ) -> bool {
+        self.scope_for(namespace).is_some() && self.selector.matches(labels)
+    }
+
+    fn scope_for(&self, namespace: &str) -> Option<&Scope> {
+        self.scopes.iter().find(|scope| scope.covers(namespace))
+    }
+
+    /// The pod of `taskrun` from the stores: `status.podName` when set; before that, the newest
+    /// pod labelled with the TaskRun's name that belongs to it.
+    pub fn pod_from_store(&self, taskrun: &TaskRun) -> Option<Arc<TaskRunPod>> {
+        let namespace = taskrun.metadata.namespace.as_deref()?;
+        let uid = taskrun.uid()?;
+        let scope = self.scope_for(namespace)?;
+        if let Some(pod_name) = taskrun.pod_name() {
+            return scope
+                .pods
+                .get(&ObjectRef::new(pod_name).within(namespace))
+                .filter(|pod| pod.belongs_to(uid));
+        }
+        let key = TaskRunKey::of_taskrun(taskrun)?;
+        let names = scope.pod_index().get(&key).cloned().unwrap_or_default();
+        names
+            .iter()
+            .filter_map(|name| scope.pods.get(&ObjectRef::new(name).within(namespace)))
+            .filter(|pod| pod.belongs_to(uid))
+            .max_by_key(|pod| {
+                (
+                    pod.metadata
+                        .creation_timestamp
+                        .as_ref()
+                        .map(|time| time.0.as_second()),
+                    pod.metadata.name.clone(),
+                )
+            })
+    }
+
+    /// The pod of `taskrun` for the CloudEvents ingress: from the stores, else (when the
+    /// TaskRun names its pod) from the API.
+    pub async fn lookup_pod(
+        &self,
+        taskrun: &TaskRun,
+    ) -> Result<Option<Arc<TaskRunPod>>, kube::Error> {
+        if let Some(pod) = self.pod_from_store(taskrun) {
+            return Ok(Some(pod));
+        }
+        let (Some(namespace), Some(uid), Some(pod_name)) = (
+            taskrun.metadata.namespace.as_deref(),
+            taskrun.uid(),
+            taskrun.pod_name(),
+        ) else {
+            return Ok(None);
+        };
+        let pods: Api<TaskRunPod> = Api::namespaced(self.client.clone(), namespace);
+        let pod = pods.get_opt(pod_name).await?;
+        Ok(pod.filter(|pod| pod.belongs_to(uid)).map(Arc::new))
+    }
+
+    // === watches ===
+
+    async fn watch_taskruns(
+        self: Arc<Self>,
+        scope: usize,
+        writer: reflector::store::Writer<TaskRun>,
+        token: CancellationToken,
+        remaining: Arc<AtomicUsize>,
+    ) {
+        let api: Api<TaskRun> = match &self.scopes[scope].namespace {
+            Some(namespace) => Api::namespaced(self.client.clone(), namespace),
+            None => Api::all(self.client.clone()),
+        };
+        let mut config = watcher::Config::default();
+        if !self.selector.selects_all() {
+            config = config.labels_from(&self.selector);
+        }
+        let stream = watcher::watcher(api, config)
+            .default_backoff()
+            .modify(trim_taskrun)
+            .reflect(writer);
+        let mut listing: Vec<TaskRunKey> = Vec::new();
+        let mut first_list = true;
+        self.drive(stream, Resource::TaskRuns, &token, |event| match event {
+            Event::Init => listing.clear(),
+            Event::InitApply(taskrun) => listing.extend(TaskRunKey::of_taskrun(&taskrun)),
+            Event::InitDone => {
+                for key in listing.drain(..) {
+                    self.queue.add(key);
+                }
+                self.suspect_vanished(scope);
+                if std::mem::take(&mut first_list) {
+                    self.watch_listed(&remaining);
+                }
+            }
+            Event::Apply(taskrun) => {
+                if let Some(key) = TaskRunKey::of_taskrun(&taskrun) {
+                    self.queue.add(key);
+                }
+            }
+            Event::Delete(taskrun) => {
+                if let (Some(key), Some(_)) = (TaskRunKey::of_taskrun(&taskrun), taskrun.uid()) {
+                    lock(&self.tombstones)
+                        .entry(key.clone())
+                        .or_default()
+                        .push(Arc::new(taskrun));
+                    self.queue.add(key);
+                }
+            }
+        })
+        .await;
+    }
+
+    async fn watch_pods(
+        self: Arc<Self>,
+        scope: usize,
+        writer: reflector::store::Writer<TaskRunPod>,
+        token: CancellationToken,
+        remaining: Arc<AtomicUsize>,
+    ) {
+        let api: Api<TaskRunPod> = match &self.scopes[scope].namespace {
+            Some(namespace) => Api::namespaced(self.client.clone(), namespace),
+            None => Api::all(self.client.clone()),
+        };
+        let mut selector = self.selector.clone();
+        selector.extend([kube::core::Expression::Exists(TASKRUN_LABEL.to_owned())]);
+        let config = watcher::Config::default().labels_from(&selector);
+        let stream = watcher::watcher(api, config)
+            .default_backoff()
+            .modify(trim_pod)
+            .reflect(writer);
+        let mut listing: Vec<TaskRunKey> = Vec::new();
+        let mut first_list = true;
+        self.drive(stream, Resource::Pods, &token, |event| match event {
+            Event::Init => listing.clear(),
+            Event::InitApply(pod) => listing.extend(TaskRunKey::of_pod(&pod)),
+            Event::InitDone => {
+                self.rebuild_pod_index(scope);
+                for key in listing.drain(..) {
+                    self.queue.add(key);
+                }
+                if std::mem::take(&mut first_list) {
+                    self.watch_listed(&remaining);
+                }
+            }
+            Event::Apply(pod) => {
+                if let (Some(key), Some(name)) = (TaskRunKey::of_pod(&pod), pod.metadata.name) {
+                    self.scopes[scope]
+                        .pod_index()
+                        .entry(key.clone())
+                        .or_default()
+                        .insert(name);
+                    self.queue.add(key);
+                }
+            }
+            Event::Delete(pod) => {
+                if let (Some(key), Some(name)) = (TaskRunKey::of_pod(&pod), pod.metadata.name) {
+                    let mut index = self.scopes[scope].pod_index();
+                    if let Some(names) = index.get_mut(&key) {
+                        names.remove(&name);
+                        if names.is_empty() {
+                            index.remove(&key);
+                        }
+                    }
+                    drop(index);
+                    self.queue.add(key);
+                }
+            }
+        })
+        .await;
+    }
+
+    /// Runs one watch until `token` is cancelled, counting errors and (re)lists.
+    async fn drive<K>(
+        &self,
+        stream: impl Stream<Item = Result<Event<K>, watcher::Error>>,
+        resource: Resource,
+        token: &CancellationToken,
+        mut handle: impl FnMut(Event<K>),
+    ) {
+        let mut stream = std::pin::pin!(stream);
+        loop {
+            let item = tokio::select! {
+                () = token.cancelled() => break,
+                item = stream.next() => item,
+            };
+            match item {
+                None => break,
+                Some(Ok(event)) => {
+                    if matches!(event, Event::Init) {
+                        self.metrics.watch_restart(resource);
+                    }
+                    handle(event);
+                }
+                Some(Err(error)) => {
+                    self.metrics.watch_error(resource);
+                    tracing::warn!(
+                        resource = resource.as_str(),
+                        error = %error,
+                        "watch failed; retrying with backoff"
+                    );
+                }
+            }
+        }
+    }
+
+    fn watch_listed(&self, remaining: &AtomicUsize) {
+        if remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.synced.send_replace(true);
+        }
+    }
+
+    fn rebuild_pod_index(&self, scope: usize) {
+        let scope = &self.scopes[scope];
+        let mut index = HashMap::<TaskRunKey, BTreeSet<String>>::new();
+        for pod in scope.pods.state() {
+            if let (Some(key), Some(name)) = (TaskRunKey::of_pod(&pod), pod.metadata.name.clone()) {
+                index.entry(key).or_default().insert(name);
+            }
+        }
+        *scope.pod_index() = index;
+    }
+
+    /// After a list: every live record of the scope whose TaskRun the list did not return is a
+    /// suspect, queued for confirmation.
+    fn suspect_vanished(&self, scope: usize) {
+        let scope = &self.scopes[scope];
+        let records = self
+            .emitter
+            .log()
+            .live_records(|namespace| scope.covers(namespace));
+        let mut suspects = lock(&self.suspects);
+        for (uid, record) in records {
+            let listed = scope
+                .taskruns
+                .get(&ObjectRef::new(&record.name).within(&record.namespace))
+                .is_some_and(|taskrun| taskrun.uid() == Some(uid.as_str()));
+            if !listed {
+                let key = TaskRunKey {
+                    namespace: record.namespace,
+                    name: record.name,
+                };
+                suspects.entry(key.clone()).or_default().insert(uid);
+                self.queue.add(key);
+            }
+        }
+    }
+
+    // === workers ===
+
+    async fn work(self: Arc<Self>, token: CancellationToken) {
+        let mut synced = self.synced.subscribe();
+        tokio::select! {
+            () = token.cancelled() => return,
+            result = synced.wait_for(|synced| *synced) => if result.is_err() { return },
+        }
+        while let Some(key) = self.queue.next(&token).await {
+            match self.process(&key).await {
+                Ok(()) => self.queue.done(&key),
+                Err(error) if error.is_transient() => {
+                    self.metrics.processing_error("transient");
+                    let delay = self.queue.retry_later(&key, &token);
+                    tracing::warn!(
+                        namespace = %key.namespace,
+                        name = %key.name,
+                        error = %error,
+                        retry_in = ?delay,
+                        "processing a TaskRun failed; retrying"
+                    );
+                }
+                Err(error) => {
+                    self.metrics.processing_error("permanent");
+                    tracing::error!(
+                        namespace = %key.namespace,
+                        name = %key.name,
+                        error = %error,
+                        "processing a TaskRun failed for good"
+                    );
+                    self.queue.done(&key);
+                }
+            }
+        }
+    }
+
+    /// Publishes what the watch saw of TaskRun `key`: the last state and `deleted` of deleted
+    /// objects, `deleted` of confirmed suspects, then the transitions of the current object.
+    #[tracing::instrument(name = "reconcile_taskrun", skip_all, fields(namespace = %key.namespace, name = %key.name))]
+    async fn process(&self, key: &TaskRunKey) -> Result<(), ProcessError> {
+        // The last state of deleted objects first: their transitions, then the question whether
+        // they are really gone (a watch with a label selector also reports an object that merely
+        // stopped matching it as deleted).
+        let tombstones = lock(&self.tombstones).get(key).cloned().unwrap_or_default();
+        let mut to_confirm = lock(&self.suspects).get(key).cloned().unwrap_or_default();
+        for taskrun in &tombstones {
+            self.emit_snapshot(taskrun).await?;
+            to_confirm.extend(taskrun.uid().map(str::to_owned));
+        }
+        if !to_confirm.is_empty() {
+            let api: Api<TaskRun> = Api::namespaced(self.client.clone(), &key.namespace);
+            let current = api
+                .get_opt(&key.name)
+                .await
+                .map_err(|source| ProcessError::Confirm {
+                    namespace: key.namespace.clone(),
+                    name: key.name.clone(),
+                    source,
+                })?;
+            let current_uid = current.as_ref().and_then(TaskRun::uid);
+            for uid in &to_confirm {
+                if current_uid != Some(uid.as_str()) {
+                    self.emitter.emit_deleted(Source::Kubernetes, uid).await?;
+                }
+                self.forget_confirmed(key, uid);
+            }
+        }
+
+        let current = self.scope_for(&key.namespace).and_then(|scope| {
+            scope
+                .taskruns
+                .get(&ObjectRef::new(&key.name).within(&key.namespace))
+        });
+        if let Some(taskrun) = current {
+            self.emit_snapshot(&taskrun).await?;
+        }
+        Ok(())
+    }
+
+    async fn emit_snapshot(&self, taskrun: &TaskRun) -> Result<(), EmitError> {
+        let pod = self.pod_from_store(taskrun);
+        match derive_transitions(&self.settings, taskrun, pod.as_deref()) {
+            Ok(derived) => {
+                for step in &derived.malformed_steps {
+                    self.metrics.malformed_message();
+                    tracing::warn!(step = %step, "a step's termination message does not parse; its result set is empty");
+                }
+                self.emitter.emit(Source::Kubernetes, &derived).await?;
+            }
+            Err(error) => {
+                self.metrics.processing_error("invalid_taskrun");
+                tracing::warn!(error = %error, "skipping a TaskRun the watcher cannot describe");
+            }
+        }
+        Ok(())
+    }
+
+    /// Drops the tombstones and the suspicion of `uid` at `key`: it was confirmed gone, or present.
+    fn forget_confirmed(&self, key: &TaskRunKey, uid: &str) {
+        let mut tombstones = lock(&self.tombstones);
+        if let Some(list) = tombstones.get_mut(key) {
+            list.retain(|taskrun| taskrun.uid() != Some(uid));
+            if list.is_empty() {
+                tombstones.remove(key);
+            }
+        }
+        drop(tombstones);
+        let mut suspects = lock(&self.suspects);
+        if let Some(uids) = suspects.get_mut(key) {
+            uids.remove(uid);
+            if uids.is_empty() {
+                suspects.remove(key);
+            }
+        }
+    }
+}

@@ -1,0 +1,343 @@
+//! The service: what `run` does, in order.
+//!
+//! 1. Take the readiness latches (`nats connected`, `streams and state bound`,
+//!    `reflectors synced`) and register the metrics.
+//! 2. Build the Kubernetes client (a kubeconfig file, or inferred: in-cluster first).
+//! 3. Connect to NATS (retrying until connected or shut down), then create or update the TaskRun
+//!    stream and the state bucket and load the published transitions (retrying transient
+//!    failures).
+//! 4. Start the watches and the workers, and the CloudEvents ingress.
+//! 5. On shutdown: the watches stop, each worker finishes the TaskRun in hand, the ingress
+//!    finishes its open requests; then NATS is flushed and drained.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::connection::State as ConnectionState;
+use countersign_events::{
+    Bus, EventMetrics, EventSource, KvConfig, KvSpec, SetupError, StreamKind,
+};
+use countersign_runtime::Context;
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::WatcherConfig;
+use crate::derive::DeriveSettings;
+use crate::emit::Emitter;
+use crate::ingress::Ingress;
+use crate::kubernetes::KubernetesSource;
+use crate::metrics::WatcherMetrics;
+use crate::state::{StateError, TransitionLog};
+
+/// The service's name: in logs, the CloudEvent `source` (`/countersign/watcher`).
+pub const SERVICE_NAME: &str = "watcher";
+
+/// How often the connection state is looked at while waiting for NATS.
+const CONNECT_POLL: Duration = Duration::from_millis(100);
+/// The longest pause between two attempts to set up the streams and the bucket.
+const SETUP_RETRY_MAX: Duration = Duration::from_secs(10);
+
+/// Why the watcher stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum WatcherError {
+    /// The configuration is inconsistent (`validate` passed, so this is a bug or a race).
+    #[error("invalid configuration")]
+    Config(#[from] countersign_runtime::config::ConfigError),
+    /// The Kubernetes client could not be built.
+    #[error("building the Kubernetes client")]
+    Kubernetes(#[source] kube::Error),
+    /// The kubeconfig could not be read.
+    #[error("reading the kubeconfig")]
+    Kubeconfig(#[source] kube::config::KubeconfigError),
+    /// The NATS options could not be built (the credentials file).
+    #[error("reading the NATS credentials")]
+    NatsCredentials(#[source] std::io::Error),
+    /// The NATS URL is not valid.
+    #[error("connecting to NATS")]
+    NatsConnect(#[source] async_nats::ConnectError),
+    /// The bus could not be set up for good (not a transient failure).
+    #[error("setting up the streams and the state bucket")]
+    Setup(#[source] SetupError),
+    /// The published transitions could not be loaded for good.
+    #[error("loading the published transitions")]
+    State(#[source] StateError),
+    /// The bus prefix is invalid.
+    #[error("building the bus")]
+    Bus(#[source] countersign_events::SubjectError),
+    /// The ingress address could not be bound.
+    #[error("binding the ingress on {address}")]
+    BindIngress {
+        address: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The ingress stopped serving.
+    #[error("serving the ingress")]
+    ServeIngress(#[source] std::io::Error),
+    /// A task panicked.
+    #[error("a watcher task failed")]
+    Task(#[source] tokio::task::JoinError),
+}
+
+/// Runs the watcher: binds the ingress from the configuration, then [`run_on`].
+pub async fn run(ctx: Context<WatcherConfig>) -> Result<(), WatcherError> {
+    let listener = if ctx.config.ingress.enabled {
+        let address = ctx.config.ingress.listen;
+        Some(
+            TcpListener::bind(address)
+                .await
+                .map_err(|source| WatcherError::BindIngress { address, source })?,
+        )
+    } else {
+        None
+    };
+    run_on(ctx, listener).await
+}
+
+/// Runs the watcher with the ingress on `ingress` (none: no ingress) until the context's shutdown.
+pub async fn run_on(
+    ctx: Context<WatcherConfig>,
+    ingress: Option<TcpListener>,
+) -> Result<(), WatcherError> {
+    let config = Arc::clone(&ctx.config);
+    let token = ctx.shutdown.token();
+    let nats_latch = ctx.readiness.latch("nats connected");
+    let setup_latch = ctx.readiness.latch("streams and state bound");
+    let synced_latch = ctx.readiness.latch("reflectors synced");
+
+    let metrics = WatcherMetrics::new();
+    metrics.register(&ctx.metrics);
+    let event_metrics = EventMetrics::new();
+    ctx.metrics
+        .with_registry(|registry| event_metrics.register(registry));
+
+    let settings = Arc::new(DeriveSettings {
+        cluster: config.cluster.name.clone(),
+        trust_domain: config.cluster.trust_domain()?,
+    });
+    let selector = config.kubernetes.selector()?;
+    let kube_client = kube_client(&config).await?;
+
+    let Some(nats) = connect_nats(&config, &token).await? else {
+        return Ok(());
+    };
+    nats_latch.release();
+    tracing::info!(url = %config.nats.url, "connected to NATS");
+
+    let bus =
+        Bus::new(nats.clone(), config.bus.clone(), event_metrics).map_err(WatcherError::Bus)?;
+    let kv_spec = KvSpec {
+        name: config.state.bucket.clone(),
+        description: "TaskRun transitions published by the Countersign watcher".into(),
+        config: KvConfig {
+            limit_markers: Some(config.state.deleted_retention),
+            ..config.state.kv.clone()
+        },
+    };
+    let (bus_ref, kv_spec_ref) = (&bus, &kv_spec);
+    let Some(kv) = retry_setup("streams and state bucket", &token, move || async move {
+        // The watcher publishes to the TaskRun stream only; the other streams are their
+        // publishers' business.
+        bus_ref.ensure_stream(StreamKind::TaskRuns).await?;
+        bus_ref.ensure_kv(kv_spec_ref).await
+    })
+    .await?
+    else {
+        return Ok(());
+    };
+    let mut jetstream = bus.jetstream().clone();
+    jetstream.set_timeout(config.nats.request_timeout);
+    let log = Arc::new(TransitionLog::new(
+        kv,
+        jetstream,
+        &config.cluster.name,
+        config.state.deleted_retention,
+    ));
+    let Some(live) = retry_load(&log, &token).await? else {
+        return Ok(());
+    };
+    metrics.set_known_taskruns(live);
+    setup_latch.release();
+    tracing::info!(live, "loaded the published transitions");
+
+    let emitter = Arc::new(Emitter::new(
+        bus.publisher(EventSource::service(SERVICE_NAME)),
+        Arc::clone(&log),
+        metrics.clone(),
+        &config.cluster.name,
+    ));
+    let (kubernetes, writers) = KubernetesSource::new(
+        kube_client,
+        &config.kubernetes.namespaces,
+        selector,
+        config.kubernetes.concurrency,
+        Arc::clone(&emitter),
+        Arc::clone(&settings),
+        metrics.clone(),
+    );
+
+    let mut tasks: JoinSet<Result<(), WatcherError>> = JoinSet::new();
+    for task in kubernetes.tasks(writers, &token, synced_latch) {
+        tasks.spawn(async move {
+            task.await;
+            Ok(())
+        });
+    }
+    if let Some(listener) = ingress {
+        let address = listener.local_addr().map_err(WatcherError::ServeIngress)?;
+        let ingress = Ingress::new(
+            Arc::clone(&emitter),
+            Arc::clone(&kubernetes),
+            Arc::clone(&settings),
+            nats.clone(),
+            metrics.clone(),
+        );
+        tracing::info!(address = %address, "serving the CloudEvents ingress");
+        let max_body_bytes = config.ingress.max_body_bytes;
+        let ingress_token = token.clone();
+        tasks.spawn(async move {
+            ingress
+                .serve(listener, max_body_bytes, ingress_token)
+                .await
+                .map_err(WatcherError::ServeIngress)
+        });
+    }
+
+    // Run until shutdown; a task that fails (or panics) shuts the service down. Tasks that end
+    // early without failing (the readiness latch's) are fine.
+    let mut failure = None;
+    loop {
+        tokio::select! {
+            () = token.cancelled() => break,
+            Some(joined) = tasks.join_next() => match joined {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => {
+                    failure = Some(error);
+                    break;
+                }
+                Err(error) => {
+                    failure = Some(WatcherError::Task(error));
+                    break;
+                }
+            },
+        }
+    }
+    ctx.shutdown.cancel();
+    while let Some(joined) = tasks.join_next().await {
+        let error = match joined {
+            Ok(Ok(())) => continue,
+            Ok(Err(error)) => error,
+            Err(error) => WatcherError::Task(error),
+        };
+        failure.get_or_insert(error);
+    }
+    if let Err(error) = nats.drain().await {
+        tracing::warn!(error = %error, "draining the NATS connection");
+    }
+    match failure {
+        Some(error) => Err(error),
+        None => Ok(()),
+    }
+}
+
+/// The Kubernetes client: from `[kubernetes] kubeconfig` when set, else inferred.
+async fn kube_client(config: &WatcherConfig) -> Result<kube::Client, WatcherError> {
+    let client_config = match &config.kubernetes.kubeconfig {
+        Some(path) => {
+            let kubeconfig = Kubeconfig::read_from(path).map_err(WatcherError::Kubeconfig)?;
+            kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+                .await
+                .map_err(WatcherError::Kubeconfig)?
+        }
+        None => kube::Config::infer()
+            .await
+            .map_err(|error| WatcherError::Kubernetes(kube::Error::InferConfig(error)))?,
+    };
+    kube::Client::try_from(client_config).map_err(WatcherError::Kubernetes)
+}
+
+/// Connects to NATS, retrying in the background until connected; `None` if shut down first.
+async fn connect_nats(
+    config: &WatcherConfig,
+    token: &CancellationToken,
+) -> Result<Option<async_nats::Client>, WatcherError> {
+    let mut options = match &config.nats.credentials_file {
+        Some(path) => async_nats::ConnectOptions::with_credentials_file(path)
+            .await
+            .map_err(WatcherError::NatsCredentials)?,
+        None => async_nats::ConnectOptions::new(),
+    };
+    options = options
+        .name(&config.nats.name)
+        .request_timeout(Some(config.nats.request_timeout))
+        .retry_on_initial_connect();
+    let client = options
+        .connect(config.nats.url.as_str())
+        .await
+        .map_err(WatcherError::NatsConnect)?;
+    let mut interval = tokio::time::interval(CONNECT_POLL);
+    let mut waited = 0u32;
+    while client.connection_state() != ConnectionState::Connected {
+        tokio::select! {
+            () = token.cancelled() => return Ok(None),
+            _ = interval.tick() => {}
+        }
+        waited += 1;
+        if waited.is_multiple_of(100) {
+            tracing::warn!(url = %config.nats.url, "still waiting for NATS");
+        }
+    }
+    Ok(Some(client))
+}
+
+/// Runs `setup` until it succeeds, retrying transient failures with a growing pause; `None` if
+/// shut down first.
+async fn retry_setup<T, F, Fut>(
+    what: &str,
+    token: &CancellationToken,
+    mut setup: F,
+) -> Result<Option<T>, WatcherError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, SetupError>>,
+{
+    let mut pause = Duration::from_millis(200);
+    loop {
+        match setup().await {
+            Ok(value) => return Ok(Some(value)),
+            Err(error) if error.is_transient() => {
+                tracing::warn!(what, error = %error, retry_in = ?pause, "setup failed; retrying");
+            }
+            Err(error) => return Err(WatcherError::Setup(error)),
+        }
+        tokio::select! {
+            () = token.cancelled() => return Ok(None),
+            () = tokio::time::sleep(pause) => {}
+        }
+        pause = (pause * 2).min(SETUP_RETRY_MAX);
+    }
+}
+
+/// Loads the transition log, retrying transient failures; `None` if shut down first.
+async fn retry_load(
+    log: &TransitionLog,
+    token: &CancellationToken,
+) -> Result<Option<usize>, WatcherError> {
+    let mut pause = Duration::from_millis(200);
+    loop {
+        match log.load().await {
+            Ok(live) => return Ok(Some(live)),
+            Err(error) if error.is_transient() => {
+                tracing::warn!(error = %error, retry_in = ?pause, "loading the state failed; retrying");
+            }
+            Err(error) => return Err(WatcherError::State(error)),
+        }
+        tokio::select! {
+            () = token.cancelled() => return Ok(None),
+            () = tokio::time::sleep(pause) => {}
+        }
+        pause = (pause * 2).min(SETUP_RETRY_MAX);
+    }
+}

@@ -1,0 +1,483 @@
+//! What the watcher has published, per TaskRun, in a JetStream KV bucket: the durable memory that
+//! keeps a restart, a relist or a second replica from publishing a transition again after the
+//! stream's duplicate window, and that tells which TaskRuns vanished while the watcher was down.
+//!
+//! One key per TaskRun, `<cluster>.<taskrun uid>`, holding a [`TaskRunRecord`] (namespace, name,
+//! pod, and the transitions published, by event id without the UID). A record is written after the
+//! PubAck of the transitions it lists, with compare-and-set on the key's revision, merging with
+//! whatever another replica wrote meanwhile. Once the `deleted` event is published the key is
+//! purged with a TTL (`[state] deleted_retention`): the purge marker says "deleted" to late
+//! CloudEvents and to other replicas, then expires, so the bucket does not grow for ever.
+//!
+//! [`TransitionLog`] keeps every record in memory too (loaded at start-up, kept current by its own
+//! writes and refreshed from the bucket whenever a write finds it stale), so deciding what to skip
+//! costs no round trip.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::{DeliverPolicy, ReplayPolicy, pull};
+use async_nats::jetstream::kv::{self, Operation, UpdateErrorKind};
+use countersign_events::data::PodRef;
+use futures::StreamExt as _;
+use serde::{Deserialize, Serialize};
+
+/// How long loading may wait for the next record before it gives up.
+const LOAD_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How many times a record write is retried after another writer changed the key.
+const MAX_WRITE_ATTEMPTS: usize = 8;
+/// The KV header that marks deletes and purges.
+const KV_OPERATION_HEADER: &str = "KV-Operation";
+/// The header of markers the server itself places.
+const MARKER_REASON_HEADER: &str = "Nats-Marker-Reason";
+
+/// The value stored per TaskRun.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskRunRecord {
+    /// The TaskRun's namespace.
+    pub namespace: String,
+    /// The TaskRun's name.
+    pub name: String,
+    /// Its pod, once one was published in an event.
+    #[serde(default)]
+    pub pod: Option<PodRef>,
+    /// The published transitions: event ids without the `<uid>:` prefix (`created`,
+    /// `scheduled:<pod uid>`, `step-completed:<pod uid>:<step>`, `finished`).
+    #[serde(default)]
+    pub published: BTreeSet<String>,
+}
+
+/// What the log knows of a TaskRun.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Known {
+    /// Seen, not deleted: what was published.
+    Live(TaskRunRecord),
+    /// Its `deleted` event was published.
+    Deleted,
+}
+
+#[derive(Debug, Clone)]
+struct Entry {
+    known: Known,
+    /// The key's revision in the bucket (the stream sequence of its last write).
+    revision: u64,
+}
+
+/// Why the log could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// The TaskRun UID cannot be part of a KV key (`[A-Za-z0-9_=-]` expected).
+    #[error("the TaskRun UID {uid:?} cannot be used as a key")]
+    InvalidUid { uid: String },
+    /// The bucket's stream could not be read for loading.
+    #[error("reading the state bucket")]
+    Load(#[source] async_nats::Error),
+    /// Loading stopped before every record arrived.
+    #[error("the state bucket stopped delivering records while loading")]
+    LoadStalled,
+    /// A record could not be read.
+    #[error("reading the record of {uid}")]
+    Read {
+        uid: String,
+        #[source]
+        source: kv::EntryError,
+    },
+    /// A record could not be written.
+    #[error("writing the record of {uid}")]
+    Write {
+        uid: String,
+        #[source]
+        source: kv::UpdateError,
+    },
+    /// The record kept changing under the writer.
+    #[error("the record of {uid} kept changing; gave up after {attempts} attempts")]
+    Contended { uid: String, attempts: usize },
+    /// The deleted marker could not be written.
+    #[error("marking {uid} deleted")]
+    Purge {
+        uid: String,
+        #[source]
+        source: kv::PurgeError,
+    },
+}
+
+impl StateError {
+    /// Whether trying again later may succeed.
+    pub fn is_transient(&self) -> bool {
+        !matches!(self, StateError::InvalidUid { .. })
+    }
+}
+
+/// The published transitions of every TaskRun of one cluster.
+#[derive(Debug)]
+pub struct TransitionLog {
+    kv: kv::Store,
+    jetstream: async_nats::jetstream::Context,
+    cluster_key: String,
+    deleted_retention: Duration,
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    by_uid: HashMap<String, Entry>,
+    /// How many entries are live.
+    live: usize,
+}
+
+impl Inner {
+    fn insert(&mut self, uid: &str, entry: Entry) {
+        self.remove(uid);
+        if matches!(entry.known, Known::Live(_)) {
+            self.live += 1;
+        }
+        self.by_uid.insert(uid.to_owned(), entry);
+    }
+
+    fn remove(&mut self, uid: &str) {
+        if let Some(Entry {
+            known: Known::Live(_),
+            ..
+        }) = self.by_uid.remove(uid)
+        {
+            self.live -= 1;
+        }
+    }
+}
+
+/// Whether `text` may be one token of a KV key.
+fn is_key_token(text: &str) -> bool {
+    !text.is_empty()
+        && text
+            .bytes()
+            .all(|byte| byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b'='))
+}
+
+impl TransitionLog {
+    /// A log over `kv` for the TaskRuns of cluster `cluster_key` (a valid KV key prefix, checked
+    /// by the configuration). Empty until [`TransitionLog::load`].
+    pub fn new(
+        kv: kv::Store,
+        jetstream: async_nats::jetstream::Context,
+        cluster_key: &str,
+        deleted_retention: Duration,
+    ) -> TransitionLog {
+        TransitionLog {
+            kv,
+            jetstream,
+            cluster_key: cluster_key.to_owned(),
+            deleted_retention,
+            inner: Mutex::new(Inner::default()),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // The data stays consistent at every await-free step, so a poisoned lock is still usable.
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Whether `uid` can be recorded: `[A-Za-z0-9_=-]` (every Kubernetes UID is).
+    pub fn check_uid(&self, uid: &str) -> Result<(), StateError> {
+        if is_key_token(uid) {
+            Ok(())
+        } else {
+            Err(StateError::InvalidUid {
+                uid: uid.to_owned(),
+            })
+        }
+    }
+
+    fn key(&self, uid: &str) -> Result<String, StateError> {
+        self.check_uid(uid)?;
+        Ok(format!("{}.{uid}", self.cluster_key))
+    }
+
+    /// Reads every record of the cluster from the bucket into memory (the latest value of each
+    /// key, deleted markers included) with an ordered pull consumer on the bucket's stream.
+    /// Returns how many TaskRuns are live.
+    pub async fn load(&self) -> Result<usize, StateError> {
+        let stream = self
+            .jetstream
+            .get_stream(&self.kv.stream_name)
+            .await
+            .map_err(|error| StateError::Load(error.into()))?;
+        let prefix = format!("{}{}.", self.kv.prefix, self.cluster_key);
+        let consumer = stream
+            .create_consumer(pull::OrderedConfig {
+                description: Some("countersign watcher state load".into()),
+                filter_subject: format!("{prefix}>"),
+                deliver_policy: DeliverPolicy::LastPerSubject,
+                replay_policy: ReplayPolicy::Instant,
+                ..Default::default()
+            })
+            .await
+            .map_err(|error| StateError::Load(error.into()))?;
+        let mut remaining = consumer.cached_info().num_pending;
+        let mut loaded = Vec::new();
+        if remaining > 0 {
+            let mut messages = consumer
+                .messages()
+                .await
+                .map_err(|error| StateError::Load(error.into()))?;
+            while remaining > 0 {
+                let message = tokio::time::timeout(LOAD_IDLE_TIMEOUT, messages.next())
+                    .await
+                    .map_err(|_| StateError::LoadStalled)?
+                    .ok_or(StateError::LoadStalled)?
+                    .map_err(|error| StateError::Load(error.into()))?;
+                let info = message
+                    .info()
+                    .map_err(|error| StateError::Load(error.to_string().into()))?;
+                remaining = info.pending;
+                let revision = info.stream_sequence;
+                let Some(uid) = message.subject.as_str().strip_prefix(&prefix) else {
+                    continue;
+                };
+                let known = match operation(message.headers.as_ref()) {
+                    Operation::Put => match serde_json::from_slice(&message.payload) {
+                        Ok(record) => Known::Live(record),
+                        Err(error) => {
+                            tracing::warn!(%error, uid, "skipping an unreadable state record");
+                            continue;
+                        }
+                    },
+                    Operation::Delete | Operation::Purge => Known::Deleted,
+                };
+                loaded.push((uid.to_owned(), Entry { known, revision }));
+            }
+        }
+        let mut inner = self.lock();
+        for (uid, entry) in loaded {
+            let newer = inner
+                .by_uid
+                .get(&uid)
+                .is_none_or(|current| current.revision < entry.revision);
+            if newer {
+                inner.insert(&uid, entry);
+            }
+        }
+        Ok(inner.live)
+    }
+
+    /// What the log knows of TaskRun `uid`.
+    pub fn get(&self, uid: &str) -> Option<Known> {
+        self.lock().by_uid.get(uid).map(|entry| entry.known.clone())
+    }
+
+    /// Every live record whose namespace `in_scope` accepts, as `(uid, record)`.
+    pub fn live_records(&self, in_scope: impl Fn(&str) -> bool) -> Vec<(String, TaskRunRecord)> {
+        self.lock()
+            .by_uid
+            .iter()
+            .filter_map(|(uid, entry)| match &entry.known {
+                Known::Live(record) if in_scope(&record.namespace) => {
+                    Some((uid.clone(), record.clone()))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// How many TaskRuns are live.
+    pub fn live_count(&self) -> usize {
+        self.lock().live
+    }
+
+    /// Adds `published` (transition ids without the UID) and `pod` to the record of `uid`,
+    /// creating it from `seed` when there is none. Returns the record as stored, or
+    /// [`Known::Deleted`] when the TaskRun is already marked deleted (nothing is written then).
+    pub async fn record(
+        &self,
+        uid: &str,
+        seed: &TaskRunRecord,
+        published: &[String],
+    ) -> Result<Known, StateError> {
+        let key = self.key(uid)?;
+        for _ in 0..MAX_WRITE_ATTEMPTS {
+            let current = self.lock().by_uid.get(uid).cloned();
+            let (mut record, revision) = match current {
+                Some(Entry {
+                    known: Known::Deleted,
+                    ..
+                }) => return Ok(Known::Deleted),
+                Some(Entry {
+                    known: Known::Live(record),
+                    revision,
+                }) => (record, revision),
+                None => (seed.clone(), 0),
+            };
+            // The newest pod wins (a retry runs in a new pod).
+            if seed.pod.is_some() {
+                record.pod.clone_from(&seed.pod);
+            }
+            record.published.extend(published.iter().cloned());
+            let value = serde_json::to_vec(&record)
+                .unwrap_or_else(|error| unreachable!("a record always serializes: {error}"));
+            // Revision 0 means "only if the key has never been written": a purge marker left by
+            // another replica's `deleted` makes it fail, and the refresh below sees the marker.
+            match self.kv.update(&key, value.into(), revision).await {
+                Ok(revision) => {
+                    let known = Known::Live(record);
+                    self.lock().insert(
+                        uid,
+                        Entry {
+                            known: known.clone(),
+                            revision,
+                        },
+                    );
+                    return Ok(known);
+                }
+                Err(error) if error.kind() == UpdateErrorKind::WrongLastRevision => {
+                    self.refresh(uid, &key).await?;
+                }
+                Err(source) => {
+                    return Err(StateError::Write {
+                        uid: uid.to_owned(),
+                        source,
+                    });
+                }
+            }
+        }
+        Err(StateError::Contended {
+            uid: uid.to_owned(),
+            attempts: MAX_WRITE_ATTEMPTS,
+        })
+    }
+
+    /// Marks `uid` deleted: purges its key, leaving a marker that expires after the deleted
+    /// retention.
+    pub async fn record_deleted(&self, uid: &str) -> Result<(), StateError> {
+        let key = self.key(uid)?;
+        self.kv
+            .purge_with_ttl(&key, self.deleted_retention)
+            .await
+            .map_err(|source| StateError::Purge {
+                uid: uid.to_owned(),
+                source,
+            })?;
+        let mut inner = self.lock();
+        let revision = inner.by_uid.get(uid).map_or(0, |entry| entry.revision);
+        inner.insert(
+            uid,
+            Entry {
+                known: Known::Deleted,
+                revision,
+            },
+        );
+        Ok(())
+    }
+
+    /// Reads the key of `uid` again into memory.
+    async fn refresh(&self, uid: &str, key: &str) -> Result<(), StateError> {
+        let entry = self
+            .kv
+            .entry(key)
+            .await
+            .map_err(|source| StateError::Read {
+                uid: uid.to_owned(),
+                source,
+            })?;
+        let mut inner = self.lock();
+        match entry {
+            None => inner.remove(uid),
+            Some(entry) => {
+                let known = match entry.operation {
+                    Operation::Put => match serde_json::from_slice(&entry.value) {
+                        Ok(record) => Known::Live(record),
+                        // Overwrite what no replica can read: it is ours to rewrite.
+                        Err(_) => Known::Live(TaskRunRecord::default()),
+                    },
+                    Operation::Delete | Operation::Purge => Known::Deleted,
+                };
+                inner.insert(
+                    uid,
+                    Entry {
+                        known,
+                        revision: entry.revision,
+                    },
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The KV operation a bucket message carries (a value, a delete or a purge marker).
+fn operation(headers: Option<&async_nats::HeaderMap>) -> Operation {
+    let Some(headers) = headers else {
+        return Operation::Put;
+    };
+    if let Some(value) = headers.get(KV_OPERATION_HEADER) {
+        return value.as_str().parse().unwrap_or(Operation::Put);
+    }
+    if headers.get(MARKER_REASON_HEADER).is_some() {
+        return Operation::Purge;
+    }
+    Operation::Put
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uids_that_cannot_be_key_tokens_are_refused() {
+        assert!(is_key_token("6f1c2b8e-4d3a-4e7f-9a51-2c8d0e7b3f14"));
+        for bad in ["", "a.b", "a b", "a*", "a>", "ü"] {
+            assert!(!is_key_token(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn records_are_compact_json_that_reads_back() {
+        let record = TaskRunRecord {
+            namespace: "ns".into(),
+            name: "run".into(),
+            pod: Some(PodRef {
+                name: "run-pod".into(),
+                uid: "p".into(),
+            }),
+            published: ["finished".to_owned(), "created".to_owned()].into(),
+        };
+        let json = serde_json::to_value(&record).unwrap();
+        assert_eq!(
+            json["published"],
+            serde_json::json!(["created", "finished"])
+        );
+        assert_eq!(json["pod"]["uid"], "p");
+        let back: TaskRunRecord = serde_json::from_value(json).unwrap();
+        assert_eq!(back, record);
+        let minimal: TaskRunRecord =
+            serde_json::from_str(r#"{"namespace":"ns","name":"run"}"#).unwrap();
+        assert!(minimal.published.is_empty());
+    }
+
+    #[test]
+    fn the_live_count_follows_inserts_and_removals() {
+        let mut inner = Inner::default();
+        let live = |name: &str| Entry {
+            known: Known::Live(TaskRunRecord {
+                namespace: "ns".into(),
+                name: name.into(),
+                ..TaskRunRecord::default()
+            }),
+            revision: 1,
+        };
+        inner.insert("a", live("run"));
+        inner.insert("b", live("run"));
+        assert_eq!(inner.live, 2);
+        inner.insert(
+            "a",
+            Entry {
+                known: Known::Deleted,
+                revision: 2,
+            },
+        );
+        assert_eq!(inner.live, 1);
+        inner.remove("b");
+        assert_eq!(inner.live, 0);
+        assert_eq!(inner.by_uid.len(), 1, "the deleted marker stays");
+    }
+}

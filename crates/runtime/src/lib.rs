@@ -10,6 +10,9 @@
 //! - [`metrics`]: a `prometheus-client` registry owned by a [`metrics::Metrics`] value.
 //! - [`nats`]: the `[nats]` section every service shares, and connecting with it (waiting for the
 //!   server at start-up).
+//! - [`retry`]: retrying a start-up step with a [`retry::Backoff`] until it succeeds, fails for
+//!   good, or shutdown begins.
+//! - [`error_chain`]: an error and its sources on one line, for logs and stderr.
 //! - [`health`]: [`health::Readiness`] and its named [`health::Latch`]es.
 //! - [`admin`]: the admin server: `/livez`, `/readyz`, `/metrics`.
 //! - [`shutdown`]: the root `CancellationToken`, tracked tasks and the drain; SIGTERM/SIGINT.
@@ -91,13 +94,16 @@
 
 pub mod admin;
 pub mod config;
+mod error_report;
 pub mod health;
 pub mod http_client;
 pub mod metrics;
 pub mod nats;
+pub mod retry;
 pub mod service;
 pub mod shutdown;
 pub mod telemetry;
 
 pub use crate::config::ServiceConfig;
+pub use crate::error_report::error_chain;
 pub use crate::service::{BoxError, Context, RunOutcome, run_main, run_service};

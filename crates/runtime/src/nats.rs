@@ -4,6 +4,17 @@
 //! until the first connection is made or shutdown begins, while the service's "nats connected"
 //! readiness latch stays taken. A bad credentials file is not worth retrying and fails at once.
 //! The command-line tool, which should fail fast, uses [`connect_once`].
+//!
+//! The keys, the same in every service (`COUNTERSIGN_NATS__<KEY>` in the environment):
+//!
+//! | key | default | meaning |
+//! |---|---|---|
+//! | `url` | `nats://127.0.0.1:4222` | the server, or a comma-separated list of servers |
+//! | `credentials_file` | none | a `.creds` file (user JWT and NKey seed), for operator mode |
+//! | `user`, `password` | none | user and password; both or neither, and not with `credentials_file` |
+//! | `name` | `countersign-<service>` | the connection name the server shows |
+//! | `connect_timeout` | `5s` | how long one connection attempt may take |
+//! | `request_timeout` | `10s` | how long a request may wait for its answer (a PubAck, a KV write) |
 
 use std::path::PathBuf;
 use std::time::Duration;

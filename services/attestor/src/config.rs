@@ -13,8 +13,9 @@ use countersign_events::{BusConfig, ConsumerConfig, KvConfig};
 use countersign_identity::spiffe_id::TrustDomain;
 use countersign_identity::workload::{TEKTON_DEFAULT_SOCKET, WorkloadEndpoint};
 use countersign_runtime::config::{
-    AdminConfig, ConfigError, Secret, ServiceConfig, ShutdownConfig, TelemetryConfig,
+    AdminConfig, ConfigError, ServiceConfig, ShutdownConfig, TelemetryConfig,
 };
+use countersign_runtime::nats::NatsConfig;
 use serde::Deserialize;
 
 /// The whole configuration of the attestor.
@@ -30,7 +31,8 @@ pub struct AttestorConfig {
     /// `[shutdown]`: the drain's grace period.
     #[serde(default)]
     pub shutdown: ShutdownConfig,
-    /// `[nats]`: the connection.
+    /// `[nats]`: the connection (the section every service shares, see
+    /// `countersign_runtime::nats`).
     #[serde(default)]
     pub nats: NatsConfig,
     /// `[bus]`: the subject prefix and the stream limits (shared by every service).
@@ -64,6 +66,7 @@ impl ServiceConfig for AttestorConfig {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
+        self.nats.validate("nats")?;
         self.spire
             .trust_domain()
             .map_err(|message| ConfigError::invalid("spire.trust_domain", message))?;
@@ -80,64 +83,6 @@ impl ServiceConfig for AttestorConfig {
             ));
         }
         Ok(())
-    }
-}
-
-// === [nats] ===
-
-/// `[nats]`: how to reach NATS.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NatsConfig {
-    /// The server URL (several may be given comma-separated). Default `nats://127.0.0.1:4222`.
-    #[serde(default = "NatsConfig::default_url")]
-    pub url: String,
-    /// A NATS credentials file (`.creds`: user JWT and NKey seed). Default: none.
-    #[serde(default)]
-    pub credentials_file: Option<PathBuf>,
-    /// A user name and password, when the server uses them. Default: none.
-    #[serde(default)]
-    pub user: Option<String>,
-    /// The password of `user`.
-    #[serde(default)]
-    pub password: Option<Secret<String>>,
-    /// How long one connection attempt may take. Default `5s`.
-    #[serde(
-        default = "NatsConfig::default_connect_timeout",
-        with = "humantime_serde"
-    )]
-    pub connect_timeout: Duration,
-}
-
-impl NatsConfig {
-    /// `nats://127.0.0.1:4222`.
-    pub fn default_url() -> String {
-        "nats://127.0.0.1:4222".to_owned()
-    }
-
-    /// Five seconds.
-    pub const fn default_connect_timeout() -> Duration {
-        Duration::from_secs(5)
-    }
-
-    /// A configuration for `url` with everything else at its default.
-    pub fn with_url(url: impl Into<String>) -> NatsConfig {
-        NatsConfig {
-            url: url.into(),
-            ..NatsConfig::default()
-        }
-    }
-}
-
-impl Default for NatsConfig {
-    fn default() -> Self {
-        NatsConfig {
-            url: NatsConfig::default_url(),
-            credentials_file: None,
-            user: None,
-            password: None,
-            connect_timeout: NatsConfig::default_connect_timeout(),
-        }
     }
 }
 
@@ -332,5 +277,7 @@ mod tests {
         assert_eq!(error.key(), Some("bus.prefix"));
         let error = parse("[annotate]\nenable = true\n").unwrap_err();
         assert_eq!(error.kind(), ConfigErrorKind::UnknownKey);
+        let error = parse("[nats]\nuser = \"attestor\"\n").unwrap_err();
+        assert_eq!(error.key(), Some("nats.password"));
     }
 }

@@ -29,6 +29,7 @@ use countersign_identity::spiffe_id::{
     SpiffeId, TrustDomain, parse_taskrun_spiffe_id, taskrun_spiffe_id,
 };
 use countersign_identity::tekton::{Freshness, ResultsPolicy, ResultsVerifier};
+use countersign_runtime::error_chain;
 use tracing::Instrument as _;
 
 use crate::annotate::{AnnotateError, Annotator};
@@ -38,9 +39,7 @@ use crate::attestation::{
 use crate::decide::{Decision, decide, merged_results};
 use crate::material::{Material, MaterialError, MaterialWatch};
 use crate::metrics::AttestorMetrics;
-use crate::steps::{
-    StepInput, StepVerdict, entries_digest, error_chain, task_run_entries, verify_step,
-};
+use crate::steps::{StepInput, StepVerdict, entries_digest, task_run_entries, verify_step};
 use crate::store::{
     ATTESTATIONS_BUCKET, AttestationStore, Created, INDEX_BUCKET, IndexEntry, IndexUpdate,
     STEP_VERDICTS_BUCKET, StepRecorded, StepStore, StoreError,

@@ -9,8 +9,8 @@
 //!
 //! The map:
 //!
-//! - [`config`]: the configuration (`[nats]`, `[bus]`, `[consumer]`, `[spire]`, `[store]`,
-//!   `[annotate]`); [`nats`]: connecting with it.
+//! - [`config`]: the configuration (`[nats]`, shared through `countersign_runtime::nats`,
+//!   `[bus]`, `[consumer]`, `[spire]`, `[store]`, `[annotate]`).
 //! - [`service`]: [`run`], start-up in order behind readiness latches, then the consumer.
 //! - [`handler`]: [`Attestor`], what each event does, and the ack rule's inputs.
 //! - [`material`]: the attestor's SVID and the trust bundles, kept current.
@@ -32,7 +32,6 @@ pub mod decide;
 pub mod handler;
 pub mod material;
 pub mod metrics;
-pub mod nats;
 pub mod reason;
 pub mod service;
 pub mod steps;

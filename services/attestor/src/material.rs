@@ -12,6 +12,8 @@ use std::time::Duration;
 use chrono::Utc;
 use countersign_identity::svid::{SigningSvid, TrustBundleSet};
 use countersign_identity::workload::{WorkloadEndpoint, WorkloadError, WorkloadSource};
+use countersign_runtime::error_chain;
+use countersign_runtime::retry::{Backoff, retry_transient};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -112,28 +114,21 @@ pub async fn connect_with_retry(
     attempt_timeout: Duration,
     token: &CancellationToken,
 ) -> Option<WorkloadSource> {
-    let mut backoff = Duration::from_millis(200);
-    loop {
-        let attempt = tokio::select! {
-            () = token.cancelled() => return None,
-            attempt = WorkloadSource::connect(endpoint, attempt_timeout) => attempt,
-        };
-        match attempt {
-            Ok(source) => return Some(source),
-            Err(error) => {
-                tracing::warn!(
-                    endpoint = endpoint.as_str(),
-                    error = %crate::steps::error_chain(&error),
-                    "no SVID from the Workload API yet; retrying"
-                );
-            }
-        }
-        tokio::select! {
-            () = token.cancelled() => return None,
-            () = tokio::time::sleep(backoff) => {}
-        }
-        backoff = (backoff * 2).min(Duration::from_secs(10));
-    }
+    let what = format!(
+        "getting the first SVID from the Workload API at {}",
+        endpoint.as_str()
+    );
+    // Every failure is retried (the agent may come up at any time), so this is never `Err`.
+    retry_transient(
+        &what,
+        token,
+        Backoff::startup(),
+        |_: &WorkloadError| true,
+        || WorkloadSource::connect(endpoint, attempt_timeout),
+    )
+    .await
+    .ok()
+    .flatten()
 }
 
 /// Publishes the source's material now and after every update until `token` is cancelled or
@@ -184,7 +179,7 @@ fn refresh(source: &WorkloadSource, sender: &MaterialSender, metrics: &AttestorM
             sender.publish(Some(material));
         }
         Err(error) => {
-            tracing::warn!(error = %crate::steps::error_chain(&error), "the Workload API material is unusable");
+            tracing::warn!(error = %error_chain(&error), "the Workload API material is unusable");
             sender.publish(None);
         }
     }

@@ -9,22 +9,20 @@
 //!    them current in a tracked task — latch `first SVID and trust bundle received`;
 //! 4. consume until shutdown, finishing and settling the messages in flight.
 
-use std::time::Duration;
-
 use countersign_events::{
     Bus, ConsumeError, ConsumerSpec, Delivery, Event, EventMetrics, EventSource, LifecycleEvent,
     SetupError, SubjectError, run_consumer,
 };
 use countersign_identity::workload::EndpointConfigError;
-use countersign_runtime::Context;
-use tokio_util::sync::CancellationToken;
+use countersign_runtime::nats::{NatsConnectError, connect};
+use countersign_runtime::retry::{Backoff, retry_transient};
+use countersign_runtime::{Context, error_chain};
 
 use crate::annotate::{AnnotateError, Annotator};
 use crate::config::AttestorConfig;
 use crate::handler::{Attestor, AttestorParts};
 use crate::material::{connect_with_retry as connect_workload_api, keep_current, material_channel};
 use crate::metrics::AttestorMetrics;
-use crate::nats::{ConnectError, connect};
 use crate::store::{AttestationStore, StepStore, StoreError};
 
 /// The service's name: in logs, the CloudEvent source (`/countersign/attestor`), the NATS client.
@@ -42,9 +40,9 @@ pub enum RunError {
     /// The annotator could not be set up.
     #[error("setting up the TaskRun annotator")]
     Annotator(#[from] AnnotateError),
-    /// NATS refused us for good (credentials).
+    /// NATS cannot be connected to, and retrying will not help (the credentials file).
     #[error(transparent)]
-    Connect(#[from] ConnectError),
+    Connect(#[from] NatsConnectError),
     /// The subject prefix is invalid.
     #[error("the subject prefix")]
     Prefix(#[from] SubjectError),
@@ -58,9 +56,6 @@ pub enum RunError {
     #[error(transparent)]
     Consume(#[from] ConsumeError),
 }
-
-/// How long to wait between attempts at a start-up step.
-const SETUP_BACKOFF_MAX: Duration = Duration::from_secs(10);
 
 /// Runs the attestor until shutdown. `spiffe_endpoint_socket` is the `SPIFFE_ENDPOINT_SOCKET`
 /// variable, read by `main` (used when `[spire] socket_path` is not set).
@@ -90,14 +85,7 @@ pub async fn run(
 
     // 1. NATS.
     let client_name = format!("countersign-{SERVICE_NAME}");
-    let Some(client) = retry(
-        "connecting to NATS",
-        &token,
-        || connect(&config.nats, &client_name),
-        ConnectError::is_transient,
-    )
-    .await?
-    else {
+    let Some(client) = connect(&config.nats, &client_name, &token).await? else {
         return Ok(());
     };
     nats_latch.release();
@@ -105,42 +93,46 @@ pub async fn run(
 
     // 2. Streams, the consumer, the buckets.
     let bus = Bus::new(client.clone(), config.bus.clone(), bus_metrics)?;
-    let Some(()) = retry(
+    let Some(()) = retry_transient(
         "creating the streams",
         &token,
-        || bus.ensure_streams(),
+        Backoff::startup(),
         SetupError::is_transient,
+        || bus.ensure_streams(),
     )
     .await?
     else {
         return Ok(());
     };
     let spec = ConsumerSpec::attestor(bus.subjects());
-    let Some(consumer) = retry(
+    let Some(consumer) = retry_transient(
         "binding the attestor consumer",
         &token,
-        || bus.ensure_consumer(&spec, &config.consumer),
+        Backoff::startup(),
         SetupError::is_transient,
+        || bus.ensure_consumer(&spec, &config.consumer),
     )
     .await?
     else {
         return Ok(());
     };
-    let Some(attestations) = retry(
+    let Some(attestations) = retry_transient(
         "creating the attestation buckets",
         &token,
-        || AttestationStore::ensure(&bus, &config.store),
+        Backoff::startup(),
         StoreError::is_transient,
+        || AttestationStore::ensure(&bus, &config.store),
     )
     .await?
     else {
         return Ok(());
     };
-    let Some(steps) = retry(
+    let Some(steps) = retry_transient(
         "creating the step verdicts bucket",
         &token,
-        || StepStore::ensure(&bus, &config.store),
+        Backoff::startup(),
         StoreError::is_transient,
+        || StepStore::ensure(&bus, &config.store),
     )
     .await?
     else {
@@ -182,7 +174,7 @@ pub async fn run(
         metrics,
     });
     let mut consumer = consumer;
-    let mut backoff = Duration::from_millis(200);
+    let mut backoff = Backoff::startup();
     loop {
         let handler = {
             let attestor = attestor.clone();
@@ -194,17 +186,16 @@ pub async fn run(
         match run_consumer(&consumer, handler, token.clone()).await {
             Ok(()) => break,
             Err(error) if error.is_transient() => {
-                tracing::warn!(error = %crate::steps::error_chain(&error), "the consumer stopped; binding it again");
-                tokio::select! {
-                    () = token.cancelled() => break,
-                    () = tokio::time::sleep(backoff) => {}
+                tracing::warn!(error = %error_chain(&error), "the consumer stopped; binding it again");
+                if !backoff.wait(&token).await {
+                    break;
                 }
-                backoff = (backoff * 2).min(SETUP_BACKOFF_MAX);
-                let Some(bound) = retry(
+                let Some(bound) = retry_transient(
                     "binding the attestor consumer",
                     &token,
-                    || bus.ensure_consumer(&spec, &config.consumer),
+                    Backoff::startup(),
                     SetupError::is_transient,
+                    || bus.ensure_consumer(&spec, &config.consumer),
                 )
                 .await?
                 else {
@@ -219,38 +210,4 @@ pub async fn run(
         tracing::debug!(%error, "draining the NATS connection");
     }
     Ok(())
-}
-
-/// Runs `attempt` until it succeeds, fails for good (`is_transient` false), or `token` is
-/// cancelled (`Ok(None)`), backing off between attempts.
-async fn retry<T, E, F, Fut>(
-    what: &str,
-    token: &CancellationToken,
-    mut attempt: F,
-    is_transient: fn(&E) -> bool,
-) -> Result<Option<T>, E>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, E>>,
-    E: std::error::Error + 'static,
-{
-    let mut backoff = Duration::from_millis(200);
-    loop {
-        let result = tokio::select! {
-            () = token.cancelled() => return Ok(None),
-            result = attempt() => result,
-        };
-        match result {
-            Ok(value) => return Ok(Some(value)),
-            Err(error) if is_transient(&error) => {
-                tracing::warn!(error = %crate::steps::error_chain(&error), "{what} failed; retrying");
-            }
-            Err(error) => return Err(error),
-        }
-        tokio::select! {
-            () = token.cancelled() => return Ok(None),
-            () = tokio::time::sleep(backoff) => {}
-        }
-        backoff = (backoff * 2).min(SETUP_BACKOFF_MAX);
-    }
 }

@@ -14,6 +14,7 @@ use countersign_identity::tekton::{
     Check, CheckOutcome, KEY_SVID, ReasonCode, ResultType, ResultsVerifier, TerminationEntry,
     TerminationMessage, VerifiedValue, canonical, checks_for_failure,
 };
+use countersign_runtime::error_chain;
 use serde::{Deserialize, Serialize};
 
 /// The type-1 entries (TaskRun results and signing material) of a step's termination message,
@@ -197,18 +198,6 @@ fn rejected_without_verifier(
         svid_fingerprint: leaf.as_ref().map(|leaf| leaf.fingerprint().to_hex()),
         checks: checks_for_failure(check, freshness),
     }
-}
-
-/// An error and its sources, joined by `: `.
-pub(crate) fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]

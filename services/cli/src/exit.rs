@@ -3,8 +3,8 @@
 
 use std::path::PathBuf;
 
-use countersign_attestor::nats::ConnectError;
 use countersign_attestor::store::{StoreError, StoreErrorKind};
+use countersign_runtime::nats::NatsConnectError;
 
 /// Exit codes (from BSD's `sysexits.h` where one fits).
 pub mod exit_code {
@@ -67,7 +67,7 @@ pub enum CliError {
     },
     /// NATS is unreachable or refused us.
     #[error(transparent)]
-    Connect(#[from] ConnectError),
+    Connect(#[from] NatsConnectError),
     /// A bucket operation failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -110,14 +110,7 @@ impl CliError {
 
     /// The error and its causes, joined by `: `.
     pub fn chain(&self) -> String {
-        let mut text = self.to_string();
-        let mut source = std::error::Error::source(self);
-        while let Some(cause) = source {
-            text.push_str(": ");
-            text.push_str(&cause.to_string());
-            source = cause.source();
-        }
-        text
+        countersign_runtime::error_chain(self)
     }
 }
 

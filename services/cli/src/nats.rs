@@ -6,10 +6,9 @@ use std::io::Write;
 use async_nats::jetstream::consumer::DeliverPolicy;
 use async_nats::jetstream::consumer::pull::OrderedConfig;
 use countersign_attestor::attestation::{event_taskrun, event_verdict_label};
-use countersign_attestor::config::NatsConfig;
-use countersign_attestor::nats::connect;
 use countersign_attestor::store::{AttestationStore, decode_stored};
 use countersign_events::{AttestationEvent, DecodeLimits, Family, StreamKind, Subjects};
+use countersign_runtime::nats::{NatsConfig, connect_once};
 use futures::StreamExt as _;
 
 use crate::args::{GetArgs, NatsArgs, TailArgs};
@@ -26,9 +25,9 @@ async fn jetstream(
         .map_err(|error| CliError::Usage(format!("--prefix {:?}: {error}", nats.prefix)))?;
     let config = NatsConfig {
         credentials_file: nats.nats_creds.clone(),
-        ..NatsConfig::with_url(nats.nats_url.clone())
+        ..NatsConfig::for_url(nats.nats_url.clone())
     };
-    let client = connect(&config, CLIENT_NAME).await?;
+    let client = connect_once(&config, CLIENT_NAME).await?;
     Ok((async_nats::jetstream::new(client), subjects))
 }
 

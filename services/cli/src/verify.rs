@@ -19,6 +19,7 @@ use countersign_identity::attestation::{
 };
 use countersign_identity::intoto::Verdict;
 use countersign_identity::spiffe_id::SpiffeId;
+use countersign_runtime::error_chain;
 use serde_json::json;
 
 use crate::args::VerifyArgs;
@@ -343,15 +344,4 @@ pub fn verify(args: &VerifyArgs, out: &mut dyn Write) -> Result<Outcome, CliErro
         return Ok(Outcome::Rejected);
     }
     Ok(Outcome::Success)
-}
-
-fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }

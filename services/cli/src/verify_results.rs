@@ -9,6 +9,7 @@ use countersign_attestor::decide::{Decision, decide};
 use countersign_attestor::steps::{StepInput, StepVerdict, verify_step};
 use countersign_identity::spiffe_id::taskrun_spiffe_id;
 use countersign_identity::tekton::{Freshness, ResultsPolicy, ResultsVerifier, TaskRunSnapshot};
+use countersign_runtime::error_chain;
 use serde_json::json;
 
 use crate::args::VerifyResultsArgs;
@@ -178,17 +179,6 @@ pub fn verify_results(args: &VerifyResultsArgs, out: &mut dyn Write) -> Result<O
         Decision::Rejected(_) => Outcome::Rejected,
         Decision::Verified(_) | Decision::NoResults => Outcome::Success,
     })
-}
-
-fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]

@@ -17,6 +17,7 @@ use countersign_identity::spiffe_id::{DEFAULT_NODE_ALIAS_PREFIX, NodeAliasPrefix
 use countersign_identity::workload::{TEKTON_DEFAULT_SOCKET, WorkloadEndpoint};
 use countersign_runtime::ServiceConfig;
 use countersign_runtime::config::{AdminConfig, ConfigError, ShutdownConfig, TelemetryConfig};
+use countersign_runtime::nats::NatsConfig;
 use serde::Deserialize;
 
 use crate::template::{Scope, Template};
@@ -34,7 +35,8 @@ pub struct RegistrarConfig {
     /// `[shutdown]`: the drain's grace period.
     #[serde(default)]
     pub shutdown: ShutdownConfig,
-    /// `[nats]`: the NATS connection.
+    /// `[nats]`: the NATS connection (the section every service shares, see
+    /// `countersign_runtime::nats`).
     #[serde(default)]
     pub nats: NatsConfig,
     /// `[bus]`: the subject prefix and the streams' limits (shared by every service).
@@ -64,29 +66,6 @@ pub struct RegistrarConfig {
     /// `[reconcile]`: the periodic comparison of SPIRE with the state.
     #[serde(default)]
     pub reconcile: ReconcileConfig,
-}
-
-/// `[nats]`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct NatsConfig {
-    /// The server URL(s), comma-separated. Default `nats://127.0.0.1:4222`.
-    pub url: String,
-    /// A NATS credentials file (JWT + NKey seed). Default: none (anonymous).
-    pub credentials_file: Option<PathBuf>,
-    /// How long one connection attempt may take. Default `5s`.
-    #[serde(with = "humantime_serde")]
-    pub connect_timeout: Duration,
-}
-
-impl Default for NatsConfig {
-    fn default() -> NatsConfig {
-        NatsConfig {
-            url: "nats://127.0.0.1:4222".to_owned(),
-            credentials_file: None,
-            connect_timeout: Duration::from_secs(5),
-        }
-    }
 }
 
 /// `[spire]`: where the SPIRE server is and how identities are named. The first four keys are
@@ -332,6 +311,7 @@ impl ServiceConfig for RegistrarConfig {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
+        self.nats.validate("nats")?;
         self.spire.trust_domain()?;
         self.spire.node_alias_prefix()?;
         if self.spire.server_socket_path.is_none() {

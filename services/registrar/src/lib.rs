@@ -20,7 +20,7 @@
 //! - [`reconcile`]: the periodic pass that deletes orphans, re-creates missing entries and
 //!   releases idle node aliases.
 //! - [`audit`]: the `registered` / `released` audit events.
-//! - [`connect`]: NATS, and SPIRE over the admin socket or TCP with mTLS.
+//! - [`connect`]: SPIRE over the admin socket or TCP with mTLS (NATS: `countersign_runtime::nats`).
 //! - [`metrics`]: the `countersign_registrar_*` metrics.
 //! - [`service`]: [`run`], the service on the runtime skeleton (`main.rs` is one call).
 

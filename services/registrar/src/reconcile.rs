@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use countersign_events::data::{EntryKind, ReleaseReason};
+use countersign_runtime::error_chain;
 use countersign_spire_api::{DeleteOutcome, Entry, EntryFilter, ListEntriesError};
 use futures::future::join_all;
 use tokio_util::sync::CancellationToken;
@@ -31,7 +32,7 @@ use tracing::Instrument as _;
 
 use crate::entries::OwnedEntryId;
 use crate::metrics::{PassOutcome, SpireMethod};
-use crate::register::{RegisterError, Registrar, error_chain};
+use crate::register::{RegisterError, Registrar};
 use crate::state::{
     Cas, LeaseRecord, NodeAliasRegistration, NodeRecord, Snapshot, StateError, TaskRunRecord,
 };

@@ -26,6 +26,7 @@ use countersign_events::data::{
     EntryKind, PodRef, ReleaseReason, TaskRunDeleted, TaskRunFinished, TaskRunRef, TaskRunScheduled,
 };
 use countersign_events::{Delivery, Event, Handler, HandlerError, LifecycleEvent, PublishError};
+use countersign_runtime::error_chain;
 use countersign_spire_api::{
     CreateOutcome, DeleteOutcome, Entry, ItemStatus, SpireServerClient, UpdateEntriesError,
     UpdateOutcome,
@@ -688,18 +689,6 @@ impl Handler<LifecycleEvent> for Registrar {
             })
         }
     }
-}
-
-/// An error and its sources, joined by `: `.
-pub(crate) fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]

@@ -20,28 +20,33 @@ use countersign_events::{
     Bus, ConsumerSpec, DurableConsumer, EventMetrics, EventSource, KvConfig, KvSpec, SetupError,
     SubjectError, run_consumer,
 };
-use countersign_runtime::Context;
 use countersign_runtime::config::ConfigError;
+use countersign_runtime::nats::{NatsConnectError, connect};
+use countersign_runtime::retry::{Backoff, retry_transient};
+use countersign_runtime::{Context, error_chain};
 use countersign_spire_api::{EntryFilter, SpireServerClient};
 use tokio_util::sync::CancellationToken;
 
 use crate::audit::Audit;
 use crate::config::{RegistrarConfig, StateConfig};
-use crate::connect::{ConnectNatsError, ConnectSpireError, connect_nats, connect_spire, retry};
+use crate::connect::{ConnectSpireError, connect_spire};
 use crate::entries::EntryPlanner;
 use crate::metrics::RegistrarMetrics;
-use crate::register::{Registrar, error_chain};
+use crate::register::Registrar;
 use crate::state::{BUCKET, StateStore};
 
 /// The NATS client name and CloudEvent source name of the service.
 pub const SERVICE_NAME: &str = "registrar";
 
+/// The pause between attempts at a start-up step (NATS topology, SPIRE): 100 ms doubling to 5 s.
+const STARTUP_BACKOFF: Backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+
 /// Why the service could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     /// NATS could not be reached for good (bad credentials file).
-    #[error("connecting to NATS")]
-    Nats(#[from] ConnectNatsError),
+    #[error(transparent)]
+    Nats(#[from] NatsConnectError),
     /// The bus prefix is invalid.
     #[error("the bus prefix")]
     Subject(#[from] SubjectError),
@@ -124,14 +129,7 @@ pub async fn run(ctx: Context<RegistrarConfig>) -> Result<(), StartError> {
 
     let nats_latch = ctx.readiness.latch("nats connected");
     let client_name = format!("countersign-{SERVICE_NAME}");
-    let Some(client) = retry(
-        "connecting to NATS",
-        &token,
-        ConnectNatsError::is_transient,
-        || connect_nats(&config.nats, &client_name),
-    )
-    .await?
-    else {
+    let Some(client) = connect(&config.nats, &client_name, &token).await? else {
         return Ok(());
     };
     nats_latch.release();
@@ -140,9 +138,10 @@ pub async fn run(ctx: Context<RegistrarConfig>) -> Result<(), StartError> {
         .readiness
         .latch("streams, consumer and state bucket bound");
     let bus = Bus::new(client, config.bus.clone(), event_metrics)?;
-    let Some((consumer, state)) = retry(
+    let Some((consumer, state)) = retry_transient(
         "binding the streams, consumer and state bucket",
         &token,
+        STARTUP_BACKOFF,
         SetupError::is_transient,
         || bind_topology(&bus, &config),
     )
@@ -153,9 +152,10 @@ pub async fn run(ctx: Context<RegistrarConfig>) -> Result<(), StartError> {
     topology_latch.release();
 
     let spire_latch = ctx.readiness.latch("spire server reachable");
-    let Some((spire, x509_source)) = retry(
+    let Some((spire, x509_source)) = retry_transient(
         "connecting to the SPIRE server",
         &token,
+        STARTUP_BACKOFF,
         ConnectSpireError::is_transient,
         || connect_spire(&config.spire),
     )
@@ -207,7 +207,7 @@ pub async fn run(ctx: Context<RegistrarConfig>) -> Result<(), StartError> {
 /// Calls the SPIRE server until it answers an admin call; false when cancelled first.
 async fn probe_spire(spire: &SpireServerClient, hint: &str, token: &CancellationToken) -> bool {
     let filter = EntryFilter::all().by_hint(hint);
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
     loop {
         let answer = tokio::select! {
             () = token.cancelled() => return false,
@@ -225,11 +225,9 @@ async fn probe_spire(spire: &SpireServerClient, hint: &str, token: &Cancellation
                 tracing::error!(error = %error_chain(&error), "the SPIRE server refuses the registrar; it must be an admin (admin_ids or an admin entry) or use the admin socket");
             }
         }
-        tokio::select! {
-            () = token.cancelled() => return false,
-            () = tokio::time::sleep(backoff) => {}
+        if !backoff.wait(token).await {
+            return false;
         }
-        backoff = (backoff * 2).min(Duration::from_secs(10));
     }
 }
 
@@ -249,9 +247,10 @@ async fn consume(
             }
         }
         let spec = ConsumerSpec::registrar(bus.subjects());
-        match retry(
+        match retry_transient(
             "binding the registrar consumer again",
             &token,
+            STARTUP_BACKOFF,
             SetupError::is_transient,
             || bus.ensure_consumer(&spec, &config.consumer),
         )

@@ -15,6 +15,7 @@ use countersign_events::{BusConfig, ConsumerConfig, EventType, Subjects};
 use countersign_runtime::config::{
     AdminConfig, ConfigError, Secret, ServiceConfig, ShutdownConfig, TelemetryConfig,
 };
+use countersign_runtime::nats::NatsConfig;
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use url::Url;
@@ -32,7 +33,8 @@ pub struct RelayConfig {
     /// `[shutdown]`: the drain's grace period.
     #[serde(default)]
     pub shutdown: ShutdownConfig,
-    /// `[nats]`: where the bus is.
+    /// `[nats]`: where the bus is (the section every service shares, see
+    /// `countersign_runtime::nats`).
     #[serde(default)]
     pub nats: NatsConfig,
     /// `[bus]`: the subject prefix and the stream limits (shared with every service).
@@ -59,7 +61,7 @@ impl ServiceConfig for RelayConfig {
     fn validate(&self) -> Result<(), ConfigError> {
         let subjects = Subjects::new(&self.bus.prefix)
             .map_err(|error| ConfigError::invalid("bus.prefix", error.to_string()))?;
-        self.nats.validate()?;
+        self.nats.validate("nats")?;
         if self.sinks.is_empty() {
             return Err(ConfigError::invalid(
                 "sinks",
@@ -78,60 +80,6 @@ impl ServiceConfig for RelayConfig {
             }
         }
         Ok(())
-    }
-}
-
-// === [nats] ===
-
-/// `[nats]`: the connection to the bus.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NatsConfig {
-    /// The server URL (or a comma-separated list). Default `nats://localhost:4222`.
-    #[serde(default = "NatsConfig::default_url")]
-    pub url: String,
-    /// A NATS `.creds` file (JWT + nkey seed). Default: none.
-    #[serde(default)]
-    pub credentials_file: Option<PathBuf>,
-    /// A user name, with `password`. Default: none.
-    #[serde(default)]
-    pub user: Option<String>,
-    /// The password of `user`. Default: none.
-    #[serde(default)]
-    pub password: Option<Secret<String>>,
-}
-
-impl NatsConfig {
-    /// `nats://localhost:4222`.
-    pub fn default_url() -> String {
-        "nats://localhost:4222".to_owned()
-    }
-
-    fn validate(&self) -> Result<(), ConfigError> {
-        if self.user.is_some() != self.password.is_some() {
-            return Err(ConfigError::invalid(
-                "nats.password",
-                "`user` and `password` go together",
-            ));
-        }
-        if self.user.is_some() && self.credentials_file.is_some() {
-            return Err(ConfigError::invalid(
-                "nats.credentials_file",
-                "give either `credentials_file` or `user` and `password`, not both",
-            ));
-        }
-        Ok(())
-    }
-}
-
-impl Default for NatsConfig {
-    fn default() -> NatsConfig {
-        NatsConfig {
-            url: NatsConfig::default_url(),
-            credentials_file: None,
-            user: None,
-            password: None,
-        }
     }
 }
 
@@ -559,7 +507,7 @@ mod tests {
     #[test]
     fn a_minimal_sink_gets_every_default() {
         let config = parse(MINIMAL).expect("valid");
-        assert_eq!(config.nats.url, "nats://localhost:4222");
+        assert_eq!(config.nats.url, "nats://127.0.0.1:4222");
         assert_eq!(config.bus, BusConfig::default());
         let sink = &config.sinks[0];
         assert_eq!(sink.name, "broker");

@@ -13,28 +13,22 @@
 //! configuration the server refuses) stops the whole relay with an error, after the other sinks
 //! have settled what they had in flight.
 
-use std::future::Future;
-use std::time::Duration;
-
 use countersign_events::{
     Bus, ConsumeError, ConsumerConfig, ConsumerSpec, DurableConsumer, EventMetrics, RetryPolicy,
     SetupError, SubjectError, Subjects, run_consumer,
 };
-use countersign_runtime::Context;
 use countersign_runtime::config::Environment;
+use countersign_runtime::nats::{NatsConnectError, connect};
+use countersign_runtime::retry::{Backoff, retry_transient};
+use countersign_runtime::{Context, error_chain};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{NatsConfig, RelayConfig, SinkConfig};
+use crate::config::{RelayConfig, SinkConfig};
 use crate::filter::SinkFilter;
 use crate::forward::SinkHandler;
 use crate::metrics::RelayMetrics;
 use crate::sink::{Sink, SinkError};
-
-/// The shortest wait before retrying a failed setup step.
-const SETUP_BACKOFF_MIN: Duration = Duration::from_millis(200);
-/// The longest wait before retrying a failed setup step.
-const SETUP_BACKOFF_MAX: Duration = Duration::from_secs(10);
 
 /// Why the relay stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -42,12 +36,9 @@ pub enum RunError {
     /// A sink could not be set up (its CA file, its headers).
     #[error(transparent)]
     Sink(#[from] SinkError),
-    /// The NATS connection options could not be built (the credentials file).
-    #[error("reading the NATS credentials file")]
-    NatsCredentials(#[source] std::io::Error),
-    /// The NATS client could not be created.
-    #[error("connecting to NATS")]
-    NatsConnect(#[source] async_nats::ConnectError),
+    /// NATS cannot be connected to, and retrying will not help (the credentials file).
+    #[error(transparent)]
+    Nats(#[from] NatsConnectError),
     /// A subject or consumer name could not be built.
     #[error("building a name")]
     Name(#[from] SubjectError),
@@ -103,7 +94,10 @@ pub async fn run_with_environment(
         sinks.push(Sink::new(sink_config, &env).await?);
     }
 
-    let client = connect(&config.nats, &ctx.service_name).await?;
+    let client_name = format!("countersign-{}", ctx.service_name);
+    let Some(client) = connect(&config.nats, &client_name, &token).await? else {
+        return Ok(());
+    };
     let bus = Bus::new(client, config.bus.clone(), event_metrics)?;
     if retry_setup("creating the streams", &token, || bus.ensure_streams())
         .await?
@@ -177,56 +171,25 @@ fn redacted_url(sink: &SinkConfig) -> String {
     url.to_string()
 }
 
-/// A NATS client that keeps trying to connect in the background (the first use waits for it).
-async fn connect(nats: &NatsConfig, service_name: &str) -> Result<async_nats::Client, RunError> {
-    let mut options = async_nats::ConnectOptions::new()
-        .name(format!("countersign-{service_name}"))
-        .retry_on_initial_connect();
-    if let Some(path) = &nats.credentials_file {
-        options = options
-            .credentials_file(path)
-            .await
-            .map_err(RunError::NatsCredentials)?;
-    }
-    if let (Some(user), Some(password)) = (&nats.user, &nats.password) {
-        options = options.user_and_password(user.clone(), password.expose().clone());
-    }
-    options
-        .connect(nats.url.as_str())
-        .await
-        .map_err(RunError::NatsConnect)
-}
-
 /// Runs a setup step until it succeeds, retrying transient failures with backoff. `Ok(None)` when
 /// shutdown came first.
 async fn retry_setup<T, F, Fut>(
     what: &str,
     token: &CancellationToken,
-    mut step: F,
+    step: F,
 ) -> Result<Option<T>, SetupError>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, SetupError>>,
 {
-    let mut backoff = SETUP_BACKOFF_MIN;
-    loop {
-        let result = tokio::select! {
-            () = token.cancelled() => return Ok(None),
-            result = step() => result,
-        };
-        match result {
-            Ok(value) => return Ok(Some(value)),
-            Err(error) if error.is_transient() => {
-                tracing::warn!(step = what, error = %error_chain(&error), "setup failed; retrying");
-                tokio::select! {
-                    () = token.cancelled() => return Ok(None),
-                    () = tokio::time::sleep(backoff) => {}
-                }
-                backoff = (backoff * 2).min(SETUP_BACKOFF_MAX);
-            }
-            Err(error) => return Err(error),
-        }
-    }
+    retry_transient(
+        what,
+        token,
+        Backoff::startup(),
+        SetupError::is_transient,
+        step,
+    )
+    .await
 }
 
 async fn bind_consumer(
@@ -251,7 +214,7 @@ async fn run_sink(
     token: CancellationToken,
     sink: String,
 ) -> Result<(), RunError> {
-    let mut backoff = SETUP_BACKOFF_MIN;
+    let mut backoff = Backoff::startup();
     loop {
         let error = match run_consumer(&consumer, handler.clone(), token.clone()).await {
             Ok(()) => return Ok(()),
@@ -264,26 +227,12 @@ async fn run_sink(
             });
         }
         tracing::warn!(sink = %sink, error = %error_chain(&error), "the consumer ended; binding it again");
-        tokio::select! {
-            () = token.cancelled() => return Ok(()),
-            () = tokio::time::sleep(backoff) => {}
+        if !backoff.wait(&token).await {
+            return Ok(());
         }
-        backoff = (backoff * 2).min(SETUP_BACKOFF_MAX);
         consumer = match bind_consumer(&bus, &spec, &config, &token).await? {
             Some(consumer) => consumer,
             None => return Ok(()),
         };
     }
-}
-
-/// An error and its sources, joined by `: `.
-fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }

@@ -27,6 +27,7 @@ use countersign_identity::spiffe_id::TrustDomain;
 use countersign_runtime::config::{
     AdminConfig, ConfigError, ServiceConfig, ShutdownConfig, TelemetryConfig,
 };
+use countersign_runtime::nats::NatsConfig;
 use kube::core::Selector;
 use serde::Deserialize;
 
@@ -54,7 +55,8 @@ pub struct WatcherConfig {
     /// `[ingress]`: the HTTP endpoint for Tekton's CloudEvents.
     #[serde(default)]
     pub ingress: IngressConfig,
-    /// `[nats]`: the connection.
+    /// `[nats]`: the connection (the section every service shares, see
+    /// `countersign_runtime::nats`).
     #[serde(default)]
     pub nats: NatsConfig,
     /// `[bus]`: the subject prefix and the stream limits (see `countersign_events::BusConfig`).
@@ -195,52 +197,6 @@ impl Default for IngressConfig {
     }
 }
 
-/// `[nats]`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NatsConfig {
-    /// The server URL(s), comma-separated. Default `nats://localhost:4222`.
-    #[serde(default = "NatsConfig::default_url")]
-    pub url: String,
-    /// A `.creds` file (JWT and NKey seed). Default: unset, no credentials.
-    #[serde(default)]
-    pub credentials_file: Option<PathBuf>,
-    /// The connection name the server shows. Default `countersign-watcher`.
-    #[serde(default = "NatsConfig::default_name")]
-    pub name: String,
-    /// How long a JetStream request (a publish's PubAck, a KV write) may take. Default `5s`.
-    #[serde(
-        default = "NatsConfig::default_request_timeout",
-        with = "humantime_serde"
-    )]
-    pub request_timeout: Duration,
-}
-
-impl NatsConfig {
-    fn default_url() -> String {
-        "nats://localhost:4222".to_owned()
-    }
-
-    fn default_name() -> String {
-        "countersign-watcher".to_owned()
-    }
-
-    const fn default_request_timeout() -> Duration {
-        Duration::from_secs(5)
-    }
-}
-
-impl Default for NatsConfig {
-    fn default() -> Self {
-        NatsConfig {
-            url: NatsConfig::default_url(),
-            credentials_file: None,
-            name: NatsConfig::default_name(),
-            request_timeout: NatsConfig::default_request_timeout(),
-        }
-    }
-}
-
 /// `[state]`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -350,9 +306,7 @@ impl ServiceConfig for WatcherConfig {
         if self.ingress.max_body_bytes == 0 {
             return Err(ConfigError::invalid("ingress.max_body_bytes", "at least 1"));
         }
-        if self.nats.url.trim().is_empty() {
-            return Err(ConfigError::invalid("nats.url", "a NATS URL is required"));
-        }
+        self.nats.validate("nats")?;
         let subjects = Subjects::new(&self.bus.prefix)
             .map_err(|error| ConfigError::invalid("bus.prefix", error.to_string()))?;
         subjects
@@ -403,7 +357,7 @@ mod tests {
         assert!(config.ingress.enabled);
         assert_eq!(config.ingress.listen.port(), 8080);
         assert_eq!(config.ingress.max_body_bytes, 2 * 1024 * 1024);
-        assert_eq!(config.nats.url, "nats://localhost:4222");
+        assert_eq!(config.nats.url, "nats://127.0.0.1:4222");
         assert_eq!(config.bus.prefix, "countersign");
         assert_eq!(config.state.bucket, "watcher");
         assert_eq!(config.state.deleted_retention, Duration::from_secs(86_400));
@@ -448,6 +402,7 @@ mod tests {
                 "kubernetes.label_selector",
             ),
             ("[kubernetes]\nconcurrency = 0\n", "kubernetes.concurrency"),
+            ("[nats]\nurl = \" \"\n", "nats.url"),
             ("[state]\nbucket = \"a.b\"\n", "state.bucket"),
             ("[state.kv]\nmax_age = \"1day\"\n", "state.kv.max_age"),
             (

@@ -11,13 +11,13 @@
 //!    finishes its open requests; then NATS is flushed and drained.
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use async_nats::connection::State as ConnectionState;
 use countersign_events::{
     Bus, EventMetrics, EventSource, KvConfig, KvSpec, SetupError, StreamKind,
 };
 use countersign_runtime::Context;
+use countersign_runtime::nats::{NatsConnectError, connect};
+use countersign_runtime::retry::{Backoff, retry_transient};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
@@ -34,11 +34,6 @@ use crate::state::{StateError, TransitionLog};
 /// The service's name: in logs, the CloudEvent `source` (`/countersign/watcher`).
 pub const SERVICE_NAME: &str = "watcher";
 
-/// How often the connection state is looked at while waiting for NATS.
-const CONNECT_POLL: Duration = Duration::from_millis(100);
-/// The longest pause between two attempts to set up the streams and the bucket.
-const SETUP_RETRY_MAX: Duration = Duration::from_secs(10);
-
 /// Why the watcher stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum WatcherError {
@@ -51,12 +46,9 @@ pub enum WatcherError {
     /// The kubeconfig could not be read.
     #[error("reading the kubeconfig")]
     Kubeconfig(#[source] kube::config::KubeconfigError),
-    /// The NATS options could not be built (the credentials file).
-    #[error("reading the NATS credentials")]
-    NatsCredentials(#[source] std::io::Error),
-    /// The NATS URL is not valid.
-    #[error("connecting to NATS")]
-    NatsConnect(#[source] async_nats::ConnectError),
+    /// NATS cannot be connected to, and retrying will not help (the credentials file).
+    #[error(transparent)]
+    Nats(#[from] NatsConnectError),
     /// The bus could not be set up for good (not a transient failure).
     #[error("setting up the streams and the state bucket")]
     Setup(#[source] SetupError),
@@ -120,7 +112,8 @@ pub async fn run_on(
     let selector = config.kubernetes.selector()?;
     let kube_client = kube_client(&config).await?;
 
-    let Some(nats) = connect_nats(&config, &token).await? else {
+    let client_name = format!("countersign-{SERVICE_NAME}");
+    let Some(nats) = connect(&config.nats, &client_name, &token).await? else {
         return Ok(());
     };
     nats_latch.release();
@@ -258,66 +251,26 @@ async fn kube_client(config: &WatcherConfig) -> Result<kube::Client, WatcherErro
     kube::Client::try_from(client_config).map_err(WatcherError::Kubernetes)
 }
 
-/// Connects to NATS, retrying in the background until connected; `None` if shut down first.
-async fn connect_nats(
-    config: &WatcherConfig,
-    token: &CancellationToken,
-) -> Result<Option<async_nats::Client>, WatcherError> {
-    let mut options = match &config.nats.credentials_file {
-        Some(path) => async_nats::ConnectOptions::with_credentials_file(path)
-            .await
-            .map_err(WatcherError::NatsCredentials)?,
-        None => async_nats::ConnectOptions::new(),
-    };
-    options = options
-        .name(&config.nats.name)
-        .request_timeout(Some(config.nats.request_timeout))
-        .retry_on_initial_connect();
-    let client = options
-        .connect(config.nats.url.as_str())
-        .await
-        .map_err(WatcherError::NatsConnect)?;
-    let mut interval = tokio::time::interval(CONNECT_POLL);
-    let mut waited = 0u32;
-    while client.connection_state() != ConnectionState::Connected {
-        tokio::select! {
-            () = token.cancelled() => return Ok(None),
-            _ = interval.tick() => {}
-        }
-        waited += 1;
-        if waited.is_multiple_of(100) {
-            tracing::warn!(url = %config.nats.url, "still waiting for NATS");
-        }
-    }
-    Ok(Some(client))
-}
-
 /// Runs `setup` until it succeeds, retrying transient failures with a growing pause; `None` if
 /// shut down first.
 async fn retry_setup<T, F, Fut>(
     what: &str,
     token: &CancellationToken,
-    mut setup: F,
+    setup: F,
 ) -> Result<Option<T>, WatcherError>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, SetupError>>,
 {
-    let mut pause = Duration::from_millis(200);
-    loop {
-        match setup().await {
-            Ok(value) => return Ok(Some(value)),
-            Err(error) if error.is_transient() => {
-                tracing::warn!(what, error = %error, retry_in = ?pause, "setup failed; retrying");
-            }
-            Err(error) => return Err(WatcherError::Setup(error)),
-        }
-        tokio::select! {
-            () = token.cancelled() => return Ok(None),
-            () = tokio::time::sleep(pause) => {}
-        }
-        pause = (pause * 2).min(SETUP_RETRY_MAX);
-    }
+    retry_transient(
+        what,
+        token,
+        Backoff::startup(),
+        SetupError::is_transient,
+        setup,
+    )
+    .await
+    .map_err(WatcherError::Setup)
 }
 
 /// Loads the transition log, retrying transient failures; `None` if shut down first.
@@ -325,19 +278,13 @@ async fn retry_load(
     log: &TransitionLog,
     token: &CancellationToken,
 ) -> Result<Option<usize>, WatcherError> {
-    let mut pause = Duration::from_millis(200);
-    loop {
-        match log.load().await {
-            Ok(live) => return Ok(Some(live)),
-            Err(error) if error.is_transient() => {
-                tracing::warn!(error = %error, retry_in = ?pause, "loading the state failed; retrying");
-            }
-            Err(error) => return Err(WatcherError::State(error)),
-        }
-        tokio::select! {
-            () = token.cancelled() => return Ok(None),
-            () = tokio::time::sleep(pause) => {}
-        }
-        pause = (pause * 2).min(SETUP_RETRY_MAX);
-    }
+    retry_transient(
+        "loading the published transitions",
+        token,
+        Backoff::startup(),
+        StateError::is_transient,
+        || log.load(),
+    )
+    .await
+    .map_err(WatcherError::State)
 }

@@ -331,10 +331,7 @@ async fn every_metric_queried_is_exported_by_the_services() {
     ));
 
     // The attestor, with an SVID from the agent's Workload API.
-    let attestor_id = format!(
-        "spiffe://{}/countersign/attestor",
-        spire.trust_domain()
-    );
+    let attestor_id = format!("spiffe://{}/countersign/attestor", spire.trust_domain());
     spire
         .register_test_process(&attestor_id, false)
         .await

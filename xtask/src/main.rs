@@ -4,10 +4,12 @@
 //! - `peers`: build or locate nats-server, spire-server, spire-agent, etcd and kube-apiserver;
 //! - `schemas`: regenerate `schemas/` from the event types in `crates/events`;
 //! - `bench`: build the benchmarks in release and run one case or all, writing a report;
+//! - `demo`: the whole system on one machine, end to end, against the real peers;
 //!
 //! It needs nothing but cargo (and Go, to build the peers the first time).
 
 mod bench;
+mod demo;
 mod peers;
 mod schemas;
 mod test;
@@ -33,6 +35,10 @@ enum Task {
     Schemas(schemas::Args),
     /// Run the benchmarks in release (one case or all) and write a report under target/bench/.
     Bench(bench::Args),
+    /// The whole system on one machine: the real peers and every service, two TaskRuns played
+    /// through the API server (one honest, one tampered with), every event shown as it happens.
+    /// Exits non-zero unless the verdicts are the expected ones.
+    Demo(demo::Args),
 }
 
 fn main() -> ExitCode {
@@ -42,6 +48,7 @@ fn main() -> ExitCode {
         Task::Peers => peers::run(),
         Task::Schemas(args) => schemas::run(args),
         Task::Bench(args) => bench::run(args),
+        Task::Demo(args) => demo::run(args),
     };
     match result {
         Ok(code) => code,

@@ -11,7 +11,11 @@
 //! - [`promql`]: the metric names a PromQL expression refers to, and those a Prometheus text
 //!   exposition exports, so dashboards and alerts can be checked against the services.
 //! - [`http`]: a minimal HTTP/1.1 GET for admin endpoints on loopback (no TLS, no client stack).
+//! - [`demo`]: the whole system on one machine, end to end (`cargo xtask demo` and
+//!   `tests/demo.rs`): the peers and every service as its own process, two TaskRuns played
+//!   through the API server, and what is expected of them.
 
+pub mod demo;
 pub mod http;
 pub mod nack;
 pub mod nats_auth;

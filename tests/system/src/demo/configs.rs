@@ -1,0 +1,197 @@
+//! The config file of each service in the demo: TOML with the services' real keys, admin
+//! endpoints on 127.0.0.1, everything pointed at the demo's own peers. Only what differs from a
+//! service's defaults (or must be local) is written, so each file reads as "what a one-machine
+//! deployment changes".
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// The four long-running services, in the order they are started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServiceKind {
+    Watcher,
+    Registrar,
+    Attestor,
+    Relay,
+}
+
+impl ServiceKind {
+    /// Every service, in start order.
+    pub const ALL: [ServiceKind; 4] = [
+        ServiceKind::Watcher,
+        ServiceKind::Registrar,
+        ServiceKind::Attestor,
+        ServiceKind::Relay,
+    ];
+
+    /// The binary's name, also the name of its config and log files.
+    pub fn binary_name(self) -> &'static str {
+        match self {
+            ServiceKind::Watcher => "countersign-watcher",
+            ServiceKind::Registrar => "countersign-registrar",
+            ServiceKind::Attestor => "countersign-attestor",
+            ServiceKind::Relay => "countersign-relay",
+        }
+    }
+}
+
+/// The name of the relay's sink in the demo (its durable consumer is `relay-<name>`).
+pub const SINK_NAME: &str = "demo-sink";
+
+/// The cluster name the watcher puts in every event.
+pub const CLUSTER_NAME: &str = "demo";
+
+/// What the config files point at.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// `nats://127.0.0.1:<port>`.
+    pub nats_url: String,
+    /// The SPIRE trust domain.
+    pub trust_domain: String,
+    /// The admin kubeconfig of the demo's kube-apiserver.
+    pub kubeconfig: PathBuf,
+    /// The SPIRE server's admin socket (the registrar's way in).
+    pub server_socket: PathBuf,
+    /// `unix:///<agent socket>`: the Workload API (the attestor's SVID).
+    pub agent_endpoint: String,
+    /// `<demo dir>/pods`: each pod's signer runs from `<pods>/<pod uid>/countersign-signer`.
+    pub pods_dir: PathBuf,
+    /// Where the relay delivers: the demo's CloudEvents sink.
+    pub sink_url: String,
+    /// The watcher's Tekton CloudEvents ingress.
+    pub ingress: SocketAddr,
+}
+
+/// The path of the signer copy a pod runs, as the registrar's selector template names it
+/// (`{pod_uid}` is filled in per pod).
+pub fn signer_path_template(pods_dir: &Path) -> String {
+    format!("{}/{{pod_uid}}/countersign-signer", pods_dir.display())
+}
+
+/// The config file of `kind`, with its admin endpoint on `admin`.
+pub fn config_text(kind: ServiceKind, settings: &Settings, admin: SocketAddr) -> String {
+    let common = format!(
+        "# {name} in `cargo xtask demo`: only what differs from the defaults.\n\n\
+         [admin]\nlisten = {admin}\n\n\
+         [shutdown]\ngrace_period = \"5s\"\n\n\
+         [nats]\nurl = {nats}\n",
+        name = kind.binary_name(),
+        admin = quote(&admin.to_string()),
+        nats = quote(&settings.nats_url),
+    );
+    // A quick retry when a dependency is briefly unavailable (the defaults start at 1 s).
+    let consumer = "\n[consumer]\nnak_backoff = [\"500ms\", \"1s\", \"2s\", \"5s\"]\n";
+    let specific = match kind {
+        ServiceKind::Watcher => format!(
+            "\n[cluster]\nname = {cluster}\nspire_trust_domain = {td}\n\n\
+             [kubernetes]\nkubeconfig = {kubeconfig}\n\n\
+             [ingress]\nlisten = {ingress}\n",
+            cluster = quote(CLUSTER_NAME),
+            td = quote(&settings.trust_domain),
+            kubeconfig = quote_path(&settings.kubeconfig),
+            ingress = quote(&settings.ingress.to_string()),
+        ),
+        ServiceKind::Registrar => format!(
+            "{consumer}\n[spire]\ntrust_domain = {td}\nserver_socket_path = {socket}\n\n\
+             [entries]\n\
+             # Each pod's signer runs from its own copy, so the agent's unix attestor tells pods apart\n\
+             # by path, as the k8s attestor would by pod UID in a cluster.\n\
+             workload_selectors = [{selector}]\n",
+            td = quote(&settings.trust_domain),
+            socket = quote_path(&settings.server_socket),
+            selector = quote(&format!(
+                "unix:path:{}",
+                signer_path_template(&settings.pods_dir)
+            )),
+        ),
+        ServiceKind::Attestor => format!(
+            "{consumer}\n[spire]\ntrust_domain = {td}\nsocket_path = {endpoint}\n\n\
+             [annotate]\nenabled = true\nkubeconfig = {kubeconfig}\n",
+            td = quote(&settings.trust_domain),
+            endpoint = quote(&settings.agent_endpoint),
+            kubeconfig = quote_path(&settings.kubeconfig),
+        ),
+        ServiceKind::Relay => format!(
+            "\n[[sinks]]\nname = {name}\nurl = {url}\n\n[sinks.retry]\ninitial_backoff = \"500ms\"\n",
+            name = quote(SINK_NAME),
+            url = quote(&settings.sink_url),
+        ),
+    };
+    format!("{common}{specific}")
+}
+
+/// A TOML basic string.
+fn quote(text: &str) -> String {
+    toml::Value::String(text.to_owned()).to_string()
+}
+
+fn quote_path(path: &Path) -> String {
+    quote(&path.display().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use countersign_runtime::config::{Environment, ServiceConfig, parse_config};
+
+    use super::*;
+
+    fn settings() -> Settings {
+        Settings {
+            nats_url: "nats://127.0.0.1:4222".into(),
+            trust_domain: "example.org".into(),
+            kubeconfig: "/tmp/cs-kube-x/kubeconfig".into(),
+            server_socket: "/tmp/cs-spire-x/server/api.sock".into(),
+            agent_endpoint: "unix:///tmp/cs-spire-x/agent/api.sock".into(),
+            pods_dir: "/tmp/cs-demo-x/pods".into(),
+            sink_url: "http://127.0.0.1:8099/".into(),
+            ingress: "127.0.0.1:8098".parse().unwrap(),
+        }
+    }
+
+    fn load<C: ServiceConfig>(kind: ServiceKind) -> C {
+        let text = config_text(kind, &settings(), "127.0.0.1:9999".parse().unwrap());
+        let config: C = parse_config(&text, &Environment::new())
+            .unwrap_or_else(|error| panic!("{kind:?}: {error}\n{text}"));
+        config
+            .validate()
+            .unwrap_or_else(|error| panic!("{kind:?}: {error}\n{text}"));
+        assert_eq!(config.admin().listen.to_string(), "127.0.0.1:9999");
+        config
+    }
+
+    #[test]
+    fn every_config_is_valid_for_its_service() {
+        let watcher: countersign_watcher::WatcherConfig = load(ServiceKind::Watcher);
+        assert_eq!(watcher.cluster.name, CLUSTER_NAME);
+        assert_eq!(watcher.ingress.listen.to_string(), "127.0.0.1:8098");
+
+        let registrar: countersign_registrar::RegistrarConfig = load(ServiceKind::Registrar);
+        assert_eq!(
+            registrar.entries.workload_selectors,
+            ["unix:path:/tmp/cs-demo-x/pods/{pod_uid}/countersign-signer"]
+        );
+        assert_eq!(
+            registrar.spire.server_socket_path.as_deref(),
+            Some(Path::new("/tmp/cs-spire-x/server/api.sock"))
+        );
+
+        let attestor: countersign_attestor::AttestorConfig = load(ServiceKind::Attestor);
+        assert!(attestor.annotate.enabled);
+        assert_eq!(
+            attestor.spire.socket_path.as_deref(),
+            Some("unix:///tmp/cs-spire-x/agent/api.sock")
+        );
+
+        let relay: countersign_relay::RelayConfig = load(ServiceKind::Relay);
+        assert_eq!(relay.sinks.len(), 1);
+        assert_eq!(relay.sinks[0].name, SINK_NAME);
+    }
+
+    #[test]
+    fn paths_with_quotes_stay_one_toml_string() {
+        for text in [r#"/tmp/a"b\c"#, "/tmp/it's", "/tmp/'\"both\"'"] {
+            let document: toml::Table = toml::from_str(&format!("key = {}", quote(text))).unwrap();
+            assert_eq!(document["key"].as_str(), Some(text));
+        }
+    }
+}

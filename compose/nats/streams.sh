@@ -1,7 +1,7 @@
 #!/bin/sh
-# One-shot, in the nats-box image, as the `admin` user: the streams and durable consumers the
-# services expect, as NACK creates them in Kubernetes (../k8s/components/nack; defaults of
-# countersign-events). The services' users may not create or change streams.
+# One-shot, in the nats-box image, as the `admin` user: the streams the services expect, as NACK
+# creates them in Kubernetes (../k8s/components/nack; defaults of countersign-events). Each service
+# creates its own durable consumer; the services' users may not create or change streams.
 set -eu
 N="nats --server nats://nats:4222 --creds /auth/admin.creds"
 for s in TASKRUNS:taskrun:taskruns REGISTRATIONS:registration:registrations ATTESTATIONS:attestation:attestations DEADLETTER:deadletter:deadletter; do

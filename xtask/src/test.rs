@@ -11,7 +11,8 @@ use anyhow::Context as _;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Extra arguments for `cargo test` (after `--`), e.g. a package or a filter.
+    /// Extra arguments for `cargo test`, e.g. `-p countersign-events` (only that package instead
+    /// of the whole workspace) or a test-name filter.
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     cargo_args: Vec<String>,
 }
@@ -68,14 +69,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
 
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let cargo_args = test_args(&args.cargo_args);
     let mut command = Command::new(cargo);
-    command.args(["test", "--workspace"]);
-    command.args(&args.cargo_args);
+    command.args(&cargo_args);
     command.stdout(Stdio::piped());
-    eprintln!(
-        "running: cargo test --workspace {}",
-        args.cargo_args.join(" ")
-    );
+    eprintln!("running: cargo {}", cargo_args.join(" "));
     let mut child = command.spawn().context("running cargo test")?;
     let stdout = child.stdout.take().expect("stdout is piped");
     let mut summary = Summary::default();
@@ -108,6 +106,23 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     })
 }
 
+/// `cargo test` with every package (unless the arguments choose some: cargo would ignore `-p`
+/// next to `--workspace`), not stopping at the first failing test binary, then `extra`.
+fn test_args(extra: &[String]) -> Vec<String> {
+    let chooses_packages = extra.iter().any(|arg| {
+        arg == "-p"
+            || arg == "--package"
+            || arg.starts_with("--package=")
+            || (arg.starts_with("-p") && arg.len() > 2)
+    });
+    let mut args = vec!["test".to_owned(), "--no-fail-fast".to_owned()];
+    if !chooses_packages {
+        args.push("--workspace".to_owned());
+    }
+    args.extend(extra.iter().cloned());
+    args
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -132,5 +147,27 @@ mod tests {
                 filtered_out: 2
             }
         );
+    }
+
+    fn strings(args: &[&str]) -> Vec<String> {
+        args.iter().map(|arg| (*arg).to_owned()).collect()
+    }
+
+    #[test]
+    fn runs_the_whole_workspace_unless_packages_are_chosen() {
+        assert_eq!(
+            test_args(&strings(&["attestor"])),
+            strings(&["test", "--no-fail-fast", "--workspace", "attestor"])
+        );
+        for chosen in [
+            &["-p", "countersign-events"][..],
+            &["--package", "countersign-events"],
+            &["--package=countersign-events"],
+            &["-pcountersign-events"],
+        ] {
+            let args = test_args(&strings(chosen));
+            assert!(!args.contains(&"--workspace".to_owned()), "{args:?}");
+            assert!(args.ends_with(&strings(chosen)), "{args:?}");
+        }
     }
 }

@@ -176,9 +176,40 @@ pub struct StoreConfig {
     #[serde(default)]
     pub index: KvConfig,
     /// `{PREFIX}_STEP_VERDICTS`: per-step verdicts, needed only until the TaskRun finishes.
-    /// Default: kept one day, 256 MiB.
-    #[serde(default = "StoreConfig::default_step_verdicts")]
+    /// Default: kept one day, 256 MiB. A `[store.step_verdicts]` table changes only the keys it
+    /// names: the one-day `max_age` stays unless the table sets another.
+    #[serde(
+        default = "StoreConfig::default_step_verdicts",
+        deserialize_with = "step_verdicts"
+    )]
     pub step_verdicts: KvConfig,
+}
+
+/// The keys of a `[store.step_verdicts]` table, each optional, laid over
+/// [`StoreConfig::default_step_verdicts`] (whose `max_age` differs from [`KvConfig`]'s own
+/// default, so `#[serde(default)]` on `KvConfig` would reset it).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KvOverrides {
+    history: Option<i64>,
+    #[serde(default, with = "humantime_serde")]
+    max_age: Option<Duration>,
+    max_bytes: Option<i64>,
+    replicas: Option<usize>,
+    #[serde(default, with = "humantime_serde")]
+    limit_markers: Option<Duration>,
+}
+
+fn step_verdicts<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<KvConfig, D::Error> {
+    let overrides = KvOverrides::deserialize(deserializer)?;
+    let defaults = StoreConfig::default_step_verdicts();
+    Ok(KvConfig {
+        history: overrides.history.unwrap_or(defaults.history),
+        max_age: overrides.max_age.unwrap_or(defaults.max_age),
+        max_bytes: overrides.max_bytes.unwrap_or(defaults.max_bytes),
+        replicas: overrides.replicas.unwrap_or(defaults.replicas),
+        limit_markers: overrides.limit_markers.or(defaults.limit_markers),
+    })
 }
 
 impl StoreConfig {
@@ -251,6 +282,35 @@ mod tests {
             config.store.step_verdicts.max_age,
             Duration::from_secs(86_400)
         );
+    }
+
+    #[test]
+    fn a_step_verdicts_table_keeps_the_one_day_max_age_unless_it_sets_one() {
+        let config = parse("[store.step_verdicts]\nmax_bytes = 1024\n").unwrap();
+        assert_eq!(config.store.step_verdicts.max_bytes, 1024);
+        assert_eq!(
+            config.store.step_verdicts.max_age,
+            Duration::from_secs(86_400)
+        );
+
+        let config = parse("[store.step_verdicts]\nmax_age = \"2h\"\nhistory = 3\n").unwrap();
+        assert_eq!(config.store.step_verdicts.max_age, Duration::from_secs(7200));
+        assert_eq!(config.store.step_verdicts.history, 3);
+        assert_eq!(config.store.step_verdicts.max_bytes, 256 * 1024 * 1024);
+
+        let env = Environment::from_iter([(
+            "COUNTERSIGN_STORE__STEP_VERDICTS__REPLICAS".to_owned(),
+            "3".to_owned(),
+        )]);
+        let config: AttestorConfig = parse_config("", &env).unwrap();
+        assert_eq!(config.store.step_verdicts.replicas, 3);
+        assert_eq!(
+            config.store.step_verdicts.max_age,
+            Duration::from_secs(86_400)
+        );
+
+        let error = parse("[store.step_verdicts]\nmax_agee = \"2h\"\n").unwrap_err();
+        assert!(matches!(error.kind(), ConfigErrorKind::UnknownKey), "{error}");
     }
 
     #[test]

@@ -294,7 +294,10 @@ mod tests {
         );
 
         let config = parse("[store.step_verdicts]\nmax_age = \"2h\"\nhistory = 3\n").unwrap();
-        assert_eq!(config.store.step_verdicts.max_age, Duration::from_secs(7200));
+        assert_eq!(
+            config.store.step_verdicts.max_age,
+            Duration::from_secs(7200)
+        );
         assert_eq!(config.store.step_verdicts.history, 3);
         assert_eq!(config.store.step_verdicts.max_bytes, 256 * 1024 * 1024);
 
@@ -310,7 +313,10 @@ mod tests {
         );
 
         let error = parse("[store.step_verdicts]\nmax_agee = \"2h\"\n").unwrap_err();
-        assert!(matches!(error.kind(), ConfigErrorKind::UnknownKey), "{error}");
+        assert!(
+            matches!(error.kind(), ConfigErrorKind::UnknownKey),
+            "{error}"
+        );
     }
 
     #[test]

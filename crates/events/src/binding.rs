@@ -19,7 +19,7 @@
 use std::borrow::Cow;
 
 use async_nats::HeaderMap;
-use async_nats::header::{HeaderName, HeaderValue};
+use async_nats::header::{HeaderName, HeaderValue, NATS_MESSAGE_ID};
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use percent_encoding::{AsciiSet, CONTROLS};
@@ -119,48 +119,180 @@ const CONTENT_TYPE: HeaderName = HeaderName::from_static(CONTENT_TYPE_HEADER);
 
 /// Encodes an event in binary content mode: the headers and the body.
 pub fn encode<T: EventPayload>(event: &Event<T>) -> Result<(HeaderMap, Bytes), EncodeError> {
-    encode_with_trace(
-        event,
-        event.traceparent.as_deref(),
-        event.tracestate.as_deref(),
-    )
+    let headers = encode_headers(&Attributes::of(event))?;
+    let body = encode_body(&event.data, 0)?;
+    Ok((headers, body))
 }
 
-/// Encodes an event with the given trace context in place of its own.
-pub(crate) fn encode_with_trace<T: EventPayload>(
-    event: &Event<T>,
-    traceparent: Option<&str>,
-    tracestate: Option<&str>,
-) -> Result<(HeaderMap, Bytes), EncodeError> {
-    for (name, value) in [("id", &event.id), ("source", &event.source)] {
+/// The CloudEvent attributes of one outgoing message, borrowed from an [`Event`] or, when data is
+/// published directly, from the data and the publisher.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Attributes<'a> {
+    pub id: &'a str,
+    pub source: &'a str,
+    pub event_type: EventType,
+    pub subject: Option<&'a str>,
+    pub time: &'a DateTime<Utc>,
+    pub dataschema: Option<&'a str>,
+    pub traceparent: Option<&'a str>,
+    pub tracestate: Option<&'a str>,
+}
+
+impl<'a> Attributes<'a> {
+    /// The attributes of an event, with its own trace context.
+    pub(crate) fn of<T>(event: &'a Event<T>) -> Attributes<'a> {
+        Attributes {
+            id: &event.id,
+            source: &event.source,
+            event_type: event.event_type,
+            subject: event.subject.as_deref(),
+            time: &event.time,
+            dataschema: event.dataschema.as_deref(),
+            traceparent: event.traceparent.as_deref(),
+            tracestate: event.tracestate.as_deref(),
+        }
+    }
+}
+
+/// The headers every event of one type from one source starts with, encoded once per publisher.
+///
+/// Cloning the template and filling in the per-event values gives exactly the headers
+/// [`encode`] builds (plus `Nats-Msg-Id`), without percent-encoding the constants again or growing
+/// and rehashing the map header by header: on the publish path that was as costly as sending.
+#[derive(Debug, Clone)]
+pub(crate) struct HeaderTemplate {
+    event_type: EventType,
+    source: String,
+    dataschema: String,
+    /// The constants, and empty placeholders for the headers every templated message sets
+    /// (so the map is sized for them).
+    headers: HeaderMap,
+}
+
+impl HeaderTemplate {
+    /// The template of events of `event_type` from `source`, with the type's own dataschema.
+    pub(crate) fn new(source: &str, event_type: EventType) -> HeaderTemplate {
+        let dataschema = event_type.dataschema();
+        let mut headers = HeaderMap::new();
+        headers.insert(CE_SPECVERSION, header_value(SPEC_VERSION));
+        headers.insert(CE_SOURCE, header_value(source));
+        headers.insert(CE_TYPE, header_value(event_type.as_str()));
+        headers.insert(CONTENT_TYPE, header_value(JSON_CONTENT_TYPE));
+        headers.insert(CE_DATASCHEMA, header_value(&dataschema));
+        for placeholder in [CE_ID, CE_TIME, CE_SUBJECT, NATS_MESSAGE_ID] {
+            headers.insert(placeholder, HeaderValue::new());
+        }
+        HeaderTemplate {
+            event_type,
+            source: source.to_owned(),
+            dataschema,
+            headers,
+        }
+    }
+
+    /// The dataschema of the template's type.
+    pub(crate) fn dataschema(&self) -> &str {
+        &self.dataschema
+    }
+
+    /// Whether a message with these attributes can start from the template: the same type,
+    /// source and dataschema, and a subject to fill the placeholder.
+    fn fits(&self, attributes: &Attributes<'_>) -> bool {
+        attributes.event_type == self.event_type
+            && attributes.source == self.source
+            && attributes.dataschema == Some(self.dataschema.as_str())
+            && attributes.subject.is_some()
+    }
+}
+
+/// The headers of a message published to JetStream: the CloudEvent attributes (see [`encode`])
+/// and the id as `Nats-Msg-Id`. Starts from `template` when it fits the attributes.
+pub(crate) fn message_headers(
+    attributes: &Attributes<'_>,
+    template: Option<&HeaderTemplate>,
+) -> Result<HeaderMap, EncodeError> {
+    check_required(attributes)?;
+    let id = header_value(attributes.id);
+    let mut headers = match template.filter(|template| template.fits(attributes)) {
+        Some(template) => {
+            let mut headers = template.headers.clone();
+            headers.insert(CE_ID, id.clone());
+            headers.insert(CE_TIME, owned_header_value(format_time(attributes.time)));
+            if let Some(subject) = attributes.subject {
+                headers.insert(CE_SUBJECT, header_value(subject));
+            }
+            insert_trace(&mut headers, attributes);
+            headers
+        }
+        None => encode_headers(attributes)?,
+    };
+    headers.insert(NATS_MESSAGE_ID, id);
+    Ok(headers)
+}
+
+fn check_required(attributes: &Attributes<'_>) -> Result<(), EncodeError> {
+    for (name, value) in [("id", attributes.id), ("source", attributes.source)] {
         if value.is_empty() {
             return Err(EncodeError::EmptyAttribute { name });
         }
     }
-    let data = event.data.to_json().map_err(EncodeError::Data)?;
+    Ok(())
+}
+
+/// The binary-mode headers of the attributes (without `Nats-Msg-Id`).
+fn encode_headers(attributes: &Attributes<'_>) -> Result<HeaderMap, EncodeError> {
+    check_required(attributes)?;
     let mut headers = HeaderMap::new();
-    let mut put = |name: HeaderName, value: &str| {
-        headers.insert(name, HeaderValue::from(percent_encode_cow(value).as_ref()));
-    };
-    put(CE_SPECVERSION, SPEC_VERSION);
-    put(CE_ID, &event.id);
-    put(CE_SOURCE, &event.source);
-    put(CE_TYPE, event.event_type.as_str());
-    put(CE_TIME, &format_time(&event.time));
-    put(CONTENT_TYPE, JSON_CONTENT_TYPE);
-    if let Some(subject) = &event.subject {
-        put(CE_SUBJECT, subject);
+    headers.insert(CE_SPECVERSION, header_value(SPEC_VERSION));
+    headers.insert(CE_ID, header_value(attributes.id));
+    headers.insert(CE_SOURCE, header_value(attributes.source));
+    headers.insert(CE_TYPE, header_value(attributes.event_type.as_str()));
+    headers.insert(CE_TIME, owned_header_value(format_time(attributes.time)));
+    headers.insert(CONTENT_TYPE, header_value(JSON_CONTENT_TYPE));
+    if let Some(subject) = attributes.subject {
+        headers.insert(CE_SUBJECT, header_value(subject));
     }
-    if let Some(dataschema) = &event.dataschema {
-        put(CE_DATASCHEMA, dataschema);
+    if let Some(dataschema) = attributes.dataschema {
+        headers.insert(CE_DATASCHEMA, header_value(dataschema));
     }
-    if let Some(traceparent) = traceparent {
-        put(CE_TRACEPARENT, traceparent);
+    insert_trace(&mut headers, attributes);
+    Ok(headers)
+}
+
+fn insert_trace(headers: &mut HeaderMap, attributes: &Attributes<'_>) {
+    if let Some(traceparent) = attributes.traceparent {
+        headers.insert(CE_TRACEPARENT, header_value(traceparent));
     }
-    if let Some(tracestate) = tracestate {
-        put(CE_TRACESTATE, tracestate);
+    if let Some(tracestate) = attributes.tracestate {
+        headers.insert(CE_TRACESTATE, header_value(tracestate));
     }
-    Ok((headers, Bytes::from(data)))
+}
+
+/// A percent-encoded header value.
+fn header_value(value: &str) -> HeaderValue {
+    match percent_encode_cow(value) {
+        Cow::Borrowed(value) => HeaderValue::from(value),
+        Cow::Owned(encoded) => HeaderValue::from(encoded),
+    }
+}
+
+/// A percent-encoded header value, reusing the string when nothing needs encoding.
+fn owned_header_value(value: String) -> HeaderValue {
+    match percent_encode_cow(&value) {
+        Cow::Borrowed(_) => HeaderValue::from(value),
+        Cow::Owned(encoded) => HeaderValue::from(encoded),
+    }
+}
+
+/// The JSON body of `data`, written into a buffer of `size_hint` bytes (the size of the previous
+/// body, say) so that it rarely has to grow.
+pub(crate) fn encode_body<T: EventPayload>(
+    data: &T,
+    size_hint: usize,
+) -> Result<Bytes, EncodeError> {
+    let mut body = Vec::with_capacity(size_hint);
+    data.write_json(&mut body).map_err(EncodeError::Data)?;
+    Ok(Bytes::from(body))
 }
 
 /// RFC 3339 in UTC with `Z` and as many fraction digits as needed.
@@ -656,6 +788,42 @@ mod tests {
         let family: Event<LifecycleEvent> =
             decode(Some(&headers), &body, &DecodeLimits::default()).unwrap();
         assert_eq!(family.data, LifecycleEvent::Deleted(event.data.clone()));
+    }
+
+    #[test]
+    fn templated_headers_are_the_plain_ones_plus_the_message_id() {
+        let mut event = deleted();
+        let template = HeaderTemplate::new(&event.source, event.event_type);
+        let with_id = |mut headers: HeaderMap| {
+            headers.insert(NATS_MESSAGE_ID, "uid-1:deleted");
+            headers
+        };
+        let (plain, _) = encode(&event).unwrap();
+        let templated = message_headers(&Attributes::of(&event), Some(&template)).unwrap();
+        assert_eq!(templated, with_id(plain));
+        // Without trace context or subject, and with another source or type: the same too
+        // (those that do not fit the template are encoded plainly).
+        event.traceparent = None;
+        event.tracestate = None;
+        event.subject = None;
+        let (plain, _) = encode(&event).unwrap();
+        assert_eq!(
+            message_headers(&Attributes::of(&event), Some(&template)).unwrap(),
+            with_id(plain)
+        );
+        event.subject = Some("team a/build.1".into());
+        event.source = "/countersign/other".into();
+        let (plain, _) = encode(&event).unwrap();
+        assert_eq!(
+            message_headers(&Attributes::of(&event), Some(&template)).unwrap(),
+            with_id(plain)
+        );
+        let other_type = HeaderTemplate::new(&event.source, EventType::TaskRunCreated);
+        let (plain, _) = encode(&event).unwrap();
+        assert_eq!(
+            message_headers(&Attributes::of(&event), Some(&other_type)).unwrap(),
+            with_id(plain)
+        );
     }
 
     #[test]

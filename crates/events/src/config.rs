@@ -79,7 +79,8 @@ pub struct ConsumerConfig {
     #[serde(with = "humantime_serde")]
     pub ack_wait: Duration,
     /// How many times a message is delivered at most; on the last delivery a transient failure
-    /// is dead-lettered as `retries_exhausted`. `None` (absent) means no limit. Default: 20.
+    /// is dead-lettered as `retries_exhausted`. Default: 20 (also when the key is absent); `None`,
+    /// no limit, can be set only in code.
     pub max_deliver: Option<u32>,
     /// The nak delay after the n-th failed delivery (the last entry repeats). Applied by the
     /// consumer with each nak rather than as the server's `backoff`, which would also shorten

@@ -6,6 +6,7 @@
 //! |---|---|
 //! | the handler succeeded | ack, waiting for the server to confirm it (double ack) |
 //! | a transient failure | nak with a delay that grows with the delivery count |
+//! | a transient failure with its own delay ([`HandlerError::transient_after`]) | nak with that delay, at most the longest backoff |
 //! | a transient failure on the last allowed delivery | dead letter `retries_exhausted` |
 //! | the handler rejected the event (poison) | dead letter `rejected` |
 //! | the message does not decode | dead letter with the decode error's kind |
@@ -51,6 +52,16 @@ pub enum HandlerError {
     /// Trying again later may succeed (SPIRE or NATS unavailable, a timeout).
     #[error("transient failure")]
     Transient(#[source] BoxError),
+    /// A transient failure after which the handler knows when to try again (an HTTP
+    /// `Retry-After`, say): the message is nakked with `delay` (at most the retry policy's
+    /// longest backoff) instead of the computed backoff.
+    #[error("transient failure; retry after {delay:?}")]
+    TransientAfter {
+        /// How long to wait before the next delivery.
+        delay: Duration,
+        #[source]
+        source: BoxError,
+    },
     /// The event can never be handled; it is dead-lettered with `code`.
     #[error("the event can never be handled ({code})")]
     Poison {
@@ -67,6 +78,24 @@ impl HandlerError {
         HandlerError::Transient(error.into())
     }
 
+    /// A transient failure to retry after `delay` rather than after the computed backoff
+    /// (bounded by the policy's longest backoff, [`RetryPolicy::max_backoff`]). On the last
+    /// allowed delivery it is dead-lettered like any transient failure.
+    pub fn transient_after(delay: Duration, error: impl Into<BoxError>) -> HandlerError {
+        HandlerError::TransientAfter {
+            delay,
+            source: error.into(),
+        }
+    }
+
+    /// The delay the handler asked for, if it did.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            HandlerError::TransientAfter { delay, .. } => Some(*delay),
+            HandlerError::Transient(_) | HandlerError::Poison { .. } => None,
+        }
+    }
+
     /// A permanent failure, dead-lettered with `code`.
     pub fn poison(code: impl Into<String>, error: impl Into<BoxError>) -> HandlerError {
         HandlerError::Poison {
@@ -77,7 +106,10 @@ impl HandlerError {
 
     /// Whether trying again later may succeed.
     pub fn is_transient(&self) -> bool {
-        matches!(self, HandlerError::Transient(_))
+        matches!(
+            self,
+            HandlerError::Transient(_) | HandlerError::TransientAfter { .. }
+        )
     }
 }
 
@@ -171,6 +203,16 @@ impl RetryPolicy {
             .unwrap_or(Duration::from_secs(1))
     }
 
+    /// The longest nak delay of the policy: the most a handler's own delay
+    /// ([`HandlerError::transient_after`]) is honoured.
+    pub fn max_backoff(&self) -> Duration {
+        self.nak_backoff
+            .iter()
+            .max()
+            .copied()
+            .unwrap_or(Duration::from_secs(1))
+    }
+
     /// Whether delivery `attempt` is the last one that is handled.
     pub fn is_last(&self, attempt: u64) -> bool {
         self.max_deliver
@@ -187,7 +229,9 @@ impl RetryPolicy {
 pub fn disposition(processed: Processed<'_>, attempt: u64, retry: &RetryPolicy) -> Disposition {
     match processed {
         Processed::Handled(Ok(())) => Disposition::Ack,
-        Processed::Handled(Err(error @ HandlerError::Transient(_))) => {
+        Processed::Handled(Err(
+            error @ (HandlerError::Transient(_) | HandlerError::TransientAfter { .. }),
+        )) => {
             if retry.is_last(attempt) {
                 Disposition::DeadLetter(DeadLetterNote {
                     reason: DeadLetterReason::RetriesExhausted,
@@ -195,7 +239,10 @@ pub fn disposition(processed: Processed<'_>, attempt: u64, retry: &RetryPolicy) 
                     code: None,
                 })
             } else {
-                Disposition::Nak(retry.nak_delay(attempt))
+                Disposition::Nak(match error.retry_after() {
+                    Some(delay) => delay.min(retry.max_backoff()),
+                    None => retry.nak_delay(attempt),
+                })
             }
         }
         Processed::Handled(Err(error @ HandlerError::Poison { code, .. })) => {
@@ -354,6 +401,10 @@ where
     let mut error_backoff = ERROR_BACKOFF_MIN;
     let mut failure = None;
     tracing::debug!(consumer = %consumer.name, concurrency, "consuming");
+    // One waiter on the token for the whole loop, rather than one registered and removed (under
+    // the token's lock) at every select.
+    let cancelled = shutdown.cancelled();
+    tokio::pin!(cancelled);
 
     loop {
         while let Some(joined) = tasks.try_join_next() {
@@ -361,7 +412,7 @@ where
         }
         let permit = tokio::select! {
             biased;
-            () = shutdown.cancelled() => break,
+            () = &mut cancelled => break,
             permit = semaphore.clone().acquire_owned() => match permit {
                 Ok(permit) => permit,
                 // The semaphore is never closed.
@@ -370,7 +421,7 @@ where
         };
         let next = tokio::select! {
             biased;
-            () = shutdown.cancelled() => break,
+            () = &mut cancelled => break,
             next = messages.next() => next,
         };
         match next {
@@ -391,7 +442,7 @@ where
                 _ => {
                     tracing::warn!(consumer = %shared.name, %error, "pulling messages failed; retrying");
                     tokio::select! {
-                        () = shutdown.cancelled() => break,
+                        () = &mut cancelled => break,
                         () = tokio::time::sleep(error_backoff) => {}
                     }
                     error_backoff = (error_backoff * 2).min(ERROR_BACKOFF_MAX);
@@ -522,14 +573,16 @@ async fn with_progress<F>(
 where
     F: Future,
 {
-    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-    tokio::pin!(handled);
+    // A timer on the stack, armed only if the handler is still running at its first poll.
+    let ticker = tokio::time::sleep(every);
+    tokio::pin!(handled, ticker);
     loop {
         tokio::select! {
             // Handler first: one that finishes at once never arms the timer.
             biased;
             output = &mut handled => return output,
-            _ = ticker.tick() => {
+            () = &mut ticker => {
+                ticker.as_mut().reset(tokio::time::Instant::now() + every);
                 if let Err(error) = message.ack_with(AckKind::Progress).await {
                     tracing::debug!(%error, "sending an in-progress ack failed");
                 }
@@ -658,6 +711,59 @@ mod tests {
             disposition(Processed::Handled(&failed), 1000, &policy(None)),
             Disposition::Nak(Duration::from_secs(30))
         );
+    }
+
+    #[test]
+    fn a_handler_delay_replaces_the_backoff_up_to_the_longest_one() {
+        let retry = policy(Some(5));
+        let after = |delay| {
+            Err(HandlerError::transient_after(
+                delay,
+                "429 Too Many Requests",
+            ))
+        };
+        assert_eq!(
+            disposition(
+                Processed::Handled(&after(Duration::from_secs(12))),
+                1,
+                &retry
+            ),
+            Disposition::Nak(Duration::from_secs(12))
+        );
+        assert_eq!(
+            disposition(
+                Processed::Handled(&after(Duration::from_millis(200))),
+                3,
+                &retry
+            ),
+            Disposition::Nak(Duration::from_millis(200)),
+            "shorter than the computed backoff is honoured too"
+        );
+        assert_eq!(
+            disposition(
+                Processed::Handled(&after(Duration::from_secs(3600))),
+                2,
+                &retry
+            ),
+            Disposition::Nak(Duration::from_secs(30)),
+            "bounded by the longest backoff"
+        );
+        match disposition(
+            Processed::Handled(&after(Duration::from_secs(1))),
+            5,
+            &retry,
+        ) {
+            Disposition::DeadLetter(note) => {
+                assert_eq!(note.reason, DeadLetterReason::RetriesExhausted)
+            }
+            other => panic!("expected a dead letter, got {other:?}"),
+        }
+        assert!(after(Duration::from_secs(1)).unwrap_err().is_transient());
+        assert_eq!(
+            after(Duration::from_secs(7)).unwrap_err().retry_after(),
+            Some(Duration::from_secs(7))
+        );
+        assert_eq!(HandlerError::transient("x").retry_after(), None);
     }
 
     #[test]

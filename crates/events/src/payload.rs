@@ -50,7 +50,14 @@ pub trait EventPayload: Sized + Send + Sync + 'static {
     fn nats_subject(&self, subjects: &Subjects) -> Result<String, SubjectError>;
 
     /// The data as JSON bytes.
-    fn to_json(&self) -> Result<Vec<u8>, serde_json::Error>;
+    fn to_json(&self) -> Result<Vec<u8>, serde_json::Error> {
+        let mut json = Vec::new();
+        self.write_json(&mut json)?;
+        Ok(json)
+    }
+
+    /// Appends the data as JSON to `out`.
+    fn write_json(&self, out: &mut Vec<u8>) -> Result<(), serde_json::Error>;
 
     /// Decodes the JSON data of an event of `event_type` (which [`accepts`](Self::accepts) accepted).
     fn from_json(event_type: EventType, data: &[u8]) -> Result<Self, serde_json::Error>;
@@ -83,8 +90,8 @@ impl<T: EventData> EventPayload for T {
         EventData::nats_subject(self, subjects)
     }
 
-    fn to_json(&self) -> Result<Vec<u8>, serde_json::Error> {
-        serde_json::to_vec(self)
+    fn write_json(&self, out: &mut Vec<u8>) -> Result<(), serde_json::Error> {
+        serde_json::to_writer(out, self)
     }
 
     fn from_json(_event_type: EventType, data: &[u8]) -> Result<Self, serde_json::Error> {
@@ -137,9 +144,9 @@ macro_rules! event_family {
                 }
             }
 
-            fn to_json(&self) -> Result<Vec<u8>, serde_json::Error> {
+            fn write_json(&self, out: &mut Vec<u8>) -> Result<(), serde_json::Error> {
                 match self {
-                    $($name::$variant(data) => serde_json::to_vec(data),)+
+                    $($name::$variant(data) => serde_json::to_writer(out, data),)+
                 }
             }
 

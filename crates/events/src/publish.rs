@@ -2,14 +2,19 @@
 //! `Nats-Msg-Id` and the current trace context, and the call returns once the stream has
 //! acknowledged it (saying whether it was a duplicate).
 
+use std::borrow::Cow;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
-use async_nats::header::NATS_MESSAGE_ID;
+use async_nats::Subject;
 use async_nats::jetstream::context::{Context, PublishError as NatsPublishError, PublishErrorKind};
 use async_nats::jetstream::message::PublishMessage;
+use chrono::Utc;
 
-use crate::binding::{encode, encode_with_trace, percent_encode_value};
+use crate::binding::{Attributes, HeaderTemplate, encode_body, message_headers};
 use crate::event::{EncodeError, Event, EventSource};
+use crate::event_type::EventType;
 use crate::metrics::{EventMetrics, PublishOutcome, PublisherMetrics};
 use crate::payload::EventPayload;
 use crate::subject::{SubjectError, Subjects};
@@ -83,6 +88,10 @@ pub struct Publisher {
     subjects: Subjects,
     source: EventSource,
     metrics: PublisherMetrics,
+    /// The headers of each event type from this source, indexed by [`EventType::index`].
+    templates: Arc<[HeaderTemplate]>,
+    /// The size of the last body, the capacity of the next one's buffer.
+    body_size: Arc<AtomicUsize>,
 }
 
 impl Publisher {
@@ -93,11 +102,17 @@ impl Publisher {
         source: EventSource,
         metrics: EventMetrics,
     ) -> Publisher {
+        let templates = EventType::ALL
+            .into_iter()
+            .map(|event_type| HeaderTemplate::new(source.as_str(), event_type))
+            .collect();
         Publisher {
             jetstream,
             subjects,
             source,
             metrics: metrics.for_publisher(),
+            templates,
+            body_size: Arc::new(AtomicUsize::new(0)),
         }
     }
 
@@ -111,9 +126,14 @@ impl Publisher {
         Event::new(&self.source, data)
     }
 
-    /// Publishes `data` as an event observed now. See [`Publisher::publish`].
+    /// Publishes `data` as an event observed now, exactly as `publish(&self.event(data))` would
+    /// (without building the intermediate [`Event`]). See [`Publisher::publish`].
     pub async fn publish_data<T: EventPayload>(&self, data: T) -> Result<Published, PublishError> {
-        self.publish(&self.event(data)).await
+        let started = Instant::now();
+        let event_type = data.event_type();
+        let result = self.send_data(&data).await;
+        self.record(event_type, &result, started);
+        result
     }
 
     /// Publishes an event and waits for the stream's acknowledgement. The id goes out as
@@ -125,39 +145,92 @@ impl Publisher {
         event: &Event<T>,
     ) -> Result<Published, PublishError> {
         let started = Instant::now();
-        let event_type = event.event_type;
-        let result = self.send(event).await;
-        let outcome = match &result {
+        let result = self.send_event(event).await;
+        self.record(event.event_type, &result, started);
+        result
+    }
+
+    fn record(
+        &self,
+        event_type: EventType,
+        result: &Result<Published, PublishError>,
+        started: Instant,
+    ) {
+        let outcome = match result {
             Ok(published) if published.duplicate => PublishOutcome::Duplicate,
             Ok(_) => PublishOutcome::Stored,
             Err(_) => PublishOutcome::Failed,
         };
         self.metrics
             .published(event_type, outcome, started.elapsed());
-        result
     }
 
-    async fn send<T: EventPayload>(&self, event: &Event<T>) -> Result<Published, PublishError> {
-        let subject = event.data.nats_subject(&self.subjects)?;
-        let (mut headers, body) = if event.traceparent.is_some() {
-            encode(event)?
-        } else {
-            let (traceparent, tracestate) = current_trace_context();
-            encode_with_trace(event, traceparent.as_deref(), tracestate.as_deref())?
+    fn template(&self, event_type: EventType) -> Option<&HeaderTemplate> {
+        self.templates.get(event_type.index())
+    }
+
+    async fn send_data<T: EventPayload>(&self, data: &T) -> Result<Published, PublishError> {
+        let event_type = data.event_type();
+        let template = self.template(event_type);
+        let id = data.event_id();
+        let subject = data.ce_subject();
+        let time = Utc::now();
+        let dataschema = match template {
+            Some(template) => Cow::Borrowed(template.dataschema()),
+            None => Cow::Owned(event_type.dataschema()),
         };
-        headers.insert(NATS_MESSAGE_ID, percent_encode_value(&event.id));
+        let (traceparent, tracestate) = current_trace_context();
+        let attributes = Attributes {
+            id: &id,
+            source: self.source.as_str(),
+            event_type,
+            subject: Some(&subject),
+            time: &time,
+            dataschema: Some(&dataschema),
+            traceparent: traceparent.as_deref(),
+            tracestate: tracestate.as_deref(),
+        };
+        self.send(data, &attributes, template).await
+    }
+
+    async fn send_event<T: EventPayload>(
+        &self,
+        event: &Event<T>,
+    ) -> Result<Published, PublishError> {
+        let mut attributes = Attributes::of(event);
+        let current;
+        if event.traceparent.is_none() {
+            current = current_trace_context();
+            attributes.traceparent = current.0.as_deref();
+            attributes.tracestate = current.1.as_deref();
+        }
+        self.send(&event.data, &attributes, self.template(event.event_type))
+            .await
+    }
+
+    async fn send<T: EventPayload>(
+        &self,
+        data: &T,
+        attributes: &Attributes<'_>,
+        template: Option<&HeaderTemplate>,
+    ) -> Result<Published, PublishError> {
+        let subject = Subject::from(data.nats_subject(&self.subjects)?);
+        let headers = message_headers(attributes, template)?;
+        let body = encode_body(data, self.body_size.load(Ordering::Relaxed))?;
+        self.body_size.store(body.len(), Ordering::Relaxed);
         let message = PublishMessage::build().payload(body).headers(headers);
         let ack = self
             .jetstream
             .send_publish(subject.clone(), message)
             .await
             .map_err(|source| PublishError::Send {
-                subject: subject.clone(),
+                subject: subject.to_string(),
                 source,
             })?;
-        let ack = ack
-            .await
-            .map_err(|source| PublishError::Ack { subject, source })?;
+        let ack = ack.await.map_err(|source| PublishError::Ack {
+            subject: subject.to_string(),
+            source,
+        })?;
         Ok(Published {
             stream: ack.stream,
             sequence: ack.sequence,

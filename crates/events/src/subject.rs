@@ -52,6 +52,9 @@ pub enum SubjectError {
     /// A subject does not follow Countersign's layout.
     #[error("{subject:?} is not a Countersign subject")]
     Unrecognized { subject: String },
+    /// An attestation filter was asked for a type that is not an attestation.
+    #[error("{event_type} is not an attestation type")]
+    NotAnAttestationType { event_type: EventType },
 }
 
 // === token encoding ===
@@ -387,6 +390,38 @@ impl Subjects {
         ))
     }
 
+    /// Every event of one type about TaskRuns in a namespace, any cluster and name:
+    /// `{p}.{family}.{transition}.*.{namespace}.*`. Disjoint from the same filter for another
+    /// type or namespace, so one consumer can take several (a kind and a namespace at once).
+    pub fn events_of_type_in_namespace(
+        &self,
+        event_type: EventType,
+        namespace: &str,
+    ) -> Result<String, SubjectError> {
+        Ok(format!(
+            "{}.{}.{}.*.{}.*",
+            self.prefix,
+            event_type.family().as_str(),
+            event_type.transition(),
+            namespace_token(namespace)?
+        ))
+    }
+
+    /// Every attestation of one verdict (`verified` or `rejected`) in a namespace, any cluster:
+    /// `{p}.attestation.{verdict}.*.{namespace}.*`. See [`Subjects::events_of_type_in_namespace`].
+    pub fn attestations_of_type_in_namespace(
+        &self,
+        verdict_type: EventType,
+        namespace: &str,
+    ) -> Result<String, SubjectError> {
+        if verdict_type.family() != Family::Attestation {
+            return Err(SubjectError::NotAnAttestationType {
+                event_type: verdict_type,
+            });
+        }
+        self.events_of_type_in_namespace(verdict_type, namespace)
+    }
+
     /// Every event of a family about one TaskRun: `{p}.{family}.*.{cluster}.{namespace}.{name}`.
     pub fn family_events_for_taskrun(
         &self,
@@ -609,6 +644,60 @@ mod tests {
             "COUNTERSIGN_ATTESTATIONS"
         );
         assert!(subjects.kv_bucket_name("a.b").is_err());
+    }
+
+    /// Whether a NATS filter (with `*` and `>`) matches a concrete subject.
+    fn filter_matches(filter: &str, subject: &str) -> bool {
+        let mut subject_tokens = subject.split('.');
+        for token in filter.split('.') {
+            match (token, subject_tokens.next()) {
+                (">", Some(_)) => return true,
+                ("*", Some(_)) => {}
+                (literal, Some(other)) if literal == other => {}
+                _ => return false,
+            }
+        }
+        subject_tokens.next().is_none()
+    }
+
+    #[test]
+    fn one_type_in_one_namespace() {
+        let subjects = Subjects::new("cs-test").unwrap();
+        let verified_in_ci = subjects
+            .attestations_of_type_in_namespace(EventType::AttestationVerified, "ci")
+            .unwrap();
+        assert_eq!(verified_in_ci, "cs-test.attestation.verified.*.ci.*");
+        assert_eq!(
+            subjects
+                .events_of_type_in_namespace(EventType::TaskRunFinished, "ci")
+                .unwrap(),
+            "cs-test.taskrun.finished.*.ci.*"
+        );
+        let subject = |event_type, namespace: &str, name: &str| {
+            subjects
+                .for_taskrun(event_type, &taskrun("prod.eu", namespace, name))
+                .unwrap()
+        };
+        assert!(filter_matches(
+            &verified_in_ci,
+            &subject(EventType::AttestationVerified, "ci", "build.1")
+        ));
+        for other in [
+            subject(EventType::AttestationRejected, "ci", "build.1"),
+            subject(EventType::AttestationVerified, "cd", "build.1"),
+            subject(EventType::TaskRunFinished, "ci", "build.1"),
+        ] {
+            assert!(!filter_matches(&verified_in_ci, &other), "{other}");
+        }
+        assert!(matches!(
+            subjects.attestations_of_type_in_namespace(EventType::TaskRunFinished, "ci"),
+            Err(SubjectError::NotAnAttestationType { .. })
+        ));
+        assert!(
+            subjects
+                .attestations_of_type_in_namespace(EventType::AttestationVerified, "")
+                .is_err()
+        );
     }
 
     #[test]

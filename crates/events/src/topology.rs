@@ -1,11 +1,12 @@
 //! The bus topology, declared in code and applied at start-up: the four streams, the durable
 //! consumers of each service, and KV buckets. Everything is created when missing and updated when
-//! its configuration differs, so N replicas of a service start in any order, bind the same
+//! its configuration differs (streams and buckets that already match are only read), so N replicas of a service start in any order, bind the same
 //! durable consumer and split its work.
 
 use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
 use async_nats::jetstream::context::{
-    Context, CreateKeyValueError, CreateStreamError, CreateStreamErrorKind,
+    Context, CreateKeyValueError, CreateKeyValueErrorKind, CreateStreamError,
+    CreateStreamErrorKind, GetStreamErrorKind,
 };
 use async_nats::jetstream::kv;
 use async_nats::jetstream::stream::{self, ConsumerError, ConsumerErrorKind, StorageType};
@@ -156,10 +157,7 @@ impl SetupError {
                 )
             }
             SetupError::KeyValue { source, .. } => {
-                matches!(
-                    source.kind(),
-                    async_nats::jetstream::context::CreateKeyValueErrorKind::TimedOut
-                )
+                matches!(source.kind(), CreateKeyValueErrorKind::TimedOut)
             }
         }
     }
@@ -360,7 +358,10 @@ impl Bus {
         })
     }
 
-    /// Creates or updates a KV bucket (file storage) and binds it.
+    /// Creates a KV bucket (file storage) if it is missing, or updates it if its configuration
+    /// differs, and binds it. A bucket that is already as declared is only read: an unchanged
+    /// restart sends no update, so a deployment can deny services the update permission on
+    /// their buckets' streams.
     pub async fn ensure_kv(&self, spec: &KvSpec) -> Result<kv::Store, SetupError> {
         let bucket = self.subjects.kv_bucket_name(&spec.name)?;
         let config = kv::Config {
@@ -374,11 +375,55 @@ impl Bus {
             limit_markers: spec.config.limit_markers,
             ..Default::default()
         };
+        let key_value_error = |source| SetupError::KeyValue {
+            bucket: bucket.clone(),
+            source,
+        };
+        match self.jetstream.get_stream(format!("KV_{bucket}")).await {
+            Ok(stream) if kv_matches(&stream.cached_info().config, &config) => {
+                return self
+                    .jetstream
+                    .get_key_value(&bucket)
+                    .await
+                    .map_err(|error| {
+                        key_value_error(CreateKeyValueError::with_source(
+                            CreateKeyValueErrorKind::JetStream,
+                            error,
+                        ))
+                    });
+            }
+            // Missing (create it) or different (update it).
+            Ok(_) => {}
+            Err(error) if is_stream_not_found(&error) => {}
+            Err(error) => {
+                // A request that failed (NATS unreachable, a timeout) may succeed later.
+                let kind = match error.kind() {
+                    GetStreamErrorKind::Request => CreateKeyValueErrorKind::TimedOut,
+                    _ => CreateKeyValueErrorKind::JetStream,
+                };
+                return Err(key_value_error(CreateKeyValueError::with_source(
+                    kind, error,
+                )));
+            }
+        }
         self.jetstream
             .create_or_update_key_value(config)
             .await
-            .map_err(|source| SetupError::KeyValue { bucket, source })
+            .map_err(key_value_error)
     }
+}
+
+/// Whether a bucket's stream already has what `config` declares (with the defaults the client
+/// and the server fill in: a history or replica count of 0 means 1).
+fn kv_matches(existing: &stream::Config, config: &kv::Config) -> bool {
+    existing.storage == config.storage
+        && existing.max_messages_per_subject == config.history.max(1)
+        && existing.max_age == config.max_age
+        && existing.max_bytes == config.max_bytes
+        && existing.num_replicas.max(1) == config.num_replicas.max(1)
+        && existing.description.as_deref().unwrap_or_default() == config.description
+        && existing.subject_delete_marker_ttl == config.limit_markers
+        && existing.allow_message_ttl == config.limit_markers.is_some()
 }
 
 fn is_stream_not_found(error: &async_nats::jetstream::context::GetStreamError) -> bool {

@@ -51,6 +51,10 @@ pub fn set_remote_parent(
     traceparent: Option<&str>,
     tracestate: Option<&str>,
 ) {
+    if traceparent.is_none() {
+        // No context to link (and nothing to parse): the common case without tracing.
+        return;
+    }
     let context = remote_context(traceparent, tracestate);
     if context.span().span_context().is_valid() {
         // Fails only when the span is disabled or has no OpenTelemetry layer: nothing to link then.

@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_nats::HeaderMap;
 use bytes::Bytes;
@@ -19,7 +19,7 @@ use countersign_events::{
     EventType, Family, HandlerError, LifecycleEvent, Published, Publisher, RegistrationEvent,
     StreamKind, StreamSetup, run_consumer, schema,
 };
-use countersign_test_support::nats::NatsServer;
+use countersign_test_support::nats::{NatsOptions, NatsServer};
 use countersign_test_support::wait;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -554,6 +554,70 @@ async fn a_transient_failure_is_nakked_and_redelivered() {
 }
 
 #[tokio::test]
+async fn a_transient_failure_with_its_own_delay_is_not_redelivered_before_it() {
+    let setup = setup().await;
+    let bus = &setup.bus;
+    let publisher = bus.publisher(EventSource::service("watcher"));
+    publish_checked(&publisher, &publisher.event(deleted("later"))).await;
+    // The computed backoff after the first attempt is 50 ms; the handler asks for 1 s.
+    let config = ConsumerConfig {
+        nak_backoff: vec![Duration::from_millis(50), Duration::from_secs(5)],
+        ..quick_config()
+    };
+    let asked = Duration::from_secs(1);
+    let consumer = bus
+        .ensure_consumer(
+            &spec(bus, "patient", StreamKind::TaskRuns, Family::TaskRun),
+            &config,
+        )
+        .await
+        .expect("the consumer");
+    let (attempts_sender, mut attempts) = mpsc::unbounded_channel::<(u64, Instant)>();
+    let shutdown = CancellationToken::new();
+    let run = tokio::spawn({
+        let consumer = consumer.clone();
+        let shutdown = shutdown.clone();
+        async move {
+            run_consumer(
+                &consumer,
+                move |_event: Event<TaskRunDeleted>, delivery: Delivery| {
+                    let attempts_sender = attempts_sender.clone();
+                    async move {
+                        let _ = attempts_sender.send((delivery.attempt, Instant::now()));
+                        if delivery.attempt == 1 {
+                            Err(HandlerError::transient_after(
+                                asked,
+                                "429 Too Many Requests",
+                            ))
+                        } else {
+                            Ok(())
+                        }
+                    }
+                },
+                shutdown,
+            )
+            .await
+        }
+    });
+    let (first, first_at) = recv(&mut attempts).await;
+    let (second, second_at) = recv(&mut attempts).await;
+    assert_eq!((first, second), (1, 2));
+    assert!(
+        second_at.duration_since(first_at) >= asked,
+        "redelivered after {:?}, before the {asked:?} the handler asked for",
+        second_at.duration_since(first_at)
+    );
+    settled(&consumer).await;
+    shutdown.cancel();
+    run.await.expect("the consumer task").expect("a clean stop");
+    assert_eq!(
+        setup.metrics.consumed_count("patient", ConsumeOutcome::Nak),
+        1
+    );
+    assert_eq!(stream_messages(bus, StreamKind::DeadLetter).await, 0);
+}
+
+#[tokio::test]
 async fn poison_is_dead_lettered_exactly_once_with_its_reason_then_terminated() {
     let setup = setup().await;
     let bus = &setup.bus;
@@ -1079,6 +1143,86 @@ async fn streams_and_consumers_are_created_then_updated_at_start_up() {
         again.get("uid-1").await.expect("a get").as_deref(),
         Some(&b"record"[..])
     );
+}
+
+#[tokio::test]
+async fn a_kv_bucket_that_already_matches_is_not_updated() {
+    // The service's user may not update streams: binding an unchanged bucket must not try.
+    let server = NatsServer::start_with(NatsOptions {
+        extra_config: r#"
+authorization {
+  users = [
+    { user: admin, password: admin }
+    { user: service, password: service, permissions: { publish: { deny: ["$JS.API.STREAM.UPDATE.>"] } } }
+  ]
+}
+"#
+        .into(),
+        probe_credentials: Some(("admin".into(), "admin".into())),
+    })
+    .await
+    .expect("starting nats-server");
+    let connect = |user: &'static str| {
+        let url = server.url();
+        async move {
+            async_nats::ConnectOptions::with_user_and_password(user.into(), user.into())
+                .connect(url)
+                .await
+                .expect("connecting")
+        }
+    };
+    let admin = Bus::new(
+        connect("admin").await,
+        BusConfig::default(),
+        EventMetrics::new(),
+    )
+    .expect("a valid prefix");
+    let service = Bus::new(
+        connect("service").await,
+        BusConfig::default(),
+        EventMetrics::new(),
+    )
+    .expect("a valid prefix");
+    let spec = countersign_events::KvSpec {
+        name: "records".into(),
+        description: "records".into(),
+        config: countersign_events::KvConfig {
+            max_age: Duration::from_secs(3600),
+            ..countersign_events::KvConfig::default()
+        },
+    };
+    let created = admin.ensure_kv(&spec).await.expect("creating the bucket");
+    created.put("key", "value".into()).await.expect("a put");
+
+    let bound = service
+        .ensure_kv(&spec)
+        .await
+        .expect("binding the unchanged bucket needs no update");
+    assert_eq!(
+        bound.get("key").await.expect("a get").as_deref(),
+        Some(&b"value"[..])
+    );
+
+    // A bucket that differs is updated.
+    let changed = countersign_events::KvSpec {
+        config: countersign_events::KvConfig {
+            history: 5,
+            ..spec.config.clone()
+        },
+        ..spec.clone()
+    };
+    let updated = admin
+        .ensure_kv(&changed)
+        .await
+        .expect("updating the bucket");
+    let mut stream = updated.stream.clone();
+    let info = stream.info().await.expect("stream info");
+    assert_eq!(info.config.max_messages_per_subject, 5);
+    assert_eq!(info.config.max_age, Duration::from_secs(3600));
+    service
+        .ensure_kv(&changed)
+        .await
+        .expect("binding the updated bucket needs no update either");
 }
 
 #[tokio::test]

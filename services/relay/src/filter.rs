@@ -1,11 +1,11 @@
 //! Which attestation events a sink gets: the subjects its durable consumer filters on (so the
 //! server does the filtering), and the same rule checked again on each event.
 //!
-//! The server filters on one dimension only: a consumer's filter subjects must not overlap, and
-//! `countersign-events` builds subjects for "every attestation of a type" and "every attestation
-//! in a namespace" but not for both at once. With both a kind and a namespace filter, the server
-//! filters by namespace and [`SinkFilter::matches`] drops the other kind (the event is acked and
-//! counted as `filtered`, never delivered).
+//! The server does all the filtering: by kind, by namespace, or by both at once (one subject per
+//! kind and namespace, from `Subjects::attestations_of_type_in_namespace`; they never overlap).
+//! [`SinkFilter::matches`] checks the same rule again on each event, so a consumer whose filter
+//! subjects were not yet updated still delivers nothing it should not (such an event is acked
+//! and counted as `filtered`).
 
 use std::collections::BTreeSet;
 
@@ -59,16 +59,28 @@ impl SinkFilter {
                 .is_none_or(|namespaces| namespaces.contains(namespace))
     }
 
-    /// The filter subjects of the sink's durable consumer: by namespace when namespaces are
-    /// given, else by kind, else the whole attestation family. They never overlap.
+    /// The filter subjects of the sink's durable consumer: one per kind and namespace when both
+    /// are narrowed, by namespace or by kind when only one is, else the whole attestation family.
+    /// They never overlap.
     pub fn filter_subjects(&self, subjects: &Subjects) -> Result<Vec<String>, SubjectError> {
+        let every_kind = self.kinds.len() == AttestationKind::ALL.len();
         if let Some(namespaces) = &self.namespaces {
+            if every_kind {
+                return namespaces
+                    .iter()
+                    .map(|namespace| subjects.attestations_in_namespace(namespace))
+                    .collect();
+            }
             return namespaces
                 .iter()
-                .map(|namespace| subjects.attestations_in_namespace(namespace))
+                .flat_map(|namespace| {
+                    self.kinds.iter().map(move |kind| {
+                        subjects.attestations_of_type_in_namespace(kind.event_type(), namespace)
+                    })
+                })
                 .collect();
         }
-        if self.kinds.len() == AttestationKind::ALL.len() {
+        if every_kind {
             return Ok(vec![subjects.family_events(Family::Attestation)]);
         }
         Ok(self
@@ -190,7 +202,8 @@ mod tests {
     }
 
     #[test]
-    fn namespaces_filter_on_the_server_and_kinds_are_checked_here() {
+    fn kinds_and_namespaces_together_filter_on_the_server() {
+        use countersign_events::EventType::AttestationRejected as Rejected;
         let subjects = Subjects::default();
         let combined = filter(Some(vec![AttestationKind::Rejected]), Some(&["a", "b"]));
         assert!(combined.matches(&rejected("a")));
@@ -200,9 +213,26 @@ mod tests {
         assert_eq!(
             combined.filter_subjects(&subjects).unwrap(),
             vec![
-                subjects.attestations_in_namespace("a").unwrap(),
-                subjects.attestations_in_namespace("b").unwrap(),
+                subjects
+                    .attestations_of_type_in_namespace(Rejected, "a")
+                    .unwrap(),
+                subjects
+                    .attestations_of_type_in_namespace(Rejected, "b")
+                    .unwrap(),
             ]
+        );
+    }
+
+    #[test]
+    fn namespaces_alone_filter_by_namespace() {
+        let subjects = Subjects::default();
+        let in_a = filter(None, Some(&["a"]));
+        assert!(in_a.matches(&verified("a")));
+        assert!(in_a.matches(&rejected("a")));
+        assert!(!in_a.matches(&verified("b")));
+        assert_eq!(
+            in_a.filter_subjects(&subjects).unwrap(),
+            vec![subjects.attestations_in_namespace("a").unwrap()]
         );
     }
 }

@@ -5,20 +5,18 @@
 //! |---|---|---|
 //! | not for this sink | `Ok` | acks (nothing sent) |
 //! | 2xx | `Ok` | acks |
-//! | retryable failure | `Transient` | naks with the sink's backoff; on the last attempt dead-letters `retries_exhausted` |
+//! | retryable failure | `Transient` (`transient_after` with a `Retry-After`) | naks with the sink's backoff (or the `Retry-After`); on the last attempt dead-letters `retries_exhausted` |
 //! | permanent answer | `Poison` with code `http_<status>` | dead-letters `rejected`, the status and body excerpt in the detail |
 //!
-//! `Retry-After`: the consumer naks with the backoff of the attempt; when the sink asked for a
-//! longer wait, the handler first waits the difference (up to the sink's `max_backoff`), so the
-//! next attempt comes no sooner than the sink asked. The consumer keeps the message's ack
-//! deadline alive meanwhile, and shutdown cuts the wait short (the message is nakked and
-//! delivered again later, here or by another replica).
+//! `Retry-After`: the handler returns `HandlerError::transient_after` with the longer of the
+//! sink's `Retry-After` (up to the sink's `max_backoff`) and the attempt's backoff, and the
+//! consumer naks with that delay, so the next attempt comes no sooner than the sink asked and the
+//! handler holds nothing while it waits.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use countersign_events::{AttestationEvent, Delivery, Event, Handler, HandlerError, RetryPolicy};
-use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
 use crate::filter::SinkFilter;
@@ -38,20 +36,18 @@ struct Shared {
     retry: RetryPolicy,
     max_retry_after: Duration,
     metrics: SinkMetrics,
-    shutdown: CancellationToken,
 }
 
 impl SinkHandler {
     /// A handler for `sink`. `retry` is the policy its consumer settles with (so the handler
-    /// knows the coming nak delay and the last attempt), `max_retry_after` caps how long a
-    /// `Retry-After` is honoured, and `shutdown` cuts such a wait short.
+    /// knows the attempt's backoff and the last attempt), and `max_retry_after` caps how long a
+    /// `Retry-After` is honoured.
     pub fn new(
         sink: Sink,
         filter: SinkFilter,
         retry: RetryPolicy,
         max_retry_after: Duration,
         metrics: SinkMetrics,
-        shutdown: CancellationToken,
     ) -> SinkHandler {
         SinkHandler {
             shared: Arc::new(Shared {
@@ -60,7 +56,6 @@ impl SinkHandler {
                 retry,
                 max_retry_after,
                 metrics,
-                shutdown,
             }),
         }
     }
@@ -111,18 +106,16 @@ impl SinkHandler {
             }
             shared.metrics.record(DeliveryOutcome::Retry);
             if let Some(retry_after) = error.retry_after() {
-                let wait = extra_wait(
+                let delay = retry_delay(
                     retry_after,
                     shared.max_retry_after,
                     shared.retry.nak_delay(delivery.attempt),
                 );
-                if !wait.is_zero() {
-                    tracing::debug!(wait_ms = wait.as_millis(), "the sink asked to retry later");
-                    tokio::select! {
-                        () = tokio::time::sleep(wait) => {}
-                        () = shared.shutdown.cancelled() => {}
-                    }
-                }
+                tracing::debug!(
+                    delay_ms = delay.as_millis(),
+                    "the sink asked to retry later"
+                );
+                return Err(HandlerError::transient_after(delay, error));
             }
             Err(HandlerError::transient(error))
         }
@@ -131,10 +124,10 @@ impl SinkHandler {
     }
 }
 
-/// How much longer than the nak delay to wait so the next attempt honours `Retry-After`
-/// (capped at `cap`).
-pub fn extra_wait(retry_after: Duration, cap: Duration, nak_delay: Duration) -> Duration {
-    retry_after.min(cap).saturating_sub(nak_delay)
+/// The nak delay that honours a `Retry-After` (capped at `cap`) and is never shorter than the
+/// attempt's own backoff.
+pub fn retry_delay(retry_after: Duration, cap: Duration, nak_delay: Duration) -> Duration {
+    retry_after.min(cap).max(nak_delay)
 }
 
 impl Handler<AttestationEvent> for SinkHandler {
@@ -152,13 +145,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn retry_after_adds_only_what_the_backoff_does_not_cover() {
+    fn retry_after_lengthens_the_backoff_up_to_the_cap() {
         let secs = Duration::from_secs;
-        assert_eq!(extra_wait(secs(10), secs(300), secs(1)), secs(9));
-        assert_eq!(extra_wait(secs(1), secs(300), secs(5)), Duration::ZERO);
+        assert_eq!(retry_delay(secs(10), secs(300), secs(1)), secs(10));
         assert_eq!(
-            extra_wait(secs(3600), secs(300), secs(60)),
-            secs(240),
+            retry_delay(secs(1), secs(300), secs(5)),
+            secs(5),
+            "never shorter than the backoff"
+        );
+        assert_eq!(
+            retry_delay(secs(3600), secs(300), secs(60)),
+            secs(300),
             "capped"
         );
     }

@@ -132,7 +132,6 @@ pub async fn run_with_environment(
             RetryPolicy::of(&consumer_config),
             sink_config.retry.max_backoff,
             relay_metrics.for_sink(&sink_config.name),
-            sinks_token.clone(),
         );
         tasks.spawn(run_sink(
             bus.clone(),

@@ -31,7 +31,8 @@ pub enum Verdict {
 pub enum ReasonCode {
     /// A step wrote results but no `SVID` entry.
     SvidMissing,
-    /// The `SVID` entry is not one parseable PEM X.509 certificate.
+    /// The `SVID` entry is not one parseable PEM X.509 certificate, or not an X509-SVID leaf
+    /// (a CA, missing or wrong key usage, an unsupported key type).
     SvidInvalid,
     /// The SVID does not hold exactly one URI SAN that is a valid SPIFFE ID.
     SpiffeIdInvalid,
@@ -47,11 +48,12 @@ pub enum ReasonCode {
     SvidPredatesTaskrun,
     /// A step wrote signed results but no `RESULT_MANIFEST` entry.
     ManifestMissing,
-    /// The manifest does not list every result the step wrote or the Task declares.
+    /// The manifest lists a result the step did not write.
     ManifestIncomplete,
-    /// A result listed in the manifest has no `<name>.sig` entry.
+    /// The step wrote a result the manifest does not list (an extra, unsigned result).
     UnsignedResult,
-    /// The manifest itself is not signed (`RESULT_MANIFEST.sig` is absent).
+    /// A `<name>.sig` entry is absent: for a result the manifest lists, or for the manifest
+    /// itself (`RESULT_MANIFEST.sig`).
     SignatureMissing,
     /// A signature (of a result or of the manifest) does not verify with the SVID's key.
     SignatureInvalid,

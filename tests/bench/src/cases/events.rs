@@ -45,11 +45,104 @@ fn run_boxed(options: Options) -> CaseFuture {
     Box::pin(run(options))
 }
 
-/// How long one side took.
+/// One phase (publish or consume) of one side: its wall time, and the CPU time it used in the
+/// client (this process) and in nats-server.
+#[derive(Debug, Clone, Copy)]
+struct Phase {
+    wall: Duration,
+    client_cpu: Duration,
+    server_cpu: Duration,
+}
+
+impl Phase {
+    /// The better of two measurements of a phase, field by field.
+    fn min(self, other: Phase) -> Phase {
+        Phase {
+            wall: self.wall.min(other.wall),
+            client_cpu: self.client_cpu.min(other.client_cpu),
+            server_cpu: self.server_cpu.min(other.server_cpu),
+        }
+    }
+}
+
+/// How one side did.
 #[derive(Debug, Clone, Copy)]
 struct Timing {
-    publish: Duration,
-    consume: Duration,
+    publish: Phase,
+    consume: Phase,
+}
+
+/// Measures a phase from its start.
+struct Meter {
+    started: Instant,
+    client_cpu: Duration,
+    server_cpu: Duration,
+}
+
+impl Meter {
+    fn start() -> Meter {
+        let (client_cpu, server_cpu) = cpu_times();
+        Meter {
+            started: Instant::now(),
+            client_cpu,
+            server_cpu,
+        }
+    }
+
+    fn stop(self) -> Phase {
+        let wall = self.started.elapsed();
+        let (client_cpu, server_cpu) = cpu_times();
+        Phase {
+            wall,
+            client_cpu: client_cpu.saturating_sub(self.client_cpu),
+            server_cpu: server_cpu.saturating_sub(self.server_cpu),
+        }
+    }
+}
+
+/// CPU time (user + system, all threads) of this process and of the processes it started (the
+/// nats-server, under its guard shell), from the scheduler's per-thread statistics in `/proc`.
+/// Zero where `/proc` cannot be read: the figures are diagnostics, not the headline.
+fn cpu_times() -> (Duration, Duration) {
+    fn threads_cpu(pid: &str) -> u64 {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            return 0;
+        };
+        tasks
+            .flatten()
+            .filter_map(|task| std::fs::read_to_string(task.path().join("schedstat")).ok())
+            .filter_map(|stat| stat.split_whitespace().next()?.parse::<u64>().ok())
+            .sum()
+    }
+    let parents: Vec<(String, String)> = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            let pid = entry.file_name().into_string().ok()?;
+            let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
+            // `pid (comm) state ppid ...`; comm may hold spaces and parentheses.
+            let ppid = stat.rsplit_once(')')?.1.split_whitespace().nth(1)?;
+            Some((pid, ppid.to_owned()))
+        })
+        .collect();
+    let mut descendants = vec![std::process::id().to_string()];
+    let mut index = 0;
+    while index < descendants.len() {
+        let parent = descendants[index].clone();
+        descendants.extend(
+            parents
+                .iter()
+                .filter(|(_, ppid)| *ppid == parent)
+                .map(|(pid, _)| pid.clone()),
+        );
+        index += 1;
+    }
+    let children: u64 = descendants.iter().skip(1).map(|pid| threads_cpu(pid)).sum();
+    (
+        Duration::from_nanos(threads_cpu("self")),
+        Duration::from_nanos(children),
+    )
 }
 
 fn setting(options: &Options, key: &str, default: usize) -> anyhow::Result<usize> {
@@ -166,11 +259,18 @@ async fn run(options: Options) -> anyhow::Result<CaseReport> {
         )
         .await
         .context("the raw side with our headers")?;
-        eprintln!(
-            "events: round {round}: raw publish {:?} consume {:?}; ours publish {:?} consume {:?}; \
-             raw with our headers publish {:?} consume {:?}",
-            raw.publish, raw.consume, ours.publish, ours.consume, headed.publish, headed.consume
-        );
+        for (side, timing) in [("raw", raw), ("ours", ours), ("raw+headers", headed)] {
+            eprintln!(
+                "events: round {round}: {side:<11} publish {:>9.1?} (CPU client {:>9.1?}, server {:>9.1?}); \
+                 consume {:>9.1?} (CPU client {:>9.1?}, server {:>9.1?})",
+                timing.publish.wall,
+                timing.publish.client_cpu,
+                timing.publish.server_cpu,
+                timing.consume.wall,
+                timing.consume.client_cpu,
+                timing.consume.server_cpu,
+            );
+        }
         raw_best = Some(best(raw_best, raw));
         headed_best = Some(best(headed_best, headed));
         ours_best = Some(best(ours_best, ours));
@@ -179,13 +279,15 @@ async fn run(options: Options) -> anyhow::Result<CaseReport> {
         anyhow::bail!("no round ran");
     };
 
-    let rate = |duration: Duration| count as f64 / duration.as_secs_f64().max(f64::EPSILON);
+    let rate = |phase: Phase| count as f64 / phase.wall.as_secs_f64().max(f64::EPSILON);
+    let total = |timing: Timing| {
+        (timing.publish.wall + timing.consume.wall)
+            .as_secs_f64()
+            .max(f64::EPSILON)
+    };
     let mut report = CaseReport {
         case: CASE.name.to_owned(),
-        ratio: (raw.publish + raw.consume).as_secs_f64()
-            / (ours.publish + ours.consume)
-                .as_secs_f64()
-                .max(f64::EPSILON),
+        ratio: total(raw) / total(ours),
         target: TARGET,
         metrics: Vec::new(),
         notes: vec![
@@ -213,11 +315,6 @@ async fn run(options: Options) -> anyhow::Result<CaseReport> {
         rate(ours.consume) / rate(raw.consume),
         "ours/raw",
     );
-    let total = |timing: Timing| {
-        (timing.publish + timing.consume)
-            .as_secs_f64()
-            .max(f64::EPSILON)
-    };
     report.metric("raw+headers publish rate", rate(headed.publish), "events/s");
     report.metric("raw+headers consume rate", rate(headed.consume), "events/s");
     report.metric(
@@ -230,14 +327,25 @@ async fn run(options: Options) -> anyhow::Result<CaseReport> {
         total(headed) / total(ours),
         "ratio",
     );
-    report.metric(
-        "raw end-to-end rate",
-        rate(raw.publish + raw.consume),
-        "events/s",
-    );
+    let per_event = |cpu: Duration| cpu.as_secs_f64() * 1e6 / count.max(1) as f64;
+    for (side, timing) in [("raw", raw), ("raw+headers", headed), ("ours", ours)] {
+        for (phase_name, phase) in [("publish", timing.publish), ("consume", timing.consume)] {
+            report.metric(
+                &format!("{side} {phase_name}: client CPU per event"),
+                per_event(phase.client_cpu),
+                "µs",
+            );
+            report.metric(
+                &format!("{side} {phase_name}: nats-server CPU per event"),
+                per_event(phase.server_cpu),
+                "µs",
+            );
+        }
+    }
+    report.metric("raw end-to-end rate", count as f64 / total(raw), "events/s");
     report.metric(
         "ours end-to-end rate",
-        rate(ours.publish + ours.consume),
+        count as f64 / total(ours),
         "events/s",
     );
     Ok(report)
@@ -289,7 +397,7 @@ async fn run_raw(
         .await?;
 
     let mut headers = headers.map(Vec::into_iter);
-    let started = Instant::now();
+    let meter = Meter::start();
     futures::stream::iter(payloads.iter().enumerate())
         .map(|(index, data)| {
             let jetstream = jetstream.clone();
@@ -312,7 +420,7 @@ async fn run_raw(
         .buffer_unordered(window)
         .try_collect::<()>()
         .await?;
-    let publish = started.elapsed();
+    let publish = meter.stop();
 
     let consumer = stream
         .create_consumer(pull::Config {
@@ -323,7 +431,7 @@ async fn run_raw(
             ..Default::default()
         })
         .await?;
-    let started = Instant::now();
+    let meter = Meter::start();
     let messages = consumer
         .stream()
         .max_messages_per_batch(concurrency)
@@ -341,7 +449,7 @@ async fn run_raw(
             Ok(())
         })
         .await?;
-    let consume = started.elapsed();
+    let consume = meter.stop();
     Ok(Timing { publish, consume })
 }
 
@@ -371,7 +479,7 @@ async fn run_ours(
     let publisher = bus.publisher(EventSource::service("bench"));
     let owned: Vec<TaskRunFinished> = payloads.to_vec();
 
-    let started = Instant::now();
+    let meter = Meter::start();
     futures::stream::iter(owned)
         .map(|data| {
             let publisher = publisher.clone();
@@ -380,7 +488,7 @@ async fn run_ours(
         .buffer_unordered(window)
         .try_collect::<Vec<_>>()
         .await?;
-    let publish = started.elapsed();
+    let publish = meter.stop();
 
     let spec = ConsumerSpec {
         name: "bench".into(),
@@ -397,7 +505,7 @@ async fn run_ours(
     let handled = Arc::new(AtomicUsize::new(0));
     let done = CancellationToken::new();
     let total = payloads.len();
-    let started = Instant::now();
+    let meter = Meter::start();
     run_consumer(
         &consumer,
         {
@@ -413,7 +521,7 @@ async fn run_ours(
         done.clone(),
     )
     .await?;
-    let consume = started.elapsed();
+    let consume = meter.stop();
     anyhow::ensure!(
         handled.load(Ordering::SeqCst) == total,
         "every event was handled once"

@@ -6,15 +6,18 @@
 //! cluster may hold fails to parse (one object that failed would stop a whole list). Times are kept
 //! as the API's RFC 3339 text and read with [`parse_time`]; a time that does not parse is treated
 //! as absent.
+//!
+//! `metadata.managedFields` is skipped while parsing, never built: it is the largest part of a
+//! listed object (a pod whose status the kubelet wrote carries every status field path in it) and
+//! the watcher never reads it, so building it only to drop it would fill the heap at every list.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::CustomResource;
-use serde::{Deserialize, Serialize};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time};
+use serde::{Deserialize, Deserializer, Serialize};
 
 /// The label Tekton puts on a TaskRun's pod: the TaskRun's name.
 pub const TASKRUN_LABEL: &str = "tekton.dev/taskRun";
@@ -25,17 +28,95 @@ pub const STEP_CONTAINER_PREFIX: &str = "step-";
 /// The type of the condition that says whether a TaskRun is done.
 pub const SUCCEEDED_CONDITION: &str = "Succeeded";
 
+/// A Tekton `TaskRun` (`tekton.dev/v1`): the fields the watcher uses.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TaskRun {
+    /// The metadata (parsed without `managedFields`).
+    #[serde(default, deserialize_with = "metadata_without_managed_fields")]
+    pub metadata: ObjectMeta,
+    /// The parts of `spec` the watcher uses.
+    pub spec: TaskRunSpec,
+    /// The parts of `status` the watcher uses.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<TaskRunStatus>,
+}
+
+impl kube::Resource for TaskRun {
+    type DynamicType = ();
+    type Scope = k8s_openapi::NamespaceResourceScope;
+
+    fn kind(_: &()) -> Cow<'_, str> {
+        Cow::Borrowed("TaskRun")
+    }
+
+    fn group(_: &()) -> Cow<'_, str> {
+        Cow::Borrowed("tekton.dev")
+    }
+
+    fn version(_: &()) -> Cow<'_, str> {
+        Cow::Borrowed("v1")
+    }
+
+    fn plural(_: &()) -> Cow<'_, str> {
+        Cow::Borrowed("taskruns")
+    }
+
+    fn meta(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
+    }
+}
+
+/// `metadata` as the API sends it, less `managedFields` (skipped by the parser, unallocated).
+/// Field by field, so a field of the wrong type is still reported with its path.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct MetadataWithoutManagedFields {
+    annotations: Option<BTreeMap<String, String>>,
+    creation_timestamp: Option<Time>,
+    deletion_grace_period_seconds: Option<i64>,
+    deletion_timestamp: Option<Time>,
+    finalizers: Option<Vec<String>>,
+    generate_name: Option<String>,
+    generation: Option<i64>,
+    labels: Option<BTreeMap<String, String>>,
+    name: Option<String>,
+    namespace: Option<String>,
+    owner_references: Option<Vec<OwnerReference>>,
+    resource_version: Option<String>,
+    self_link: Option<String>,
+    uid: Option<String>,
+}
+
+/// Reads `metadata` without building `managedFields`.
+fn metadata_without_managed_fields<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<ObjectMeta, D::Error> {
+    let metadata = MetadataWithoutManagedFields::deserialize(deserializer)?;
+    Ok(ObjectMeta {
+        annotations: metadata.annotations,
+        creation_timestamp: metadata.creation_timestamp,
+        deletion_grace_period_seconds: metadata.deletion_grace_period_seconds,
+        deletion_timestamp: metadata.deletion_timestamp,
+        finalizers: metadata.finalizers,
+        generate_name: metadata.generate_name,
+        generation: metadata.generation,
+        labels: metadata.labels,
+        managed_fields: None,
+        name: metadata.name,
+        namespace: metadata.namespace,
+        owner_references: metadata.owner_references,
+        resource_version: metadata.resource_version,
+        self_link: metadata.self_link,
+        uid: metadata.uid,
+    })
+}
+
 /// The fields of a TaskRun's `spec` the watcher uses.
-#[derive(CustomResource, Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[kube(
-    group = "tekton.dev",
-    version = "v1",
-    kind = "TaskRun",
-    plural = "taskruns",
-    namespaced,
-    status = "TaskRunStatus",
-    schema = "disabled"
-)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct TaskRunSpec {
     /// `spec.serviceAccountName`.
@@ -192,8 +273,8 @@ impl TaskRun {
 /// A TaskRun's pod: the fields the watcher uses of a `v1` `Pod`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct TaskRunPod {
-    /// The pod's metadata (name, namespace, UID, labels, owners).
-    #[serde(default)]
+    /// The pod's metadata (name, namespace, UID, labels, owners), parsed without `managedFields`.
+    #[serde(default, deserialize_with = "metadata_without_managed_fields")]
     pub metadata: ObjectMeta,
     /// The parts of `spec` the watcher uses.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -501,6 +582,46 @@ mod tests {
         assert_eq!(taskrun.uid(), before.uid());
         assert_eq!(taskrun.status, before.status);
         assert_eq!(taskrun.spec, before.spec);
+    }
+
+    #[test]
+    fn managed_fields_are_skipped_and_the_rest_of_the_metadata_kept() {
+        let managed = serde_json::json!([{
+            "manager": "kubelet",
+            "operation": "Update",
+            "apiVersion": "v1",
+            "time": "2026-08-20T10:01:14Z",
+            "fieldsType": "FieldsV1",
+            "fieldsV1": {"f:status": {"f:phase": {}, "f:containerStatuses": {}}},
+            "subresource": "status",
+        }]);
+        let mut value = fixture("pod/taskrun-pod-spire-trimmed.json");
+        let plain: TaskRunPod = serde_json::from_value(value.clone()).unwrap();
+        value["metadata"]["managedFields"] = managed.clone();
+        let pod: TaskRunPod = serde_json::from_value(value).unwrap();
+        assert!(pod.metadata.managed_fields.is_none());
+        assert_eq!(pod, plain, "nothing else changes");
+        assert_eq!(pod.metadata.labels.as_ref().unwrap().len(), 4);
+
+        let mut value = fixture("taskrun/taskrun-03-succeeded.json");
+        let plain: TaskRun = serde_json::from_value(value.clone()).unwrap();
+        value["metadata"]["managedFields"] = managed;
+        let taskrun: TaskRun = serde_json::from_value(value).unwrap();
+        assert!(taskrun.metadata.managed_fields.is_none());
+        assert_eq!(taskrun, plain);
+        assert_eq!(
+            taskrun.metadata.generate_name.as_deref(),
+            Some("build-push-run-")
+        );
+        assert!(taskrun.metadata.creation_timestamp.is_some());
+    }
+
+    #[test]
+    fn the_taskrun_is_tekton_dev_v1() {
+        use kube::Resource as _;
+        assert_eq!(TaskRun::api_version(&()), "tekton.dev/v1");
+        assert_eq!(TaskRun::kind(&()), "TaskRun");
+        assert_eq!(TaskRun::plural(&()), "taskruns");
     }
 
     #[test]

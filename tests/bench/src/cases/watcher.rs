@@ -1,18 +1,25 @@
 //! `watcher`: TaskRun status updates through the real `countersign-watcher` binary to JetStream,
 //! against raw JetStream publishes of the same events in the same run, and the binary's resident
-//! memory with 10,000 TaskRuns known.
+//! memory with 10,000 TaskRuns (and their pods) known.
 //!
 //! 1. A private etcd + kube-apiserver and nats-server start; `taskruns` TaskRuns (default 10,000)
 //!    are created in one namespace and their status set to the succeeded fixture's (two steps with
-//!    their termination messages, four results), as Tekton would leave them.
+//!    their termination messages, four results), as Tekton would leave them. With `pods=1` (the
+//!    default) each also gets its pod, as Tekton and the kubelet leave it (completed pods stay
+//!    until pruned, and the watcher's pod reflector caches them): the trimmed SPIRE pod fixture,
+//!    labelled `tekton.dev/taskRun=<name>` and `tekton.dev/taskRunUID=<uid>`, owned by the
+//!    TaskRun, bound to a node, its status (set through the status subresource, as the kubelet
+//!    does) `Succeeded` with both step containers terminated with the signed termination messages
+//!    of the SPIRE fixtures; the TaskRun's `status.podName` names it.
 //! 2. The watcher binary (built in this profile with cargo if needed) starts. From the moment it is
-//!    ready (every watch listed) until the stream holds every TaskRun's `created` and `finished`,
-//!    it turns the listed status into events: that is the watcher's rate, in events per second.
+//!    ready (every watch listed) until the stream holds every TaskRun's transitions (`created` and
+//!    `finished`; with pods also `scheduled` and one `step-completed` per step), it turns the
+//!    listed state into events: that is the watcher's rate, in events per second.
 //! 3. Its resident memory is read from `/proc/<pid>/status` (`VmRSS`, and the peak `VmHWM`) with
 //!    all of them known: the `watcher-rss: <MiB> MiB` line (target under 100 MiB).
-//! 4. Live: `live` more TaskRuns (default 500) are created and then patched to succeeded while the
-//!    watcher runs; the rate at which their `finished` events arrive is reported (the API server
-//!    bounds it).
+//! 4. Live: `live` more TaskRuns (default 500, without pods) are created and then patched to
+//!    succeeded while the watcher runs; the rate at which their `finished` events arrive is
+//!    reported (the API server bounds it).
 //! 5. Raw: the exact messages the watcher stored (subject, headers with `Nats-Msg-Id`, body) are
 //!    published again with raw async-nats to a fresh stream, `window` in flight (default 256),
 //!    best of `rounds`.
@@ -32,7 +39,9 @@ use countersign_test_support::kube::{KubeApiserver, taskrun_fixture, taskrun_res
 use countersign_test_support::nats::NatsServer;
 use countersign_test_support::{fixtures_dir, ports, wait};
 use futures::{StreamExt as _, TryStreamExt as _};
-use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
+use kube::api::{
+    Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams,
+};
 use serde_json::{Value, json};
 
 use super::{Case, CaseFuture};
@@ -55,6 +64,17 @@ const RSS_TARGET_MIB: f64 = 100.0;
 const PHASE_TIMEOUT: Duration = Duration::from_secs(900);
 /// The bus prefix of the watcher's events.
 const PREFIX: &str = "benchw";
+/// The step containers of the pod fixture, in order.
+const STEP_CONTAINERS: [&str; 2] = ["step-clone", "step-build"];
+/// The node the pods are bound to.
+const NODE: &str = "bench-worker";
+/// The TaskRun label Tekton puts on a TaskRun's pod (the watcher selects pods by it).
+const TASKRUN_LABEL: &str = "tekton.dev/taskRun";
+/// The TaskRun UID label Tekton puts on a TaskRun's pod (the watcher ties a pod to a TaskRun by it
+/// or by the owner reference).
+const TASKRUN_UID_LABEL: &str = "tekton.dev/taskRunUID";
+/// How many TaskRuns (with their pods) are created at once.
+const CREATE_CONCURRENCY: usize = 32;
 
 fn run_boxed(options: Options) -> CaseFuture {
     Box::pin(run(options))
@@ -73,6 +93,7 @@ async fn run(options: Options) -> anyhow::Result<CaseReport> {
     let live = setting(&options, "live", 500)?;
     let window = setting(&options, "window", 256)?.max(1);
     let concurrency = setting(&options, "concurrency", 32)?.max(1);
+    let pods = setting(&options, "pods", 1)? != 0;
 
     let binary = build_watcher().context("building countersign-watcher")?;
     eprintln!("watcher: starting kube-apiserver and nats-server");
@@ -86,11 +107,29 @@ async fn run(options: Options) -> anyhow::Result<CaseReport> {
         .context("creating the namespace")?;
     let api: Api<DynamicObject> =
         Api::namespaced_with(kube.client(), &namespace, &taskrun_resource());
+    let pod_api: Api<DynamicObject> =
+        Api::namespaced_with(kube.client(), &namespace, &pod_resource());
     let status = succeeded_status()?;
+    let pod = if pods {
+        Some(SucceededPod::from_fixtures()?)
+    } else {
+        None
+    };
 
-    eprintln!("watcher: creating {taskruns} finished TaskRuns");
+    let with_pods = if pods { " with their pods" } else { "" };
+    eprintln!("watcher: creating {taskruns} finished TaskRuns{with_pods}");
     let started = Instant::now();
-    create_taskruns(&api, &namespace, "run", taskruns, Some(&status)).await?;
+    create_taskruns(
+        &api,
+        &namespace,
+        "run",
+        taskruns,
+        Some(Finish {
+            status: &status,
+            pod: pod.as_ref().map(|pod| (&pod_api, pod)),
+        }),
+    )
+    .await?;
     eprintln!("watcher: created in {:?}", started.elapsed());
 
     // Phase 1: the backlog, through the watcher.
@@ -136,12 +175,16 @@ async fn run(options: Options) -> anyhow::Result<CaseReport> {
     let ready_at = Instant::now();
     let jetstream = nats.jetstream().await;
     let stream_name = Subjects::new(PREFIX)?.stream_name(StreamKind::TaskRuns);
-    let backlog_events = 2 * taskruns as u64;
+    // created and finished; with the pod also scheduled and one step-completed per step.
+    let per_taskrun = if pods { 3 + STEP_CONTAINERS.len() } else { 2 };
+    let backlog_events = (per_taskrun * taskruns) as u64;
     wait_for_messages(&jetstream, &stream_name, backlog_events).await?;
     let backlog = ready_at.elapsed();
     let rss = memory_mib(pid, "VmRSS")?;
     let peak = memory_mib(pid, "VmHWM")?;
-    eprintln!("watcher: backlog of {backlog_events} events in {backlog:?}; RSS {rss:.1} MiB");
+    eprintln!(
+        "watcher: backlog of {backlog_events} events in {backlog:?}; RSS {rss:.1} MiB, peak {peak:.1} MiB"
+    );
 
     // Phase 2: live updates.
     let mut live_rate = 0.0;
@@ -152,10 +195,11 @@ async fn run(options: Options) -> anyhow::Result<CaseReport> {
         futures::stream::iter(0..live)
             .map(|index| {
                 let api = api.clone();
-                let status = status.clone();
+                let name = format!("live-{index:05}");
+                let status = status_naming(&status, &name);
                 async move {
                     api.patch_status(
-                        &format!("live-{index:05}"),
+                        &name,
                         &PatchParams::default(),
                         &Patch::Merge(json!({ "status": status })),
                     )
@@ -163,7 +207,7 @@ async fn run(options: Options) -> anyhow::Result<CaseReport> {
                     .map(|_| ())
                 }
             })
-            .buffer_unordered(32)
+            .buffer_unordered(CREATE_CONCURRENCY)
             .try_collect::<Vec<()>>()
             .await
             .context("patching the live TaskRuns")?;
@@ -202,10 +246,22 @@ async fn run(options: Options) -> anyhow::Result<CaseReport> {
         target: TARGET,
         metrics: Vec::new(),
         notes: vec![
-            format!(
-                "{taskruns} TaskRuns with the succeeded fixture's status, listed by a fresh watcher \
-                 ({concurrency} workers): {backlog_events} events (created + finished)"
-            ),
+            if pods {
+                format!(
+                    "{taskruns} TaskRuns with the succeeded fixture's status, each with its pod \
+                     (pods included: bound to a node, Succeeded, both step containers terminated \
+                     with their signed termination messages), listed by a fresh watcher \
+                     ({concurrency} workers): {backlog_events} events (created + scheduled + \
+                     {} step-completed + finished)",
+                    STEP_CONTAINERS.len()
+                )
+            } else {
+                format!(
+                    "{taskruns} TaskRuns with the succeeded fixture's status and no pods (pods=0), \
+                     listed by a fresh watcher ({concurrency} workers): {backlog_events} events \
+                     (created + finished)"
+                )
+            },
             "watcher rate: from ready (every watch listed) to every event stored; each transition is \
              published after the previous one's PubAck and recorded in the KV bucket"
                 .to_owned(),
@@ -214,7 +270,11 @@ async fn run(options: Options) -> anyhow::Result<CaseReport> {
                  with async-nats, {window} in flight, best of {} rounds",
                 options.rounds
             ),
-            format!("RSS target: under {RSS_TARGET_MIB} MiB with {taskruns} TaskRuns known"),
+            format!(
+                "RSS target: under {RSS_TARGET_MIB} MiB with {taskruns} TaskRuns{with_pods} known \
+                 (VmRSS once the backlog is published)"
+            ),
+            format!("live: {live} more TaskRuns without pods, created then patched to succeeded"),
             "ratio = watcher events/s / raw events/s (higher is better)".to_owned(),
         ],
     };
@@ -223,6 +283,11 @@ async fn run(options: Options) -> anyhow::Result<CaseReport> {
     report.metric("watcher-rss", rss, "MiB");
     report.metric("watcher peak RSS (VmHWM)", peak, "MiB");
     report.metric("TaskRuns known", taskruns as f64, "TaskRuns");
+    report.metric(
+        "pods known",
+        if pods { taskruns as f64 } else { 0.0 },
+        "pods",
+    );
     if live > 0 {
         report.metric(
             "live status updates (API-server bound)",
@@ -262,45 +327,227 @@ fn build_watcher() -> anyhow::Result<PathBuf> {
     Ok(binary)
 }
 
-/// The succeeded fixture's status, naming a pod that does not exist.
+/// The succeeded fixture's status (its `podName` is set per TaskRun by [`status_naming`]).
 fn succeeded_status() -> anyhow::Result<Value> {
     let path = fixtures_dir().join("tekton/taskrun/taskrun-03-succeeded.json");
     let mut taskrun: Value = serde_json::from_str(&std::fs::read_to_string(&path)?)?;
-    let mut status = taskrun["status"].take();
-    status["podName"] = Value::from("bench-pod");
-    Ok(status)
+    Ok(taskrun["status"].take())
 }
 
-/// Creates `count` TaskRuns `<prefix>-NNNNN`, and sets their status when given.
+/// `status` naming `<taskrun>-pod` as the TaskRun's pod.
+fn status_naming(status: &Value, taskrun: &str) -> Value {
+    let mut status = status.clone();
+    status["podName"] = Value::from(pod_name(taskrun));
+    status
+}
+
+/// The name of TaskRun `taskrun`'s pod.
+fn pod_name(taskrun: &str) -> String {
+    format!("{taskrun}-pod")
+}
+
+/// `v1` `Pod`, for an `Api<DynamicObject>`.
+fn pod_resource() -> ApiResource {
+    ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk("", "v1", "Pod"), "pods")
+}
+
+/// A TaskRun's pod as Tekton creates it and the kubelet leaves it once the TaskRun succeeded.
+struct SucceededPod {
+    /// The trimmed SPIRE pod fixture without the server's fields; name, labels and owner are
+    /// set per TaskRun.
+    object: Value,
+    /// The `status` the kubelet reports: `Succeeded`, every container terminated.
+    status: Value,
+}
+
+impl SucceededPod {
+    fn from_fixtures() -> anyhow::Result<SucceededPod> {
+        let path = fixtures_dir().join("tekton/pod/taskrun-pod-spire-trimmed.json");
+        let mut object: Value = serde_json::from_str(&std::fs::read_to_string(&path)?)
+            .with_context(|| format!("reading {}", path.display()))?;
+        object
+            .as_object_mut()
+            .context("the pod fixture is an object")?
+            .remove("status");
+        let metadata = object["metadata"]
+            .as_object_mut()
+            .context("the pod fixture has metadata")?;
+        metadata.remove("uid");
+        metadata.remove("namespace");
+        object["spec"]["nodeName"] = Value::from(NODE);
+        // The trimmed fixture leaves out the images of the init containers; the API requires one.
+        for container in object["spec"]["initContainers"]
+            .as_array_mut()
+            .into_iter()
+            .flatten()
+        {
+            if container.get("image").is_none() {
+                container["image"] =
+                    Value::from("ghcr.io/tektoncd/pipeline/cmd/entrypoint:v1.15.0");
+            }
+        }
+
+        let path = fixtures_dir().join("tekton/spire/generated/signed-results.json");
+        let vector: Value = serde_json::from_str(&std::fs::read_to_string(&path)?)
+            .with_context(|| format!("reading {}", path.display()))?;
+        let terminated = |container: &str, exit_code: i32, message: Option<&str>| {
+            let mut terminated = json!({
+                "exitCode": exit_code,
+                "reason": "Completed",
+                "startedAt": "2026-08-20T10:00:05Z",
+                "finishedAt": "2026-08-20T10:00:09Z",
+                "containerID": format!("containerd://{container}"),
+            });
+            if let Some(message) = message {
+                terminated["message"] = Value::from(message);
+            }
+            terminated
+        };
+        let image_of = |containers: &Value, name: &str| {
+            containers
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|container| container["name"] == name)
+                .and_then(|container| container["image"].as_str())
+                .unwrap_or_default()
+                .to_owned()
+        };
+        let container_status = |name: &str, image: String, terminated: Value| {
+            json!({
+                "name": name,
+                "image": image,
+                "imageID": format!("{image}@sha256:{}", "0".repeat(64)),
+                "ready": false,
+                "restartCount": 0,
+                "started": false,
+                "state": { "terminated": terminated },
+            })
+        };
+        let spec = &object["spec"];
+        let init_statuses: Vec<Value> = spec["initContainers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|container| container["name"].as_str())
+            .map(|name| {
+                container_status(
+                    name,
+                    image_of(&spec["initContainers"], name),
+                    terminated(name, 0, None),
+                )
+            })
+            .collect();
+        let mut statuses = Vec::new();
+        for container in STEP_CONTAINERS {
+            let message = vector["steps"][container]["rawTerminationMessage"]
+                .as_str()
+                .with_context(|| format!("no signed termination message for {container}"))?;
+            statuses.push(container_status(
+                container,
+                image_of(&spec["containers"], container),
+                terminated(container, 0, Some(message)),
+            ));
+        }
+        let status = json!({
+            "phase": "Succeeded",
+            "conditions": [
+                { "type": "Initialized", "status": "True", "reason": "PodCompleted" },
+                { "type": "Ready", "status": "False", "reason": "PodCompleted" },
+                { "type": "ContainersReady", "status": "False", "reason": "PodCompleted" },
+                { "type": "PodScheduled", "status": "True" },
+            ],
+            "hostIP": "10.0.0.10",
+            "podIP": "10.244.1.17",
+            "startTime": "2026-08-20T10:00:01Z",
+            "qosClass": "BestEffort",
+            "initContainerStatuses": init_statuses,
+            "containerStatuses": statuses,
+        });
+        Ok(SucceededPod { object, status })
+    }
+
+    /// The pod object of TaskRun `taskrun` (UID `uid`).
+    fn object(&self, taskrun: &str, uid: &str) -> anyhow::Result<DynamicObject> {
+        let mut object = self.object.clone();
+        object["metadata"]["name"] = Value::from(pod_name(taskrun));
+        let labels = &mut object["metadata"]["labels"];
+        labels[TASKRUN_LABEL] = Value::from(taskrun);
+        labels[TASKRUN_UID_LABEL] = Value::from(uid);
+        object["metadata"]["ownerReferences"] = json!([{
+            "apiVersion": "tekton.dev/v1",
+            "kind": "TaskRun",
+            "name": taskrun,
+            "uid": uid,
+            "controller": true,
+            "blockOwnerDeletion": true,
+        }]);
+        Ok(serde_json::from_value(object)?)
+    }
+}
+
+/// How [`create_taskruns`] finishes each TaskRun.
+#[derive(Clone, Copy)]
+struct Finish<'a> {
+    /// The TaskRun status to set (naming the pod).
+    status: &'a Value,
+    /// The pods API and the pod to create with its status, when pods are wanted.
+    pod: Option<(&'a Api<DynamicObject>, &'a SucceededPod)>,
+}
+
+/// Creates `count` TaskRuns `<prefix>-NNNNN`, `CREATE_CONCURRENCY` at a time, and when `finished`
+/// is given, finishes each as Tekton and the kubelet would: its pod created (when given) and its
+/// status set through the status subresource, then the TaskRun's status set, naming the pod.
 async fn create_taskruns(
     api: &Api<DynamicObject>,
     namespace: &str,
     prefix: &str,
     count: usize,
-    status: Option<&Value>,
+    finished: Option<Finish<'_>>,
 ) -> anyhow::Result<()> {
     let fixture = taskrun_fixture("taskrun-01-pending.json", namespace)?;
     futures::stream::iter(0..count)
         .map(|index| {
-            let api = api.clone();
             let mut object = fixture.object.clone();
             let name = format!("{prefix}-{index:05}");
             object.metadata.name = Some(name.clone());
             object.metadata.generate_name = None;
             async move {
-                api.create(&PostParams::default(), &object).await?;
-                if let Some(status) = status {
-                    api.patch_status(
-                        &name,
+                let created = api
+                    .create(&PostParams::default(), &object)
+                    .await
+                    .with_context(|| format!("creating TaskRun {name}"))?;
+                let Some(Finish { status, pod }) = finished else {
+                    return Ok(());
+                };
+                if let Some((pods, pod)) = pod {
+                    let uid = created
+                        .metadata
+                        .uid
+                        .with_context(|| format!("TaskRun {name} has no UID"))?;
+                    let pod_name = pod_name(&name);
+                    pods.create(&PostParams::default(), &pod.object(&name, &uid)?)
+                        .await
+                        .with_context(|| format!("creating pod {pod_name}"))?;
+                    pods.patch_status(
+                        &pod_name,
                         &PatchParams::default(),
-                        &Patch::Merge(json!({ "status": status })),
+                        &Patch::Merge(json!({ "status": pod.status })),
                     )
-                    .await?;
+                    .await
+                    .with_context(|| format!("setting the status of pod {pod_name}"))?;
                 }
-                Ok::<(), kube::Error>(())
+                api.patch_status(
+                    &name,
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({ "status": status_naming(status, &name) })),
+                )
+                .await
+                .with_context(|| format!("setting the status of TaskRun {name}"))?;
+                Ok::<(), anyhow::Error>(())
             }
         })
-        .buffer_unordered(32)
+        .buffer_unordered(CREATE_CONCURRENCY)
         .try_collect::<Vec<()>>()
         .await
         .context("creating TaskRuns")?;

@@ -14,7 +14,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::Context as _;
-use countersign_system_tests::demo::{Binaries, Demo, Origin, Reporter, binaries};
+use countersign_system_tests::demo::{Binaries, Demo, Origin, Reporter, binaries, error_lines};
 
 /// The exit status after Ctrl-C interrupted the demo (128 + SIGINT).
 const INTERRUPTED: u8 = 130;
@@ -114,11 +114,8 @@ async fn run_demo(args: Args, binaries: Binaries) -> ExitCode {
 
 /// Prints an error and its causes, one per line (a peer's or service's log tail included).
 fn report_error(reporter: &Reporter, what: &str, error: &dyn std::error::Error) {
-    let mut text = format!("FAILED: {what}: {error}");
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(&format!("\n  caused by: {cause}"));
-        source = cause.source();
-    }
-    reporter.line(Origin::Demo, text);
+    reporter.line(
+        Origin::Demo,
+        format!("FAILED: {what}: {}", error_lines(error)),
+    );
 }

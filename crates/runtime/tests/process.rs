@@ -24,6 +24,8 @@ struct Service {
     child: Child,
     admin: String,
     log: Arc<Mutex<Vec<String>>>,
+    /// The task reading stderr into `log`; it ends at EOF, after the child exits.
+    reader: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Service {
@@ -46,7 +48,7 @@ impl Service {
         let stderr = child.stderr.take().expect("stderr is piped");
         let log = Arc::new(Mutex::new(Vec::new()));
         let (admin_tx, admin_rx) = tokio::sync::oneshot::channel();
-        tokio::spawn({
+        let reader = tokio::spawn({
             let log = Arc::clone(&log);
             async move {
                 let mut admin_tx = Some(admin_tx);
@@ -67,7 +69,12 @@ impl Service {
             .unwrap_or_else(|_| {
                 panic!("the service exited before starting; log: {:?}", log.lock())
             });
-        Service { child, admin, log }
+        Service {
+            child,
+            admin,
+            log,
+            reader: Some(reader),
+        }
     }
 
     fn signal(&self, signal: Signal) {
@@ -75,11 +82,19 @@ impl Service {
         signal::kill(Pid::from_raw(pid as i32), signal).expect("sending the signal");
     }
 
+    /// Waits for the service to exit and for its last log lines to be read.
     async fn exit_status(&mut self) -> ExitStatus {
-        tokio::time::timeout(TIMEOUT, self.child.wait())
+        let status = tokio::time::timeout(TIMEOUT, self.child.wait())
             .await
             .unwrap_or_else(|_| panic!("the service did not exit; log: {:?}", self.log()))
-            .expect("waiting for the service")
+            .expect("waiting for the service");
+        if let Some(reader) = self.reader.take() {
+            tokio::time::timeout(TIMEOUT, reader)
+                .await
+                .unwrap_or_else(|_| panic!("stderr was not closed; log: {:?}", self.log()))
+                .expect("the log reader");
+        }
+        status
     }
 
     fn log(&self) -> Vec<String> {

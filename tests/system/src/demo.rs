@@ -41,7 +41,7 @@ use nix::unistd::Pid;
 use tokio::task::JoinHandle;
 
 pub use binaries::{Binaries, BuildError};
-pub use report::{Captured, Origin, Reporter};
+pub use report::{Captured, Origin, Reporter, error_lines};
 pub use scenario::{Attested, CliReport, ScenarioError, ScenarioReport, TaskRunReport};
 
 use bus::Observer;

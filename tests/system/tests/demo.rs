@@ -11,7 +11,7 @@
 use std::path::{Path, PathBuf};
 
 use countersign_events::data::ReasonCode;
-use countersign_system_tests::demo::{Attested, Binaries, Demo, Reporter};
+use countersign_system_tests::demo::{Attested, Binaries, Demo, Reporter, error_lines};
 
 /// `<target>`, from this test's own path `<target>/<profile>/deps/<test>`, so the binaries are
 /// built (or found up to date) where cargo builds this test.
@@ -21,17 +21,6 @@ fn target_dir() -> PathBuf {
         .nth(3)
         .expect("tests run from <target>/<profile>/deps")
         .to_owned()
-}
-
-/// An error and its causes, one per line.
-fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(&format!("\n  caused by: {cause}"));
-        source = cause.source();
-    }
-    text
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -44,14 +33,14 @@ async fn the_honest_taskrun_is_verified_and_the_tampered_one_rejected_with_signa
     })
     .await
     .expect("the build task")
-    .unwrap_or_else(|error| panic!("building the binaries: {}", chain(&error)));
+    .unwrap_or_else(|error| panic!("building the binaries: {}", error_lines(&error)));
 
     let (reporter, captured) = Reporter::capture();
     let demo = match Demo::start(binaries, reporter).await {
         Ok(demo) => demo,
         Err(error) => panic!(
             "the system did not start: {}\n---- demo output ----\n{}",
-            chain(&error),
+            error_lines(&error),
             captured.text()
         ),
     };
@@ -60,7 +49,7 @@ async fn the_honest_taskrun_is_verified_and_the_tampered_one_rejected_with_signa
     let report = played.unwrap_or_else(|error| {
         panic!(
             "the scenario did not finish: {}\n---- demo output ----\n{}",
-            chain(&error),
+            error_lines(&error),
             captured.text()
         )
     });

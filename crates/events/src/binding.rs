@@ -211,10 +211,10 @@ pub(crate) fn message_headers(
     attributes: &Attributes<'_>,
     template: Option<&HeaderTemplate>,
 ) -> Result<HeaderMap, EncodeError> {
-    check_required(attributes)?;
     let id = header_value(attributes.id);
     let mut headers = match template.filter(|template| template.fits(attributes)) {
         Some(template) => {
+            check_required(attributes)?;
             let mut headers = template.headers.clone();
             headers.insert(CE_ID, id.clone());
             headers.insert(CE_TIME, owned_header_value(format_time(attributes.time)));
@@ -224,6 +224,7 @@ pub(crate) fn message_headers(
             insert_trace(&mut headers, attributes);
             headers
         }
+        // `encode_headers` checks the required attributes itself.
         None => encode_headers(attributes)?,
     };
     headers.insert(NATS_MESSAGE_ID, id);

@@ -459,13 +459,7 @@ mod tests {
         assert_eq!(ids(&derived), ["created"]);
 
         let mut foreign = pod();
-        foreign.metadata.owner_references = None;
-        foreign
-            .metadata
-            .labels
-            .as_mut()
-            .unwrap()
-            .remove("tekton.dev/taskRunUID");
+        foreign.taskrun_uids = vec!["another-taskrun".into()];
         let derived = derive_transitions(
             &settings(),
             &taskrun("taskrun-01-pending.json"),
@@ -548,11 +542,13 @@ mod tests {
         let failed = taskrun("taskrun-04-failed.json");
         assert_eq!(outcome_of(&failed), Some(Outcome::Failed));
         let mut cancelled = failed.clone();
-        let condition = &mut cancelled.status.as_mut().unwrap().conditions[0];
+        let condition =
+            &mut std::sync::Arc::make_mut(cancelled.status.as_mut().unwrap()).conditions[0];
         condition.reason = Some("TaskRunCancelled".into());
         assert_eq!(outcome_of(&cancelled), Some(Outcome::Cancelled));
         let mut timed_out = failed.clone();
-        timed_out.status.as_mut().unwrap().conditions[0].reason = Some("TaskRunTimeout".into());
+        std::sync::Arc::make_mut(timed_out.status.as_mut().unwrap()).conditions[0].reason =
+            Some("TaskRunTimeout".into());
         assert_eq!(outcome_of(&timed_out), Some(Outcome::TimedOut));
         assert_eq!(outcome_of(&taskrun("taskrun-02-running.json")), None);
         assert_eq!(
@@ -574,7 +570,7 @@ mod tests {
     fn the_pods_own_message_wins_and_tknz_is_decoded() {
         let raw = r#"[{"key":"commit","value":"abc","type":1},{"key":"SVID","value":"-----BEGIN CERTIFICATE-----\n","type":1},{"key":"StartedAt","value":"2026-08-20T10:00:05.123Z","type":3}]"#;
         let mut pod = pod();
-        pod.status = Some(PodStatusView {
+        pod.status = Some(std::sync::Arc::new(PodStatusView {
             container_statuses: vec![ContainerStatusView {
                 name: "step-clone".into(),
                 state: Some(ContainerStateView {
@@ -586,7 +582,7 @@ mod tests {
                     }),
                 }),
             }],
-        });
+        }));
         let derived =
             derive_transitions(&settings(), &taskrun("taskrun-01-pending.json"), Some(&pod))
                 .unwrap();
@@ -615,7 +611,7 @@ mod tests {
     #[test]
     fn a_malformed_message_falls_back_to_the_taskrun_and_is_reported() {
         let mut pod = pod();
-        pod.status = Some(PodStatusView {
+        pod.status = Some(std::sync::Arc::new(PodStatusView {
             container_statuses: vec![ContainerStatusView {
                 name: "step-clone".into(),
                 state: Some(ContainerStateView {
@@ -625,7 +621,7 @@ mod tests {
                     }),
                 }),
             }],
-        });
+        }));
         let derived =
             derive_transitions(&settings(), &taskrun("taskrun-02-running.json"), Some(&pod))
                 .unwrap();

@@ -104,8 +104,9 @@ struct Scope {
     namespace: Option<String>,
     taskruns: Store<TaskRun>,
     pods: Store<TaskRunPod>,
-    /// `(namespace, TaskRun name)` to the names of the pods labelled with it.
-    pod_index: Mutex<HashMap<TaskRunKey, BTreeSet<String>>>,
+    /// `(namespace, TaskRun name)` to the names of the pods labelled with it (nearly always one:
+    /// a list, not a set, for its size).
+    pod_index: Mutex<HashMap<TaskRunKey, Vec<String>>>,
 }
 
 impl Scope {
@@ -115,7 +116,7 @@ impl Scope {
             .is_none_or(|scoped| scoped == namespace)
     }
 
-    fn pod_index(&self) -> MutexGuard<'_, HashMap<TaskRunKey, BTreeSet<String>>> {
+    fn pod_index(&self) -> MutexGuard<'_, HashMap<TaskRunKey, Vec<String>>> {
         self.pod_index
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -156,6 +157,14 @@ impl std::fmt::Debug for KubernetesSource {
             .field("queued", &self.queue.len())
             .field("concurrency", &self.concurrency)
             .finish_non_exhaustive()
+    }
+}
+
+/// Adds pod `name` to the pods of TaskRun `key`, once.
+fn index_pod(index: &mut HashMap<TaskRunKey, Vec<String>>, key: TaskRunKey, name: String) {
+    let names = index.entry(key).or_default();
+    if !names.contains(&name) {
+        names.push(name);
     }
 }
 
@@ -416,11 +425,7 @@ impl KubernetesSource {
             }
             Event::Apply(pod) => {
                 if let (Some(key), Some(name)) = (TaskRunKey::of_pod(&pod), pod.metadata.name) {
-                    self.scopes[scope]
-                        .pod_index()
-                        .entry(key.clone())
-                        .or_default()
-                        .insert(name);
+                    index_pod(&mut self.scopes[scope].pod_index(), key.clone(), name);
                     self.queue.add(key);
                 }
             }
@@ -428,7 +433,7 @@ impl KubernetesSource {
                 if let (Some(key), Some(name)) = (TaskRunKey::of_pod(&pod), pod.metadata.name) {
                     let mut index = self.scopes[scope].pod_index();
                     if let Some(names) = index.get_mut(&key) {
-                        names.remove(&name);
+                        names.retain(|known| *known != name);
                         if names.is_empty() {
                             index.remove(&key);
                         }
@@ -483,10 +488,10 @@ impl KubernetesSource {
 
     fn rebuild_pod_index(&self, scope: usize) {
         let scope = &self.scopes[scope];
-        let mut index = HashMap::<TaskRunKey, BTreeSet<String>>::new();
+        let mut index = HashMap::<TaskRunKey, Vec<String>>::new();
         for pod in scope.pods.state() {
             if let (Some(key), Some(name)) = (TaskRunKey::of_pod(&pod), pod.metadata.name.clone()) {
-                index.entry(key).or_default().insert(name);
+                index_pod(&mut index, key, name);
             }
         }
         *scope.pod_index() = index;

@@ -13,6 +13,7 @@
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -36,9 +37,10 @@ pub struct TaskRun {
     pub metadata: ObjectMeta,
     /// The parts of `spec` the watcher uses.
     pub spec: TaskRunSpec,
-    /// The parts of `status` the watcher uses.
+    /// The parts of `status` the watcher uses, shared: the reflector keeps a copy of every
+    /// object it passes on, and sharing makes that copy a reference count, not a second status.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub status: Option<TaskRunStatus>,
+    pub status: Option<Arc<TaskRunStatus>>,
 }
 
 impl kube::Resource for TaskRun {
@@ -271,17 +273,70 @@ impl TaskRun {
 }
 
 /// A TaskRun's pod: the fields the watcher uses of a `v1` `Pod`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+///
+/// Parsed through [`PodObject`]: of the metadata only the name, namespace, UID, creation time
+/// and resource version are kept, and what ties the pod to its TaskRun (the two Tekton labels and the TaskRun owner
+/// references) is kept as plain fields rather than as the label map and owner list, which cost
+/// far more than the few strings the watcher reads from them.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(from = "PodObject")]
 pub struct TaskRunPod {
-    /// The pod's metadata (name, namespace, UID, labels, owners), parsed without `managedFields`.
-    #[serde(default, deserialize_with = "metadata_without_managed_fields")]
+    /// The pod's name, namespace, UID and creation time.
     pub metadata: ObjectMeta,
+    /// Its `tekton.dev/taskRun` label: the name of the TaskRun it runs.
+    pub taskrun_name: Option<String>,
+    /// The TaskRun UIDs it is tied to: its `tekton.dev/taskRunUID` label and the UIDs of its
+    /// `TaskRun` owner references.
+    pub taskrun_uids: Vec<String>,
     /// The parts of `spec` the watcher uses.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub spec: Option<PodSpecView>,
-    /// The parts of `status` the watcher uses.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub status: Option<PodStatusView>,
+    /// The parts of `status` the watcher uses, shared (see [`TaskRun::status`]).
+    pub status: Option<Arc<PodStatusView>>,
+}
+
+/// A `v1` `Pod` as the API sends it, less what the watcher never reads.
+#[derive(Deserialize)]
+struct PodObject {
+    #[serde(default, deserialize_with = "metadata_without_managed_fields")]
+    metadata: ObjectMeta,
+    #[serde(default)]
+    spec: Option<PodSpecView>,
+    #[serde(default)]
+    status: Option<PodStatusView>,
+}
+
+impl From<PodObject> for TaskRunPod {
+    fn from(pod: PodObject) -> TaskRunPod {
+        let PodObject {
+            metadata,
+            spec,
+            status,
+        } = pod;
+        let mut labels = metadata.labels.unwrap_or_default();
+        let taskrun_name = labels.remove(TASKRUN_LABEL);
+        let owners = metadata.owner_references.unwrap_or_default();
+        let mut taskrun_uids: Vec<String> = labels.remove(TASKRUN_UID_LABEL).into_iter().collect();
+        for owner in owners {
+            if owner.kind == "TaskRun" && !taskrun_uids.contains(&owner.uid) {
+                taskrun_uids.push(owner.uid);
+            }
+        }
+        TaskRunPod {
+            metadata: ObjectMeta {
+                name: metadata.name,
+                namespace: metadata.namespace,
+                uid: metadata.uid,
+                creation_timestamp: metadata.creation_timestamp,
+                // The watch reads it to resume; [`trim_pod`] drops it once the watch has.
+                resource_version: metadata.resource_version,
+                ..ObjectMeta::default()
+            },
+            taskrun_name,
+            taskrun_uids,
+            spec,
+            status: status.map(Arc::new),
+        }
+    }
 }
 
 /// The parts of a pod's `spec` the watcher uses.
@@ -382,19 +437,13 @@ impl TaskRunPod {
 
     /// The name of the TaskRun this pod runs (its `tekton.dev/taskRun` label).
     pub fn taskrun_name(&self) -> Option<&str> {
-        self.labels().get(TASKRUN_LABEL).map(String::as_str)
+        self.taskrun_name.as_deref()
     }
 
-    /// Whether the pod runs the TaskRun with UID `taskrun_uid`: an owner reference to it, or
-    /// Tekton's `tekton.dev/taskRunUID` label with its UID.
+    /// Whether the pod runs the TaskRun with UID `taskrun_uid`: a `TaskRun` owner reference to
+    /// it, or Tekton's `tekton.dev/taskRunUID` label with its UID.
     pub fn belongs_to(&self, taskrun_uid: &str) -> bool {
-        let owned = self
-            .metadata
-            .owner_references
-            .iter()
-            .flatten()
-            .any(|owner| owner.uid == taskrun_uid);
-        owned || self.labels().get(TASKRUN_UID_LABEL).map(String::as_str) == Some(taskrun_uid)
+        self.taskrun_uids.iter().any(|uid| uid == taskrun_uid)
     }
 
     /// The terminated state of container `name`, when it terminated.
@@ -418,15 +467,11 @@ impl TaskRunPod {
             .map(|container| container.name.as_str())
             .filter(|name| name.starts_with(STEP_CONTAINER_PREFIX))
     }
-
-    fn labels(&self) -> &BTreeMap<String, String> {
-        static EMPTY: BTreeMap<String, String> = BTreeMap::new();
-        self.metadata.labels.as_ref().unwrap_or(&EMPTY)
-    }
 }
 
-/// Drops what the watcher never reads of a TaskRun's metadata (labels, annotations, managed
-/// fields...), so the reflector store stays small: the watch already applied the label selector.
+/// Drops what the watcher never reads of a TaskRun's metadata (labels, annotations, owners, the
+/// resource version...), so the reflector store stays small: the watch already applied the label
+/// selector, and has taken the resource version it resumes from before the object gets here.
 pub fn trim_taskrun(taskrun: &mut TaskRun) {
     let metadata = &mut taskrun.metadata;
     metadata.managed_fields = None;
@@ -435,22 +480,13 @@ pub fn trim_taskrun(taskrun: &mut TaskRun) {
     metadata.finalizers = None;
     metadata.generate_name = None;
     metadata.owner_references = None;
+    metadata.resource_version = None;
+    metadata.self_link = None;
 }
 
-/// Drops what the watcher never reads of a pod's metadata, keeping the two Tekton labels and the
-/// TaskRun owner references that tie it to its TaskRun.
+/// Drops the resource version of a pod, once the watch has taken it: the store never reads it.
 pub fn trim_pod(pod: &mut TaskRunPod) {
-    let metadata = &mut pod.metadata;
-    metadata.managed_fields = None;
-    metadata.annotations = None;
-    metadata.finalizers = None;
-    metadata.generate_name = None;
-    if let Some(labels) = metadata.labels.as_mut() {
-        labels.retain(|key, _| key == TASKRUN_LABEL || key == TASKRUN_UID_LABEL);
-    }
-    if let Some(owners) = metadata.owner_references.as_mut() {
-        owners.retain(|owner| owner.kind == "TaskRun");
-    }
+    pod.metadata.resource_version = None;
 }
 
 /// Reads an RFC 3339 time as the API writes it; `None` when it does not parse.
@@ -565,23 +601,83 @@ mod tests {
     }
 
     #[test]
-    fn trimming_keeps_what_the_watcher_reads() {
-        let mut pod: TaskRunPod =
-            serde_json::from_value(fixture("pod/taskrun-pod-spire-trimmed.json")).unwrap();
-        trim_pod(&mut pod);
-        assert_eq!(pod.metadata.labels.as_ref().unwrap().len(), 2);
+    fn a_pod_keeps_only_what_ties_it_to_its_taskrun() {
+        let mut value = fixture("pod/taskrun-pod-spire-trimmed.json");
+        let pod: TaskRunPod = serde_json::from_value(value.clone()).unwrap();
+        assert!(pod.metadata.labels.is_none());
         assert!(pod.metadata.annotations.is_none());
+        assert!(pod.metadata.owner_references.is_none());
         assert_eq!(pod.taskrun_name(), Some("build-push-run-x7k2p"));
-        assert!(pod.belongs_to("6f1c2b8e-4d3a-4e7f-9a51-2c8d0e7b3f14"));
+        assert_eq!(
+            pod.taskrun_uids,
+            ["6f1c2b8e-4d3a-4e7f-9a51-2c8d0e7b3f14"],
+            "the label and the owner reference name the same TaskRun once"
+        );
 
+        // Either tie alone is enough; a non-TaskRun owner is not one.
+        let uid = "6f1c2b8e-4d3a-4e7f-9a51-2c8d0e7b3f14";
+        let mut by_owner = value.clone();
+        by_owner["metadata"]["labels"]
+            .as_object_mut()
+            .unwrap()
+            .remove(TASKRUN_UID_LABEL);
+        let pod: TaskRunPod = serde_json::from_value(by_owner).unwrap();
+        assert!(pod.belongs_to(uid));
+        let mut by_label = value.clone();
+        by_label["metadata"]["ownerReferences"][0]["kind"] = "ReplicaSet".into();
+        let pod: TaskRunPod = serde_json::from_value(by_label.clone()).unwrap();
+        assert!(pod.belongs_to(uid), "the taskRunUID label");
+        by_label["metadata"]["labels"]
+            .as_object_mut()
+            .unwrap()
+            .remove(TASKRUN_UID_LABEL);
+        let pod: TaskRunPod = serde_json::from_value(by_label).unwrap();
+        assert!(
+            !pod.belongs_to(uid),
+            "a ReplicaSet owner with the same UID is not the TaskRun"
+        );
+
+        // The watch needs the resource version; the store does not.
+        value["metadata"]["resourceVersion"] = "42".into();
+        let mut pod: TaskRunPod = serde_json::from_value(value).unwrap();
+        assert_eq!(pod.metadata.resource_version.as_deref(), Some("42"));
+        trim_pod(&mut pod);
+        assert!(pod.metadata.resource_version.is_none());
+    }
+
+    #[test]
+    fn trimming_a_taskrun_keeps_what_the_watcher_reads() {
         let mut taskrun: TaskRun =
             serde_json::from_value(fixture("taskrun/taskrun-03-succeeded.json")).unwrap();
         let before = taskrun.clone();
         trim_taskrun(&mut taskrun);
         assert!(taskrun.metadata.labels.is_none());
+        assert!(taskrun.metadata.resource_version.is_none());
         assert_eq!(taskrun.uid(), before.uid());
+        assert_eq!(
+            taskrun.metadata.creation_timestamp,
+            before.metadata.creation_timestamp
+        );
         assert_eq!(taskrun.status, before.status);
         assert_eq!(taskrun.spec, before.spec);
+    }
+
+    #[test]
+    fn a_copy_shares_the_status() {
+        let taskrun: TaskRun =
+            serde_json::from_value(fixture("taskrun/taskrun-03-succeeded.json")).unwrap();
+        let copy = taskrun.clone();
+        assert!(Arc::ptr_eq(
+            taskrun.status.as_ref().unwrap(),
+            copy.status.as_ref().unwrap()
+        ));
+        let pod: TaskRunPod =
+            serde_json::from_value(fixture("pod/taskrun-pod-spire-trimmed.json")).unwrap();
+        let copy = pod.clone();
+        assert!(Arc::ptr_eq(
+            pod.status.as_ref().unwrap(),
+            copy.status.as_ref().unwrap()
+        ));
     }
 
     #[test]
@@ -601,7 +697,6 @@ mod tests {
         let pod: TaskRunPod = serde_json::from_value(value).unwrap();
         assert!(pod.metadata.managed_fields.is_none());
         assert_eq!(pod, plain, "nothing else changes");
-        assert_eq!(pod.metadata.labels.as_ref().unwrap().len(), 4);
 
         let mut value = fixture("taskrun/taskrun-03-succeeded.json");
         let plain: TaskRun = serde_json::from_value(value.clone()).unwrap();
@@ -614,6 +709,7 @@ mod tests {
             Some("build-push-run-")
         );
         assert!(taskrun.metadata.creation_timestamp.is_some());
+        assert_eq!(taskrun.metadata.labels.as_ref().unwrap().len(), 2);
     }
 
     #[test]

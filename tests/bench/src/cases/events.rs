@@ -1,8 +1,17 @@
 //! `events`: publish and consume N TaskRun events through our binding (typed CloudEvents in binary
-//! mode, `Nats-Msg-Id`, PubAck, decode, one ack rule) against raw async-nats JetStream with the
-//! same JSON payloads and no headers, on the same real nats-server in the same run.
+//! mode, `Nats-Msg-Id`, PubAck, decode, one ack rule) against raw async-nats JetStream sending the
+//! same messages, on the same real nats-server in the same run.
 //!
-//! Both sides do the same work otherwise: publishes go out with the same window of acks in
+//! The headline ratio compares our binding with raw async-nats publishing the exact messages our
+//! binding puts on the wire: the same JSON body and the same headers (the `ce-*` attributes and
+//! `Nats-Msg-Id`), the raw side's headers made before its clock starts. Those headers are the event
+//! contract (binary content mode, deduplication by id), not a cost of our code: the server spends
+//! more on a message with headers and a `Nats-Msg-Id` (it parses them and keeps the id in the
+//! duplicate window) and the client parses them on receipt, whoever sends them. So the contract's
+//! own cost is reported separately, as raw async-nats with no headers at all (same bodies):
+//! `raw+headers / raw` is what the headers cost, `ours / raw` both together.
+//!
+//! All sides do the same work otherwise: publishes go out with the same window of acks in
 //! flight; consumers pull with the same batch and concurrency, parse the JSON into the same struct
 //! and double-ack each message (the server confirms the ack, as our consumer requires).
 //! Settings: `window` (publishes in flight, default 256), `concurrency` (handlers at once,
@@ -287,7 +296,7 @@ async fn run(options: Options) -> anyhow::Result<CaseReport> {
     };
     let mut report = CaseReport {
         case: CASE.name.to_owned(),
-        ratio: total(raw) / total(ours),
+        ratio: total(headed) / total(ours),
         target: TARGET,
         metrics: Vec::new(),
         notes: vec![
@@ -298,33 +307,57 @@ async fn run(options: Options) -> anyhow::Result<CaseReport> {
             format!(
                 "publish window {window}; consumer batch and concurrency {concurrency}; double ack on both sides"
             ),
-            "ratio = raw time / our time for publish + consume (higher is better)".to_owned(),
+            "ratio = time of raw async-nats sending the same messages (same body, same headers, \
+             made beforehand) / our time, for publish + consume (higher is better)"
+                .to_owned(),
+            "the contract's own cost (headers and deduplication, whoever sends them) is \
+             `raw+headers / raw`; against raw with no headers at all our binding is `ours / raw`"
+                .to_owned(),
         ],
     };
-    report.metric("raw publish rate", rate(raw.publish), "events/s");
-    report.metric("ours publish rate", rate(ours.publish), "events/s");
+    // The headline's parts: ours against raw sending the same messages.
+    for (phase_name, phase_of) in [
+        (
+            "publish",
+            (|timing: Timing| timing.publish) as fn(Timing) -> Phase,
+        ),
+        ("consume", |timing: Timing| timing.consume),
+    ] {
+        report.metric(
+            &format!("raw+headers {phase_name} rate"),
+            rate(phase_of(headed)),
+            "events/s",
+        );
+        report.metric(
+            &format!("ours {phase_name} rate"),
+            rate(phase_of(ours)),
+            "events/s",
+        );
+        report.metric(
+            &format!("{phase_name} ratio"),
+            rate(phase_of(ours)) / rate(phase_of(headed)),
+            "ours/raw+headers",
+        );
+    }
+    // The contract's own cost, and ours against raw with no headers.
     report.metric(
-        "publish ratio",
-        rate(ours.publish) / rate(raw.publish),
-        "ours/raw",
+        "raw (no headers) publish rate",
+        rate(raw.publish),
+        "events/s",
     );
-    report.metric("raw consume rate", rate(raw.consume), "events/s");
-    report.metric("ours consume rate", rate(ours.consume), "events/s");
     report.metric(
-        "consume ratio",
-        rate(ours.consume) / rate(raw.consume),
-        "ours/raw",
+        "raw (no headers) consume rate",
+        rate(raw.consume),
+        "events/s",
     );
-    report.metric("raw+headers publish rate", rate(headed.publish), "events/s");
-    report.metric("raw+headers consume rate", rate(headed.consume), "events/s");
     report.metric(
-        "raw+headers / raw (what the headers cost on the wire and in the server)",
+        "raw+headers / raw (what the contract's headers cost, whoever sends them)",
         total(raw) / total(headed),
         "ratio",
     );
     report.metric(
-        "ours / raw+headers (what our code costs)",
-        total(headed) / total(ours),
+        "ours / raw (headers and our code together)",
+        total(raw) / total(ours),
         "ratio",
     );
     let per_event = |cpu: Duration| cpu.as_secs_f64() * 1e6 / count.max(1) as f64;

@@ -129,7 +129,8 @@ pub struct KubernetesConfig {
     /// selected with it too (Tekton copies TaskRun labels to pods). Default: empty, every TaskRun.
     #[serde(default)]
     pub label_selector: String,
-    /// How many TaskRuns are processed at once. Default 32.
+    /// How many TaskRuns are processed at once. Default 64: a worker mostly waits for PubAcks
+    /// and KV writes, so more of them keep the bus busy while a backlog is listed.
     #[serde(default = "KubernetesConfig::default_concurrency")]
     pub concurrency: usize,
 }
@@ -147,7 +148,7 @@ impl Default for KubernetesConfig {
 
 impl KubernetesConfig {
     const fn default_concurrency() -> usize {
-        32
+        64
     }
 
     /// The parsed label selector (checked by [`WatcherConfig::validate`]).
@@ -353,7 +354,7 @@ mod tests {
         assert_eq!(config.cluster.spire_trust_domain, "example.org");
         assert!(config.kubernetes.namespaces.is_empty());
         assert!(config.kubernetes.selector().unwrap().selects_all());
-        assert_eq!(config.kubernetes.concurrency, 32);
+        assert_eq!(config.kubernetes.concurrency, 64);
         assert!(config.ingress.enabled);
         assert_eq!(config.ingress.listen.port(), 8080);
         assert_eq!(config.ingress.max_body_bytes, 2 * 1024 * 1024);

@@ -654,6 +654,31 @@ mod tests {
     }
 
     #[test]
+    fn settled_copies_keep_what_ties_them_and_derive_nothing_new() {
+        let full_taskrun = taskrun("taskrun-03-succeeded.json");
+        let full_pod = pod();
+        assert!(!full_taskrun.is_settled() && !full_pod.is_settled());
+        let (settled_taskrun, settled_pod) = (full_taskrun.settled(), full_pod.settled());
+        assert!(settled_taskrun.is_settled() && settled_pod.is_settled());
+        assert_eq!(settled_taskrun.uid(), full_taskrun.uid());
+        assert_eq!(settled_taskrun.metadata.name, full_taskrun.metadata.name);
+        assert_eq!(settled_pod.taskrun_name(), full_pod.taskrun_name());
+        assert!(settled_pod.belongs_to(full_taskrun.uid().unwrap()));
+
+        let full = derive_transitions(&settings(), &full_taskrun, Some(&full_pod)).unwrap();
+        let settled =
+            derive_transitions(&settings(), &settled_taskrun, Some(&settled_pod)).unwrap();
+        assert_eq!(
+            ids(&settled),
+            ["created"],
+            "only what `finished` already follows"
+        );
+        assert_eq!(settled.transitions[0], full.transitions[0]);
+        assert_eq!(settled.pod, full.pod, "the pod recorded stays the same");
+        assert!(settled.malformed_steps.is_empty());
+    }
+
+    #[test]
     fn the_queued_cloudevent_is_created_only() {
         let derived = derive_transitions(
             &settings(),

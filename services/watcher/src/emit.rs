@@ -20,7 +20,7 @@ use tokio::sync::OwnedMutexGuard;
 
 use crate::derive::{Derived, deleted_transition};
 use crate::metrics::{SkipReason, Source, WatcherMetrics};
-use crate::state::{Known, StateError, TaskRunRecord, TransitionLog};
+use crate::state::{FINISHED as FINISHED_KEY, Known, StateError, TaskRunRecord, TransitionLog};
 
 /// What one call published.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -30,6 +30,9 @@ pub struct Emitted {
     /// Transitions not published again (recorded, superseded, or dropped by the stream as
     /// duplicates).
     pub skipped: usize,
+    /// Whether nothing but `deleted` can be published for the TaskRun any more (`finished` is
+    /// recorded, or the TaskRun is deleted): what is stored of it can be settled.
+    pub settled: bool,
 }
 
 /// Why transitions could not be published or recorded.
@@ -70,9 +73,6 @@ pub fn transition_key(transition: &LifecycleEvent, uid: &str) -> String {
         .and_then(|rest| rest.strip_prefix(':'))
         .map_or(id.clone(), str::to_owned)
 }
-
-/// The key under which `finished` is recorded.
-const FINISHED_KEY: &str = "finished";
 
 /// Publishes and records transitions.
 #[derive(Debug)]
@@ -140,6 +140,7 @@ impl Emitter {
                 return Ok(Emitted {
                     published: 0,
                     skipped: derived.transitions.len(),
+                    settled: true,
                 });
             }
             Some(Known::Live(record)) => record.published.clone(),
@@ -196,7 +197,10 @@ impl Emitter {
         }
         match failure {
             Some(error) => Err(error),
-            None => Ok(emitted),
+            None => Ok(Emitted {
+                settled: finished,
+                ..emitted
+            }),
         }
     }
 

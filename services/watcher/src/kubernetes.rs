@@ -4,11 +4,23 @@
 //! - Scopes: one cluster-wide pair of watches, or one pair per configured namespace, each with the
 //!   configured label selector (pods are also selected by `tekton.dev/taskRun`). Watches recover
 //!   with kube's default backoff; errors and (re)lists are counted.
-//! - Level-triggered processing: watch events only queue the TaskRun's `(namespace, name)` on a
-//!   [`WorkQueue`]; a worker reads the TaskRun and its pod from the reflector stores as they are
-//!   now, derives every transition ([`crate::derive`]) and hands them to the [`Emitter`], which
-//!   publishes what is not yet published. During a (re)list the keys are held back until the list
-//!   is complete, so a worker never reads a store that is being replaced.
+//! - Level-triggered processing: watch events update the [`ObjectStore`]s and queue the
+//!   TaskRun's `(namespace, name)` on a [`WorkQueue`]; a worker reads the TaskRun and its pod from
+//!   the stores as they are now, derives every transition ([`crate::derive`]) and hands them to
+//!   the [`Emitter`], which publishes what is not yet published. Lists are applied in place, so
+//!   workers process TaskRuns while they are being listed (see [`crate::store`]).
+//! - Start-up order, per scope: the TaskRuns are listed first, then the pods. Until the scope's
+//!   pods have been listed once, a TaskRun whose pod is not stored yet waits (deriving without
+//!   the pod would publish `finished` without its steps); it is queued again when its pod arrives
+//!   or when the pod list completes. So the backlog is published while the pods stream in, and
+//!   the bulk of it (results and signed termination messages) is not all held at once. The
+//!   watches stop reading while `QUEUE_LIMIT` (1,000) TaskRuns wait for a worker, so a list goes no
+//!   faster than the workers.
+//! - Settling: once a TaskRun's `finished` is published (or it is deleted), nothing but `deleted`
+//!   is ever published for it, so the stored TaskRun and pod are replaced by copies without their
+//!   results and termination messages ([`TaskRun::settled`]). An object that arrives already
+//!   settled in the [`TransitionLog`](crate::state::TransitionLog) (after a restart) is stored
+//!   settled at once.
 //! - Deletions never hang on watch `Delete` events alone. A `Delete` leaves a tombstone (the last
 //!   state, whose transitions are published first). After every (re)list, each live TaskRun of the
 //!   [`TransitionLog`](crate::state::TransitionLog) in the scope that the list did not return is a
@@ -16,12 +28,12 @@
 //!   when it is gone (or has another UID). Asking keeps a TaskRun that only the CloudEvents ingress
 //!   has seen so far, or one that merely stopped matching the label selector, from being declared
 //!   deleted.
-//! - Readiness: the `reflectors synced` latch is released, and the workers start, once every
-//!   watch has completed its first list.
+//! - Readiness: the `reflectors synced` latch is released once every watch has completed its
+//!   first list.
 //!
 //! The watcher only gets, lists and watches TaskRuns and pods; it never writes to the cluster.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
@@ -31,7 +43,6 @@ use futures::{FutureExt as _, Stream, StreamExt as _};
 use kube::api::Api;
 use kube::core::{Selector, SelectorExt as _};
 use kube::runtime::WatchStreamExt as _;
-use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::watcher::{self, Event};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -40,12 +51,18 @@ use crate::derive::{DeriveSettings, derive_transitions};
 use crate::emit::{EmitError, Emitter};
 use crate::metrics::{Resource, Source, WatcherMetrics};
 use crate::queue::WorkQueue;
+use crate::store::{ObjectKey, ObjectStore};
 use crate::tekton::{TASKRUN_LABEL, TaskRun, TaskRunPod, trim_pod, trim_taskrun};
 
 /// How many objects one page of a (re)list holds. kube's default (500) makes a page of completed
 /// pods several MiB of JSON, all parsed at once; smaller pages keep that transient peak (and the
 /// heap fragmentation it leaves) small, for a few more requests per list.
 const LIST_PAGE_SIZE: u32 = 100;
+
+/// How many TaskRuns may wait in the work queue before the watches stop reading until the
+/// workers catch up: a backlog of listed objects is then held in the stores a little at a time
+/// rather than all at once (the workers settle what they have published).
+const QUEUE_LIMIT: usize = 1_000;
 
 /// A TaskRun by namespace and name: the unit of work.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -102,8 +119,12 @@ impl ProcessError {
 #[derive(Debug)]
 struct Scope {
     namespace: Option<String>,
-    taskruns: Store<TaskRun>,
-    pods: Store<TaskRunPod>,
+    taskruns: ObjectStore<TaskRun>,
+    pods: ObjectStore<TaskRunPod>,
+    /// Set once the scope's TaskRuns have been listed: the pods are listed after them.
+    taskruns_listed: watch::Sender<bool>,
+    /// Whether the pods have been listed once, and the TaskRuns put off until then.
+    pods_listing: Mutex<PodsListing>,
     /// `(namespace, TaskRun name)` to the names of the pods labelled with it (nearly always one:
     /// a list, not a set, for its size).
     pod_index: Mutex<HashMap<TaskRunKey, Vec<String>>>,
@@ -121,14 +142,35 @@ impl Scope {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
     }
+
+    /// Puts `key` off until the scope's pods are listed when it `waits` for its pod (false once
+    /// they are listed: nothing is put off then); a key that no longer waits is no longer put off.
+    fn defer_until_pods_listed(&self, key: &TaskRunKey, waits: bool) -> bool {
+        let mut listing = lock(&self.pods_listing);
+        if listing.listed {
+            return false;
+        }
+        if waits {
+            listing.deferred.insert(key.clone());
+        } else {
+            listing.deferred.remove(key);
+        }
+        waits
+    }
+
+    /// The pods are listed: returns the TaskRuns put off until then.
+    fn pods_listed(&self) -> HashSet<TaskRunKey> {
+        let mut listing = lock(&self.pods_listing);
+        listing.listed = true;
+        std::mem::take(&mut listing.deferred)
+    }
 }
 
-/// The writers of one scope's stores, handed to its watches.
-#[derive(Debug)]
-pub struct ScopeWriters {
-    index: usize,
-    taskruns: reflector::store::Writer<TaskRun>,
-    pods: reflector::store::Writer<TaskRunPod>,
+/// Whether a scope's pods have been listed once, and what waits for it.
+#[derive(Debug, Default)]
+struct PodsListing {
+    listed: bool,
+    deferred: HashSet<TaskRunKey>,
 }
 
 /// The Kubernetes source: stores, queue and what the workers need.
@@ -183,31 +225,25 @@ impl KubernetesSource {
         emitter: Arc<Emitter>,
         settings: Arc<DeriveSettings>,
         metrics: WatcherMetrics,
-    ) -> (Arc<KubernetesSource>, Vec<ScopeWriters>) {
+    ) -> Arc<KubernetesSource> {
         let namespaces: Vec<Option<String>> = if namespaces.is_empty() {
             vec![None]
         } else {
             namespaces.iter().cloned().map(Some).collect()
         };
-        let mut scopes = Vec::new();
-        let mut writers = Vec::new();
-        for (index, namespace) in namespaces.into_iter().enumerate() {
-            let (taskruns, taskrun_writer) = reflector::store();
-            let (pods, pod_writer) = reflector::store();
-            scopes.push(Scope {
+        let scopes = namespaces
+            .into_iter()
+            .map(|namespace| Scope {
                 namespace,
-                taskruns,
-                pods,
+                taskruns: ObjectStore::default(),
+                pods: ObjectStore::default(),
+                taskruns_listed: watch::channel(false).0,
+                pods_listing: Mutex::new(PodsListing::default()),
                 pod_index: Mutex::new(HashMap::new()),
-            });
-            writers.push(ScopeWriters {
-                index,
-                taskruns: taskrun_writer,
-                pods: pod_writer,
-            });
-        }
+            })
+            .collect();
         let (synced, _) = watch::channel(false);
-        let source = Arc::new(KubernetesSource {
+        Arc::new(KubernetesSource {
             client,
             scopes,
             selector,
@@ -219,35 +255,27 @@ impl KubernetesSource {
             metrics,
             synced,
             concurrency: concurrency.max(1),
-        });
-        (source, writers)
+        })
     }
 
     /// The watches and the workers, to spawn; they return when `token` is cancelled. `synced`
     /// is released once every watch has listed.
     pub fn tasks(
         self: &Arc<Self>,
-        writers: Vec<ScopeWriters>,
         token: &CancellationToken,
         synced: Latch,
     ) -> Vec<BoxFuture<'static, ()>> {
         let mut tasks: Vec<BoxFuture<'static, ()>> = Vec::new();
-        let remaining = Arc::new(AtomicUsize::new(writers.len() * 2));
-        for writers in writers {
-            let scope = writers.index;
+        let remaining = Arc::new(AtomicUsize::new(self.scopes.len() * 2));
+        for scope in 0..self.scopes.len() {
             tasks.push(
                 Arc::clone(self)
-                    .watch_taskruns(
-                        scope,
-                        writers.taskruns,
-                        token.clone(),
-                        Arc::clone(&remaining),
-                    )
+                    .watch_taskruns(scope, token.clone(), Arc::clone(&remaining))
                     .boxed(),
             );
             tasks.push(
                 Arc::clone(self)
-                    .watch_pods(scope, writers.pods, token.clone(), Arc::clone(&remaining))
+                    .watch_pods(scope, token.clone(), Arc::clone(&remaining))
                     .boxed(),
             );
         }
@@ -295,14 +323,14 @@ impl KubernetesSource {
         if let Some(pod_name) = taskrun.pod_name() {
             return scope
                 .pods
-                .get(&ObjectRef::new(pod_name).within(namespace))
+                .get(namespace, pod_name)
                 .filter(|pod| pod.belongs_to(uid));
         }
         let key = TaskRunKey::of_taskrun(taskrun)?;
         let names = scope.pod_index().get(&key).cloned().unwrap_or_default();
         names
             .iter()
-            .filter_map(|name| scope.pods.get(&ObjectRef::new(name).within(namespace)))
+            .filter_map(|name| scope.pods.get(namespace, name))
             .filter(|pod| pod.belongs_to(uid))
             .max_by_key(|pod| {
                 (
@@ -341,7 +369,6 @@ impl KubernetesSource {
     async fn watch_taskruns(
         self: Arc<Self>,
         scope: usize,
-        writer: reflector::store::Writer<TaskRun>,
         token: CancellationToken,
         remaining: Arc<AtomicUsize>,
     ) {
@@ -355,47 +382,63 @@ impl KubernetesSource {
         }
         let stream = watcher::watcher(api, config)
             .default_backoff()
-            .modify(trim_taskrun)
-            .reflect(writer);
-        let mut listing: Vec<TaskRunKey> = Vec::new();
+            .modify(trim_taskrun);
+        let store = &self.scopes[scope].taskruns;
         let mut first_list = true;
         self.drive(stream, Resource::TaskRuns, &token, |event| match event {
-            Event::Init => listing.clear(),
-            Event::InitApply(taskrun) => listing.extend(TaskRunKey::of_taskrun(&taskrun)),
+            Event::Init => store.begin_list(),
+            Event::InitApply(taskrun) | Event::Apply(taskrun) => self.store_taskrun(scope, taskrun),
             Event::InitDone => {
-                for key in listing.drain(..) {
-                    self.queue.add(key);
-                }
+                store.end_list();
                 self.suspect_vanished(scope);
                 if std::mem::take(&mut first_list) {
+                    self.scopes[scope].taskruns_listed.send_replace(true);
                     self.watch_listed(&remaining);
                 }
             }
-            Event::Apply(taskrun) => {
-                if let Some(key) = TaskRunKey::of_taskrun(&taskrun) {
-                    self.queue.add(key);
-                }
-            }
             Event::Delete(taskrun) => {
-                if let (Some(key), Some(_)) = (TaskRunKey::of_taskrun(&taskrun), taskrun.uid()) {
-                    lock(&self.tombstones)
-                        .entry(key.clone())
-                        .or_default()
-                        .push(Arc::new(taskrun));
-                    self.queue.add(key);
+                if let Some(key) = TaskRunKey::of_taskrun(&taskrun) {
+                    store.remove(&ObjectKey::new(&key.namespace, &key.name));
+                    if taskrun.uid().is_some() {
+                        lock(&self.tombstones)
+                            .entry(key.clone())
+                            .or_default()
+                            .push(Arc::new(taskrun));
+                        self.queue.add(key);
+                    }
                 }
             }
         })
         .await;
     }
 
+    /// Stores a listed, added or modified TaskRun (settled when the log says it is) and queues it.
+    fn store_taskrun(&self, scope: usize, taskrun: TaskRun) {
+        let Some(key) = TaskRunKey::of_taskrun(&taskrun) else {
+            return;
+        };
+        let settled = taskrun
+            .uid()
+            .is_some_and(|uid| self.emitter.log().is_settled(uid));
+        let taskrun = if settled { taskrun.settled() } else { taskrun };
+        self.scopes[scope]
+            .taskruns
+            .apply(ObjectKey::new(&key.namespace, &key.name), Arc::new(taskrun));
+        self.queue.add(key);
+    }
+
     async fn watch_pods(
         self: Arc<Self>,
         scope: usize,
-        writer: reflector::store::Writer<TaskRunPod>,
         token: CancellationToken,
         remaining: Arc<AtomicUsize>,
     ) {
+        // The pods are listed once the TaskRuns are, so that each listed pod finds its TaskRun.
+        let mut taskruns_listed = self.scopes[scope].taskruns_listed.subscribe();
+        tokio::select! {
+            () = token.cancelled() => return,
+            result = taskruns_listed.wait_for(|listed| *listed) => if result.is_err() { return },
+        }
         let api: Api<TaskRunPod> = match &self.scopes[scope].namespace {
             Some(namespace) => Api::namespaced(self.client.clone(), namespace),
             None => Api::all(self.client.clone()),
@@ -407,30 +450,25 @@ impl KubernetesSource {
             .labels_from(&selector);
         let stream = watcher::watcher(api, config)
             .default_backoff()
-            .modify(trim_pod)
-            .reflect(writer);
-        let mut listing: Vec<TaskRunKey> = Vec::new();
+            .modify(trim_pod);
+        let store = &self.scopes[scope].pods;
         let mut first_list = true;
         self.drive(stream, Resource::Pods, &token, |event| match event {
-            Event::Init => listing.clear(),
-            Event::InitApply(pod) => listing.extend(TaskRunKey::of_pod(&pod)),
+            Event::Init => store.begin_list(),
+            Event::InitApply(pod) | Event::Apply(pod) => self.store_pod(scope, pod),
             Event::InitDone => {
+                store.end_list();
                 self.rebuild_pod_index(scope);
-                for key in listing.drain(..) {
-                    self.queue.add(key);
-                }
                 if std::mem::take(&mut first_list) {
+                    for key in self.scopes[scope].pods_listed() {
+                        self.queue.add(key);
+                    }
                     self.watch_listed(&remaining);
-                }
-            }
-            Event::Apply(pod) => {
-                if let (Some(key), Some(name)) = (TaskRunKey::of_pod(&pod), pod.metadata.name) {
-                    index_pod(&mut self.scopes[scope].pod_index(), key.clone(), name);
-                    self.queue.add(key);
                 }
             }
             Event::Delete(pod) => {
                 if let (Some(key), Some(name)) = (TaskRunKey::of_pod(&pod), pod.metadata.name) {
+                    store.remove(&ObjectKey::new(&key.namespace, &name));
                     let mut index = self.scopes[scope].pod_index();
                     if let Some(names) = index.get_mut(&key) {
                         names.retain(|known| *known != name);
@@ -446,6 +484,23 @@ impl KubernetesSource {
         .await;
     }
 
+    /// Stores a listed, added or modified pod (settled when the log says its TaskRun is),
+    /// indexes it under its TaskRun and queues the TaskRun.
+    fn store_pod(&self, scope: usize, pod: TaskRunPod) {
+        let (Some(key), Some(name)) = (TaskRunKey::of_pod(&pod), pod.metadata.name.clone()) else {
+            return;
+        };
+        let log = self.emitter.log();
+        let settled = pod.taskrun_uids.iter().any(|uid| log.is_settled(uid));
+        let pod = if settled { pod.settled() } else { pod };
+        let scope = &self.scopes[scope];
+        scope
+            .pods
+            .apply(ObjectKey::new(&key.namespace, &name), Arc::new(pod));
+        index_pod(&mut scope.pod_index(), key.clone(), name);
+        self.queue.add(key);
+    }
+
     /// Runs one watch until `token` is cancelled, counting errors and (re)lists.
     async fn drive<K>(
         &self,
@@ -456,6 +511,7 @@ impl KubernetesSource {
     ) {
         let mut stream = std::pin::pin!(stream);
         loop {
+            self.queue.wait_below(QUEUE_LIMIT, token).await;
             let item = tokio::select! {
                 () = token.cancelled() => break,
                 item = stream.next() => item,
@@ -489,7 +545,7 @@ impl KubernetesSource {
     fn rebuild_pod_index(&self, scope: usize) {
         let scope = &self.scopes[scope];
         let mut index = HashMap::<TaskRunKey, Vec<String>>::new();
-        for pod in scope.pods.state() {
+        for pod in scope.pods.snapshot() {
             if let (Some(key), Some(name)) = (TaskRunKey::of_pod(&pod), pod.metadata.name.clone()) {
                 index_pod(&mut index, key, name);
             }
@@ -509,7 +565,7 @@ impl KubernetesSource {
         for (uid, record) in records {
             let listed = scope
                 .taskruns
-                .get(&ObjectRef::new(&record.name).within(&record.namespace))
+                .get(&record.namespace, &record.name)
                 .is_some_and(|taskrun| taskrun.uid() == Some(uid.as_str()));
             if !listed {
                 let key = TaskRunKey {
@@ -525,11 +581,6 @@ impl KubernetesSource {
     // === workers ===
 
     async fn work(self: Arc<Self>, token: CancellationToken) {
-        let mut synced = self.synced.subscribe();
-        tokio::select! {
-            () = token.cancelled() => return,
-            result = synced.wait_for(|synced| *synced) => if result.is_err() { return },
-        }
         while let Some(key) = self.queue.next(&token).await {
             match self.process(&key).await {
                 Ok(()) => self.queue.done(&key),
@@ -562,13 +613,25 @@ impl KubernetesSource {
     /// objects, `deleted` of confirmed suspects, then the transitions of the current object.
     #[tracing::instrument(name = "reconcile_taskrun", skip_all, fields(namespace = %key.namespace, name = %key.name))]
     async fn process(&self, key: &TaskRunKey) -> Result<(), ProcessError> {
+        let scope = self.scope_for(&key.namespace);
+        let current = scope.and_then(|scope| scope.taskruns.get(&key.namespace, &key.name));
+        // Until the pods are listed, a TaskRun whose pod is not stored yet waits for it.
+        if let Some(scope) = scope {
+            let waits = current
+                .as_ref()
+                .is_none_or(|taskrun| self.pod_from_store(taskrun).is_none());
+            if scope.defer_until_pods_listed(key, waits) {
+                return Ok(());
+            }
+        }
+
         // The last state of deleted objects first: their transitions, then the question whether
         // they are really gone (a watch with a label selector also reports an object that merely
         // stopped matching it as deleted).
         let tombstones = lock(&self.tombstones).get(key).cloned().unwrap_or_default();
         let mut to_confirm = lock(&self.suspects).get(key).cloned().unwrap_or_default();
         for taskrun in &tombstones {
-            self.emit_snapshot(taskrun).await?;
+            self.emit_snapshot(taskrun, false).await?;
             to_confirm.extend(taskrun.uid().map(str::to_owned));
         }
         if !to_confirm.is_empty() {
@@ -590,18 +653,16 @@ impl KubernetesSource {
             }
         }
 
-        let current = self.scope_for(&key.namespace).and_then(|scope| {
-            scope
-                .taskruns
-                .get(&ObjectRef::new(&key.name).within(&key.namespace))
-        });
         if let Some(taskrun) = current {
-            self.emit_snapshot(&taskrun).await?;
+            self.emit_snapshot(&taskrun, true).await?;
         }
         Ok(())
     }
 
-    async fn emit_snapshot(&self, taskrun: &TaskRun) -> Result<(), EmitError> {
+    /// Derives and publishes the transitions of `taskrun` with its stored pod; when `stored`
+    /// (the TaskRun is the store's, not a tombstone) and nothing but `deleted` can follow,
+    /// settles both in the stores.
+    async fn emit_snapshot(&self, taskrun: &Arc<TaskRun>, stored: bool) -> Result<(), EmitError> {
         let pod = self.pod_from_store(taskrun);
         match derive_transitions(&self.settings, taskrun, pod.as_deref()) {
             Ok(derived) => {
@@ -609,7 +670,10 @@ impl KubernetesSource {
                     self.metrics.malformed_message();
                     tracing::warn!(step = %step, "a step's termination message does not parse; its result set is empty");
                 }
-                self.emitter.emit(Source::Kubernetes, &derived).await?;
+                let emitted = self.emitter.emit(Source::Kubernetes, &derived).await?;
+                if stored && emitted.settled {
+                    self.settle(taskrun, pod.as_ref());
+                }
             }
             Err(error) => {
                 self.metrics.processing_error("invalid_taskrun");
@@ -617,6 +681,33 @@ impl KubernetesSource {
             }
         }
         Ok(())
+    }
+
+    /// Replaces the stored `taskrun` and `pod`, if still the versions stored, by settled copies.
+    fn settle(&self, taskrun: &Arc<TaskRun>, pod: Option<&Arc<TaskRunPod>>) {
+        let (Some(namespace), Some(name)) = (
+            taskrun.metadata.namespace.as_deref(),
+            taskrun.metadata.name.as_deref(),
+        ) else {
+            return;
+        };
+        let Some(scope) = self.scope_for(namespace) else {
+            return;
+        };
+        if !taskrun.is_settled() {
+            scope.taskruns.replace_if_current(
+                &ObjectKey::new(namespace, name),
+                taskrun,
+                taskrun.settled(),
+            );
+        }
+        if let Some(pod) = pod.filter(|pod| !pod.is_settled())
+            && let Some(pod_name) = pod.metadata.name.as_deref()
+        {
+            scope
+                .pods
+                .replace_if_current(&ObjectKey::new(namespace, pod_name), pod, pod.settled());
+        }
     }
 
     /// Drops the tombstones and the suspicion of `uid` at `key`: it was confirmed gone, or present.

@@ -15,8 +15,9 @@
 //! - [`derive`]: the pure function `(TaskRun, Option<Pod>) -> transitions`, shared by both sources.
 //! - [`state`]: the JetStream KV record of what was published per TaskRun.
 //! - [`emit`]: publishing exactly the transitions not yet published, in order, then recording them.
-//! - [`kubernetes`]: watches with reflectors, a level-triggered work queue ([`queue`]) and its
-//!   workers, deletion detection that never hangs on watch `Delete` events alone.
+//! - [`kubernetes`]: watches into [`store`]s (lists applied in place; settled copies of finished
+//!   TaskRuns), a level-triggered work queue ([`queue`]) and its workers, deletion detection that
+//!   never hangs on watch `Delete` events alone.
 //! - [`ingress`]: the CloudEvents HTTP endpoint (axum).
 //! - [`metrics`]: the `countersign_watcher_*` metrics.
 //! - [`service`]: [`run`], the order things start and stop in.
@@ -50,6 +51,7 @@ pub mod queue;
 pub mod selector;
 pub mod service;
 pub mod state;
+pub mod store;
 pub mod tekton;
 
 pub use config::WatcherConfig;

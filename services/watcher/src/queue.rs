@@ -34,6 +34,8 @@ impl<K> Clone for WorkQueue<K> {
 struct Shared<K> {
     state: Mutex<State<K>>,
     ready: Notify,
+    /// Notified whenever a worker takes a key.
+    taken: Notify,
 }
 
 #[derive(Debug)]
@@ -72,6 +74,7 @@ impl<K: Clone + Eq + Hash + Send + 'static> WorkQueue<K> {
             shared: Arc::new(Shared {
                 state: Mutex::new(State::default()),
                 ready: Notify::new(),
+                taken: Notify::new(),
             }),
         }
     }
@@ -111,6 +114,7 @@ impl<K: Clone + Eq + Hash + Send + 'static> WorkQueue<K> {
                     state.active.insert(key.clone());
                     let more = !state.queue.is_empty();
                     drop(state);
+                    self.shared.taken.notify_waiters();
                     if more {
                         // Wake another worker for the rest.
                         self.shared.ready.notify_one();
@@ -121,6 +125,23 @@ impl<K: Clone + Eq + Hash + Send + 'static> WorkQueue<K> {
             tokio::select! {
                 () = token.cancelled() => return None,
                 () = &mut notified => {}
+            }
+        }
+    }
+
+    /// Waits until fewer than `limit` keys wait for a worker (or `token` is cancelled): lets a
+    /// producer go no faster than the workers.
+    pub async fn wait_below(&self, limit: usize, token: &CancellationToken) {
+        loop {
+            let taken = self.shared.taken.notified();
+            tokio::pin!(taken);
+            taken.as_mut().enable();
+            if self.lock().queue.len() < limit {
+                return;
+            }
+            tokio::select! {
+                () = token.cancelled() => return,
+                () = &mut taken => {}
             }
         }
     }
@@ -236,6 +257,35 @@ mod tests {
         let token = CancellationToken::new();
         token.cancel();
         assert_eq!(queue.next(&token).await, None);
+    }
+
+    #[tokio::test]
+    async fn a_producer_waits_until_the_workers_take_keys() {
+        use futures::FutureExt as _;
+        let queue = WorkQueue::new();
+        let token = CancellationToken::new();
+        queue.add("a");
+        queue.add("b");
+        assert!(
+            queue.wait_below(3, &token).now_or_never().is_some(),
+            "below the limit: no wait"
+        );
+        let waiting = queue.wait_below(2, &token);
+        tokio::pin!(waiting);
+        assert!(
+            waiting.as_mut().now_or_never().is_none(),
+            "at the limit: waits"
+        );
+        assert_eq!(queue.next(&token).await, Some("a"));
+        tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("a worker taking a key releases the producer");
+
+        let stuck = queue.wait_below(1, &token);
+        token.cancel();
+        tokio::time::timeout(Duration::from_secs(5), stuck)
+            .await
+            .expect("cancelling releases the producer");
     }
 
     #[test]

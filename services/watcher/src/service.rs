@@ -161,7 +161,7 @@ pub async fn run_on(
         metrics.clone(),
         &config.cluster.name,
     ));
-    let (kubernetes, writers) = KubernetesSource::new(
+    let kubernetes = KubernetesSource::new(
         kube_client,
         &config.kubernetes.namespaces,
         selector,
@@ -172,7 +172,7 @@ pub async fn run_on(
     );
 
     let mut tasks: JoinSet<Result<(), WatcherError>> = JoinSet::new();
-    for task in kubernetes.tasks(writers, &token, synced_latch) {
+    for task in kubernetes.tasks(&token, synced_latch) {
         tasks.spawn(async move {
             task.await;
             Ok(())

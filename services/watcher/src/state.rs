@@ -27,6 +27,8 @@ use serde::{Deserialize, Serialize};
 const LOAD_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// How many times a record write is retried after another writer changed the key.
 const MAX_WRITE_ATTEMPTS: usize = 8;
+/// The record of `finished` (its event id without the UID).
+pub const FINISHED: &str = "finished";
 /// The KV header that marks deletes and purges.
 const KV_OPERATION_HEADER: &str = "KV-Operation";
 /// The header of markers the server itself places.
@@ -264,6 +266,19 @@ impl TransitionLog {
     /// What the log knows of TaskRun `uid`.
     pub fn get(&self, uid: &str) -> Option<Known> {
         self.lock().by_uid.get(uid).map(|entry| entry.known.clone())
+    }
+
+    /// Whether nothing but `deleted` can be published for TaskRun `uid` any more: its `finished`
+    /// is recorded, or it is deleted. (The emitter never publishes an earlier transition after
+    /// `finished`.)
+    pub fn is_settled(&self, uid: &str) -> bool {
+        self.lock()
+            .by_uid
+            .get(uid)
+            .is_some_and(|entry| match &entry.known {
+                Known::Live(record) => record.published.contains(FINISHED),
+                Known::Deleted => true,
+            })
     }
 
     /// Every live record whose namespace `in_scope` accepts, as `(uid, record)`.

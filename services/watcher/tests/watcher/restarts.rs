@@ -69,11 +69,13 @@ async fn killed_and_restarted_mid_lifecycle_publishes_nothing_twice_and_misses_n
         ]
     );
 
-    // A third start, long after as far as the state is concerned: the relist re-derives all five
-    // transitions and publishes none (not even into the stream's duplicate window).
+    // A third start, long after as far as the state is concerned: the relist finds the TaskRun
+    // finished in the state, so it is kept settled (its identity alone, nothing but `deleted` can
+    // follow); it re-derives `created` only, and publishes nothing (not even into the stream's
+    // duplicate window).
     let mut third = harness.start_watcher().await;
     third
-        .wait_for_metric(SKIPPED, &[("reason", "recorded")], 5.0)
+        .wait_for_metric(SKIPPED, &[("reason", "recorded")], 1.0)
         .await;
     assert_eq!(third.metric(PUBLISHED, &[]).await, 0.0);
     assert_eq!(

@@ -206,26 +206,26 @@ impl HeaderTemplate {
 }
 
 /// The headers of a message published to JetStream: the CloudEvent attributes (see [`encode`])
-/// and the id as `Nats-Msg-Id`. Starts from `template` when it fits the attributes.
+/// and the id as `Nats-Msg-Id`. Starts from `template` when it fits the attributes (an event
+/// built by hand may carry another source, dataschema or no subject).
 pub(crate) fn message_headers(
     attributes: &Attributes<'_>,
-    template: Option<&HeaderTemplate>,
+    template: &HeaderTemplate,
 ) -> Result<HeaderMap, EncodeError> {
     let id = header_value(attributes.id);
-    let mut headers = match template.filter(|template| template.fits(attributes)) {
-        Some(template) => {
-            check_required(attributes)?;
-            let mut headers = template.headers.clone();
-            headers.insert(CE_ID, id.clone());
-            headers.insert(CE_TIME, owned_header_value(format_time(attributes.time)));
-            if let Some(subject) = attributes.subject {
-                headers.insert(CE_SUBJECT, header_value(subject));
-            }
-            insert_trace(&mut headers, attributes);
-            headers
+    let mut headers = if template.fits(attributes) {
+        check_required(attributes)?;
+        let mut headers = template.headers.clone();
+        headers.insert(CE_ID, id.clone());
+        headers.insert(CE_TIME, owned_header_value(format_time(attributes.time)));
+        if let Some(subject) = attributes.subject {
+            headers.insert(CE_SUBJECT, header_value(subject));
         }
+        insert_trace(&mut headers, attributes);
+        headers
+    } else {
         // `encode_headers` checks the required attributes itself.
-        None => encode_headers(attributes)?,
+        encode_headers(attributes)?
     };
     headers.insert(NATS_MESSAGE_ID, id);
     Ok(headers)
@@ -800,7 +800,7 @@ mod tests {
             headers
         };
         let (plain, _) = encode(&event).unwrap();
-        let templated = message_headers(&Attributes::of(&event), Some(&template)).unwrap();
+        let templated = message_headers(&Attributes::of(&event), &template).unwrap();
         assert_eq!(templated, with_id(plain));
         // Without trace context or subject, and with another source or type: the same too
         // (those that do not fit the template are encoded plainly).
@@ -809,20 +809,20 @@ mod tests {
         event.subject = None;
         let (plain, _) = encode(&event).unwrap();
         assert_eq!(
-            message_headers(&Attributes::of(&event), Some(&template)).unwrap(),
+            message_headers(&Attributes::of(&event), &template).unwrap(),
             with_id(plain)
         );
         event.subject = Some("team a/build.1".into());
         event.source = "/countersign/other".into();
         let (plain, _) = encode(&event).unwrap();
         assert_eq!(
-            message_headers(&Attributes::of(&event), Some(&template)).unwrap(),
+            message_headers(&Attributes::of(&event), &template).unwrap(),
             with_id(plain)
         );
         let other_type = HeaderTemplate::new(&event.source, EventType::TaskRunCreated);
         let (plain, _) = encode(&event).unwrap();
         assert_eq!(
-            message_headers(&Attributes::of(&event), Some(&other_type)).unwrap(),
+            message_headers(&Attributes::of(&event), &other_type).unwrap(),
             with_id(plain)
         );
     }

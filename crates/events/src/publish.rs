@@ -2,7 +2,6 @@
 //! `Nats-Msg-Id` and the current trace context, and the call returns once the stream has
 //! acknowledged it (saying whether it was a duplicate).
 
-use std::borrow::Cow;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
@@ -89,7 +88,7 @@ pub struct Publisher {
     source: EventSource,
     metrics: PublisherMetrics,
     /// The headers of each event type from this source, indexed by [`EventType::index`].
-    templates: Arc<[HeaderTemplate]>,
+    templates: Arc<[HeaderTemplate; EventType::ALL.len()]>,
     /// The size of the last body, the capacity of the next one's buffer.
     body_size: Arc<AtomicUsize>,
 }
@@ -102,10 +101,9 @@ impl Publisher {
         source: EventSource,
         metrics: EventMetrics,
     ) -> Publisher {
-        let templates = EventType::ALL
-            .into_iter()
-            .map(|event_type| HeaderTemplate::new(source.as_str(), event_type))
-            .collect();
+        let templates = Arc::new(
+            EventType::ALL.map(|event_type| HeaderTemplate::new(source.as_str(), event_type)),
+        );
         Publisher {
             jetstream,
             subjects,
@@ -165,8 +163,9 @@ impl Publisher {
             .published(event_type, outcome, started.elapsed());
     }
 
-    fn template(&self, event_type: EventType) -> Option<&HeaderTemplate> {
-        self.templates.get(event_type.index())
+    fn template(&self, event_type: EventType) -> &HeaderTemplate {
+        // In bounds: `index` is the type's position in `EventType::ALL`.
+        &self.templates[event_type.index()]
     }
 
     async fn send_data<T: EventPayload>(&self, data: &T) -> Result<Published, PublishError> {
@@ -175,10 +174,6 @@ impl Publisher {
         let id = data.event_id();
         let subject = data.ce_subject();
         let time = Utc::now();
-        let dataschema = match template {
-            Some(template) => Cow::Borrowed(template.dataschema()),
-            None => Cow::Owned(event_type.dataschema()),
-        };
         let (traceparent, tracestate) = current_trace_context();
         let attributes = Attributes {
             id: &id,
@@ -186,7 +181,7 @@ impl Publisher {
             event_type,
             subject: Some(&subject),
             time: &time,
-            dataschema: Some(&dataschema),
+            dataschema: Some(template.dataschema()),
             traceparent: traceparent.as_deref(),
             tracestate: tracestate.as_deref(),
         };
@@ -212,7 +207,7 @@ impl Publisher {
         &self,
         data: &T,
         attributes: &Attributes<'_>,
-        template: Option<&HeaderTemplate>,
+        template: &HeaderTemplate,
     ) -> Result<Published, PublishError> {
         let subject = Subject::from(data.nats_subject(&self.subjects)?);
         let headers = message_headers(attributes, template)?;

@@ -20,7 +20,7 @@ use tokio::sync::OwnedMutexGuard;
 
 use crate::derive::{Derived, deleted_transition};
 use crate::metrics::{SkipReason, Source, WatcherMetrics};
-use crate::state::{FINISHED as FINISHED_KEY, Known, StateError, TaskRunRecord, TransitionLog};
+use crate::state::{FINISHED, Known, StateError, TaskRunRecord, TransitionLog};
 
 /// What one call published.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -146,7 +146,7 @@ impl Emitter {
             Some(Known::Live(record)) => record.published.clone(),
             None => BTreeSet::new(),
         };
-        let mut finished = published.contains(FINISHED_KEY);
+        let mut finished = published.contains(FINISHED);
         let mut emitted = Emitted::default();
         let mut newly_published = Vec::new();
         let mut failure = None;

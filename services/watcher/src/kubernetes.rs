@@ -143,6 +143,11 @@ impl Scope {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Whether the scope's pods have been listed once.
+    fn pods_listed(&self) -> bool {
+        lock(&self.pods_listing).listed
+    }
+
     /// Puts `key` off until the scope's pods are listed when it `waits` for its pod (false once
     /// they are listed: nothing is put off then); a key that no longer waits is no longer put off.
     fn defer_until_pods_listed(&self, key: &TaskRunKey, waits: bool) -> bool {
@@ -159,7 +164,7 @@ impl Scope {
     }
 
     /// The pods are listed: returns the TaskRuns put off until then.
-    fn pods_listed(&self) -> HashSet<TaskRunKey> {
+    fn mark_pods_listed(&self) -> HashSet<TaskRunKey> {
         let mut listing = lock(&self.pods_listing);
         listing.listed = true;
         std::mem::take(&mut listing.deferred)
@@ -199,6 +204,16 @@ impl std::fmt::Debug for KubernetesSource {
             .field("queued", &self.queue.len())
             .field("concurrency", &self.concurrency)
             .finish_non_exhaustive()
+    }
+}
+
+/// Removes pod `name` from the pods of TaskRun `key`.
+fn unindex_pod(index: &mut HashMap<TaskRunKey, Vec<String>>, key: &TaskRunKey, name: &str) {
+    if let Some(names) = index.get_mut(key) {
+        names.retain(|known| known != name);
+        if names.is_empty() {
+            index.remove(key);
+        }
     }
 }
 
@@ -457,10 +472,18 @@ impl KubernetesSource {
             Event::Init => store.begin_list(),
             Event::InitApply(pod) | Event::Apply(pod) => self.store_pod(scope, pod),
             Event::InitDone => {
-                store.end_list();
-                self.rebuild_pod_index(scope);
+                // The index follows the store: only what the relist removed leaves it.
+                let vanished = store.end_list();
+                let mut index = self.scopes[scope].pod_index();
+                for (_, pod) in vanished {
+                    if let (Some(key), Some(name)) = (TaskRunKey::of_pod(&pod), &pod.metadata.name)
+                    {
+                        unindex_pod(&mut index, &key, name);
+                    }
+                }
+                drop(index);
                 if std::mem::take(&mut first_list) {
-                    for key in self.scopes[scope].pods_listed() {
+                    for key in self.scopes[scope].mark_pods_listed() {
                         self.queue.add(key);
                     }
                     self.watch_listed(&remaining);
@@ -469,14 +492,7 @@ impl KubernetesSource {
             Event::Delete(pod) => {
                 if let (Some(key), Some(name)) = (TaskRunKey::of_pod(&pod), pod.metadata.name) {
                     store.remove(&ObjectKey::new(&key.namespace, &name));
-                    let mut index = self.scopes[scope].pod_index();
-                    if let Some(names) = index.get_mut(&key) {
-                        names.retain(|known| *known != name);
-                        if names.is_empty() {
-                            index.remove(&key);
-                        }
-                    }
-                    drop(index);
+                    unindex_pod(&mut self.scopes[scope].pod_index(), &key, &name);
                     self.queue.add(key);
                 }
             }
@@ -542,17 +558,6 @@ impl KubernetesSource {
         }
     }
 
-    fn rebuild_pod_index(&self, scope: usize) {
-        let scope = &self.scopes[scope];
-        let mut index = HashMap::<TaskRunKey, Vec<String>>::new();
-        for pod in scope.pods.snapshot() {
-            if let (Some(key), Some(name)) = (TaskRunKey::of_pod(&pod), pod.metadata.name.clone()) {
-                index_pod(&mut index, key, name);
-            }
-        }
-        *scope.pod_index() = index;
-    }
-
     /// After a list: every live record of the scope whose TaskRun the list did not return is a
     /// suspect, queued for confirmation.
     fn suspect_vanished(&self, scope: usize) {
@@ -615,8 +620,9 @@ impl KubernetesSource {
     async fn process(&self, key: &TaskRunKey) -> Result<(), ProcessError> {
         let scope = self.scope_for(&key.namespace);
         let current = scope.and_then(|scope| scope.taskruns.get(&key.namespace, &key.name));
-        // Until the pods are listed, a TaskRun whose pod is not stored yet waits for it.
-        if let Some(scope) = scope {
+        // Until the pods are listed, a TaskRun whose pod is not stored yet waits for it (once they
+        // are, nothing is looked up here: `defer_until_pods_listed` checks again under its lock).
+        if let Some(scope) = scope.filter(|scope| !scope.pods_listed()) {
             let waits = current
                 .as_ref()
                 .is_none_or(|taskrun| self.pod_from_store(taskrun).is_none());

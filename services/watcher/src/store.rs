@@ -73,21 +73,6 @@ impl<K> ObjectStore<K> {
             .cloned()
     }
 
-    /// Every object, at this moment.
-    pub fn snapshot(&self) -> Vec<Arc<K>> {
-        self.lock().objects.values().cloned().collect()
-    }
-
-    /// How many objects are stored.
-    pub fn len(&self) -> usize {
-        self.lock().objects.len()
-    }
-
-    /// Whether the store is empty.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// A (re)list starts: from now until [`end_list`](Self::end_list) the listed keys are noted.
     pub fn begin_list(&self) {
         self.lock().listing = Some(HashSet::new());
@@ -146,6 +131,10 @@ impl<K> ObjectStore<K> {
 mod tests {
     use super::*;
 
+    fn count<K>(store: &ObjectStore<K>) -> usize {
+        store.lock().objects.len()
+    }
+
     fn key(name: &str) -> ObjectKey {
         ObjectKey::new("ns", name)
     }
@@ -173,7 +162,7 @@ mod tests {
         assert_eq!(vanished.len(), 1);
         assert_eq!(vanished[0].0, key("b"));
         assert_eq!(*vanished[0].1, 2);
-        assert_eq!(store.len(), 2);
+        assert_eq!(count(&store), 2);
         assert!(store.get("ns", "b").is_none());
 
         assert!(
@@ -181,7 +170,7 @@ mod tests {
             "outside a list nothing is removed"
         );
         store.apply(key("d"), Arc::new(4));
-        assert_eq!(store.len(), 3);
+        assert_eq!(count(&store), 3);
     }
 
     #[test]
@@ -201,6 +190,6 @@ mod tests {
         // Deleted meanwhile: nothing comes back.
         store.remove(&key("a"));
         assert!(!store.replace_if_current(&key("a"), &newer, 5));
-        assert!(store.is_empty());
+        assert_eq!(count(&store), 0);
     }
 }

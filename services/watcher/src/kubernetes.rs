@@ -1,4 +1,4 @@
-//! The Kubernetes source: kube-rs watchers with reflectors on TaskRuns and on their pods, and the
+//! The Kubernetes source: kube-rs watchers on TaskRuns and on their pods feeding our stores, and the
 //! workers that turn what they see into published transitions.
 //!
 //! - Scopes: one cluster-wide pair of watches, or one pair per configured namespace, each with the

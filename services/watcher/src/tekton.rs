@@ -37,8 +37,8 @@ pub struct TaskRun {
     pub metadata: ObjectMeta,
     /// The parts of `spec` the watcher uses.
     pub spec: TaskRunSpec,
-    /// The parts of `status` the watcher uses, shared: the reflector keeps a copy of every
-    /// object it passes on, and sharing makes that copy a reference count, not a second status.
+    /// The parts of `status` the watcher uses, shared, so that a copy of the object (a
+    /// tombstone, a store entry) costs a reference count, not a second status.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<Arc<TaskRunStatus>>,
 }
@@ -512,7 +512,7 @@ impl TaskRunPod {
 }
 
 /// Drops what the watcher never reads of a TaskRun's metadata (labels, annotations, owners, the
-/// resource version...), so the reflector store stays small: the watch already applied the label
+/// resource version...), so the store stays small: the watch already applied the label
 /// selector, and has taken the resource version it resumes from before the object gets here.
 pub fn trim_taskrun(taskrun: &mut TaskRun) {
     let metadata = &mut taskrun.metadata;

@@ -1,7 +1,7 @@
 //! The bus topology, declared in code and applied at start-up: the four streams, the durable
 //! consumers of each service, and KV buckets. Everything is created when missing and updated when
-//! its configuration differs (streams and buckets that already match are only read), so N replicas of a service start in any order, bind the same
-//! durable consumer and split its work.
+//! its configuration differs (streams and buckets that already match are only read), so N
+//! replicas of a service start in any order, bind the same durable consumer and split its work.
 
 use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
 use async_nats::jetstream::context::{

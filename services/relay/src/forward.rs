@@ -34,19 +34,17 @@ struct Shared {
     sink: Sink,
     filter: SinkFilter,
     retry: RetryPolicy,
-    max_retry_after: Duration,
     metrics: SinkMetrics,
 }
 
 impl SinkHandler {
-    /// A handler for `sink`. `retry` is the policy its consumer settles with (so the handler
-    /// knows the attempt's backoff and the last attempt), and `max_retry_after` caps how long a
-    /// `Retry-After` is honoured.
+    /// A handler for `sink`. `retry` is the policy its consumer settles with: the handler takes
+    /// the attempt's backoff and the last attempt from it, and honours a `Retry-After` up to its
+    /// longest backoff (the sink's `max_backoff`).
     pub fn new(
         sink: Sink,
         filter: SinkFilter,
         retry: RetryPolicy,
-        max_retry_after: Duration,
         metrics: SinkMetrics,
     ) -> SinkHandler {
         SinkHandler {
@@ -54,7 +52,6 @@ impl SinkHandler {
                 sink,
                 filter,
                 retry,
-                max_retry_after,
                 metrics,
             }),
         }
@@ -108,7 +105,7 @@ impl SinkHandler {
             if let Some(retry_after) = error.retry_after() {
                 let delay = retry_delay(
                     retry_after,
-                    shared.max_retry_after,
+                    shared.retry.max_backoff(),
                     shared.retry.nak_delay(delivery.attempt),
                 );
                 tracing::debug!(

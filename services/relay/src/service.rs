@@ -130,7 +130,6 @@ pub async fn run_with_environment(
             sink,
             filter,
             RetryPolicy::of(&consumer_config),
-            sink_config.retry.max_backoff,
             relay_metrics.for_sink(&sink_config.name),
         );
         tasks.spawn(run_sink(

@@ -4,9 +4,9 @@
 //! events, in binary mode (`ce-*` headers, the body is the data) or structured mode
 //! (`application/cloudevents+json`), whose data is `{"taskRun": <TaskRun converted to v1beta1>}`.
 //! The ingress parses the event with the CloudEvents SDK's HTTP binding, reads the TaskRun, finds
-//! its pod (the watcher's pod store, else the API), derives the transitions with the same function as the
-//! watch and publishes them through the same [`Emitter`], so the ids are the watch's ids and a
-//! cluster that sends both produces each transition once.
+//! its pod (the watcher's pod store, else the API), derives the transitions with the same
+//! function as the watch and publishes them through the same [`Emitter`], so the ids are the
+//! watch's ids and a cluster that sends both produces each transition once.
 //!
 //! Answers, as JSON (`{"error": "<code>", "message": "..."}` for failures):
 //!

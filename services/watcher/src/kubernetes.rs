@@ -1,5 +1,5 @@
-//! The Kubernetes source: kube-rs watchers on TaskRuns and on their pods feeding our stores, and the
-//! workers that turn what they see into published transitions.
+//! The Kubernetes source: kube-rs watchers on TaskRuns and on their pods feeding our stores, and
+//! the workers that turn what they see into published transitions.
 //!
 //! - Scopes: one cluster-wide pair of watches, or one pair per configured namespace, each with the
 //!   configured label selector (pods are also selected by `tekton.dev/taskRun`). Watches recover
@@ -64,16 +64,10 @@ const LIST_PAGE_SIZE: u32 = 100;
 /// rather than all at once (the workers settle what they have published).
 const QUEUE_LIMIT: usize = 1_000;
 
-/// A TaskRun by namespace and name: the unit of work.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct TaskRunKey {
-    /// The namespace.
-    pub namespace: String,
-    /// The name.
-    pub name: String,
-}
+/// A TaskRun by namespace and name: the unit of work, and its key in the TaskRun store.
+pub type TaskRunKey = ObjectKey;
 
-impl TaskRunKey {
+impl ObjectKey {
     fn of_taskrun(taskrun: &TaskRun) -> Option<TaskRunKey> {
         Some(TaskRunKey {
             namespace: taskrun.metadata.namespace.clone()?,
@@ -338,14 +332,14 @@ impl KubernetesSource {
         if let Some(pod_name) = taskrun.pod_name() {
             return scope
                 .pods
-                .get(namespace, pod_name)
+                .get(&ObjectKey::new(namespace, pod_name))
                 .filter(|pod| pod.belongs_to(uid));
         }
         let key = TaskRunKey::of_taskrun(taskrun)?;
         let names = scope.pod_index().get(&key).cloned().unwrap_or_default();
         names
             .iter()
-            .filter_map(|name| scope.pods.get(namespace, name))
+            .filter_map(|name| scope.pods.get(&ObjectKey::new(namespace, name)))
             .filter(|pod| pod.belongs_to(uid))
             .max_by_key(|pod| {
                 (
@@ -413,7 +407,7 @@ impl KubernetesSource {
             }
             Event::Delete(taskrun) => {
                 if let Some(key) = TaskRunKey::of_taskrun(&taskrun) {
-                    store.remove(&ObjectKey::new(&key.namespace, &key.name));
+                    store.remove(&key);
                     if taskrun.uid().is_some() {
                         lock(&self.tombstones)
                             .entry(key.clone())
@@ -438,7 +432,7 @@ impl KubernetesSource {
         let taskrun = if settled { taskrun.settled() } else { taskrun };
         self.scopes[scope]
             .taskruns
-            .apply(ObjectKey::new(&key.namespace, &key.name), Arc::new(taskrun));
+            .apply(key.clone(), Arc::new(taskrun));
         self.queue.add(key);
     }
 
@@ -568,15 +562,15 @@ impl KubernetesSource {
             .live_records(|namespace| scope.covers(namespace));
         let mut suspects = lock(&self.suspects);
         for (uid, record) in records {
+            let key = TaskRunKey {
+                namespace: record.namespace,
+                name: record.name,
+            };
             let listed = scope
                 .taskruns
-                .get(&record.namespace, &record.name)
+                .get(&key)
                 .is_some_and(|taskrun| taskrun.uid() == Some(uid.as_str()));
             if !listed {
-                let key = TaskRunKey {
-                    namespace: record.namespace,
-                    name: record.name,
-                };
                 suspects.entry(key.clone()).or_default().insert(uid);
                 self.queue.add(key);
             }
@@ -619,7 +613,7 @@ impl KubernetesSource {
     #[tracing::instrument(name = "reconcile_taskrun", skip_all, fields(namespace = %key.namespace, name = %key.name))]
     async fn process(&self, key: &TaskRunKey) -> Result<(), ProcessError> {
         let scope = self.scope_for(&key.namespace);
-        let current = scope.and_then(|scope| scope.taskruns.get(&key.namespace, &key.name));
+        let current = scope.and_then(|scope| scope.taskruns.get(key));
         // Until the pods are listed, a TaskRun whose pod is not stored yet waits for it (once they
         // are, nothing is looked up here: `defer_until_pods_listed` checks again under its lock).
         if let Some(scope) = scope.filter(|scope| !scope.pods_listed()) {
@@ -691,28 +685,25 @@ impl KubernetesSource {
 
     /// Replaces the stored `taskrun` and `pod`, if still the versions stored, by settled copies.
     fn settle(&self, taskrun: &Arc<TaskRun>, pod: Option<&Arc<TaskRunPod>>) {
-        let (Some(namespace), Some(name)) = (
-            taskrun.metadata.namespace.as_deref(),
-            taskrun.metadata.name.as_deref(),
-        ) else {
+        let Some(key) = TaskRunKey::of_taskrun(taskrun) else {
             return;
         };
-        let Some(scope) = self.scope_for(namespace) else {
+        let Some(scope) = self.scope_for(&key.namespace) else {
             return;
         };
         if !taskrun.is_settled() {
-            scope.taskruns.replace_if_current(
-                &ObjectKey::new(namespace, name),
-                taskrun,
-                taskrun.settled(),
-            );
+            scope
+                .taskruns
+                .replace_if_current(&key, taskrun, taskrun.settled());
         }
         if let Some(pod) = pod.filter(|pod| !pod.is_settled())
             && let Some(pod_name) = pod.metadata.name.as_deref()
         {
-            scope
-                .pods
-                .replace_if_current(&ObjectKey::new(namespace, pod_name), pod, pod.settled());
+            scope.pods.replace_if_current(
+                &ObjectKey::new(&key.namespace, pod_name),
+                pod,
+                pod.settled(),
+            );
         }
     }
 

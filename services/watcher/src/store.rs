@@ -5,9 +5,10 @@
 //! - **Lists applied in place.** kube's store collects a (re)list aside and swaps it in when the
 //!   list completes, so nothing listed can be processed before every object has arrived, and
 //!   every object is held in full until then. Here a listed object replaces its entry at once;
-//!   when the list completes, the entries it did not return are removed ([`ObjectStore::end_list`]).
-//!   Every entry is always some version the API returned, which is all level-triggered
-//!   processing needs, and the workers can process TaskRuns while their pods are being listed.
+//!   when the list completes, the entries it did not return are removed
+//!   ([`ObjectStore::end_list`]). Every entry is always some version the API returned, which is
+//!   all level-triggered processing needs, and the workers can process TaskRuns while their pods
+//!   are being listed.
 //! - **Settling.** Once a TaskRun's `finished` is published nothing but `deleted` is published
 //!   for it, so its results and termination messages are no longer needed. The worker replaces
 //!   the stored objects with settled copies ([`ObjectStore::replace_if_current`]), and only if
@@ -65,12 +66,9 @@ impl<K> ObjectStore<K> {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The object `name` in `namespace`.
-    pub fn get(&self, namespace: &str, name: &str) -> Option<Arc<K>> {
-        self.lock()
-            .objects
-            .get(&ObjectKey::new(namespace, name))
-            .cloned()
+    /// The object under `key`.
+    pub fn get(&self, key: &ObjectKey) -> Option<Arc<K>> {
+        self.lock().objects.get(key).cloned()
     }
 
     /// A (re)list starts: from now until [`end_list`](Self::end_list) the listed keys are noted.
@@ -148,12 +146,12 @@ mod tests {
         store.begin_list();
         store.apply(key("a"), Arc::new(10));
         assert_eq!(
-            store.get("ns", "a").as_deref(),
+            store.get(&key("a")).as_deref(),
             Some(&10),
             "a listed object is visible at once"
         );
         assert_eq!(
-            store.get("ns", "b").as_deref(),
+            store.get(&key("b")).as_deref(),
             Some(&2),
             "an object not listed yet stays until the list completes"
         );
@@ -163,7 +161,7 @@ mod tests {
         assert_eq!(vanished[0].0, key("b"));
         assert_eq!(*vanished[0].1, 2);
         assert_eq!(count(&store), 2);
-        assert!(store.get("ns", "b").is_none());
+        assert!(store.get(&key("b")).is_none());
 
         assert!(
             store.end_list().is_empty(),
@@ -179,13 +177,13 @@ mod tests {
         let read = Arc::new(1);
         store.apply(key("a"), Arc::clone(&read));
         assert!(store.replace_if_current(&key("a"), &read, 2));
-        assert_eq!(store.get("ns", "a").as_deref(), Some(&2));
+        assert_eq!(store.get(&key("a")).as_deref(), Some(&2));
 
         // A newer version arrived after the read: it stays.
         let newer = Arc::new(3);
         store.apply(key("a"), Arc::clone(&newer));
         assert!(!store.replace_if_current(&key("a"), &read, 4));
-        assert_eq!(store.get("ns", "a").as_deref(), Some(&3));
+        assert_eq!(store.get(&key("a")).as_deref(), Some(&3));
 
         // Deleted meanwhile: nothing comes back.
         store.remove(&key("a"));

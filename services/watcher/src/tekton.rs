@@ -299,9 +299,9 @@ impl TaskRun {
 /// A TaskRun's pod: the fields the watcher uses of a `v1` `Pod`.
 ///
 /// Parsed through [`PodObject`]: of the metadata only the name, namespace, UID, creation time
-/// and resource version are kept, and what ties the pod to its TaskRun (the two Tekton labels and the TaskRun owner
-/// references) is kept as plain fields rather than as the label map and owner list, which cost
-/// far more than the few strings the watcher reads from them.
+/// and resource version are kept, and what ties the pod to its TaskRun (the two Tekton labels
+/// and the TaskRun owner references) is kept as plain fields rather than as the label map and
+/// owner list, which cost far more than the few strings the watcher reads from them.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(from = "PodObject")]
 pub struct TaskRunPod {

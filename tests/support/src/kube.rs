@@ -41,7 +41,7 @@ use serde_json::{Value, json};
 
 use crate::process::{PeerFailed, PeerProcess};
 use crate::wait::{self, WaitError};
-use crate::{fixtures_dir, peers, ports, short_tempdir, unique_name};
+use crate::{error_lines, fixtures_dir, peers, ports, short_tempdir, unique_name};
 
 /// How long etcd may take to report itself healthy.
 const ETCD_START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -140,7 +140,7 @@ pub enum CrdError {
     },
 }
 
-/// Why [`taskrun_fixture`] failed.
+/// Why reading a fixture ([`taskrun_fixture`], [`signed_termination_message`]) failed.
 #[derive(Debug, thiserror::Error)]
 pub enum FixtureError {
     #[error("reading {}", path.display())]
@@ -155,6 +155,8 @@ pub enum FixtureError {
         #[source]
         source: serde_json::Error,
     },
+    #[error("{} has no {what}", path.display())]
+    Missing { path: PathBuf, what: String },
 }
 
 /// The files of a running apiserver: certificates, keys, kubeconfig and logs.
@@ -241,7 +243,7 @@ impl KubeApiserver {
             Ok(kube) => kube,
             Err(error) => panic!(
                 "the shared kube-apiserver did not start: {}",
-                error_chain(&error)
+                error_lines(&error)
             ),
         }
     }
@@ -322,7 +324,7 @@ impl KubeApiserver {
             .and_then(|config| kube::Client::try_from(config).map_err(ClientError::Build))
         {
             Ok(client) => client,
-            Err(error) => panic!("building the admin client: {}", error_chain(&error)),
+            Err(error) => panic!("building the admin client: {}", error_lines(&error)),
         }
     }
 
@@ -600,6 +602,59 @@ pub fn taskrun_fixture(file_name: &str, namespace: &str) -> Result<TaskRunFixtur
     metadata.creation_timestamp = None;
     metadata.managed_fields = None;
     Ok(TaskRunFixture { object, status })
+}
+
+/// Reads and parses the JSON fixture at `path`.
+fn read_json(path: PathBuf) -> Result<Value, FixtureError> {
+    let text = std::fs::read_to_string(&path).map_err(|source| FixtureError::Read {
+        path: path.clone(),
+        source,
+    })?;
+    serde_json::from_str(&text).map_err(|source| FixtureError::Parse { path, source })
+}
+
+/// The raw termination message the entrypointer writes for `step` (`step-clone`, `step-build`),
+/// signed with a real SVID: `rawTerminationMessage` of the SPIRE fixtures' signed-results vector.
+pub fn signed_termination_message(step: &str) -> Result<String, FixtureError> {
+    let path = fixtures_dir().join("tekton/spire/generated/signed-results.json");
+    let vector = read_json(path.clone())?;
+    vector["steps"][step]["rawTerminationMessage"]
+        .as_str()
+        .map(str::to_owned)
+        .ok_or_else(|| FixtureError::Missing {
+            path,
+            what: format!("signed termination message of {step}"),
+        })
+}
+
+/// A pod's container status as the kubelet reports it: container `name` of `image` in `state`
+/// (`{"running": ...}` or [`terminated_state`]).
+pub fn container_status(name: &str, image: &str, state: Value) -> Value {
+    json!({
+        "name": name,
+        "image": image,
+        "imageID": format!("{image}@sha256:{}", "0".repeat(64)),
+        "ready": false,
+        "restartCount": 0,
+        "started": false,
+        "state": state,
+    })
+}
+
+/// The state of container `name` that exited with code 0, with `message` as its termination
+/// message when given.
+pub fn terminated_state(name: &str, message: Option<&str>) -> Value {
+    let mut terminated = json!({
+        "exitCode": 0,
+        "reason": "Completed",
+        "startedAt": "2026-08-20T10:00:05Z",
+        "finishedAt": "2026-08-20T10:00:09Z",
+        "containerID": format!("containerd://{name}"),
+    });
+    if let Some(message) = message {
+        terminated["message"] = Value::from(message);
+    }
+    json!({ "terminated": terminated })
 }
 
 // === certificates ===
@@ -1129,15 +1184,4 @@ async fn wait_until_discovered(client: &kube::Client, crd: &CrdDocument) -> Resu
         })?;
     }
     Ok(())
-}
-
-/// An error and its sources, one per line, for a panic message.
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(&format!("\n  caused by: {cause}"));
-        source = cause.source();
-    }
-    text
 }

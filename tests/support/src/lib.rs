@@ -67,3 +67,32 @@ pub fn unique_name(prefix: &str) -> String {
     let id = uuid::Uuid::new_v4().simple().to_string();
     format!("{prefix}-{}", &id[..10])
 }
+
+/// An error and its causes, one per line (`caused by: ...`), for a panic message or a report.
+pub fn error_lines(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str("\n  caused by: ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_error_is_shown_with_each_cause_on_its_own_line() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("starting nats-server")]
+        struct Outer(#[source] std::io::Error);
+        let error = Outer(std::io::Error::other("port taken"));
+        assert_eq!(
+            error_lines(&error),
+            "starting nats-server\n  caused by: port taken"
+        );
+    }
+}

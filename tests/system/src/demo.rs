@@ -41,7 +41,8 @@ use nix::unistd::Pid;
 use tokio::task::JoinHandle;
 
 pub use binaries::{Binaries, BuildError};
-pub use report::{Captured, Origin, Reporter, error_lines};
+pub use countersign_test_support::error_lines;
+pub use report::{Captured, Origin, Reporter};
 pub use scenario::{Attested, CliReport, ScenarioError, ScenarioReport, TaskRunReport};
 
 use bus::Observer;

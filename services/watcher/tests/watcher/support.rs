@@ -13,7 +13,10 @@ use countersign_events::{
     DecodeLimits, Event, EventPayload, LifecycleEvent, ParsedSubject, StreamKind, Subjects, schema,
 };
 use countersign_runtime::http_client::{HttpClientOptions, http_client};
-use countersign_test_support::kube::{KubeApiserver, taskrun_fixture, taskrun_resource};
+use countersign_test_support::kube::{
+    KubeApiserver, container_status, signed_termination_message, taskrun_fixture, taskrun_resource,
+    terminated_state,
+};
 use countersign_test_support::nats::NatsServer;
 use countersign_test_support::{fixtures_dir, unique_name, wait};
 use futures::StreamExt as _;
@@ -309,25 +312,10 @@ impl Harness {
             .iter()
             .map(|(container, image)| {
                 let state = match terminated.iter().find(|(name, _)| name == container) {
-                    Some((_, message)) => json!({ "terminated": {
-                        "exitCode": 0,
-                        "reason": "Completed",
-                        "message": message,
-                        "startedAt": "2026-08-20T10:00:05Z",
-                        "finishedAt": "2026-08-20T10:00:09Z",
-                        "containerID": format!("containerd://{container}"),
-                    }}),
+                    Some((_, message)) => terminated_state(container, Some(message)),
                     None => json!({ "running": { "startedAt": "2026-08-20T10:00:05Z" } }),
                 };
-                json!({
-                    "name": container,
-                    "image": image,
-                    "imageID": format!("{image}@sha256:{}", "0".repeat(64)),
-                    "ready": false,
-                    "restartCount": 0,
-                    "started": false,
-                    "state": state,
-                })
+                container_status(container, image, state)
             })
             .collect();
         self.pods()
@@ -404,13 +392,7 @@ pub fn taskrun_status(fixture: &str, pod: &str) -> Value {
 /// The raw termination message the entrypointer writes for `step` (`step-clone`,
 /// `step-build`), signed, from the fixtures.
 pub fn signed_message(step: &str) -> String {
-    let path = fixtures_dir().join("tekton/spire/generated/signed-results.json");
-    let vector: Value =
-        serde_json::from_str(&std::fs::read_to_string(path).expect("the fixture")).expect("JSON");
-    vector["steps"][step]["rawTerminationMessage"]
-        .as_str()
-        .expect("a raw message")
-        .to_owned()
+    signed_termination_message(step).expect("the signed-results fixture")
 }
 
 /// A Tekton CloudEvent fixture (`ce-taskrun-0N-*.json`), about TaskRun `name` (UID `uid`, pod

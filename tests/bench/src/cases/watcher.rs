@@ -36,7 +36,10 @@ use async_nats::jetstream::consumer::pull;
 use async_nats::jetstream::stream;
 use countersign_events::{StreamKind, Subjects};
 use countersign_runtime::http_client::{HttpClientOptions, http_client};
-use countersign_test_support::kube::{KubeApiserver, taskrun_fixture, taskrun_resource};
+use countersign_test_support::kube::{
+    KubeApiserver, container_status, signed_termination_message, taskrun_fixture, taskrun_resource,
+    terminated_state,
+};
 use countersign_test_support::nats::NatsServer;
 use countersign_test_support::{fixtures_dir, ports, wait};
 use futures::{StreamExt as _, TryStreamExt as _};
@@ -110,7 +113,8 @@ async fn run(options: Options) -> anyhow::Result<CaseReport> {
         Api::namespaced_with(kube.client(), &namespace, &taskrun_resource());
     let pod_api: Api<DynamicObject> =
         Api::namespaced_with(kube.client(), &namespace, &pod_resource());
-    let status = succeeded_status()?;
+    // The succeeded fixture's status; its `podName` is set per TaskRun by [`status_naming`].
+    let status = taskrun_fixture("taskrun-03-succeeded.json", &namespace)?.status;
     let pod = if pods {
         Some(SucceededPod::from_fixtures()?)
     } else {
@@ -333,13 +337,6 @@ fn build_watcher() -> anyhow::Result<PathBuf> {
     Ok(binary)
 }
 
-/// The succeeded fixture's status (its `podName` is set per TaskRun by [`status_naming`]).
-fn succeeded_status() -> anyhow::Result<Value> {
-    let path = fixtures_dir().join("tekton/taskrun/taskrun-03-succeeded.json");
-    let mut taskrun: Value = serde_json::from_str(&std::fs::read_to_string(&path)?)?;
-    Ok(taskrun["status"].take())
-}
-
 /// `status` naming `<taskrun>-pod` as the TaskRun's pod.
 fn status_naming(status: &Value, taskrun: &str) -> Value {
     let mut status = status.clone();
@@ -393,22 +390,6 @@ impl SucceededPod {
             }
         }
 
-        let path = fixtures_dir().join("tekton/spire/generated/signed-results.json");
-        let vector: Value = serde_json::from_str(&std::fs::read_to_string(&path)?)
-            .with_context(|| format!("reading {}", path.display()))?;
-        let terminated = |container: &str, exit_code: i32, message: Option<&str>| {
-            let mut terminated = json!({
-                "exitCode": exit_code,
-                "reason": "Completed",
-                "startedAt": "2026-08-20T10:00:05Z",
-                "finishedAt": "2026-08-20T10:00:09Z",
-                "containerID": format!("containerd://{container}"),
-            });
-            if let Some(message) = message {
-                terminated["message"] = Value::from(message);
-            }
-            terminated
-        };
         let image_of = |containers: &Value, name: &str| {
             containers
                 .as_array()
@@ -419,40 +400,24 @@ impl SucceededPod {
                 .unwrap_or_default()
                 .to_owned()
         };
-        let container_status = |name: &str, image: String, terminated: Value| {
-            json!({
-                "name": name,
-                "image": image,
-                "imageID": format!("{image}@sha256:{}", "0".repeat(64)),
-                "ready": false,
-                "restartCount": 0,
-                "started": false,
-                "state": { "terminated": terminated },
-            })
-        };
         let spec = &object["spec"];
         let init_statuses: Vec<Value> = spec["initContainers"]
             .as_array()
             .into_iter()
             .flatten()
-            .filter_map(|container| container["name"].as_str())
-            .map(|name| {
-                container_status(
-                    name,
-                    image_of(&spec["initContainers"], name),
-                    terminated(name, 0, None),
-                )
+            .filter_map(|container| {
+                let name = container["name"].as_str()?;
+                let image = container["image"].as_str().unwrap_or_default();
+                Some(container_status(name, image, terminated_state(name, None)))
             })
             .collect();
         let mut statuses = Vec::new();
         for container in STEP_CONTAINERS {
-            let message = vector["steps"][container]["rawTerminationMessage"]
-                .as_str()
-                .with_context(|| format!("no signed termination message for {container}"))?;
+            let message = signed_termination_message(container)?;
             statuses.push(container_status(
                 container,
-                image_of(&spec["containers"], container),
-                terminated(container, 0, Some(message)),
+                &image_of(&spec["containers"], container),
+                terminated_state(container, Some(&message)),
             ));
         }
         let status = json!({

@@ -169,18 +169,6 @@ impl Reporter {
     }
 }
 
-/// An error and its causes, one per line (`caused by: ...`), as the demo prints a failure.
-pub fn error_lines(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str("\n  caused by: ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -196,17 +184,5 @@ mod tests {
         assert_eq!(lines[1], format!("{INDENT}second"));
         assert_eq!(lines[2], format!("{INDENT}| a"));
         assert_eq!(lines[3], format!("{INDENT}| b"));
-    }
-
-    #[test]
-    fn an_error_is_shown_with_each_cause_on_its_own_line() {
-        #[derive(Debug, thiserror::Error)]
-        #[error("starting nats-server")]
-        struct Outer(#[source] std::io::Error);
-        let error = Outer(std::io::Error::other("port taken"));
-        assert_eq!(
-            error_lines(&error),
-            "starting nats-server\n  caused by: port taken"
-        );
     }
 }

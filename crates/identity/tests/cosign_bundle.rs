@@ -88,30 +88,33 @@ impl Case {
 
     /// `cosign verify-blob-attestation`, as a user would run it.
     fn cosign(&self, identity: &str) -> Verdict {
+        self.cosign_with(identity, &[])
+    }
+
+    fn cosign_with(&self, identity: &str, extra: &[&str]) -> Verdict {
         let (bundle, root, blob) = (
             self.path("attestation.sigstore.json"),
             self.path("trusted_root.json"),
             self.path("blob"),
         );
-        run(
-            Peer::Cosign,
-            &[
-                "verify-blob-attestation",
-                "--bundle",
-                &bundle,
-                "--trusted-root",
-                &root,
-                "--certificate-identity",
-                identity,
-                "--certificate-oidc-issuer-regexp",
-                ".*",
-                "--insecure-ignore-tlog",
-                "--insecure-ignore-sct",
-                "--type",
-                TASKRUN_RESULTS_PREDICATE_TYPE,
-                &blob,
-            ],
-        )
+        let mut args = vec![
+            "verify-blob-attestation",
+            "--bundle",
+            &bundle,
+            "--trusted-root",
+            &root,
+            "--certificate-identity",
+            identity,
+            "--certificate-oidc-issuer-regexp",
+            ".*",
+            "--insecure-ignore-tlog",
+            "--insecure-ignore-sct",
+            "--type",
+            TASKRUN_RESULTS_PREDICATE_TYPE,
+        ];
+        args.extend_from_slice(extra);
+        args.push(&blob);
+        run(Peer::Cosign, &args)
     }
 }
 
@@ -186,6 +189,35 @@ fn cosign_refuses_a_bundle_from_another_ca() {
     assert_refused(
         &verdict,
         "Error: failed to verify leaf certificate: leaf certificate verification failed",
+    );
+}
+
+/// An SVID under an intermediate CA (SPIRE under an upstream authority): the bundle carries
+/// the chain, which cosign takes with `--allow-certificate-chain` and refuses without it.
+#[test]
+fn cosign_accepts_a_chain_bundle_when_allowed() {
+    let root = NowCa::new();
+    let bundles = root.bundles();
+    let attestor = root
+        .intermediate()
+        .issue(ATTESTOR_ID, &CODE_SIGNING_EXTENDED_KEY_USAGES);
+    let bundle = signed_bundle(&attestor, &bundles);
+    assert_eq!(bundle.intermediates_der().len(), 1);
+    let parsed = SigstoreBundle::from_json(&bundle.to_json()).unwrap();
+    let policy = SignerPolicy::exact(SpiffeId::new(ATTESTOR_ID).unwrap());
+    AttestationVerifier::new(&bundles, &policy)
+        .verify(&parsed.to_attestation(), AttestationTime::At(Utc::now()))
+        .unwrap();
+    let case = Case::new(&bundles, &bundle);
+    let allowed = case.cosign_with(ATTESTOR_ID, &["--allow-certificate-chain"]);
+    assert!(allowed.success, "{allowed:?}");
+    assert!(allowed.stderr.contains("Verified OK"), "{allowed:?}");
+    // Without the flag cosign does not read a v0.3 bundle with a chain as a bundle at all, and
+    // says so in terms of its older format.
+    let refused = case.cosign(ATTESTOR_ID);
+    assert_refused(
+        &refused,
+        "Error: --trusted-root only supported with --new-bundle-format",
     );
 }
 

@@ -26,6 +26,8 @@ pub const TASKRUN_ID: &str = "spiffe://example.org/ns/default/taskrun/build-push
 /// after tomorrow.
 pub struct NowCa {
     issuer: CertifiedIssuer<'static, KeyPair>,
+    /// PEM of this CA and the intermediates above it, when it is an intermediate.
+    chain_above: String,
 }
 
 /// Today plus `offset_days`, as (year, month, day).
@@ -60,6 +62,35 @@ impl NowCa {
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
         Self {
             issuer: CertifiedIssuer::self_signed(params, key).unwrap(),
+            chain_above: String::new(),
+        }
+    }
+
+    /// An intermediate CA signed by this one (as SPIRE's own CA under an upstream authority).
+    pub fn intermediate(&self) -> Self {
+        let mut params = CertificateParams::default();
+        params.distinguished_name = DistinguishedName::new();
+        params.distinguished_name.push(DnType::CountryName, "US");
+        params
+            .distinguished_name
+            .push(DnType::OrganizationName, "SPIRE intermediate");
+        params.subject_alt_names = vec![SanType::URI(
+            Ia5String::try_from(format!("spiffe://{TRUST_DOMAIN}")).unwrap(),
+        )];
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        params.use_authority_key_identifier_extension = true;
+        set_validity(&mut params, day(-2), day(3));
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let issuer = CertifiedIssuer::signed_by(params, key, &self.issuer).unwrap();
+        let chain_above = format!("{}{}", issuer.pem(), self.chain_above);
+        Self {
+            issuer,
+            chain_above,
         }
     }
 
@@ -99,7 +130,8 @@ impl NowCa {
         set_validity(&mut params, day(-1), day(2));
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
         let certificate = params.signed_by(&key, &self.issuer).unwrap();
-        SigningSvid::from_pem(&certificate.pem(), &key.serialize_pem()).unwrap()
+        let chain = format!("{}{}", certificate.pem(), self.chain_above);
+        SigningSvid::from_pem(&chain, &key.serialize_pem()).unwrap()
     }
 }
 

@@ -19,6 +19,12 @@
 //! bundle, and verifiers check the certificate at the current time (attestor SVIDs are short
 //! lived, so an unmodified cosign accepts a bundle only while its SVID is valid).
 //!
+//! sigstore-go (inside cosign and policy-controller) also requires the code-signing extended key
+//! usage of the signing certificate. SPIRE's X509-SVIDs carry server and client auth only, so
+//! cosign refuses a bundle signed by a plain SPIRE SVID ("failed to verify leaf certificate");
+//! the attestor's SVID needs code signing added (e.g. by a SPIRE credential composer) for
+//! cosign to accept it. The bundle format itself is what cosign reads.
+//!
 //! Parsing is parse-then-check ([`SigstoreBundle::from_json`]): the size is bounded, the media
 //! type must be v0.3, the content must be a DSSE envelope with exactly one signature, the
 //! verification material must be certificates that parse, and evidence we cannot check

@@ -5,8 +5,16 @@
 //! "sig": <base64>}]}`, base64 with the standard alphabet and padding (the URL-safe alphabet is
 //! accepted when reading, as the DSSE spec asks). The signature covers
 //! `PAE(type, body) = "DSSEv1" SP LEN(type) SP type SP LEN(body) SP body`, lengths in ASCII
-//! decimal. The `keyid` we write is the signer's SVID fingerprint (SHA-256 of its leaf DER, hex);
-//! it is a hint only and never trusted.
+//! decimal.
+//!
+//! `keyid` is absent from what we write. The DSSE protocol makes it an optional, unauthenticated
+//! hint that "MUST NOT be used for security decisions", and the common verifiers use it only to
+//! skip keys: go-securesystemslib's envelope verifier (under in-toto-golang, cosign and
+//! slsa-verifier) skips a signature whose keyid is set and differs from its own id of the key (a
+//! hash it computes its own way), so any keyid of ours would make those verifiers refuse the
+//! envelope, while an absent one verifies everywhere. Envelopes written before this carry the
+//! signer's SVID fingerprint as keyid; we still read them, and [`Envelope::verify`] never looks
+//! at a keyid: the key is always the caller's.
 
 use base64::Engine as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -45,7 +53,8 @@ pub struct Envelope {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EnvelopeSignature {
-    /// Unauthenticated key hint.
+    /// Unauthenticated key hint: empty in what we sign (then absent from the JSON), read from
+    /// older envelopes, never used to pick or trust a key.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub keyid: String,
     /// The signature bytes.
@@ -65,7 +74,8 @@ pub enum DsseVerifyError {
 }
 
 impl Envelope {
-    /// Signs `payload` of `payload_type` with the SVID's key.
+    /// Signs `payload` of `payload_type` with the SVID's key. The signature has no keyid (see
+    /// the module docs).
     pub fn sign(
         payload_type: &str,
         payload: Vec<u8>,
@@ -76,14 +86,15 @@ impl Envelope {
             payload_type: payload_type.to_owned(),
             payload,
             signatures: vec![EnvelopeSignature {
-                keyid: svid.leaf().fingerprint().to_hex(),
+                keyid: String::new(),
                 sig,
             }],
         })
     }
 
     /// Checks that at least one signature verifies over the PAE with `key`, and returns the
-    /// payload that is now authenticated.
+    /// payload that is now authenticated. Every signature is tried with `key` whatever its
+    /// keyid says.
     pub fn verify(&self, key: &SvidPublicKey) -> Result<&[u8], DsseVerifyError> {
         if self.signatures.is_empty() {
             return Err(DsseVerifyError::NoSignatures);

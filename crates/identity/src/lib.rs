@@ -10,6 +10,10 @@
 //!   reason codes (per step and per TaskRun).
 //! * [`dsse`] and [`intoto`]: DSSE envelopes around in-toto Statement v1, our TaskRun-results
 //!   predicate, and [`attestation`]: signed attestations and their offline verification.
+//! * [`sigstore_bundle`]: the same attestations as Sigstore bundles v0.3 (what cosign reads),
+//!   and the Sigstore trusted root made from a SPIRE trust bundle.
+//! * [`vsa`]: SLSA Verification Summary Attestations, and the artifact digests a TaskRun's
+//!   results name by Tekton Chains' type hints.
 //! * [`workload`]: the SPIFFE Workload API (current SVID and bundles, kept current; a signer's
 //!   fetch with retry).
 //!
@@ -21,7 +25,9 @@ pub mod attestation;
 pub mod crypto;
 pub mod dsse;
 pub mod intoto;
+pub mod sigstore_bundle;
 pub mod spiffe_id;
 pub mod svid;
 pub mod tekton;
+pub mod vsa;
 pub mod workload;

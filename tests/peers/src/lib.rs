@@ -1,11 +1,14 @@
 //! Builds the real peers Countersign is tested against (nats-server, spire-server, spire-agent, etcd,
-//! kube-apiserver), and kustomize to render the deployment manifests, from the Go module proxy, into a
-//! per-machine cache outside the repository.
+//! kube-apiserver), kustomize to render the deployment manifests, and the independent verifiers of our
+//! attestation formats (cosign, slsa-verifier, and dsse-verify: our own few lines around
+//! go-securesystemslib's DSSE verifier), from the Go module proxy, into a per-machine cache outside the
+//! repository.
 //!
 //! The versions are pinned in one place: the `go.mod` of each small Go module under `tests/peers/`.
-//! This crate reads them, keys the cache directory by module, version and a hash of `go.mod` and
-//! `go.sum`, and runs `go build` only when that directory is missing. A file lock serialises builds,
-//! so parallel test runs on one machine never build the same peer twice or see a half-written binary.
+//! This crate reads them, keys the cache directory by module, version and a hash of `go.mod`, `go.sum`
+//! and our own `.go` files, and runs `go build` only when that directory is missing. A file lock
+//! serialises builds, so parallel test runs on one machine never build the same peer twice or see a
+//! half-written binary.
 
 use std::fmt;
 use std::fs;
@@ -32,16 +35,27 @@ pub enum Peer {
     KubeApiserver,
     /// Not a peer but a build tool: renders `k8s/` for the manifest tests.
     Kustomize,
+    // --- Attestation verifiers (issue 16): independent consumers of our attestation formats.
+    /// Our own small program around go-securesystemslib's DSSE envelope verifier.
+    DsseVerify,
+    /// sigstore's `cosign` (reads Sigstore bundles).
+    Cosign,
+    /// `slsa-verifier` (reads SLSA VSAs).
+    SlsaVerifier,
 }
 
 impl Peer {
-    pub const ALL: [Peer; 6] = [
+    pub const ALL: [Peer; 9] = [
         Peer::NatsServer,
         Peer::SpireServer,
         Peer::SpireAgent,
         Peer::Etcd,
         Peer::KubeApiserver,
         Peer::Kustomize,
+        // Attestation verifiers.
+        Peer::DsseVerify,
+        Peer::Cosign,
+        Peer::SlsaVerifier,
     ];
 
     /// The binary's file name.
@@ -53,6 +67,10 @@ impl Peer {
             Peer::Etcd => "etcd",
             Peer::KubeApiserver => "kube-apiserver",
             Peer::Kustomize => "kustomize",
+            // Attestation verifiers.
+            Peer::DsseVerify => "dsse-verify",
+            Peer::Cosign => "cosign",
+            Peer::SlsaVerifier => "slsa-verifier",
         }
     }
 
@@ -63,6 +81,10 @@ impl Peer {
             Peer::Etcd => &ETCD,
             Peer::KubeApiserver => &KUBE,
             Peer::Kustomize => &KUSTOMIZE,
+            // Attestation verifiers.
+            Peer::DsseVerify => &DSSE_VERIFY,
+            Peer::Cosign => &COSIGN,
+            Peer::SlsaVerifier => &SLSA_VERIFIER,
         }
     }
 
@@ -74,6 +96,10 @@ impl Peer {
             Peer::Etcd => "go.etcd.io/etcd/server/v3",
             Peer::KubeApiserver => "k8s.io/kubernetes/cmd/kube-apiserver",
             Peer::Kustomize => "sigs.k8s.io/kustomize/kustomize/v5",
+            // Attestation verifiers.
+            Peer::DsseVerify => "countersign.dev/tests/peers/dsse-verify",
+            Peer::Cosign => "github.com/sigstore/cosign/v3/cmd/cosign",
+            Peer::SlsaVerifier => "github.com/slsa-framework/slsa-verifier/v2/cli/slsa-verifier",
         }
     }
 }
@@ -134,7 +160,39 @@ const KUSTOMIZE: GoModule = GoModule {
     cgo: false,
     cold_build_estimate: "about 1 minute",
 };
-const MODULES: [&GoModule; 5] = [&NATS, &SPIRE, &ETCD, &KUBE, &KUSTOMIZE];
+// --- Attestation verifiers (issue 16).
+const DSSE_VERIFY: GoModule = GoModule {
+    dir: "dsse-verify",
+    upstream: "github.com/secure-systems-lab/go-securesystemslib",
+    peers: &[Peer::DsseVerify],
+    cgo: false,
+    cold_build_estimate: "about 20 seconds",
+};
+const COSIGN: GoModule = GoModule {
+    dir: "cosign",
+    upstream: "github.com/sigstore/cosign/v3",
+    peers: &[Peer::Cosign],
+    cgo: false,
+    cold_build_estimate: "about 3 minutes",
+};
+const SLSA_VERIFIER: GoModule = GoModule {
+    dir: "slsa-verifier",
+    upstream: "github.com/slsa-framework/slsa-verifier/v2",
+    peers: &[Peer::SlsaVerifier],
+    cgo: false,
+    cold_build_estimate: "about 2 minutes",
+};
+const MODULES: [&GoModule; 8] = [
+    &NATS,
+    &SPIRE,
+    &ETCD,
+    &KUBE,
+    &KUSTOMIZE,
+    // Attestation verifiers.
+    &DSSE_VERIFY,
+    &COSIGN,
+    &SLSA_VERIFIER,
+];
 
 /// Where a built peer is, and what it is.
 #[derive(Debug, Clone)]
@@ -154,6 +212,10 @@ pub struct Peers {
     pub etcd: PeerBinary,
     pub kube_apiserver: PeerBinary,
     pub kustomize: PeerBinary,
+    // Attestation verifiers.
+    pub dsse_verify: PeerBinary,
+    pub cosign: PeerBinary,
+    pub slsa_verifier: PeerBinary,
 }
 
 impl Peers {
@@ -165,6 +227,10 @@ impl Peers {
             Peer::Etcd => &self.etcd,
             Peer::KubeApiserver => &self.kube_apiserver,
             Peer::Kustomize => &self.kustomize,
+            // Attestation verifiers.
+            Peer::DsseVerify => &self.dsse_verify,
+            Peer::Cosign => &self.cosign,
+            Peer::SlsaVerifier => &self.slsa_verifier,
         }
     }
 
@@ -348,6 +414,7 @@ impl Pinned {
         let go_mod = fs::read_to_string(&go_mod_path)
             .map_err(io_error(format!("reading {}", go_mod_path.display())))?;
         let go_sum = fs::read(dir.join("go.sum")).unwrap_or_default();
+        let go_sources = go_sources(&dir)?;
         let version = pinned_version(&go_mod, module.upstream).ok_or(EnsureError::PinMissing {
             upstream: module.upstream,
             go_mod: go_mod_path,
@@ -355,6 +422,10 @@ impl Pinned {
         let mut context = ring::digest::Context::new(&ring::digest::SHA256);
         context.update(go_mod.as_bytes());
         context.update(&go_sum);
+        for (name, text) in &go_sources {
+            context.update(name.as_bytes());
+            context.update(text);
+        }
         let hash = hex::encode(&context.finish().as_ref()[..6]);
         let entry = cache.join(format!("{}-{}-{}", module.dir, version, hash));
         Ok(Pinned {
@@ -374,6 +445,28 @@ impl Pinned {
             .iter()
             .all(|peer| self.binary(*peer).is_file())
     }
+}
+
+/// The `.go` files of a module directory (our own programs, e.g. `dsse-verify`), sorted by name,
+/// so that changing one rebuilds it. Modules that only pin an upstream program have none.
+fn go_sources(dir: &Path) -> Result<Vec<(String, Vec<u8>)>, EnsureError> {
+    let entries = fs::read_dir(dir).map_err(io_error(format!("listing {}", dir.display())))?;
+    let mut sources = Vec::new();
+    for entry in entries {
+        let path = entry
+            .map_err(io_error(format!("listing {}", dir.display())))?
+            .path();
+        if path.extension().is_some_and(|extension| extension == "go") {
+            let text = fs::read(&path).map_err(io_error(format!("reading {}", path.display())))?;
+            let name = path
+                .file_name()
+                .map(|name| name.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            sources.push((name, text));
+        }
+    }
+    sources.sort();
+    Ok(sources)
 }
 
 /// Finds `<upstream> vX.Y.Z` in a go.mod `require` block or line.
@@ -458,6 +551,10 @@ fn assemble(
         etcd: binary(Peer::Etcd)?,
         kube_apiserver: binary(Peer::KubeApiserver)?,
         kustomize: binary(Peer::Kustomize)?,
+        // Attestation verifiers.
+        dsse_verify: binary(Peer::DsseVerify)?,
+        cosign: binary(Peer::Cosign)?,
+        slsa_verifier: binary(Peer::SlsaVerifier)?,
     })
 }
 

@@ -15,9 +15,9 @@ use std::sync::Arc;
 use countersign_events::{
     Bus, EventMetrics, EventSource, KvConfig, KvSpec, SetupError, StreamKind,
 };
-use countersign_runtime::Context;
 use countersign_runtime::nats::{NatsConnectError, connect};
 use countersign_runtime::retry::{Backoff, retry_transient};
+use countersign_runtime::{Context, error_chain};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
@@ -227,7 +227,7 @@ pub async fn run_on(
         failure.get_or_insert(error);
     }
     if let Err(error) = nats.drain().await {
-        tracing::warn!(error = %error, "draining the NATS connection");
+        tracing::warn!(error = %error_chain(&error), "draining the NATS connection");
     }
     match failure {
         Some(error) => Err(error),

@@ -70,9 +70,9 @@ struct Entry {
 /// Why the log could not be read or written.
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
-    /// The TaskRun UID cannot be part of a KV key (`[A-Za-z0-9_=-]` expected).
-    #[error("the TaskRun UID {uid:?} cannot be used as a key")]
-    InvalidUid { uid: String },
+    /// The TaskRun UID cannot be part of a KV key (1 to 128 bytes of `[A-Za-z0-9_=-]` expected).
+    #[error("a TaskRun UID of {length} bytes cannot be used as a key")]
+    InvalidUid { length: usize },
     /// The bucket's stream could not be read for loading.
     #[error("reading the state bucket")]
     Load(#[source] async_nats::Error),
@@ -149,12 +149,10 @@ impl Inner {
     }
 }
 
-/// Whether `text` may be one token of a KV key.
+/// Whether `text` may be one token of a KV key: a UID Kubernetes could have written, bounded
+/// in length ([`crate::identifiers::is_valid_uid`]), so no key nears nats-server's control line.
 fn is_key_token(text: &str) -> bool {
-    !text.is_empty()
-        && text
-            .bytes()
-            .all(|byte| byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b'='))
+    crate::identifiers::is_valid_uid(text)
 }
 
 impl TransitionLog {
@@ -180,14 +178,13 @@ impl TransitionLog {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Whether `uid` can be recorded: `[A-Za-z0-9_=-]` (every Kubernetes UID is).
+    /// Whether `uid` can be recorded: 1 to 128 bytes of `[A-Za-z0-9_=-]` (every Kubernetes UID
+    /// is). The error does not quote the UID, which may be of any size.
     pub fn check_uid(&self, uid: &str) -> Result<(), StateError> {
         if is_key_token(uid) {
             Ok(())
         } else {
-            Err(StateError::InvalidUid {
-                uid: uid.to_owned(),
-            })
+            Err(StateError::InvalidUid { length: uid.len() })
         }
     }
 
@@ -440,7 +437,8 @@ mod tests {
     #[test]
     fn uids_that_cannot_be_key_tokens_are_refused() {
         assert!(is_key_token("6f1c2b8e-4d3a-4e7f-9a51-2c8d0e7b3f14"));
-        for bad in ["", "a.b", "a b", "a*", "a>", "ü"] {
+        let huge = "u".repeat(4096);
+        for bad in ["", "a.b", "a b", "a*", "a>", "ü", huge.as_str()] {
             assert!(!is_key_token(bad), "{bad:?}");
         }
     }

@@ -25,6 +25,7 @@ pub fn event_reason(reason: VerifierReason) -> EventReason {
         VerifierReason::ResultsMismatch => EventReason::ResultsMismatch,
         VerifierReason::UnsignedResults => EventReason::UnsignedResults,
         VerifierReason::MalformedResults => EventReason::MalformedResults,
+        VerifierReason::PayloadTooLarge => EventReason::PayloadTooLarge,
     }
 }
 
@@ -47,6 +48,7 @@ pub fn verifier_reason(reason: EventReason) -> VerifierReason {
         EventReason::ResultsMismatch => VerifierReason::ResultsMismatch,
         EventReason::UnsignedResults => VerifierReason::UnsignedResults,
         EventReason::MalformedResults => VerifierReason::MalformedResults,
+        EventReason::PayloadTooLarge => VerifierReason::PayloadTooLarge,
     }
 }
 

@@ -657,6 +657,101 @@ mod tests {
         assert_eq!(help.exit_code(), exit_code::OK);
     }
 
+    #[derive(Debug, thiserror::Error)]
+    enum TaskError {
+        #[error("the task failed")]
+        Failed,
+        #[error("not yet")]
+        NotYet,
+        #[error("a task panicked")]
+        Panicked(#[from] JoinError),
+    }
+
+    #[tokio::test]
+    async fn run_until_shutdown_returns_at_shutdown_after_its_tasks() {
+        let ctx = Context::new("test", ());
+        let finished = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut tasks: JoinSet<Result<(), TaskError>> = JoinSet::new();
+        let token = ctx.shutdown.token();
+        let flag = Arc::clone(&finished);
+        tasks.spawn(async move {
+            token.cancelled().await;
+            flag.store(true, std::sync::atomic::Ordering::SeqCst);
+            Ok(())
+        });
+        // A task that ends early without failing changes nothing.
+        tasks.spawn(async { Ok(()) });
+        let running = tokio::spawn({
+            let ctx = ctx.clone();
+            async move { ctx.run_until_shutdown(None, tasks).await }
+        });
+        ctx.shutdown.cancel();
+        let outcome = tokio::time::timeout(Duration::from_secs(5), running)
+            .await
+            .expect("returns at shutdown")
+            .expect("no panic");
+        assert!(outcome.is_ok());
+        assert!(finished.load(std::sync::atomic::Ordering::SeqCst));
+    }
+
+    #[tokio::test]
+    async fn a_failing_task_starts_the_shutdown_and_its_error_is_returned() {
+        let ctx = Context::new("test", ());
+        let mut tasks: JoinSet<Result<(), TaskError>> = JoinSet::new();
+        let token = ctx.shutdown.token();
+        tasks.spawn(async move {
+            token.cancelled().await;
+            Ok(())
+        });
+        tasks.spawn(async { Err(TaskError::Failed) });
+        let outcome =
+            tokio::time::timeout(Duration::from_secs(5), ctx.run_until_shutdown(None, tasks))
+                .await
+                .expect("the failure stops the others");
+        assert!(matches!(outcome, Err(TaskError::Failed)));
+        assert!(ctx.shutdown.is_cancelled());
+
+        let ctx = Context::new("test", ());
+        let mut tasks: JoinSet<Result<(), TaskError>> = JoinSet::new();
+        tasks.spawn(async { panic!("a bug") });
+        let outcome = ctx.run_until_shutdown(None, tasks).await;
+        assert!(matches!(outcome, Err(TaskError::Panicked(_))));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_startup_step_releases_its_latch_only_when_it_succeeds() {
+        let ctx = Context::new("test", ()).with_environment(Environment::new().with("A", "1"));
+        assert_eq!(ctx.env.get("A"), Some("1"));
+        assert_eq!(ctx.nats_client_name(), "countersign-test");
+        let attempts = std::sync::atomic::AtomicU32::new(0);
+        let latch = ctx.readiness.latch("step done");
+        let done = ctx
+            .startup(
+                latch,
+                |error| matches!(error, TaskError::NotYet),
+                || async {
+                    match attempts.fetch_add(1, std::sync::atomic::Ordering::SeqCst) {
+                        0 => Err(TaskError::NotYet),
+                        _ => Ok(7),
+                    }
+                },
+            )
+            .await;
+        assert!(matches!(done, Ok(Some(7))));
+        assert!(ctx.readiness.status().is_ready());
+
+        let latch = ctx.readiness.latch("never done");
+        let failed = ctx
+            .startup(
+                latch,
+                |error| matches!(error, TaskError::NotYet),
+                || async { Err::<(), _>(TaskError::Failed) },
+            )
+            .await;
+        assert!(matches!(failed, Err(TaskError::Failed)));
+        assert!(!ctx.readiness.status().is_ready());
+    }
+
     #[tokio::test]
     async fn readiness_waits_for_the_first_poll_of_the_service() {
         let readiness = Readiness::new();

@@ -161,7 +161,7 @@ impl RunningAttestor {
             async {
                 let _ = stopped.await;
             },
-            |ctx| run(ctx, None),
+            run,
         ));
         RunningAttestor {
             ctx,

@@ -18,6 +18,7 @@ pub mod node;
 pub mod ports;
 pub mod process;
 pub mod spire;
+pub mod tekton;
 pub mod wait;
 
 use std::path::{Path, PathBuf};

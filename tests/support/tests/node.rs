@@ -68,3 +68,117 @@ async fn a_pod_runs_to_completion_with_its_termination_message() {
         Some(format!("ran on {NODE_NAME}").as_str())
     );
 }
+
+/// The `Succeeded` condition's status and reason, if the object has one.
+fn succeeded(object: &kube::api::DynamicObject) -> Option<(String, String)> {
+    let conditions = object.data.pointer("/status/conditions")?.as_array()?;
+    let condition = conditions
+        .iter()
+        .find(|condition| condition.get("type").and_then(|t| t.as_str()) == Some("Succeeded"))?;
+    let status = condition.get("status")?.as_str()?.to_owned();
+    let reason = condition.get("reason")?.as_str()?.to_owned();
+    Some((status, reason))
+}
+
+#[tokio::test]
+async fn tektons_controller_and_entrypointer_run_a_taskrun_with_four_results() {
+    use countersign_test_support::kube::taskrun_resource;
+    use countersign_test_support::tekton::TektonController;
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    use kube::api::DynamicObject;
+    use std::collections::BTreeMap;
+
+    let began = Instant::now();
+    let node = match Node::start().await {
+        Ok(node) => node,
+        Err(error) => panic!("the node did not start: {}", error_lines(&error)),
+    };
+    let tekton = match TektonController::start(&node, &BTreeMap::new(), &BTreeMap::new()).await {
+        Ok(tekton) => tekton,
+        Err(error) => panic!("Tekton did not start: {}", error_lines(&error)),
+    };
+    let namespace = node
+        .kube()
+        .unique_namespace("tekton")
+        .await
+        .expect("creating a namespace");
+    // kube-controller-manager creates every namespace's `default` ServiceAccount, which Tekton
+    // reads for credentials.
+    let accounts: Api<ServiceAccount> = Api::namespaced(node.client(), &namespace);
+    wait::until("ServiceAccount default to exist", POD_TIMEOUT, || {
+        let accounts = accounts.clone();
+        async move { accounts.get_opt("default").await.ok().flatten() }
+    })
+    .await
+    .expect("the default ServiceAccount");
+    let taskruns: Api<DynamicObject> =
+        Api::namespaced_with(node.client(), &namespace, &taskrun_resource());
+    let taskrun: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "tekton.dev/v1",
+        "kind": "TaskRun",
+        "metadata": { "name": "build-push" },
+        "spec": { "taskSpec": {
+            "results": [
+                { "name": "commit", "type": "string" },
+                { "name": "IMAGE_DIGEST", "type": "string" },
+                { "name": "image", "type": "object",
+                  "properties": { "url": { "type": "string" }, "digest": { "type": "string" } } },
+                { "name": "tags", "type": "array" },
+            ],
+            "steps": [
+                { "name": "clone", "image": BUSYBOX_IMAGE, "imagePullPolicy": "Never",
+                  "script": "#!/bin/sh\nprintf 'abc123' > $(results.commit.path)\n" },
+                { "name": "build", "image": BUSYBOX_IMAGE, "imagePullPolicy": "Never",
+                  "script": "#!/bin/sh\nprintf 'sha256:0f0f' > $(results.IMAGE_DIGEST.path)\nprintf '{\"url\":\"localhost/app\",\"digest\":\"sha256:0f0f\"}' > $(results.image.path)\nprintf '[\"latest\",\"v1\"]' > $(results.tags.path)\n" },
+            ],
+        }},
+    }))
+    .expect("a valid TaskRun");
+    taskruns
+        .create(&PostParams::default(), &taskrun)
+        .await
+        .expect("creating the TaskRun");
+    let finished = wait::until("the TaskRun to finish", POD_TIMEOUT, || {
+        let taskruns = taskruns.clone();
+        async move {
+            let taskrun = taskruns.get("build-push").await.ok()?;
+            let (status, _) = succeeded(&taskrun)?;
+            (status != "Unknown").then_some(taskrun)
+        }
+    })
+    .await;
+    let taskrun = match finished {
+        Ok(taskrun) => taskrun,
+        Err(error) => panic!(
+            "{error}\n---- TaskRun ----\n{:?}\n---- tekton-controller ----\n{}\n---- kubelet ----\n{}",
+            taskruns.get("build-push").await.map(|t| t.data),
+            tekton.log_tail(),
+            node.kubelet_log_tail()
+        ),
+    };
+    eprintln!("TaskRun finished {:?} after start", began.elapsed());
+    assert_eq!(
+        succeeded(&taskrun),
+        Some(("True".to_owned(), "Succeeded".to_owned())),
+        "{:#}",
+        taskrun.data
+    );
+    let results: BTreeMap<String, serde_json::Value> = taskrun.data["status"]["results"]
+        .as_array()
+        .expect("results")
+        .iter()
+        .map(|result| {
+            (
+                result["name"].as_str().unwrap_or("").to_owned(),
+                result["value"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(results["commit"], json!("abc123"));
+    assert_eq!(results["IMAGE_DIGEST"], json!("sha256:0f0f"));
+    assert_eq!(
+        results["image"],
+        json!({ "url": "localhost/app", "digest": "sha256:0f0f" })
+    );
+    assert_eq!(results["tags"], json!(["latest", "v1"]));
+}

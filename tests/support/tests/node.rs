@@ -1,6 +1,8 @@
 //! The real node runs a pod: scheduled by kube-scheduler onto `worker-1` (whose `not-ready` taint
 //! kube-controller-manager lifted), started by the kubelet through containerd and runc from an
-//! image imported without a registry, and finished with its termination message in the status.
+//! image imported without a registry, and finished with its termination message in the status; and
+//! Tekton's real controller and entrypointer run a TaskRun (two steps, four results: string, array,
+//! object) and a two-task PipelineRun passing a result downstream on that node.
 
 use std::time::{Duration, Instant};
 
@@ -81,7 +83,7 @@ fn succeeded(object: &kube::api::DynamicObject) -> Option<(String, String)> {
 }
 
 #[tokio::test]
-async fn tektons_controller_and_entrypointer_run_a_taskrun_with_four_results() {
+async fn tektons_controller_and_entrypointer_run_a_taskrun_and_a_pipelinerun_passing_a_result() {
     use countersign_test_support::kube::taskrun_resource;
     use countersign_test_support::tekton::TektonController;
     use k8s_openapi::api::core::v1::ServiceAccount;
@@ -181,4 +183,72 @@ async fn tektons_controller_and_entrypointer_run_a_taskrun_with_four_results() {
         json!({ "url": "localhost/app", "digest": "sha256:0f0f" })
     );
     assert_eq!(results["tags"], json!(["latest", "v1"]));
+
+    // A two-task PipelineRun: the second task gets the first's result as a parameter.
+    let pipelineruns: Api<DynamicObject> = Api::namespaced_with(
+        node.client(),
+        &namespace,
+        &kube::core::ApiResource::from_gvk_with_plural(
+            &kube::core::GroupVersionKind::gvk("tekton.dev", "v1", "PipelineRun"),
+            "pipelineruns",
+        ),
+    );
+    let pipelinerun: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "tekton.dev/v1",
+        "kind": "PipelineRun",
+        "metadata": { "name": "release" },
+        "spec": { "pipelineSpec": { "tasks": [
+            { "name": "build", "taskSpec": {
+                "results": [{ "name": "digest", "type": "string" }],
+                "steps": [{ "name": "build", "image": BUSYBOX_IMAGE, "imagePullPolicy": "Never",
+                    "script": "#!/bin/sh\nprintf 'sha256:beef' > $(results.digest.path)\n" }],
+            }},
+            { "name": "publish", "params": [{ "name": "digest", "value": "$(tasks.build.results.digest)" }],
+              "taskSpec": {
+                "params": [{ "name": "digest", "type": "string" }],
+                "results": [{ "name": "published", "type": "string" }],
+                "steps": [{ "name": "publish", "image": BUSYBOX_IMAGE, "imagePullPolicy": "Never",
+                    "script": "#!/bin/sh\nprintf 'published %s' '$(params.digest)' > $(results.published.path)\n" }],
+            }},
+        ]}},
+    }))
+    .expect("a valid PipelineRun");
+    pipelineruns
+        .create(&PostParams::default(), &pipelinerun)
+        .await
+        .expect("creating the PipelineRun");
+    let finished = wait::until("the PipelineRun to finish", POD_TIMEOUT, || {
+        let pipelineruns = pipelineruns.clone();
+        async move {
+            let run = pipelineruns.get("release").await.ok()?;
+            let (status, _) = succeeded(&run)?;
+            (status != "Unknown").then_some(run)
+        }
+    })
+    .await;
+    let run = match finished {
+        Ok(run) => run,
+        Err(error) => panic!(
+            "{error}\n---- PipelineRun ----\n{:?}\n---- tekton-controller ----\n{}",
+            pipelineruns.get("release").await.map(|r| r.data),
+            tekton.log_tail(),
+        ),
+    };
+    eprintln!("PipelineRun finished {:?} after start", began.elapsed());
+    assert_eq!(
+        succeeded(&run),
+        Some(("True".to_owned(), "Succeeded".to_owned())),
+        "{:#}",
+        run.data
+    );
+    let publish = taskruns
+        .list(&kube::api::ListParams::default().labels("tekton.dev/pipelineTask=publish"))
+        .await
+        .expect("listing the publish TaskRun")
+        .items;
+    assert_eq!(publish.len(), 1);
+    assert_eq!(
+        publish[0].data["status"]["results"][0]["value"],
+        json!("published sha256:beef")
+    );
 }

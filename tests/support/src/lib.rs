@@ -11,11 +11,14 @@
 //! - [`kube`]: [`kube::KubeApiserver`], etcd and kube-apiserver with RBAC, certificates and the
 //!   Tekton TaskRun CRD.
 
+pub mod images;
 pub mod kube;
 pub mod nats;
+pub mod node;
 pub mod ports;
 pub mod process;
 pub mod spire;
+pub mod tekton;
 pub mod wait;
 
 use std::path::{Path, PathBuf};

@@ -36,9 +36,6 @@ pub enum RunError {
     /// The Workload API address is invalid.
     #[error("the Workload API address")]
     Endpoint(#[from] EndpointConfigError),
-    /// The trust domain is invalid (validated at load time; kept for callers that skip it).
-    #[error("spire.trust_domain: {0}")]
-    TrustDomain(String),
     /// The annotator could not be set up.
     #[error("setting up the TaskRun annotator")]
     Annotator(#[from] AnnotateError),
@@ -78,7 +75,7 @@ pub async fn run(ctx: Context<AttestorConfig>) -> Result<(), RunError> {
         metrics.register(registry);
     });
     let endpoint = config.spire.endpoint(spiffe_endpoint_socket)?;
-    let trust_domain = config.spire.trust_domain().map_err(RunError::TrustDomain)?;
+    let trust_domain = config.spire.trust_domain.trust_domain().clone();
     let annotator = if config.annotate.enabled {
         Some(Annotator::from_config(config.annotate.kubeconfig.as_deref()).await?)
     } else {

@@ -107,7 +107,7 @@ pub async fn run_on(
 
     let settings = Arc::new(DeriveSettings {
         cluster: config.cluster.name.clone(),
-        trust_domain: config.cluster.trust_domain()?,
+        trust_domain: config.trust_domain(),
     });
     let selector = config.kubernetes.selector()?;
     let kube_client = kube_client(&config).await?;

@@ -32,6 +32,7 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use cloudevents::AttributesReader as _;
 use cloudevents::event::Data;
+use countersign_error_report::source_chain;
 use serde::Deserialize;
 use serde_json::json;
 use tokio::net::TcpListener;
@@ -317,17 +318,6 @@ impl Ingress {
         )
             .into_response())
     }
-}
-
-/// The sources of an error, `: `-separated.
-fn source_chain(error: &dyn std::error::Error) -> String {
-    let mut causes = Vec::new();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        causes.push(cause.to_string());
-        source = cause.source();
-    }
-    causes.join(": ")
 }
 
 fn ignored(reason: &str) -> Response {

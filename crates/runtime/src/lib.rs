@@ -14,7 +14,8 @@
 //!   server at start-up).
 //! - [`retry`]: retrying a start-up step with a [`retry::Backoff`] until it succeeds, fails for
 //!   good, or shutdown begins.
-//! - [`error_chain`]: an error and its sources on one line, for logs and stderr.
+//! - [`error_chain`]: an error and its sources on one line, for logs and stderr (re-exported
+//!   from `countersign-error-report`, the one formatter).
 //! - [`health`]: [`health::Readiness`] and its named [`health::Latch`]es.
 //! - [`admin`]: the admin server: `/livez`, `/readyz`, `/metrics`.
 //! - [`shutdown`]: the root `CancellationToken`, tracked tasks and the drain; SIGTERM/SIGINT.
@@ -97,7 +98,6 @@
 pub mod admin;
 pub mod bounded_read;
 pub mod config;
-mod error_report;
 pub mod health;
 pub mod http_client;
 pub mod http_server;
@@ -109,5 +109,5 @@ pub mod shutdown;
 pub mod telemetry;
 
 pub use crate::config::ServiceConfig;
-pub use crate::error_report::error_chain;
 pub use crate::service::{BoxError, Context, RunOutcome, run_main, run_service};
+pub use countersign_error_report::error_chain;

@@ -25,7 +25,9 @@ use crate::config::AttestorConfig;
 use crate::handler::{Attestor, AttestorParts};
 use crate::material::{connect_with_retry as connect_workload_api, keep_current, material_channel};
 use crate::metrics::AttestorMetrics;
-use crate::store::{AttestationStore, StepStore, StoreError};
+use countersign_verdict::store::{AttestationStore, StoreError};
+
+use crate::store::StepStore;
 
 /// The service's name: in logs, the CloudEvent source (`/countersign/attestor`), the NATS client.
 pub const SERVICE_NAME: &str = "attestor";
@@ -118,7 +120,7 @@ pub async fn run(ctx: Context<AttestorConfig>) -> Result<(), RunError> {
         &token,
         Backoff::startup(),
         StoreError::is_transient,
-        || AttestationStore::ensure(&bus, &config.store),
+        || AttestationStore::ensure(&bus, &config.store.attestations, &config.store.index),
     )
     .await?
     else {
@@ -129,7 +131,7 @@ pub async fn run(ctx: Context<AttestorConfig>) -> Result<(), RunError> {
         &token,
         Backoff::startup(),
         StoreError::is_transient,
-        || StepStore::ensure(&bus, &config.store),
+        || StepStore::ensure(&bus, &config.store.step_verdicts),
     )
     .await?
     else {

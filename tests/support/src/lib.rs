@@ -73,14 +73,7 @@ pub fn unique_name(prefix: &str) -> String {
 
 /// An error and its causes, one per line (`caused by: ...`), for a panic message or a report.
 pub fn error_lines(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str("\n  caused by: ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
+    format!("{:#}", countersign_error_report::ErrorChain::new(error))
 }
 
 #[cfg(test)]

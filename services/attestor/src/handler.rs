@@ -5,7 +5,7 @@
 //!   the step-verdicts bucket (first writer wins).
 //! * `finished`: unless the TaskRun already has an attestation, take each step's recorded
 //!   verdict (checking now any step not recorded, or recorded over other entries), decide the
-//!   TaskRun's verdict ([`crate::decide`]), sign it ([`crate::attestation`]) and store it with
+//!   TaskRun's verdict (`countersign_verdict::decide`), sign it (`countersign_verdict::attestation`) and store it with
 //!   create-if-absent (a loser uses the stored one). Then point the name index at it, publish it
 //!   as `{uid}:attestation` (deduplicated by JetStream; when it was already stored, only if the
 //!   stream does not hold it yet) and, when enabled, annotate the TaskRun.
@@ -33,17 +33,21 @@ use countersign_runtime::error_chain;
 use tracing::Instrument as _;
 
 use crate::annotate::{AnnotateError, Annotator};
-use crate::attestation::{
-    AttestationFacts, attest, envelope_digest, event_attestation, event_verdict_label,
+use countersign_verdict::attestation::{
+    AttestationEventExt as _, AttestationFacts, attest, envelope_digest,
 };
-use crate::decide::{Decision, RejectedDecision, decide, merged_results};
+use countersign_verdict::decide::{Decision, RejectedDecision, decide, merged_results};
+use countersign_verdict::steps::{
+    StepInput, StepVerdict, entries_digest, task_run_entries, verify_step,
+};
+use countersign_verdict::store::{
+    ATTESTATIONS_BUCKET, AttestationStore, Created, INDEX_BUCKET, IndexEntry, IndexUpdate,
+    StoreError,
+};
+
 use crate::material::{Material, MaterialError, MaterialWatch};
 use crate::metrics::AttestorMetrics;
-use crate::steps::{StepInput, StepVerdict, entries_digest, task_run_entries, verify_step};
-use crate::store::{
-    ATTESTATIONS_BUCKET, AttestationStore, Created, INDEX_BUCKET, IndexEntry, IndexUpdate,
-    STEP_VERDICTS_BUCKET, StepRecorded, StepStore, StoreError,
-};
+use crate::store::{STEP_VERDICTS_BUCKET, StepRecorded, StepStore};
 
 /// Why an event could not be handled.
 #[derive(Debug, thiserror::Error)]
@@ -252,11 +256,11 @@ impl Attestor {
         match parts.steps.record(uid, &step.pod.uid, &verdict).await? {
             StepRecorded::Stored => {
                 parts.metrics.step_verdict(
-                    verdict.verdict_label(),
+                    verdict.verdict().as_str(),
                     verdict.reason().map(|reason| reason.as_str()),
                 );
                 tracing::info!(
-                    verdict = verdict.verdict_label(),
+                    verdict = verdict.verdict().as_str(),
                     reason = verdict.reason().map(|reason| reason.as_str()),
                     "step verdict recorded"
                 );
@@ -300,7 +304,7 @@ impl Attestor {
                 match parts.attestations.create(uid, &event).await? {
                     Created::Stored => {
                         parts.metrics.verdict(
-                            decision.verdict_label(),
+                            decision.verdict().as_str(),
                             decision.reason().map(|reason| reason.as_str()),
                         );
                         log_decision(&decision);
@@ -333,13 +337,13 @@ impl Attestor {
         self.publish_once(&event, fresh).await?;
 
         if let Some(annotator) = &parts.annotator {
-            let digest = envelope_digest(&event_attestation(&event.data).envelope);
+            let digest = envelope_digest(&event.data.attestation().envelope);
             annotator
                 .annotate(
                     &finished.taskrun.namespace,
                     &finished.taskrun.name,
                     uid,
-                    event_verdict_label(&event.data),
+                    event.data.verdict().as_str(),
                     &digest.to_hex(),
                 )
                 .await?;
@@ -472,19 +476,21 @@ fn payload_too_large(oversized: &Oversized) -> RejectedDecision {
 fn log_decision(decision: &Decision) {
     match decision {
         Decision::Rejected(rejected) => tracing::info!(
-            verdict = "rejected",
+            verdict = decision.verdict().as_str(),
             reason = rejected.reason.as_str(),
             step = rejected.step.as_deref(),
             message = %rejected.message,
             "TaskRun attested"
         ),
         Decision::Verified(verified) => tracing::info!(
-            verdict = "verified",
+            verdict = decision.verdict().as_str(),
             results = verified.results.len(),
             spiffe_id = %verified.signer.spiffe_id,
             "TaskRun attested"
         ),
-        Decision::NoResults => tracing::info!(verdict = "no_results", "TaskRun attested"),
+        Decision::NoResults => {
+            tracing::info!(verdict = decision.verdict().as_str(), "TaskRun attested")
+        }
     }
 }
 

@@ -197,9 +197,13 @@ impl Ingress {
         max_body_bytes: usize,
         token: CancellationToken,
     ) -> std::io::Result<()> {
-        axum::serve(listener, self.router(max_body_bytes))
-            .with_graceful_shutdown(async move { token.cancelled().await })
-            .await
+        countersign_runtime::http_server::serve_http(
+            listener,
+            self.router(max_body_bytes),
+            countersign_runtime::http_server::HttpServerLimits::DEFAULT,
+            async move { token.cancelled().await },
+        )
+        .await
     }
 
     async fn handle(

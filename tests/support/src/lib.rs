@@ -11,11 +11,14 @@
 //! - [`kube`]: [`kube::KubeApiserver`], etcd and kube-apiserver with RBAC, certificates and the
 //!   Tekton TaskRun CRD.
 
+pub mod images;
 pub mod kube;
 pub mod nats;
+pub mod node;
 pub mod ports;
 pub mod process;
 pub mod spire;
+pub mod tekton;
 pub mod wait;
 
 use std::path::{Path, PathBuf};
@@ -70,14 +73,7 @@ pub fn unique_name(prefix: &str) -> String {
 
 /// An error and its causes, one per line (`caused by: ...`), for a panic message or a report.
 pub fn error_lines(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str("\n  caused by: ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
+    format!("{:#}", countersign_error_report::ErrorChain::new(error))
 }
 
 #[cfg(test)]

@@ -390,7 +390,7 @@ async fn run_case(options: Options) -> anyhow::Result<CaseReport> {
         async {
             let _ = stopped.await;
         },
-        |ctx| run(ctx, None),
+        run,
     ));
     tokio::time::timeout(Duration::from_secs(120), readiness.wait_ready())
         .await

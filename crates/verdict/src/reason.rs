@@ -42,6 +42,7 @@ impl VerifierReasonExt for VerifierReason {
             VerifierReason::ResultsMismatch => EventReason::ResultsMismatch,
             VerifierReason::UnsignedResults => EventReason::UnsignedResults,
             VerifierReason::MalformedResults => EventReason::MalformedResults,
+            VerifierReason::PayloadTooLarge => EventReason::PayloadTooLarge,
         }
     }
 }
@@ -65,6 +66,7 @@ impl EventReasonExt for EventReason {
             EventReason::ResultsMismatch => VerifierReason::ResultsMismatch,
             EventReason::UnsignedResults => VerifierReason::UnsignedResults,
             EventReason::MalformedResults => VerifierReason::MalformedResults,
+            EventReason::PayloadTooLarge => VerifierReason::PayloadTooLarge,
         }
     }
 }

@@ -19,7 +19,7 @@ use std::time::Instant;
 
 use chrono::{TimeDelta, Utc};
 use countersign_events::binding::percent_encode_value;
-use countersign_events::data::{StepCompleted, TaskRunFinished, TaskRunRef};
+use countersign_events::data::{Oversized, StepCompleted, TaskRunFinished, TaskRunRef};
 use countersign_events::{
     AttestationEvent, Delivery, Event, EventPayload, HandlerError, LifecycleEvent, PublishError,
     Publisher, StreamKind, Subjects,
@@ -28,7 +28,7 @@ use countersign_identity::attestation::AttestationSignError;
 use countersign_identity::spiffe_id::{
     SpiffeId, TrustDomain, parse_taskrun_spiffe_id, taskrun_spiffe_id,
 };
-use countersign_identity::tekton::{Freshness, ResultsPolicy, ResultsVerifier};
+use countersign_identity::tekton::{Freshness, ReasonCode, ResultsPolicy, ResultsVerifier};
 use countersign_runtime::error_chain;
 use tracing::Instrument as _;
 
@@ -36,7 +36,7 @@ use crate::annotate::{AnnotateError, Annotator};
 use countersign_verdict::attestation::{
     AttestationEventExt as _, AttestationFacts, attest, envelope_digest,
 };
-use countersign_verdict::decide::{Decision, decide, merged_results};
+use countersign_verdict::decide::{Decision, RejectedDecision, decide, merged_results};
 use countersign_verdict::steps::{
     StepInput, StepVerdict, entries_digest, task_run_entries, verify_step,
 };
@@ -360,6 +360,9 @@ impl Attestor {
         material: &Material,
         decided_at: chrono::DateTime<Utc>,
     ) -> Result<Decision, AttestError> {
+        if let Some(oversized) = &finished.oversized {
+            return Ok(Decision::Rejected(payload_too_large(oversized)));
+        }
         let merged = match merged_results(&finished.results) {
             Ok(merged) => merged,
             Err(rejected) => return Ok(Decision::Rejected(*rejected)),
@@ -450,6 +453,23 @@ impl Attestor {
             }
             Err(error) => Err(AttestError::Stream(Box::new(error))),
         }
+    }
+}
+
+/// The verdict on a `finished` event the watcher trimmed to fit the bus: its results never
+/// reached us, so nothing can be verified and the TaskRun is rejected (fail closed).
+fn payload_too_large(oversized: &Oversized) -> RejectedDecision {
+    RejectedDecision {
+        reason: ReasonCode::PayloadTooLarge,
+        message: format!(
+            "the finished event ({} bytes) is over the bus's max payload ({} bytes); its results were not carried",
+            oversized.bytes, oversized.limit
+        ),
+        step: None,
+        spiffe_id: None,
+        svid_fingerprint: None,
+        trust_bundle_digest: None,
+        checks: Vec::new(),
     }
 }
 

@@ -63,11 +63,14 @@ pub enum ReasonCode {
     UnsignedResults,
     /// A result set cannot be parsed (not the termination-message JSON, bad base64, truncated).
     MalformedResults,
+    /// The TaskRun's `finished` event did not fit the bus's max payload, so the watcher sent
+    /// it without its results and steps' result sets (`oversized`): nothing left to verify.
+    PayloadTooLarge,
 }
 
 impl ReasonCode {
     /// Every code, in check order.
-    pub const ALL: [ReasonCode; 16] = [
+    pub const ALL: [ReasonCode; 17] = [
         ReasonCode::SvidMissing,
         ReasonCode::SvidInvalid,
         ReasonCode::SpiffeIdInvalid,
@@ -84,6 +87,7 @@ impl ReasonCode {
         ReasonCode::ResultsMismatch,
         ReasonCode::UnsignedResults,
         ReasonCode::MalformedResults,
+        ReasonCode::PayloadTooLarge,
     ];
 
     /// The code as it appears in JSON (`svid_missing`...).
@@ -105,6 +109,7 @@ impl ReasonCode {
             ReasonCode::ResultsMismatch => "results_mismatch",
             ReasonCode::UnsignedResults => "unsigned_results",
             ReasonCode::MalformedResults => "malformed_results",
+            ReasonCode::PayloadTooLarge => "payload_too_large",
         }
     }
 }

@@ -506,6 +506,7 @@ pub fn finished(
         completed_at: Some(completed),
         results,
         steps,
+        oversized: None,
         declared_results: declared.iter().map(|name| (*name).to_owned()).collect(),
     }
 }
@@ -615,6 +616,7 @@ pub fn finished_from_taskrun(taskrun: &serde_json::Value, cluster: &str) -> Task
         completed_at: time(&status["completionTime"]),
         results,
         steps,
+        oversized: None,
         declared_results: declared,
     }
 }

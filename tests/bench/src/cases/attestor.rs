@@ -184,6 +184,7 @@ fn finished(signed: &Signed, uid: String) -> TaskRunFinished {
             finished_at: Some(now),
             results: signed.entries.clone(),
         }],
+        oversized: None,
         declared_results: RESULTS.iter().map(|(name, _)| (*name).to_owned()).collect(),
     }
 }

@@ -1,7 +1,7 @@
 //! Builds the real peers Countersign is tested against (nats-server, spire-server, spire-agent, etcd,
 //! kube-apiserver), kustomize to render the deployment manifests, and the independent verifiers of our
 //! attestation formats (cosign, slsa-verifier, and dsse-verify: our own few lines around
-//! go-securesystemslib's DSSE verifier), from the Go module proxy, into a per-machine cache outside the
+//! go-securesystemslib's DSSE verifier) and a trace store (Jaeger v2), from the Go module proxy, into a per-machine cache outside the
 //! repository.
 //!
 //! The versions are pinned in one place: the `go.mod` of each small Go module under `tests/peers/`.
@@ -42,10 +42,13 @@ pub enum Peer {
     Cosign,
     /// `slsa-verifier` (reads SLSA VSAs).
     SlsaVerifier,
+    // --- Trace store (issue 19): where the services' OTLP spans are read back from.
+    /// Jaeger v2 (an OpenTelemetry Collector distribution with a query API).
+    Jaeger,
 }
 
 impl Peer {
-    pub const ALL: [Peer; 9] = [
+    pub const ALL: [Peer; 10] = [
         Peer::NatsServer,
         Peer::SpireServer,
         Peer::SpireAgent,
@@ -56,6 +59,8 @@ impl Peer {
         Peer::DsseVerify,
         Peer::Cosign,
         Peer::SlsaVerifier,
+        // Trace store.
+        Peer::Jaeger,
     ];
 
     /// The binary's file name.
@@ -71,6 +76,8 @@ impl Peer {
             Peer::DsseVerify => "dsse-verify",
             Peer::Cosign => "cosign",
             Peer::SlsaVerifier => "slsa-verifier",
+            // Trace store.
+            Peer::Jaeger => "jaeger",
         }
     }
 
@@ -85,6 +92,8 @@ impl Peer {
             Peer::DsseVerify => &DSSE_VERIFY,
             Peer::Cosign => &COSIGN,
             Peer::SlsaVerifier => &SLSA_VERIFIER,
+            // Trace store.
+            Peer::Jaeger => &JAEGER,
         }
     }
 
@@ -100,6 +109,8 @@ impl Peer {
             Peer::DsseVerify => "countersign.dev/tests/peers/dsse-verify",
             Peer::Cosign => "github.com/sigstore/cosign/v3/cmd/cosign",
             Peer::SlsaVerifier => "github.com/slsa-framework/slsa-verifier/v2/cli/slsa-verifier",
+            // Trace store.
+            Peer::Jaeger => "github.com/jaegertracing/jaeger/cmd/jaeger",
         }
     }
 }
@@ -182,7 +193,15 @@ const SLSA_VERIFIER: GoModule = GoModule {
     cgo: false,
     cold_build_estimate: "about 2 minutes",
 };
-const MODULES: [&GoModule; 8] = [
+// --- Trace store (issue 19).
+const JAEGER: GoModule = GoModule {
+    dir: "jaeger",
+    upstream: "github.com/jaegertracing/jaeger",
+    peers: &[Peer::Jaeger],
+    cgo: false,
+    cold_build_estimate: "about 12 minutes",
+};
+const MODULES: [&GoModule; 9] = [
     &NATS,
     &SPIRE,
     &ETCD,
@@ -192,6 +211,8 @@ const MODULES: [&GoModule; 8] = [
     &DSSE_VERIFY,
     &COSIGN,
     &SLSA_VERIFIER,
+    // Trace store.
+    &JAEGER,
 ];
 
 /// Where a built peer is, and what it is.
@@ -216,6 +237,8 @@ pub struct Peers {
     pub dsse_verify: PeerBinary,
     pub cosign: PeerBinary,
     pub slsa_verifier: PeerBinary,
+    // Trace store.
+    pub jaeger: PeerBinary,
 }
 
 impl Peers {
@@ -231,6 +254,8 @@ impl Peers {
             Peer::DsseVerify => &self.dsse_verify,
             Peer::Cosign => &self.cosign,
             Peer::SlsaVerifier => &self.slsa_verifier,
+            // Trace store.
+            Peer::Jaeger => &self.jaeger,
         }
     }
 
@@ -555,6 +580,8 @@ fn assemble(
         dsse_verify: binary(Peer::DsseVerify)?,
         cosign: binary(Peer::Cosign)?,
         slsa_verifier: binary(Peer::SlsaVerifier)?,
+        // Trace store.
+        jaeger: binary(Peer::Jaeger)?,
     })
 }
 

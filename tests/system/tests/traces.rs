@@ -38,9 +38,11 @@ fn handled<'a>(
     service: &str,
     event_type: &str,
 ) -> Option<&'a countersign_system_tests::traces::Span> {
-    trace
-        .spans_of(service, "handle_event")
-        .find(|span| span.tag("ce.type") == Some(event_type))
+    trace.spans.iter().find(|span| {
+        span.service == service
+            && span.operation == "handle_event"
+            && span.tag("ce.type") == Some(event_type)
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,9 +1,9 @@
-//! `cargo xtask bench [case] [-- options]`: build the benchmark binary (`tests/bench`) in release,
-//! run one case or all of them against real peers, and write the report (markdown and JSON) under
-//! `target/bench/`. Each case prints its headline as `<case>: ratio <number>`.
+//! `cargo xtask bench [case] [-- options]`: build the benchmark binary (`tests/bench`) in release
+//! (cargo's progress shown), run one case or all of them against real peers, and write the
+//! report (markdown and JSON) under `target/bench/`. Each case prints its headline as
+//! `<case>: ratio <number>`.
 
-use std::path::Path;
-use std::process::{Command, ExitCode};
+use std::process::ExitCode;
 
 use anyhow::Context as _;
 
@@ -17,23 +17,11 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .context("xtask sits in the repository")?;
     crate::peers::ensure()?;
-    let report_dir = root.join("target").join("bench");
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let mut command = Command::new(cargo);
+    let report_dir = crate::cargo::repo_root()?.join("target").join("bench");
+    let mut command =
+        crate::cargo::command(&["run", "--release", "--package", "countersign-bench", "--"])?;
     command
-        .current_dir(root)
-        .args([
-            "run",
-            "--quiet",
-            "--release",
-            "--package",
-            "countersign-bench",
-            "--",
-        ])
         .args(args.case.iter())
         .arg("--report-dir")
         .arg(&report_dir)

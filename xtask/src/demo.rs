@@ -1,23 +1,11 @@
 //! `cargo xtask demo [--keep-running]`: the whole system on one machine, end to end.
 //!
-//! Ensures the peers, builds the six binaries (cargo's progress shown), then runs the scenario of
-//! `countersign_system_tests::demo` (the same code the system test `tests/system/tests/demo.rs`
-//! runs): the real peers and every service as its own process, two TaskRuns played through the
-//! API server, every event shown as it is published, `countersign verify` on the first
-//! attestation. Exits 0 only when the first TaskRun is verified, the second (tampered) one is
-//! rejected with `signature_invalid` and `countersign verify` accepts the first, so it doubles
-//! as an end-to-end check. Everything is stopped and removed at the end, unless `--keep-running`,
-//! which leaves it up until Ctrl-C. Ctrl-C at any point stops and removes everything.
+//! Ensures the peers, then runs the demo binary `countersign-demo` of `tests/system` with
+//! `cargo run` (cargo's progress shown while it builds), which builds the six binaries and plays
+//! the scenario of `countersign_system_tests::demo` (see that binary for what it shows and when
+//! it exits 0). Ctrl-C at any point stops and removes everything.
 
-use std::path::Path;
 use std::process::ExitCode;
-use std::time::Instant;
-
-use anyhow::Context as _;
-use countersign_system_tests::demo::{Binaries, Demo, Origin, Reporter, binaries, error_lines};
-
-/// The exit status after Ctrl-C interrupted the demo (128 + SIGINT).
-const INTERRUPTED: u8 = 130;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -27,7 +15,6 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let started = Instant::now();
     let peers = crate::peers::ensure()?;
     for binary in peers.iter() {
         eprintln!(
@@ -37,85 +24,17 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             binary.path.display()
         );
     }
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .context("xtask sits in the repository")?;
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    eprintln!(
-        "demo: building the services: cargo {}",
-        binaries::build_args(None).join(" ")
-    );
-    let binaries =
-        Binaries::build(&cargo, root, None).context("building the services' binaries")?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the Tokio runtime")?;
-    let code = runtime.block_on(run_demo(args, binaries));
-    eprintln!("demo: finished in {:.1}s", started.elapsed().as_secs_f64());
-    Ok(code)
-}
-
-async fn run_demo(args: Args, binaries: Binaries) -> ExitCode {
-    let reporter = Reporter::stdout();
-    let demo = tokio::select! {
-        started = Demo::start(binaries, reporter.clone()) => match started {
-            Ok(demo) => demo,
-            Err(error) => {
-                report_error(&reporter, "the system did not start", &error);
-                reporter.line(Origin::Demo, "everything that had started was stopped and removed");
-                return ExitCode::FAILURE;
-            }
-        },
-        _ = tokio::signal::ctrl_c() => {
-            reporter.line(Origin::Demo, "interrupted while starting; stopping what had started");
-            return ExitCode::from(INTERRUPTED);
-        }
-    };
-
-    let played = tokio::select! {
-        played = demo.play() => Some(played),
-        _ = tokio::signal::ctrl_c() => None,
-    };
-    let code = match &played {
-        None => {
-            reporter.line(Origin::Demo, "interrupted");
-            ExitCode::from(INTERRUPTED)
-        }
-        Some(Err(error)) => {
-            report_error(&reporter, "the scenario did not finish", error);
-            ExitCode::FAILURE
-        }
-        Some(Ok(report)) => {
-            let unexpected = report.unexpected();
-            if unexpected.is_empty() {
-                reporter.line(
-                    Origin::Demo,
-                    "PASSED: the honest TaskRun is verified, the tampered one rejected \
-                     (signature_invalid), and countersign verify accepts the attestation",
-                );
-                ExitCode::SUCCESS
-            } else {
-                reporter.line(Origin::Demo, format!("FAILED:\n{}", unexpected.join("\n")));
-                ExitCode::FAILURE
-            }
-        }
-    };
-
-    if args.keep_running && played.is_some() {
-        demo.print_keep_running_help(countersign_system_tests::demo::scenario::HONEST.name);
-        if tokio::signal::ctrl_c().await.is_err() {
-            reporter.line(Origin::Demo, "cannot wait for Ctrl-C; stopping now");
-        }
+    let mut command = crate::cargo::command(&[
+        "run",
+        "--package",
+        "countersign-system-tests",
+        "--bin",
+        "countersign-demo",
+        "--",
+    ])?;
+    if args.keep_running {
+        command.arg("--keep-running");
     }
-    demo.shutdown().await;
-    code
-}
-
-/// Prints an error and its causes, one per line (a peer's or service's log tail included).
-fn report_error(reporter: &Reporter, what: &str, error: &dyn std::error::Error) {
-    reporter.line(
-        Origin::Demo,
-        format!("FAILED: {what}: {}", error_lines(error)),
-    );
+    eprintln!("demo: building and running the demo: {command:?}");
+    Err(crate::cargo::exec(command))
 }

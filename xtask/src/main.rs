@@ -1,18 +1,25 @@
 //! Developer tasks, run as `cargo xtask <task>`:
 //!
-//! - `test`: make sure the real peers are built, then run every test and print one summary line;
+//! - `test`: check tidiness, make sure the real peers are built, then run every test and print
+//!   one summary line;
+//! - `tidy`: the workspace's conventions checked from its metadata (no service depends on
+//!   another);
 //! - `peers`: build or locate nats-server, spire-server, spire-agent, etcd and kube-apiserver;
 //! - `schemas`: regenerate `schemas/` from the event types in `crates/events`;
 //! - `bench`: build the benchmarks in release and run one case or all, writing a report;
 //! - `demo`: the whole system on one machine, end to end, against the real peers;
 //!
-//! It needs nothing but cargo (and Go, to build the peers the first time).
+//! It needs nothing but cargo (and Go, to build the peers the first time), and is small to
+//! build: the demo, the benchmarks and the schema generator are binaries of their own crates
+//! that the tasks build and run with cargo's progress shown ([`cargo`]).
 
 mod bench;
+mod cargo;
 mod demo;
 mod peers;
 mod schemas;
 mod test;
+mod tidy;
 
 use std::process::ExitCode;
 
@@ -27,8 +34,11 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Task {
-    /// Build the real peers if they are missing, then run every test in the workspace.
+    /// Check tidiness, build the real peers if they are missing, then run every test in the
+    /// workspace.
     Test(test::Args),
+    /// Check the workspace's conventions (no service crate depends on another).
+    Tidy,
     /// Build or locate the real peers and print their versions and paths.
     Peers,
     /// Regenerate schemas/ (JSON Schemas and the AsyncAPI document) from the event types.
@@ -45,6 +55,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.task {
         Task::Test(args) => test::run(args),
+        Task::Tidy => tidy::run(),
         Task::Peers => peers::run(),
         Task::Schemas(args) => schemas::run(args),
         Task::Bench(args) => bench::run(args),

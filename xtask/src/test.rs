@@ -1,4 +1,5 @@
-//! `cargo xtask test`: ensure the peers, run every test, print the runner's summary.
+//! `cargo xtask test`: check tidiness (`cargo xtask tidy`), ensure the peers, run every test,
+//! print the runner's summary.
 //!
 //! Each test binary prints its own `test result:` line; this task adds them up and ends with one line
 //! for the whole run, which is what CI logs show.
@@ -58,6 +59,13 @@ impl Summary {
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
+    let untidy = crate::tidy::check()?;
+    if !untidy.is_empty() {
+        for problem in &untidy {
+            eprintln!("tidy: {problem}");
+        }
+        anyhow::bail!("the workspace is not tidy (cargo xtask tidy); no test was run");
+    }
     let peers = crate::peers::ensure()?;
     for binary in peers.iter() {
         eprintln!(

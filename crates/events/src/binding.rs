@@ -22,9 +22,10 @@ use async_nats::HeaderMap;
 use async_nats::header::{HeaderName, HeaderValue, NATS_MESSAGE_ID};
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
+use cloudevents::AttributesReader as _;
 use percent_encoding::{AsciiSet, CONTROLS};
 
-use crate::event::{EncodeError, Event, JSON_CONTENT_TYPE, SdkAttributes};
+use crate::event::{EncodeError, Event, JSON_CONTENT_TYPE};
 use crate::event_type::EventType;
 use crate::payload::EventPayload;
 
@@ -669,58 +670,91 @@ fn decode_structured<T: EventPayload>(payload: &[u8]) -> Result<Event<T>, Decode
     }
     let cloudevent: cloudevents::Event = serde_json::from_value(value)
         .map_err(|source| DecodeError::MalformedStructured { source })?;
-    from_cloudevent(cloudevent)
+    Event::from_cloudevent(cloudevent)
 }
 
-/// Turns a checked sdk event into a typed one.
-pub(crate) fn from_cloudevent<T: EventPayload>(
-    mut cloudevent: cloudevents::Event,
-) -> Result<Event<T>, DecodeError> {
-    let attributes = SdkAttributes::read(&cloudevent);
-    if attributes.id.is_empty() {
-        return Err(DecodeError::MissingAttribute { name: "id".into() });
+/// Reads the attributes of an sdk event that the typed event keeps. Shared by the binary and
+/// structured decoders.
+struct SdkAttributes {
+    id: String,
+    source: String,
+    event_type: String,
+    subject: Option<String>,
+    time: Option<DateTime<Utc>>,
+    datacontenttype: Option<String>,
+    dataschema: Option<String>,
+    traceparent: Option<String>,
+    tracestate: Option<String>,
+}
+
+impl SdkAttributes {
+    fn read(event: &cloudevents::Event) -> SdkAttributes {
+        let extension = |name: &str| event.extension(name).map(|value| value.to_string());
+        SdkAttributes {
+            id: event.id().to_owned(),
+            source: event.source().to_string(),
+            event_type: event.ty().to_owned(),
+            subject: event.subject().map(str::to_owned),
+            time: event.time().copied(),
+            datacontenttype: event.datacontenttype().map(str::to_owned),
+            dataschema: event.dataschema().map(|uri| uri.as_str().to_owned()),
+            traceparent: extension("traceparent"),
+            tracestate: extension("tracestate"),
+        }
     }
-    let event_type: EventType =
-        attributes
-            .event_type
-            .parse()
-            .map_err(|_| DecodeError::UnknownType {
-                event_type: attributes.event_type.clone(),
+}
+
+impl<T: EventPayload> Event<T> {
+    /// Converts from the `cloudevents-sdk` model (an event received over another transport),
+    /// with the same checks as [`decode`]. Defined here, not in `event.rs`, so that the binding
+    /// depends on the event model and not the other way round.
+    pub fn from_cloudevent(mut cloudevent: cloudevents::Event) -> Result<Event<T>, DecodeError> {
+        let attributes = SdkAttributes::read(&cloudevent);
+        if attributes.id.is_empty() {
+            return Err(DecodeError::MissingAttribute { name: "id".into() });
+        }
+        let event_type: EventType =
+            attributes
+                .event_type
+                .parse()
+                .map_err(|_| DecodeError::UnknownType {
+                    event_type: attributes.event_type.clone(),
+                })?;
+        if !T::accepts(event_type) {
+            return Err(DecodeError::UnexpectedType { event_type });
+        }
+        let time = attributes
+            .time
+            .ok_or_else(|| DecodeError::MissingAttribute {
+                name: "time".into(),
             })?;
-    if !T::accepts(event_type) {
-        return Err(DecodeError::UnexpectedType { event_type });
+        if let Some(content_type) = &attributes.datacontenttype
+            && !is_json(content_type)
+        {
+            return Err(DecodeError::UnsupportedContentType {
+                content_type: content_type.clone(),
+            });
+        }
+        let (_, _, data) = cloudevent.take_data();
+        let data = match data {
+            None => return Err(DecodeError::MissingData),
+            Some(cloudevents::Data::Json(value)) => T::from_value(event_type, value)
+                .map_err(|source| DecodeError::DataMismatch { event_type, source })?,
+            Some(cloudevents::Data::Binary(bytes)) => parse_data(event_type, &bytes)?,
+            Some(cloudevents::Data::String(text)) => parse_data(event_type, text.as_bytes())?,
+        };
+        Ok(Event {
+            id: attributes.id,
+            source: attributes.source,
+            event_type,
+            subject: attributes.subject,
+            time,
+            dataschema: attributes.dataschema,
+            traceparent: attributes.traceparent,
+            tracestate: attributes.tracestate,
+            data,
+        })
     }
-    let time = attributes
-        .time
-        .ok_or_else(|| DecodeError::MissingAttribute {
-            name: "time".into(),
-        })?;
-    if let Some(content_type) = &attributes.datacontenttype
-        && !is_json(content_type)
-    {
-        return Err(DecodeError::UnsupportedContentType {
-            content_type: content_type.clone(),
-        });
-    }
-    let (_, _, data) = cloudevent.take_data();
-    let data = match data {
-        None => return Err(DecodeError::MissingData),
-        Some(cloudevents::Data::Json(value)) => T::from_value(event_type, value)
-            .map_err(|source| DecodeError::DataMismatch { event_type, source })?,
-        Some(cloudevents::Data::Binary(bytes)) => parse_data(event_type, &bytes)?,
-        Some(cloudevents::Data::String(text)) => parse_data(event_type, text.as_bytes())?,
-    };
-    Ok(Event {
-        id: attributes.id,
-        source: attributes.source,
-        event_type,
-        subject: attributes.subject,
-        time,
-        dataschema: attributes.dataschema,
-        traceparent: attributes.traceparent,
-        tracestate: attributes.tracestate,
-        data,
-    })
 }
 
 fn parse_data<T: EventPayload>(event_type: EventType, bytes: &[u8]) -> Result<T, DecodeError> {

@@ -1,19 +1,22 @@
 //! Configuration of the bus (prefix, stream limits) and of a durable consumer, as serde structs
 //! with documented defaults and unknown keys rejected. Durations are humantime strings (`2m`,
-//! `14days`).
+//! `14days`). What one value alone can get wrong (a prefix that is no subject token, a
+//! concurrency of zero) is refused while deserializing, so every service refuses it at load,
+//! naming the key.
 
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 
-use crate::subject::DEFAULT_PREFIX;
+use crate::subject::{DEFAULT_PREFIX, Subjects};
 
 /// The bus: which subjects and streams a deployment uses.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BusConfig {
     /// The subject prefix, one token of `[A-Za-z0-9_-]`. Streams are `{PREFIX}_TASKRUNS` etc.
-    /// Default: `countersign`.
+    /// Default: `countersign`. Checked when deserialized.
+    #[serde(deserialize_with = "subject_prefix")]
     pub prefix: String,
     /// The limits of each stream.
     pub streams: StreamsConfig,
@@ -87,11 +90,13 @@ pub struct ConsumerConfig {
     /// the ack wait of a handler that is merely slow. Default: `1s, 5s, 15s, 1m, 5m`.
     #[serde(with = "duration_list")]
     pub nak_backoff: Vec<Duration>,
-    /// How many messages are handled at once by one replica. Default: 16.
+    /// How many messages are handled at once by one replica, at least 1. Default: 16.
+    #[serde(deserialize_with = "at_least_one")]
     pub concurrency: usize,
     /// How many messages may be delivered and unacknowledged across all replicas. Default: 1024.
     pub max_ack_pending: i64,
-    /// The largest message body accepted; larger ones are dead-lettered. Default: 1 MiB.
+    /// The largest message body accepted, at least 1; larger ones are dead-lettered. Default: 1 MiB.
+    #[serde(deserialize_with = "at_least_one")]
     pub max_payload_bytes: usize,
 }
 
@@ -141,6 +146,22 @@ impl Default for KvConfig {
             limit_markers: None,
         }
     }
+}
+
+/// A subject prefix, checked as [`Subjects::new`] checks it.
+fn subject_prefix<'de, D: Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
+    let prefix = String::deserialize(deserializer)?;
+    Subjects::new(&prefix).map_err(serde::de::Error::custom)?;
+    Ok(prefix)
+}
+
+/// A count that zero would make meaningless (no handler runs, no body fits).
+fn at_least_one<'de, D: Deserializer<'de>>(deserializer: D) -> Result<usize, D::Error> {
+    let count = usize::deserialize(deserializer)?;
+    if count == 0 {
+        return Err(serde::de::Error::custom("must be at least 1"));
+    }
+    Ok(count)
 }
 
 /// A list of humantime durations.
@@ -203,5 +224,15 @@ mod tests {
         assert_eq!(consumer.max_deliver, None);
         assert_eq!(consumer.concurrency, 16);
         assert!(serde_json::from_str::<ConsumerConfig>(r#"{"ackwait": "5s"}"#).is_err());
+    }
+
+    #[test]
+    fn values_that_cannot_work_are_refused_when_deserialized() {
+        assert!(serde_json::from_str::<BusConfig>(r#"{"prefix": "a.b"}"#).is_err());
+        assert!(serde_json::from_str::<BusConfig>(r#"{"prefix": ""}"#).is_err());
+        assert!(serde_json::from_str::<BusConfig>(r#"{"prefix": "team_a-1"}"#).is_ok());
+        assert!(serde_json::from_str::<ConsumerConfig>(r#"{"concurrency": 0}"#).is_err());
+        assert!(serde_json::from_str::<ConsumerConfig>(r#"{"max_payload_bytes": 0}"#).is_err());
+        assert!(serde_json::from_str::<ConsumerConfig>(r#"{"concurrency": 1}"#).is_ok());
     }
 }

@@ -28,6 +28,7 @@ use async_nats::jetstream::AckKind;
 use async_nats::jetstream::consumer::PullConsumer;
 use async_nats::jetstream::consumer::pull::{MessagesError, MessagesErrorKind};
 use async_nats::jetstream::context::Context;
+use countersign_error_report::error_chain;
 use futures::StreamExt as _;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
@@ -41,6 +42,7 @@ use crate::event::Event;
 use crate::metrics::{ConsumeOutcome, ConsumerMetrics, EventMetrics};
 use crate::payload::EventPayload;
 use crate::subject::Subjects;
+use crate::topology::{Bus, ConsumerSpec, SetupError};
 use crate::trace::{set_error_status, set_remote_parent};
 
 /// A boxed error, the source of a [`HandlerError`].
@@ -265,18 +267,6 @@ pub fn disposition(processed: Processed<'_>, attempt: u64, retry: &RetryPolicy) 
     }
 }
 
-/// An error and its sources, joined by `: `.
-pub(crate) fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
-
 // === the durable consumer ===
 
 /// A durable pull consumer bound at start-up (see [`Bus::ensure_consumer`](crate::Bus::ensure_consumer)),
@@ -470,6 +460,144 @@ where
     match failure {
         Some(error) => Err(error),
         None => Ok(()),
+    }
+}
+
+/// Why [`run_durable`] stopped before it was cancelled.
+#[derive(Debug, thiserror::Error)]
+pub enum DurableError {
+    /// Binding the consumer again failed for good (a configuration the server refuses).
+    #[error("binding consumer {consumer} again")]
+    Bind {
+        consumer: String,
+        #[source]
+        source: SetupError,
+    },
+    /// Consuming failed for good: binding again would only fail the same way.
+    #[error(transparent)]
+    Consume(#[from] ConsumeError),
+}
+
+impl DurableError {
+    /// Whether restarting the service may help (never: the loop already retried what it could).
+    pub fn is_transient(&self) -> bool {
+        false
+    }
+}
+
+/// The first pause before binding a consumer again after it ended.
+const REBIND_BACKOFF_MIN: Duration = Duration::from_millis(200);
+/// The longest pause between two bindings.
+const REBIND_BACKOFF_MAX: Duration = Duration::from_secs(10);
+
+/// Runs `handler` on durable consumer `consumer` (bound at start-up from `spec`) until `shutdown`
+/// is cancelled, then returns `Ok` once the messages in flight are settled (the one ack rule,
+/// [`disposition`]).
+///
+/// When the consumer ends for a reason binding it again may fix (deleted on the server, a pull
+/// that could not start), it is bound again from `spec` and its configuration after a pause that
+/// doubles from 200 ms to 10 s; binding retries transient failures the same way. A failure that
+/// binding again cannot fix ends the loop with a [`DurableError`] at once, instead of binding
+/// and failing again in a busy loop.
+pub async fn run_durable<T, H>(
+    bus: &Bus,
+    spec: &ConsumerSpec,
+    consumer: DurableConsumer,
+    handler: H,
+    shutdown: CancellationToken,
+) -> Result<(), DurableError>
+where
+    T: EventPayload,
+    H: Handler<T> + Clone,
+{
+    let config = consumer.config.clone();
+    let config = &config;
+    let mut consumer = Some(consumer);
+    durable_loop(
+        &spec.name,
+        &shutdown,
+        || {
+            let bound = consumer.take();
+            async move {
+                match bound {
+                    Some(bound) => Ok(bound),
+                    None => bus.ensure_consumer(spec, config).await,
+                }
+            }
+        },
+        |bound: DurableConsumer| {
+            let handler = handler.clone();
+            let shutdown = shutdown.clone();
+            async move { run_consumer(&bound, handler, shutdown).await }
+        },
+        SetupError::is_transient,
+        ConsumeError::is_transient,
+    )
+    .await
+}
+
+/// The loop of [`run_durable`], over its two steps: `bind` (the first call returns the consumer
+/// bound at start-up) and `consume`.
+async fn durable_loop<C, B, BindFut, Run, RunFut>(
+    name: &str,
+    shutdown: &CancellationToken,
+    mut bind: B,
+    mut consume: Run,
+    bind_is_transient: impl Fn(&SetupError) -> bool,
+    consume_is_transient: impl Fn(&ConsumeError) -> bool,
+) -> Result<(), DurableError>
+where
+    B: FnMut() -> BindFut,
+    BindFut: Future<Output = Result<C, SetupError>>,
+    Run: FnMut(C) -> RunFut,
+    RunFut: Future<Output = Result<(), ConsumeError>>,
+{
+    let mut pause = REBIND_BACKOFF_MIN;
+    let wait = |delay: Duration| async move {
+        tokio::select! {
+            () = shutdown.cancelled() => false,
+            () = tokio::time::sleep(delay) => true,
+        }
+    };
+    loop {
+        let bound = loop {
+            let attempt = tokio::select! {
+                () = shutdown.cancelled() => return Ok(()),
+                attempt = bind() => attempt,
+            };
+            match attempt {
+                Ok(bound) => break bound,
+                Err(error) if bind_is_transient(&error) => {
+                    tracing::warn!(consumer = name, error = %error_chain(&error), retry_in = ?pause, "binding the consumer failed; retrying");
+                }
+                Err(source) => {
+                    return Err(DurableError::Bind {
+                        consumer: name.to_owned(),
+                        source,
+                    });
+                }
+            }
+            if !wait(pause).await {
+                return Ok(());
+            }
+            pause = (pause * 2).min(REBIND_BACKOFF_MAX);
+        };
+        let started = tokio::time::Instant::now();
+        match consume(bound).await {
+            Ok(()) => return Ok(()),
+            Err(error) if consume_is_transient(&error) => {
+                // A consumer that ran a while before it ended starts the pauses again.
+                if started.elapsed() >= REBIND_BACKOFF_MAX {
+                    pause = REBIND_BACKOFF_MIN;
+                }
+                tracing::warn!(consumer = name, error = %error_chain(&error), retry_in = ?pause, "the consumer ended; binding it again");
+            }
+            Err(error) => return Err(DurableError::Consume(error)),
+        }
+        if !wait(pause).await {
+            return Ok(());
+        }
+        pause = (pause * 2).min(REBIND_BACKOFF_MAX);
     }
 }
 
@@ -834,6 +962,107 @@ mod tests {
             }
             other => panic!("expected a dead letter, got {other:?}"),
         }
+    }
+
+    fn pull_failed() -> ConsumeError {
+        ConsumeError::Pull {
+            consumer: "registrar".into(),
+            source: async_nats::jetstream::consumer::StreamError::new(
+                async_nats::jetstream::consumer::StreamErrorKind::Other,
+            ),
+        }
+    }
+
+    fn refused() -> SetupError {
+        SetupError::Name(crate::subject::SubjectError::Empty { field: "consumer" })
+    }
+
+    /// The registrar's old loop bound the consumer again after every failure, a permanent one
+    /// included, without a pause: a consumer that fails for good made it spin. The loop ends at
+    /// once with the typed error instead.
+    #[tokio::test(start_paused = true)]
+    async fn a_permanent_consume_failure_ends_the_loop_without_binding_again() {
+        let binds = std::cell::Cell::new(0);
+        let runs = std::cell::Cell::new(0);
+        let started = tokio::time::Instant::now();
+        let outcome = durable_loop(
+            "registrar",
+            &CancellationToken::new(),
+            || {
+                binds.set(binds.get() + 1);
+                async { Ok::<_, SetupError>(()) }
+            },
+            |()| {
+                runs.set(runs.get() + 1);
+                async { Err(pull_failed()) }
+            },
+            SetupError::is_transient,
+            |_| false,
+        )
+        .await;
+        assert!(matches!(
+            outcome,
+            Err(DurableError::Consume(ConsumeError::Pull { .. }))
+        ));
+        assert_eq!((binds.get(), runs.get()), (1, 1));
+        assert_eq!(started.elapsed(), Duration::ZERO);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_transient_consume_failure_binds_again_after_a_growing_pause() {
+        let binds = std::cell::Cell::new(0);
+        let runs = std::cell::Cell::new(0);
+        let started = tokio::time::Instant::now();
+        let outcome = durable_loop(
+            "registrar",
+            &CancellationToken::new(),
+            || {
+                binds.set(binds.get() + 1);
+                async { Ok::<_, SetupError>(()) }
+            },
+            |()| {
+                runs.set(runs.get() + 1);
+                let run = runs.get();
+                async move { if run < 3 { Err(pull_failed()) } else { Ok(()) } }
+            },
+            SetupError::is_transient,
+            |_| true,
+        )
+        .await;
+        assert!(outcome.is_ok());
+        assert_eq!((binds.get(), runs.get()), (3, 3));
+        assert_eq!(started.elapsed(), Duration::from_millis(200 + 400));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn binding_refused_for_good_is_a_typed_error_and_shutdown_ends_the_wait() {
+        let outcome = durable_loop(
+            "relay-a",
+            &CancellationToken::new(),
+            || async { Err::<(), _>(refused()) },
+            |()| async { Ok(()) },
+            SetupError::is_transient,
+            ConsumeError::is_transient,
+        )
+        .await;
+        assert!(matches!(outcome, Err(DurableError::Bind { .. })));
+
+        let shutdown = CancellationToken::new();
+        let binds = std::cell::Cell::new(0);
+        let waiting = durable_loop(
+            "relay-a",
+            &shutdown,
+            || {
+                binds.set(binds.get() + 1);
+                async { Err::<(), _>(refused()) }
+            },
+            |()| async { Ok(()) },
+            |_| true,
+            ConsumeError::is_transient,
+        );
+        shutdown.cancel();
+        assert!(waiting.await.is_ok());
+        assert!(binds.get() <= 1);
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! to and from the `cloudevents-sdk` model (which validates the attributes).
 
 use chrono::{DateTime, Utc};
-use cloudevents::{AttributesReader, EventBuilder, EventBuilderV10};
+use cloudevents::{EventBuilder, EventBuilderV10};
 
 use crate::event_type::EventType;
 use crate::payload::EventPayload;
@@ -36,7 +36,7 @@ impl EventSource {
 }
 
 /// A CloudEvent with typed data. Built with [`Event::new`] by publishers, decoded by
-/// [`decode`](crate::binding::decode) for consumers.
+/// [`decode`](crate::decode) for consumers.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Event<T> {
     /// `id`: deterministic, from the TaskRun UID (or entry id) and the transition.
@@ -108,14 +108,6 @@ impl<T: EventPayload> Event<T> {
         }
         builder.build().map_err(EncodeError::Attributes)
     }
-
-    /// Converts from the `cloudevents-sdk` model (an event received over another transport),
-    /// with the same checks as [`decode`](crate::binding::decode).
-    pub fn from_cloudevent(
-        cloudevent: cloudevents::Event,
-    ) -> Result<Event<T>, crate::binding::DecodeError> {
-        crate::binding::from_cloudevent(cloudevent)
-    }
 }
 
 /// Why an event could not be encoded.
@@ -130,37 +122,6 @@ pub enum EncodeError {
     /// A required attribute (`id`, `source`) is empty.
     #[error("the CloudEvent attribute {name:?} is empty")]
     EmptyAttribute { name: &'static str },
-}
-
-/// Reads the attributes of an sdk event that the typed event keeps. Shared by the binary and
-/// structured decoders.
-pub(crate) struct SdkAttributes {
-    pub id: String,
-    pub source: String,
-    pub event_type: String,
-    pub subject: Option<String>,
-    pub time: Option<DateTime<Utc>>,
-    pub datacontenttype: Option<String>,
-    pub dataschema: Option<String>,
-    pub traceparent: Option<String>,
-    pub tracestate: Option<String>,
-}
-
-impl SdkAttributes {
-    pub(crate) fn read(event: &cloudevents::Event) -> SdkAttributes {
-        let extension = |name: &str| event.extension(name).map(|value| value.to_string());
-        SdkAttributes {
-            id: event.id().to_owned(),
-            source: event.source().to_string(),
-            event_type: event.ty().to_owned(),
-            subject: event.subject().map(str::to_owned),
-            time: event.time().copied(),
-            datacontenttype: event.datacontenttype().map(str::to_owned),
-            dataschema: event.dataschema().map(|uri| uri.as_str().to_owned()),
-            traceparent: extension("traceparent"),
-            tracestate: extension("tracestate"),
-        }
-    }
 }
 
 #[cfg(test)]

@@ -12,8 +12,11 @@
 //! - [`binding`]: the CloudEvents NATS binding (binary mode out; binary or structured in), with
 //!   typed decode errors.
 //! - [`publish`]: [`Publisher`], which waits for the PubAck and sends the id as `Nats-Msg-Id`.
-//! - [`consume`]: [`run_consumer`], the [`Handler`] trait, and the one ack rule ([`disposition`]);
+//! - [`consume`]: [`run_durable`] (a durable consumer until shutdown, bound again when the server
+//!   lost it), [`run_consumer`], the [`Handler`] trait, and the one ack rule ([`disposition`]);
 //!   [`deadletter`]: dead letters and their headers.
+//! - [`kv`]: keys built with the subjects' token encoding, and [`kv::Bucket`], a typed JSON
+//!   bucket (get, create-if-absent, update at a revision, `modify`, snapshot).
 //! - [`topology`]: [`Bus`], which creates or updates the streams, durable consumers and KV
 //!   buckets at start-up; [`config`]: their serde configuration.
 //! - [`trace`]: W3C trace context in the CloudEvents distributed-tracing extension.
@@ -50,6 +53,7 @@ pub mod data;
 pub mod deadletter;
 pub mod event;
 pub mod event_type;
+pub mod kv;
 pub mod metrics;
 pub mod payload;
 pub mod publish;
@@ -61,8 +65,8 @@ pub mod trace;
 pub use binding::{DecodeError, DecodeErrorKind, DecodeLimits, decode, encode};
 pub use config::{BusConfig, ConsumerConfig, KvConfig, StreamLimits, StreamsConfig};
 pub use consume::{
-    BoxError, ConsumeError, Delivery, Disposition, DurableConsumer, Handler, HandlerError,
-    Processed, RetryPolicy, disposition, run_consumer,
+    BoxError, ConsumeError, Delivery, Disposition, DurableConsumer, DurableError, Handler,
+    HandlerError, Processed, RetryPolicy, disposition, run_consumer, run_durable,
 };
 pub use deadletter::{DeadLetter, DeadLetterNote, DeadLetterReason};
 pub use event::{EncodeError, Event, EventSource};

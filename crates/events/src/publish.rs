@@ -65,6 +65,16 @@ impl PublishError {
             }
         }
     }
+
+    /// Whether the message (headers and data) is larger than the server's max payload.
+    pub fn exceeds_max_payload(&self) -> bool {
+        match self {
+            PublishError::Subject(_) | PublishError::Encode(_) => false,
+            PublishError::Send { source, .. } | PublishError::Ack { source, .. } => {
+                source.kind() == PublishErrorKind::MaxPayloadExceeded
+            }
+        }
+    }
 }
 
 pub(crate) fn is_transient_kind(kind: PublishErrorKind) -> bool {
@@ -117,6 +127,11 @@ impl Publisher {
     /// The source of the events.
     pub fn source(&self) -> &EventSource {
         &self.source
+    }
+
+    /// The server's max payload in bytes (headers and data of one message), as it announced it.
+    pub fn max_payload(&self) -> usize {
+        self.jetstream.client().max_payload()
     }
 
     /// An event of `data` from this publisher's source, observed now.

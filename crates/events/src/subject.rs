@@ -27,12 +27,23 @@ pub const DEFAULT_PREFIX: &str = "countersign";
 /// The namespace-position token of node alias registration subjects.
 pub const NODE_TOKEN: &str = "_node";
 
+/// The longest text one subject token may encode, in bytes: the longest Kubernetes name (an
+/// RFC 1123 subdomain, 253). A token is at most three times as long once encoded, so a subject
+/// of a prefix and three such tokens stays far below nats-server's 4 KiB control line, past
+/// which the server closes the connection (and every other publish on it fails meanwhile).
+pub const MAX_TOKEN_TEXT_BYTES: usize = 253;
+
 /// Why a subject, stream or bucket name could not be built or parsed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SubjectError {
     /// A name that must go into a subject token is empty.
     #[error("the {field} is empty")]
     Empty { field: &'static str },
+    /// A name that must go into a subject token is longer than [`MAX_TOKEN_TEXT_BYTES`].
+    #[error(
+        "the {field} is {length} bytes long; at most {MAX_TOKEN_TEXT_BYTES} fit in a subject token"
+    )]
+    TooLong { field: &'static str, length: usize },
     /// A namespace starts with `.`, so its token would start with `_` and could be taken for
     /// the `_node` marker.
     #[error("the namespace {namespace:?} starts with '.'")]
@@ -60,10 +71,17 @@ pub enum SubjectError {
 // === token encoding ===
 
 /// Encodes one subject token. `[A-Za-z0-9-]` pass through, `.` becomes `_`, every other byte
-/// becomes `~HH`. Errors only on empty input (`field` names it in the error).
+/// becomes `~HH`. Errors on empty input and on input longer than [`MAX_TOKEN_TEXT_BYTES`]
+/// (`field` names it in the error).
 pub fn encode_token(value: &str, field: &'static str) -> Result<String, SubjectError> {
     if value.is_empty() {
         return Err(SubjectError::Empty { field });
+    }
+    if value.len() > MAX_TOKEN_TEXT_BYTES {
+        return Err(SubjectError::TooLong {
+            field,
+            length: value.len(),
+        });
     }
     let mut token = String::with_capacity(value.len());
     for byte in value.bytes() {
@@ -741,6 +759,21 @@ mod tests {
         assert!(matches!(
             subjects.for_taskrun(EventType::TaskRunCreated, &taskrun("c", ".node", "n")),
             Err(SubjectError::ReservedNamespace { .. })
+        ));
+        let longest = "a".repeat(MAX_TOKEN_TEXT_BYTES);
+        assert!(
+            subjects
+                .for_taskrun(EventType::TaskRunCreated, &taskrun("c", "ns", &longest))
+                .is_ok()
+        );
+        let too_long = "a".repeat(MAX_TOKEN_TEXT_BYTES + 1);
+        assert!(matches!(
+            subjects.for_taskrun(EventType::TaskRunCreated, &taskrun("c", "ns", &too_long)),
+            Err(SubjectError::TooLong { field: "name", .. })
+        ));
+        assert!(matches!(
+            encode_token(&"~".repeat(4096), "uid"),
+            Err(SubjectError::TooLong { field: "uid", .. })
         ));
         for prefix in ["", "a.b", "a*", "a b", "a>"] {
             assert!(matches!(

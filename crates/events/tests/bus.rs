@@ -172,6 +172,7 @@ fn samples() -> Vec<AnyEvent> {
                 },
             ],
             steps: vec![step("compile")],
+            oversized: None,
             declared_results: vec!["commit".into(), "images".into()],
         }),
         AnyEvent::TaskRunDeleted(TaskRunDeleted {

@@ -108,6 +108,27 @@ pub enum Verdict {
     NoResults,
 }
 
+impl Verdict {
+    /// Every verdict.
+    pub const ALL: [Verdict; 3] = [Verdict::Verified, Verdict::Rejected, Verdict::NoResults];
+
+    /// The wire name (`verified`, `rejected`, `no_results`): the predicate's, and every label
+    /// (logs, metrics, the command's output and filters) written from a verdict.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Verified => "verified",
+            Verdict::Rejected => "rejected",
+            Verdict::NoResults => "no_results",
+        }
+    }
+}
+
+impl std::fmt::Display for Verdict {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str(self.as_str())
+    }
+}
+
 /// Which TaskRun.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -196,6 +217,16 @@ pub fn taskrun_statement(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_verdict_label_is_its_wire_name() {
+        for verdict in Verdict::ALL {
+            assert_eq!(
+                serde_json::to_value(verdict).unwrap(),
+                serde_json::Value::String(verdict.as_str().to_owned())
+            );
+        }
+    }
 
     #[test]
     fn empty_subjects_are_refused() {

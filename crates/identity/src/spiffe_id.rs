@@ -111,6 +111,78 @@ pub fn parse_taskrun_spiffe_id(id: &SpiffeId) -> Option<(&str, &str)> {
     }
 }
 
+/// Tekton's default `spire-trust-domain`, and every service's default `spire.trust_domain`.
+pub const DEFAULT_TRUST_DOMAIN: &str = "example.org";
+
+/// The trust domain as configuration names it (`spire.trust_domain`, Tekton's
+/// `spire-trust-domain`): a [`TrustDomain`] that deserializes from its name and is checked then,
+/// so every service refuses a bad one at load, naming the key, with the same rule. Default
+/// [`DEFAULT_TRUST_DOMAIN`].
+#[derive(Clone, PartialEq, Eq)]
+pub struct ConfiguredTrustDomain(TrustDomain);
+
+impl ConfiguredTrustDomain {
+    /// The trust domain.
+    pub fn trust_domain(&self) -> &TrustDomain {
+        &self.0
+    }
+
+    /// The trust domain, owned.
+    pub fn into_trust_domain(self) -> TrustDomain {
+        self.0
+    }
+
+    /// The trust domain's name (`example.org`).
+    pub fn as_str(&self) -> &str {
+        self.0.as_str()
+    }
+}
+
+impl Default for ConfiguredTrustDomain {
+    fn default() -> Self {
+        // Cannot fail: the literal is a valid trust domain (a test checks it).
+        ConfiguredTrustDomain(
+            TrustDomain::new(DEFAULT_TRUST_DOMAIN)
+                .unwrap_or_else(|_| unreachable!("{DEFAULT_TRUST_DOMAIN} is a valid trust domain")),
+        )
+    }
+}
+
+impl From<TrustDomain> for ConfiguredTrustDomain {
+    fn from(trust_domain: TrustDomain) -> Self {
+        ConfiguredTrustDomain(trust_domain)
+    }
+}
+
+impl std::str::FromStr for ConfiguredTrustDomain {
+    type Err = SpiffeIdError;
+
+    fn from_str(name: &str) -> Result<Self, Self::Err> {
+        TrustDomain::new(name).map(ConfiguredTrustDomain)
+    }
+}
+
+impl std::fmt::Debug for ConfiguredTrustDomain {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self.0.as_str(), formatter)
+    }
+}
+
+impl std::fmt::Display for ConfiguredTrustDomain {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str(self.0.as_str())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for ConfiguredTrustDomain {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(deserializer)?;
+        name.parse().map_err(|error| {
+            serde::de::Error::custom(format!("{name:?} is not a SPIFFE trust domain: {error}"))
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -177,5 +249,18 @@ mod tests {
         ] {
             assert_eq!(parse_taskrun_spiffe_id(&SpiffeId::new(id).unwrap()), None);
         }
+    }
+
+    #[test]
+    fn a_configured_trust_domain_is_checked_when_deserialized() {
+        assert_eq!(
+            ConfiguredTrustDomain::default().as_str(),
+            DEFAULT_TRUST_DOMAIN
+        );
+        let parsed: ConfiguredTrustDomain =
+            serde_json::from_str("\"prod.example\"").expect("a trust domain");
+        assert_eq!(parsed.trust_domain().as_str(), "prod.example");
+        assert!(serde_json::from_str::<ConfiguredTrustDomain>("\"Not A Domain\"").is_err());
+        assert!(serde_json::from_str::<ConfiguredTrustDomain>("\"\"").is_err());
     }
 }

@@ -9,8 +9,7 @@ use common::*;
 use countersign_identity::spiffe_id::SpiffeId;
 use countersign_identity::svid::SigningSvid;
 use countersign_identity::tekton::{
-    Freshness, MergedResult, ReasonCode, ResultValue, ResultsPolicy, ResultsVerifier,
-    StepSignedResults, TaskRunVerdict, signed_step_entries,
+    Freshness, ReasonCode, ResultsPolicy, ResultsVerifier, signed_step_entries,
 };
 use rcgen::KeyUsagePurpose;
 
@@ -355,115 +354,6 @@ fn an_empty_manifest_with_no_results_verifies_with_no_results() {
         .verify_step(&map, signing_time())
         .unwrap();
     assert!(verified.results().is_empty());
-}
-
-fn step(name: &str, map: BTreeMap<String, String>) -> StepSignedResults {
-    StepSignedResults {
-        step_name: name.into(),
-        results: map,
-        finished_at: signing_time(),
-    }
-}
-
-fn merged(name: &str, value: ResultValue) -> MergedResult {
-    MergedResult {
-        name: name.into(),
-        value,
-    }
-}
-
-#[test]
-fn taskrun_level_last_signer_wins() {
-    let ca = TestCa::new("example.org");
-    let svid = good_svid(&ca);
-    let first = signed_map(&[("commit".into(), "aaa".into())], &svid);
-    let second = signed_map(
-        &[
-            ("commit".into(), "bbb".into()),
-            ("tags".into(), r#"["x","y"]"#.into()),
-        ],
-        &svid,
-    );
-    let steps = vec![step("one", first), step("two", second)];
-    let bundles = ca.bundles();
-    let policy = policy();
-    let verifier = ResultsVerifier::new(&bundles, &policy);
-
-    let good = vec![
-        merged("commit", ResultValue::String("bbb".into())),
-        merged("tags", ResultValue::Array(vec!["x".into(), "y".into()])),
-        merged(
-            "SVID",
-            ResultValue::String("ignored signing material".into()),
-        ),
-    ];
-    let TaskRunVerdict::Verified(verified) = verifier.verify_taskrun(&steps, &good).unwrap() else {
-        panic!("expected verified");
-    };
-    assert_eq!(verified.results()["commit"].raw, "bbb");
-    assert_eq!(verified.steps().len(), 2);
-
-    // The first step's value is not what was merged last.
-    let stale = vec![merged("commit", ResultValue::String("aaa".into()))];
-    assert_eq!(
-        verifier
-            .verify_taskrun(&steps, &stale)
-            .unwrap_err()
-            .reason(),
-        ReasonCode::ResultsMismatch
-    );
-    // A merged result nobody signed.
-    let unsigned = vec![merged("extra", ResultValue::String("x".into()))];
-    assert_eq!(
-        verifier
-            .verify_taskrun(&steps, &unsigned)
-            .unwrap_err()
-            .reason_code(),
-        "results_mismatch"
-    );
-    // A failing step is reported with its own reason.
-    let mut broken = steps.clone();
-    broken[0].results.insert("commit".into(), "zzz".into());
-    let error = verifier.verify_taskrun(&broken, &good).unwrap_err();
-    assert_eq!(error.reason(), ReasonCode::SignatureInvalid);
-}
-
-#[test]
-fn taskrun_without_results_or_signing_material_is_no_results() {
-    let ca = TestCa::new("example.org");
-    let bundles = ca.bundles();
-    let policy = policy();
-    let verifier = ResultsVerifier::new(&bundles, &policy);
-    let steps = vec![step("only", BTreeMap::new())];
-    assert_eq!(
-        verifier.verify_taskrun(&steps, &[]).unwrap(),
-        TaskRunVerdict::NoResults
-    );
-    assert_eq!(
-        verifier.verify_taskrun(&[], &[]).unwrap(),
-        TaskRunVerdict::NoResults
-    );
-    // Merged results but nothing signed anywhere.
-    let merged_only = vec![merged("commit", ResultValue::String("abc".into()))];
-    assert_eq!(
-        verifier
-            .verify_taskrun(&steps, &merged_only)
-            .unwrap_err()
-            .reason(),
-        ReasonCode::UnsignedResults
-    );
-    // A step that wrote results without signing them.
-    let unsigned_step = vec![step(
-        "only",
-        BTreeMap::from([("commit".into(), "abc".into())]),
-    )];
-    assert_eq!(
-        verifier
-            .verify_taskrun(&unsigned_step, &merged_only)
-            .unwrap_err()
-            .reason(),
-        ReasonCode::UnsignedResults
-    );
 }
 
 #[test]

@@ -16,6 +16,8 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use tokio::net::TcpListener;
+
+use crate::http_server::{HttpServerLimits, serve_http};
 use tokio_util::sync::CancellationToken;
 
 use crate::health::{Readiness, ReadinessStatus};
@@ -69,10 +71,14 @@ pub async fn serve_admin(
     state: AdminState,
     stop: CancellationToken,
 ) -> Result<(), ServeError> {
-    axum::serve(listener, admin_router(state))
-        .with_graceful_shutdown(async move { stop.cancelled().await })
-        .await
-        .map_err(|source| ServeError { source })
+    serve_http(
+        listener,
+        admin_router(state),
+        HttpServerLimits::DEFAULT,
+        async move { stop.cancelled().await },
+    )
+    .await
+    .map_err(|source| ServeError { source })
 }
 
 async fn livez() -> &'static str {

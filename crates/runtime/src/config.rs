@@ -29,6 +29,8 @@ pub use self::sections::{
     AdminConfig, LogFilter, LogFormat, Secret, ShutdownConfig, TelemetryConfig,
 };
 use self::tree::{EnvValue, Node, TreeError};
+use crate::bounded_read::{ReadFileError, read_to_string_bounded};
+use crate::nats::NatsConfig;
 
 /// The variable that names the config file when `--config` is not given.
 pub const CONFIG_PATH_VAR: &str = "COUNTERSIGN_CONFIG";
@@ -39,11 +41,19 @@ pub const ENV_PREFIX: &str = "COUNTERSIGN_";
 /// What separates levels in a configuration variable's name.
 pub const ENV_SEPARATOR: &str = "__";
 
+/// The largest config file read (1 MiB): a config is a few KiB, and a path that names something
+/// endless (`/dev/zero`, a FIFO) must not be read until memory runs out.
+pub const MAX_CONFIG_FILE_BYTES: u64 = 1024 * 1024;
+
 /// What the runtime needs to know of a service's config. A service's config struct embeds the
-/// shared sections as named fields and hands them out here.
+/// shared sections as named fields (`admin`, `telemetry`, `shutdown`, and `nats` when it talks to
+/// NATS) and hands them out with [`shared_sections!`](crate::shared_sections); the loader
+/// ([`load_service_config`]) checks the shared sections for every service, then runs the service's
+/// own [`ServiceConfig::validate`] and [`ServiceConfig::validate_environment`].
 ///
 /// ```
-/// use countersign_runtime::config::{AdminConfig, ServiceConfig, ShutdownConfig, TelemetryConfig};
+/// use countersign_runtime::config::{AdminConfig, ConfigError, ServiceConfig, ShutdownConfig, TelemetryConfig};
+/// use countersign_runtime::nats::NatsConfig;
 ///
 /// #[derive(Debug, serde::Deserialize)]
 /// #[serde(deny_unknown_fields)]
@@ -54,13 +64,17 @@ pub const ENV_SEPARATOR: &str = "__";
 ///     telemetry: TelemetryConfig,
 ///     #[serde(default)]
 ///     shutdown: ShutdownConfig,
+///     #[serde(default)]
+///     nats: NatsConfig,
 ///     // ... the service's own sections.
 /// }
 ///
 /// impl ServiceConfig for RegistrarConfig {
-///     fn admin(&self) -> &AdminConfig { &self.admin }
-///     fn telemetry(&self) -> &TelemetryConfig { &self.telemetry }
-///     fn shutdown(&self) -> &ShutdownConfig { &self.shutdown }
+///     countersign_runtime::shared_sections!(nats);
+///
+///     fn validate(&self) -> Result<(), ConfigError> {
+///         Ok(()) // what serde cannot check of the service's own sections
+///     }
 /// }
 /// ```
 pub trait ServiceConfig: DeserializeOwned + Send + Sync + 'static {
@@ -70,12 +84,48 @@ pub trait ServiceConfig: DeserializeOwned + Send + Sync + 'static {
     fn telemetry(&self) -> &TelemetryConfig;
     /// The shutdown section (`[shutdown]`).
     fn shutdown(&self) -> &ShutdownConfig;
+    /// The NATS connection section (`[nats]`), for a service that has one.
+    fn nats(&self) -> Option<&NatsConfig> {
+        None
+    }
 
     /// Checks what serde cannot (one field against another, a non-empty list). Runs right after
     /// loading, before anything is bound; return [`ConfigError::invalid`] naming the key.
     fn validate(&self) -> Result<(), ConfigError> {
         Ok(())
     }
+
+    /// Checks what the config names outside itself: variables it reads from `env` (the
+    /// environment the config was loaded with), files that must be there. Runs after
+    /// [`ServiceConfig::validate`], so `--check-config` refuses them too.
+    fn validate_environment(&self, env: &Environment) -> Result<(), ConfigError> {
+        let _ = env;
+        Ok(())
+    }
+}
+
+/// The accessors of [`ServiceConfig`] for a config struct whose shared sections are the fields
+/// `admin`, `telemetry` and `shutdown` (`shared_sections!()`), and `nats` too
+/// (`shared_sections!(nats)`). Written inside the `impl ServiceConfig` block.
+#[macro_export]
+macro_rules! shared_sections {
+    () => {
+        fn admin(&self) -> &$crate::config::AdminConfig {
+            &self.admin
+        }
+        fn telemetry(&self) -> &$crate::config::TelemetryConfig {
+            &self.telemetry
+        }
+        fn shutdown(&self) -> &$crate::config::ShutdownConfig {
+            &self.shutdown
+        }
+    };
+    (nats) => {
+        $crate::shared_sections!();
+        fn nats(&self) -> ::core::option::Option<&$crate::nats::NatsConfig> {
+            ::core::option::Option::Some(&self.nats)
+        }
+    };
 }
 
 /// Environment variables, as a map. `main` takes [`Environment::from_process`]; tests build one
@@ -139,12 +189,12 @@ impl From<HashMap<String, String>> for Environment {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConfigError {
-    /// The config file could not be read.
+    /// The config file could not be read, or is larger than [`MAX_CONFIG_FILE_BYTES`].
     #[error("reading config file {}: {source}", path.display())]
     Read {
         path: PathBuf,
         #[source]
-        source: std::io::Error,
+        source: ReadFileError,
     },
     /// The config file is not valid TOML.
     #[error("config file {} is not valid TOML: {source}", path.display())]
@@ -269,9 +319,11 @@ pub fn load_config<C: DeserializeOwned>(
     let file = match path {
         None => toml::Table::new(),
         Some(path) => {
-            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-                path: path.to_owned(),
-                source,
+            let text = read_to_string_bounded(path, MAX_CONFIG_FILE_BYTES).map_err(|source| {
+                ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                }
             })?;
             toml::from_str(&text).map_err(|source| ConfigError::Syntax {
                 path: path.to_owned(),
@@ -282,14 +334,28 @@ pub fn load_config<C: DeserializeOwned>(
     read_config(file, env)
 }
 
-/// Loads a service config like [`load_config`] and then runs [`ServiceConfig::validate`].
+/// Loads a service config like [`load_config`], then checks it with [`validate_service_config`].
 pub fn load_service_config<C: ServiceConfig>(
     path: Option<&Path>,
     env: &Environment,
 ) -> Result<C, ConfigError> {
     let config: C = load_config(path, env)?;
-    config.validate()?;
+    validate_service_config(&config, env)?;
     Ok(config)
+}
+
+/// Checks a loaded service config as [`load_service_config`] does: the shared sections (the same
+/// for every service: `[nats]`), then [`ServiceConfig::validate`], then
+/// [`ServiceConfig::validate_environment`] with `env`.
+pub fn validate_service_config<C: ServiceConfig>(
+    config: &C,
+    env: &Environment,
+) -> Result<(), ConfigError> {
+    if let Some(nats) = config.nats() {
+        nats.validate("nats")?;
+    }
+    config.validate()?;
+    config.validate_environment(env)
 }
 
 /// Reads a config from TOML text (as if it were the file) overlaid with `env`. For tests and for

@@ -3,21 +3,26 @@
 //!
 //! - [`config`]: a service's `#[serde(deny_unknown_fields)]` config from a TOML file overlaid with
 //!   `COUNTERSIGN_<SECTION>__<KEY>` variables; errors name the key. The shared sections
-//!   ([`config::AdminConfig`], [`config::TelemetryConfig`], [`config::ShutdownConfig`]) and
-//!   [`config::Secret`].
+//!   ([`config::AdminConfig`], [`config::TelemetryConfig`], [`config::ShutdownConfig`], and
+//!   [`nats::NatsConfig`]), handed out by [`shared_sections!`] and checked by the loader for every
+//!   service, and [`config::Secret`].
 //! - [`telemetry`]: `tracing` (text or JSON), OpenTelemetry with optional OTLP/gRPC export, the
 //!   W3C TraceContext propagator. The one process-wide piece, set up once by [`run_main`].
 //! - [`metrics`]: a `prometheus-client` registry owned by a [`metrics::Metrics`] value.
+//! - [`bounded_read`]: reading a whole file up to a size limit (config files, the CLI's inputs).
 //! - [`nats`]: the `[nats]` section every service shares, and connecting with it (waiting for the
 //!   server at start-up).
 //! - [`retry`]: retrying a start-up step with a [`retry::Backoff`] until it succeeds, fails for
 //!   good, or shutdown begins.
-//! - [`error_chain`]: an error and its sources on one line, for logs and stderr.
+//! - [`error_chain`]: an error and its sources on one line, for logs and stderr (re-exported
+//!   from `countersign-error-report`, the one formatter).
 //! - [`health`]: [`health::Readiness`] and its named [`health::Latch`]es.
 //! - [`admin`]: the admin server: `/livez`, `/readyz`, `/metrics`.
 //! - [`shutdown`]: the root `CancellationToken`, tracked tasks and the drain; SIGTERM/SIGINT.
 //! - [`service`]: [`Context`], [`run_service`] (in-process, on a bound listener) and [`run_main`].
 //! - [`http_client`]: a `reqwest::Client` on rustls with ring.
+//! - [`http_server`]: serving a router with header-read and whole-request time limits (the admin
+//!   server, the watcher's ingress).
 //!
 //! # A service
 //!
@@ -37,9 +42,7 @@
 //! }
 //!
 //! impl ServiceConfig for Config {
-//!     fn admin(&self) -> &AdminConfig { &self.admin }
-//!     fn telemetry(&self) -> &TelemetryConfig { &self.telemetry }
-//!     fn shutdown(&self) -> &ShutdownConfig { &self.shutdown }
+//!     countersign_runtime::shared_sections!();
 //! }
 //!
 //! /// The service: take latches, connect, spawn workers with child tokens, return when cancelled.
@@ -93,10 +96,11 @@
 //! ```
 
 pub mod admin;
+pub mod bounded_read;
 pub mod config;
-mod error_report;
 pub mod health;
 pub mod http_client;
+pub mod http_server;
 pub mod metrics;
 pub mod nats;
 pub mod retry;
@@ -105,5 +109,5 @@ pub mod shutdown;
 pub mod telemetry;
 
 pub use crate::config::ServiceConfig;
-pub use crate::error_report::error_chain;
 pub use crate::service::{BoxError, Context, RunOutcome, run_main, run_service};
+pub use countersign_error_report::error_chain;

@@ -19,6 +19,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use async_nats::ServerAddr;
 use async_nats::connection::State;
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
@@ -36,7 +37,11 @@ const STILL_WAITING_EVERY: Duration = Duration::from_secs(10);
 #[serde(deny_unknown_fields)]
 pub struct NatsConfig {
     /// The server URL; several may be given, comma-separated. Default `nats://127.0.0.1:4222`.
-    #[serde(default = "NatsConfig::default_url")]
+    /// Checked when the config loads (every entry a `nats`, `tls`, `ws` or `wss` URL with a host).
+    #[serde(
+        default = "NatsConfig::default_url",
+        deserialize_with = "deserialize_server_list"
+    )]
     pub url: String,
     /// A NATS credentials file (`.creds`: user JWT and NKey seed), for servers in operator mode.
     /// Default: none.
@@ -101,15 +106,17 @@ impl NatsConfig {
         }
     }
 
-    /// Checks what serde cannot: one way of authenticating, and a user with its password.
-    /// `section` names the section in errors (usually `nats`).
+    /// The servers of [`NatsConfig::url`], parsed.
+    pub fn server_addrs(&self) -> Result<Vec<ServerAddr>, InvalidServerList> {
+        parse_server_list(&self.url)
+    }
+
+    /// Checks what serde cannot: the servers (for a config built in code), one way of
+    /// authenticating, and a user with its password. `section` names the section in errors
+    /// (usually `nats`). [`crate::config::load_service_config`] runs it for every service.
     pub fn validate(&self, section: &str) -> Result<(), ConfigError> {
-        if self.url.trim().is_empty() {
-            return Err(ConfigError::invalid(
-                format!("{section}.url"),
-                "must not be empty",
-            ));
-        }
+        self.server_addrs()
+            .map_err(|error| ConfigError::invalid(format!("{section}.url"), error.to_string()))?;
         match (&self.user, &self.password) {
             (Some(_), None) => {
                 return Err(ConfigError::invalid(
@@ -132,6 +139,14 @@ impl NatsConfig {
             ));
         }
         Ok(())
+    }
+
+    fn servers(&self) -> Result<Vec<ServerAddr>, NatsConnectError> {
+        self.server_addrs()
+            .map_err(|source| NatsConnectError::Servers {
+                url: self.url.clone(),
+                source,
+            })
     }
 
     async fn options(
@@ -157,9 +172,68 @@ impl NatsConfig {
     }
 }
 
+/// Why `nats.url` is not a list of NATS servers.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum InvalidServerList {
+    /// No server at all (an empty string, or only commas).
+    #[error("no NATS server given")]
+    Empty,
+    /// One entry is not a URL, or has a scheme other than `nats`, `tls`, `ws`, `wss`.
+    #[error("{entry:?} is not a NATS server URL: {reason}")]
+    NotAServerUrl { entry: String, reason: String },
+    /// One entry has no host (`nats://:4222`).
+    #[error("{entry:?} names no host")]
+    NoHost { entry: String },
+}
+
+/// Parses a comma-separated list of NATS server URLs (a URL without a scheme is `nats://`, as the
+/// client reads it).
+pub fn parse_server_list(text: &str) -> Result<Vec<ServerAddr>, InvalidServerList> {
+    let mut servers = Vec::new();
+    for entry in text
+        .split(',')
+        .map(str::trim)
+        .filter(|entry| !entry.is_empty())
+    {
+        let server: ServerAddr =
+            entry
+                .parse()
+                .map_err(|error: std::io::Error| InvalidServerList::NotAServerUrl {
+                    entry: entry.to_owned(),
+                    reason: error.to_string(),
+                })?;
+        if server.host().is_empty() {
+            return Err(InvalidServerList::NoHost {
+                entry: entry.to_owned(),
+            });
+        }
+        servers.push(server);
+    }
+    if servers.is_empty() {
+        return Err(InvalidServerList::Empty);
+    }
+    Ok(servers)
+}
+
+fn deserialize_server_list<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<String, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    parse_server_list(&text).map_err(serde::de::Error::custom)?;
+    Ok(text)
+}
+
 /// Why a NATS connection could not be made.
 #[derive(Debug, thiserror::Error)]
 pub enum NatsConnectError {
+    /// `nats.url` is not a list of NATS servers (a config built in code; a loaded one was checked).
+    #[error("{url:?} is not a list of NATS servers")]
+    Servers {
+        url: String,
+        #[source]
+        source: InvalidServerList,
+    },
     /// The credentials file could not be read or parsed: retrying will not help.
     #[error("reading the NATS credentials file {}", path.display())]
     Credentials {
@@ -180,7 +254,7 @@ impl NatsConnectError {
     /// Whether trying again may help: an unreachable server, not bad credentials.
     pub fn is_transient(&self) -> bool {
         match self {
-            NatsConnectError::Credentials { .. } => false,
+            NatsConnectError::Credentials { .. } | NatsConnectError::Servers { .. } => false,
             NatsConnectError::Connect { source, .. } => !matches!(
                 source.kind(),
                 async_nats::ConnectErrorKind::AuthorizationViolation
@@ -198,12 +272,13 @@ pub async fn connect(
     default_name: &str,
     shutdown: &CancellationToken,
 ) -> Result<Option<async_nats::Client>, NatsConnectError> {
+    let servers = config.servers()?;
     let options = config
         .options(default_name)
         .await?
         .retry_on_initial_connect();
     let client = options
-        .connect(config.url.as_str())
+        .connect(servers)
         .await
         .map_err(|source| NatsConnectError::Connect {
             url: config.url.clone(),
@@ -229,10 +304,11 @@ pub async fn connect_once(
     config: &NatsConfig,
     default_name: &str,
 ) -> Result<async_nats::Client, NatsConnectError> {
+    let servers = config.servers()?;
     config
         .options(default_name)
         .await?
-        .connect(config.url.as_str())
+        .connect(servers)
         .await
         .map_err(|source| NatsConnectError::Connect {
             url: config.url.clone(),

@@ -31,7 +31,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::error_report::error_chain;
+use countersign_error_report::error_chain;
 
 /// The shortest delay a [`Backoff`] waits: never a busy loop.
 const MIN_DELAY: Duration = Duration::from_millis(1);

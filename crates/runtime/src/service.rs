@@ -18,13 +18,15 @@ use std::time::Duration;
 
 use clap::Parser;
 use tokio::net::TcpListener;
-use tokio::task::JoinError;
+use tokio::task::{JoinError, JoinSet};
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::{AdminState, bind_admin, serve_admin};
 use crate::config::{ConfigError, Environment, ServiceConfig, config_path, load_service_config};
 use crate::health::{Latch, Readiness};
 use crate::metrics::Metrics;
+use crate::nats::{NatsConfig, NatsConnectError, connect};
+use crate::retry::{Backoff, retry_transient};
 use crate::shutdown::{Shutdown, ShutdownSignals};
 use crate::telemetry::init_telemetry;
 
@@ -49,8 +51,14 @@ pub mod exit_code {
     pub const DRAIN_TIMED_OUT: u8 = 75;
 }
 
-/// What every service task gets: its config, metrics registry, readiness and shutdown. Cheap to
-/// clone; clones share everything.
+/// What every service task gets: its config, the environment it was started with, metrics,
+/// readiness and shutdown. Cheap to clone; clones share everything.
+///
+/// A service's `run(ctx)` reads the same in every service: take a readiness latch per start-up
+/// step before the first `.await`, connect with [`Context::connect_nats`], run each further step
+/// with [`Context::startup`] (retried while transient, its latch released when it succeeds),
+/// spawn the workers on a `JoinSet`, and end with [`Context::run_until_shutdown`], which returns
+/// only at shutdown, after the workers finished and NATS was drained.
 #[derive(Debug)]
 #[non_exhaustive]
 pub struct Context<C> {
@@ -58,6 +66,9 @@ pub struct Context<C> {
     pub service_name: Arc<str>,
     /// The validated config.
     pub config: Arc<C>,
+    /// The environment the process was started with, read once by [`run_main`] (empty in tests
+    /// unless given with [`Context::with_environment`]): libraries never read `std::env`.
+    pub env: Arc<Environment>,
     /// The metrics registry behind `/metrics`.
     pub metrics: Metrics,
     /// The readiness behind `/readyz`: take a latch per startup dependency.
@@ -71,6 +82,7 @@ impl<C> Clone for Context<C> {
         Context {
             service_name: Arc::clone(&self.service_name),
             config: Arc::clone(&self.config),
+            env: Arc::clone(&self.env),
             metrics: self.metrics.clone(),
             readiness: self.readiness.clone(),
             shutdown: self.shutdown.clone(),
@@ -79,15 +91,116 @@ impl<C> Clone for Context<C> {
 }
 
 impl<C> Context<C> {
-    /// A fresh context: new metrics registry (with the `process_*` metrics), readiness with no
-    /// latches, shutdown not started. Tests build one with their own config.
+    /// A fresh context: new metrics registry (with the `process_*` metrics), an empty
+    /// environment, readiness with no latches, shutdown not started. Tests build one with their
+    /// own config.
     pub fn new(service_name: impl Into<Arc<str>>, config: C) -> Context<C> {
         Context {
             service_name: service_name.into(),
             config: Arc::new(config),
+            env: Arc::new(Environment::new()),
             metrics: Metrics::new(),
             readiness: Readiness::new(),
             shutdown: Shutdown::new(),
+        }
+    }
+
+    /// The context with `env` as its environment.
+    pub fn with_environment(mut self, env: Environment) -> Context<C> {
+        self.env = Arc::new(env);
+        self
+    }
+
+    /// The NATS connection name of the service, unless configured: `countersign-<service>`.
+    pub fn nats_client_name(&self) -> String {
+        format!("countersign-{}", self.service_name)
+    }
+
+    /// Connects to NATS, waiting for the server as long as it takes, and releases `latch` once
+    /// connected. `Ok(None)` when shutdown came first; an error only when retrying cannot help
+    /// (the credentials file).
+    pub async fn connect_nats(
+        &self,
+        config: &NatsConfig,
+        latch: Latch,
+    ) -> Result<Option<async_nats::Client>, NatsConnectError> {
+        let token = self.shutdown.token();
+        let Some(client) = connect(config, &self.nats_client_name(), &token).await? else {
+            return Ok(None);
+        };
+        latch.release();
+        tracing::info!(url = %config.url, "connected to NATS");
+        Ok(Some(client))
+    }
+
+    /// Runs a start-up step until it succeeds (then releases `latch`), fails with an error
+    /// `is_transient` says retrying cannot fix, or shutdown begins (`Ok(None)`). Transient
+    /// failures are logged and retried after [`Backoff::startup`].
+    pub async fn startup<T, E, F, Fut>(
+        &self,
+        latch: Latch,
+        is_transient: impl Fn(&E) -> bool,
+        step: F,
+    ) -> Result<Option<T>, E>
+    where
+        E: std::error::Error + 'static,
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        let token = self.shutdown.token();
+        let what = latch.name().to_owned();
+        let done = retry_transient(&what, &token, Backoff::startup(), is_transient, step).await?;
+        if done.is_some() {
+            latch.release();
+        }
+        Ok(done)
+    }
+
+    /// Runs until shutdown, then returns after every task of `tasks` returned and `nats` was
+    /// drained (the messages it buffered are flushed). A task that fails or panics starts the
+    /// shutdown, and its error is returned; tasks that end early without failing are fine.
+    pub async fn run_until_shutdown<E>(
+        &self,
+        nats: Option<&async_nats::Client>,
+        mut tasks: JoinSet<Result<(), E>>,
+    ) -> Result<(), E>
+    where
+        E: From<JoinError> + 'static,
+    {
+        let mut failure = None;
+        loop {
+            tokio::select! {
+                () = self.shutdown.cancelled() => break,
+                Some(joined) = tasks.join_next() => match joined {
+                    Ok(Ok(())) => {}
+                    Ok(Err(error)) => {
+                        failure = Some(error);
+                        break;
+                    }
+                    Err(join_error) => {
+                        failure = Some(E::from(join_error));
+                        break;
+                    }
+                },
+            }
+        }
+        self.shutdown.cancel();
+        while let Some(joined) = tasks.join_next().await {
+            let error = match joined {
+                Ok(Ok(())) => continue,
+                Ok(Err(error)) => error,
+                Err(join_error) => E::from(join_error),
+            };
+            failure.get_or_insert(error);
+        }
+        if let Some(nats) = nats
+            && let Err(error) = nats.drain().await
+        {
+            tracing::warn!(%error, "draining the NATS connection");
+        }
+        match failure {
+            Some(error) => Err(error),
+            None => Ok(()),
         }
     }
 }
@@ -371,13 +484,18 @@ where
             return ExitCode::from(exit_code::OS_ERROR);
         }
     };
-    let code = runtime.block_on(serve(service_name, config, service));
+    let code = runtime.block_on(serve(service_name, config, env, service));
     // Tasks that outlived the grace period are dropped here; do not wait on them.
     runtime.shutdown_background();
     ExitCode::from(code)
 }
 
-async fn serve<C, F, Fut, E>(service_name: &'static str, config: C, service: F) -> u8
+async fn serve<C, F, Fut, E>(
+    service_name: &'static str,
+    config: C,
+    env: Environment,
+    service: F,
+) -> u8
 where
     C: ServiceConfig,
     F: FnOnce(Context<C>) -> Fut + Send + 'static,
@@ -423,7 +541,7 @@ where
         let signal = signals.recv().await;
         tracing::info!(%signal, "signal received");
     };
-    let context = Context::new(service_name, config);
+    let context = Context::new(service_name, config).with_environment(env);
     let outcome = run_service(context, listener, grace_period, shutdown_requested, service).await;
     log_outcome(&outcome);
     telemetry.shutdown().await;
@@ -537,6 +655,101 @@ mod tests {
         let help =
             load_startup::<Config>(["svc", "--help"], &Environment::new()).expect_err("help exits");
         assert_eq!(help.exit_code(), exit_code::OK);
+    }
+
+    #[derive(Debug, thiserror::Error)]
+    enum TaskError {
+        #[error("the task failed")]
+        Failed,
+        #[error("not yet")]
+        NotYet,
+        #[error("a task panicked")]
+        Panicked(#[from] JoinError),
+    }
+
+    #[tokio::test]
+    async fn run_until_shutdown_returns_at_shutdown_after_its_tasks() {
+        let ctx = Context::new("test", ());
+        let finished = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut tasks: JoinSet<Result<(), TaskError>> = JoinSet::new();
+        let token = ctx.shutdown.token();
+        let flag = Arc::clone(&finished);
+        tasks.spawn(async move {
+            token.cancelled().await;
+            flag.store(true, std::sync::atomic::Ordering::SeqCst);
+            Ok(())
+        });
+        // A task that ends early without failing changes nothing.
+        tasks.spawn(async { Ok(()) });
+        let running = tokio::spawn({
+            let ctx = ctx.clone();
+            async move { ctx.run_until_shutdown(None, tasks).await }
+        });
+        ctx.shutdown.cancel();
+        let outcome = tokio::time::timeout(Duration::from_secs(5), running)
+            .await
+            .expect("returns at shutdown")
+            .expect("no panic");
+        assert!(outcome.is_ok());
+        assert!(finished.load(std::sync::atomic::Ordering::SeqCst));
+    }
+
+    #[tokio::test]
+    async fn a_failing_task_starts_the_shutdown_and_its_error_is_returned() {
+        let ctx = Context::new("test", ());
+        let mut tasks: JoinSet<Result<(), TaskError>> = JoinSet::new();
+        let token = ctx.shutdown.token();
+        tasks.spawn(async move {
+            token.cancelled().await;
+            Ok(())
+        });
+        tasks.spawn(async { Err(TaskError::Failed) });
+        let outcome =
+            tokio::time::timeout(Duration::from_secs(5), ctx.run_until_shutdown(None, tasks))
+                .await
+                .expect("the failure stops the others");
+        assert!(matches!(outcome, Err(TaskError::Failed)));
+        assert!(ctx.shutdown.is_cancelled());
+
+        let ctx = Context::new("test", ());
+        let mut tasks: JoinSet<Result<(), TaskError>> = JoinSet::new();
+        tasks.spawn(async { panic!("a bug") });
+        let outcome = ctx.run_until_shutdown(None, tasks).await;
+        assert!(matches!(outcome, Err(TaskError::Panicked(_))));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_startup_step_releases_its_latch_only_when_it_succeeds() {
+        let ctx = Context::new("test", ()).with_environment(Environment::new().with("A", "1"));
+        assert_eq!(ctx.env.get("A"), Some("1"));
+        assert_eq!(ctx.nats_client_name(), "countersign-test");
+        let attempts = std::sync::atomic::AtomicU32::new(0);
+        let latch = ctx.readiness.latch("step done");
+        let done = ctx
+            .startup(
+                latch,
+                |error| matches!(error, TaskError::NotYet),
+                || async {
+                    match attempts.fetch_add(1, std::sync::atomic::Ordering::SeqCst) {
+                        0 => Err(TaskError::NotYet),
+                        _ => Ok(7),
+                    }
+                },
+            )
+            .await;
+        assert!(matches!(done, Ok(Some(7))));
+        assert!(ctx.readiness.status().is_ready());
+
+        let latch = ctx.readiness.latch("never done");
+        let failed = ctx
+            .startup(
+                latch,
+                |error| matches!(error, TaskError::NotYet),
+                || async { Err::<(), _>(TaskError::Failed) },
+            )
+            .await;
+        assert!(matches!(failed, Err(TaskError::Failed)));
+        assert!(!ctx.readiness.status().is_ready());
     }
 
     #[tokio::test]

@@ -278,6 +278,16 @@ async fn an_unreachable_otlp_collector_does_not_block_startup_or_shutdown() {
 
 /// Runs the example to completion with `config` and extra variables; returns its code and stderr.
 async fn run_to_exit(dir: &Path, config: &str, env: &[(&str, &str)]) -> (Option<i32>, String) {
+    run_to_exit_with_args(dir, config, env, &[]).await
+}
+
+/// Like [`run_to_exit`], with extra command-line arguments.
+async fn run_to_exit_with_args(
+    dir: &Path,
+    config: &str,
+    env: &[(&str, &str)],
+    args: &[&str],
+) -> (Option<i32>, String) {
     let path = dir.join("service.toml");
     std::fs::write(&path, config).expect("writing the config");
     let output = tokio::time::timeout(
@@ -286,6 +296,7 @@ async fn run_to_exit(dir: &Path, config: &str, env: &[(&str, &str)]) -> (Option<
             .env_clear()
             .arg("--config")
             .arg(&path)
+            .args(args)
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .output(),
@@ -358,4 +369,53 @@ async fn a_taken_admin_port_exits_69() {
         )),
         "{stderr}"
     );
+}
+
+#[tokio::test]
+async fn an_invalid_nats_url_fails_check_config_with_64_naming_the_key() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    for (config, env) in [
+        ("[nats]\nurl = \"not a url\"\n", vec![]),
+        ("", vec![("COUNTERSIGN_NATS__URL", "http://nats:4222")]),
+        ("[nats]\nurl = \"nats://a:4222,nats://\"\n", vec![]),
+    ] {
+        let (code, stderr) =
+            run_to_exit_with_args(dir.path(), config, &env, &["--check-config"]).await;
+        assert_eq!(
+            code,
+            Some(i32::from(countersign_runtime::service::exit_code::USAGE)),
+            "{config} {env:?}: {stderr}"
+        );
+        assert!(stderr.contains("nats.url"), "{stderr}");
+    }
+    let (code, stdout_or_err) = run_to_exit_with_args(
+        dir.path(),
+        "[nats]\nurl = \"nats://a:4222, tls://b:4443\"\n",
+        &[],
+        &["--check-config"],
+    )
+    .await;
+    assert_eq!(code, Some(0), "a list of servers is valid: {stdout_or_err}");
+}
+
+#[tokio::test]
+async fn a_config_path_to_an_endless_file_fails_with_64_naming_the_file() {
+    let output = tokio::time::timeout(
+        TIMEOUT,
+        Command::new(EXAMPLE)
+            .env_clear()
+            .args(["--check-config", "--config", "/dev/zero"])
+            .stdin(Stdio::null())
+            .output(),
+    )
+    .await
+    .expect("the service exits")
+    .expect("running the example service");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(
+        output.status.code(),
+        Some(i32::from(countersign_runtime::service::exit_code::USAGE)),
+        "{stderr}"
+    );
+    assert!(stderr.contains("/dev/zero"), "{stderr}");
 }

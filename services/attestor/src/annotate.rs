@@ -1,7 +1,7 @@
 //! The optional TaskRun annotation (off by default), so `kubectl` users see the verdict:
 //! `countersign.dev/verdict` (`verified`, `rejected` or `no_results`) and
 //! `countersign.dev/attestation-digest` (`sha256:<hex>` of the attestation's DSSE envelope, see
-//! [`crate::attestation::envelope_digest`]), written with a JSON merge patch on
+//! `countersign_verdict::attestation::envelope_digest`), written with a JSON merge patch on
 //! `metadata.annotations`. Needs `patch` on `taskruns.tekton.dev`.
 //!
 //! The patch carries the TaskRun's UID: the API server refuses it when the TaskRun of that name

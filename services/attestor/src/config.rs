@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use countersign_events::{BusConfig, ConsumerConfig, KvConfig};
-use countersign_identity::spiffe_id::TrustDomain;
+use countersign_identity::spiffe_id::ConfiguredTrustDomain;
 use countersign_identity::workload::{TEKTON_DEFAULT_SOCKET, WorkloadEndpoint};
 use countersign_runtime::config::{
     AdminConfig, ConfigError, ServiceConfig, ShutdownConfig, TelemetryConfig,
@@ -53,34 +53,12 @@ pub struct AttestorConfig {
 }
 
 impl ServiceConfig for AttestorConfig {
-    fn admin(&self) -> &AdminConfig {
-        &self.admin
-    }
-
-    fn telemetry(&self) -> &TelemetryConfig {
-        &self.telemetry
-    }
-
-    fn shutdown(&self) -> &ShutdownConfig {
-        &self.shutdown
-    }
+    countersign_runtime::shared_sections!(nats);
 
     fn validate(&self) -> Result<(), ConfigError> {
-        self.nats.validate("nats")?;
-        self.spire
-            .trust_domain()
-            .map_err(|message| ConfigError::invalid("spire.trust_domain", message))?;
         if let Some(socket) = &self.spire.socket_path {
             WorkloadEndpoint::new(socket.as_str())
                 .map_err(|error| ConfigError::invalid("spire.socket_path", error.to_string()))?;
-        }
-        countersign_events::Subjects::new(&self.bus.prefix)
-            .map_err(|error| ConfigError::invalid("bus.prefix", error.to_string()))?;
-        if self.consumer.concurrency == 0 {
-            return Err(ConfigError::invalid(
-                "consumer.concurrency",
-                "must be at least 1",
-            ));
         }
         Ok(())
     }
@@ -93,9 +71,10 @@ impl ServiceConfig for AttestorConfig {
 #[serde(deny_unknown_fields)]
 pub struct SpireConfig {
     /// The trust domain of TaskRun identities when an event does not name the SPIFFE ID
-    /// (Tekton's `spire-trust-domain`). Default `example.org`, Tekton's default.
-    #[serde(default = "SpireConfig::default_trust_domain")]
-    pub trust_domain: String,
+    /// (Tekton's `spire-trust-domain`, also accepted as that key), checked when the config
+    /// loads. Default `example.org`, Tekton's default.
+    #[serde(default, alias = "spire-trust-domain")]
+    pub trust_domain: ConfiguredTrustDomain,
     /// The Workload API address (Tekton's `spire-socket-path`). Default: the
     /// `SPIFFE_ENDPOINT_SOCKET` variable, else `unix:///spiffe-workload-api/spire-agent.sock`.
     #[serde(default)]
@@ -114,11 +93,6 @@ pub struct SpireConfig {
 }
 
 impl SpireConfig {
-    /// `example.org`.
-    pub fn default_trust_domain() -> String {
-        "example.org".to_owned()
-    }
-
     /// Thirty seconds.
     pub const fn default_first_svid_timeout() -> Duration {
         Duration::from_secs(30)
@@ -127,11 +101,6 @@ impl SpireConfig {
     /// Five seconds.
     pub const fn default_clock_skew() -> Duration {
         Duration::from_secs(5)
-    }
-
-    /// The trust domain, parsed.
-    pub fn trust_domain(&self) -> Result<TrustDomain, String> {
-        TrustDomain::new(&self.trust_domain).map_err(|error| error.to_string())
     }
 
     /// The Workload API address: the configured one, else `spiffe_endpoint_socket` (the
@@ -153,7 +122,7 @@ impl SpireConfig {
 impl Default for SpireConfig {
     fn default() -> Self {
         SpireConfig {
-            trust_domain: SpireConfig::default_trust_domain(),
+            trust_domain: ConfiguredTrustDomain::default(),
             socket_path: None,
             first_svid_timeout: SpireConfig::default_first_svid_timeout(),
             clock_skew: SpireConfig::default_clock_skew(),
@@ -250,20 +219,22 @@ pub struct AnnotateConfig {
 
 #[cfg(test)]
 mod tests {
-    use countersign_runtime::config::{ConfigErrorKind, Environment, parse_config};
+    use countersign_runtime::config::{
+        ConfigErrorKind, Environment, parse_config, validate_service_config,
+    };
 
     use super::*;
 
     fn parse(text: &str) -> Result<AttestorConfig, ConfigError> {
         let config: AttestorConfig = parse_config(text, &Environment::new())?;
-        config.validate()?;
+        validate_service_config(&config, &Environment::new())?;
         Ok(config)
     }
 
     #[test]
     fn defaults_are_tektons() {
         let config = parse("").unwrap();
-        assert_eq!(config.spire.trust_domain, "example.org");
+        assert_eq!(config.spire.trust_domain.as_str(), "example.org");
         assert_eq!(
             config.spire.endpoint(None).unwrap().as_str(),
             TEKTON_DEFAULT_SOCKET
@@ -345,5 +316,19 @@ mod tests {
         assert_eq!(error.kind(), ConfigErrorKind::UnknownKey);
         let error = parse("[nats]\nuser = \"attestor\"\n").unwrap_err();
         assert_eq!(error.key(), Some("nats.password"));
+        for (text, key) in [
+            ("[nats]\nurl = \"not a url\"\n", "nats.url"),
+            ("[consumer]\nconcurrency = 0\n", "consumer.concurrency"),
+            (
+                "[consumer]\nmax_payload_bytes = 0\n",
+                "consumer.max_payload_bytes",
+            ),
+        ] {
+            let error = parse(text).unwrap_err();
+            assert_eq!(error.kind(), ConfigErrorKind::InvalidValue, "{text}");
+            assert_eq!(error.key(), Some(key), "{text}");
+        }
+        let tekton = parse("[spire]\nspire-trust-domain = \"prod.example\"\n").unwrap();
+        assert_eq!(tekton.spire.trust_domain.as_str(), "prod.example");
     }
 }

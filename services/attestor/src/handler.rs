@@ -5,7 +5,7 @@
 //!   the step-verdicts bucket (first writer wins).
 //! * `finished`: unless the TaskRun already has an attestation, take each step's recorded
 //!   verdict (checking now any step not recorded, or recorded over other entries), decide the
-//!   TaskRun's verdict ([`crate::decide`]), sign it ([`crate::attestation`]) and store it with
+//!   TaskRun's verdict (`countersign_verdict::decide`), sign it (`countersign_verdict::attestation`) and store it with
 //!   create-if-absent (a loser uses the stored one). Then point the name index at it, publish it
 //!   as `{uid}:attestation` (deduplicated by JetStream; when it was already stored, only if the
 //!   stream does not hold it yet) and, when enabled, annotate the TaskRun.
@@ -19,7 +19,7 @@ use std::time::Instant;
 
 use chrono::{TimeDelta, Utc};
 use countersign_events::binding::percent_encode_value;
-use countersign_events::data::{StepCompleted, TaskRunFinished, TaskRunRef};
+use countersign_events::data::{Oversized, StepCompleted, TaskRunFinished, TaskRunRef};
 use countersign_events::{
     AttestationEvent, Delivery, Event, EventPayload, HandlerError, LifecycleEvent, PublishError,
     Publisher, StreamKind, Subjects,
@@ -28,22 +28,26 @@ use countersign_identity::attestation::AttestationSignError;
 use countersign_identity::spiffe_id::{
     SpiffeId, TrustDomain, parse_taskrun_spiffe_id, taskrun_spiffe_id,
 };
-use countersign_identity::tekton::{Freshness, ResultsPolicy, ResultsVerifier};
+use countersign_identity::tekton::{Freshness, ReasonCode, ResultsPolicy, ResultsVerifier};
 use countersign_runtime::error_chain;
 use tracing::Instrument as _;
 
 use crate::annotate::{AnnotateError, Annotator};
-use crate::attestation::{
-    AttestationFacts, attest, envelope_digest, event_attestation, event_verdict_label,
+use countersign_verdict::attestation::{
+    AttestationEventExt as _, AttestationFacts, attest, envelope_digest,
 };
-use crate::decide::{Decision, decide, merged_results};
+use countersign_verdict::decide::{Decision, RejectedDecision, decide, merged_results};
+use countersign_verdict::steps::{
+    StepInput, StepVerdict, entries_digest, task_run_entries, verify_step,
+};
+use countersign_verdict::store::{
+    ATTESTATIONS_BUCKET, AttestationStore, Created, INDEX_BUCKET, IndexEntry, IndexUpdate,
+    StoreError,
+};
+
 use crate::material::{Material, MaterialError, MaterialWatch};
 use crate::metrics::AttestorMetrics;
-use crate::steps::{StepInput, StepVerdict, entries_digest, task_run_entries, verify_step};
-use crate::store::{
-    ATTESTATIONS_BUCKET, AttestationStore, Created, INDEX_BUCKET, IndexEntry, IndexUpdate,
-    STEP_VERDICTS_BUCKET, StepRecorded, StepStore, StoreError,
-};
+use crate::store::{STEP_VERDICTS_BUCKET, StepRecorded, StepStore};
 
 /// Why an event could not be handled.
 #[derive(Debug, thiserror::Error)]
@@ -252,11 +256,11 @@ impl Attestor {
         match parts.steps.record(uid, &step.pod.uid, &verdict).await? {
             StepRecorded::Stored => {
                 parts.metrics.step_verdict(
-                    verdict.verdict_label(),
+                    verdict.verdict().as_str(),
                     verdict.reason().map(|reason| reason.as_str()),
                 );
                 tracing::info!(
-                    verdict = verdict.verdict_label(),
+                    verdict = verdict.verdict().as_str(),
                     reason = verdict.reason().map(|reason| reason.as_str()),
                     "step verdict recorded"
                 );
@@ -300,7 +304,7 @@ impl Attestor {
                 match parts.attestations.create(uid, &event).await? {
                     Created::Stored => {
                         parts.metrics.verdict(
-                            decision.verdict_label(),
+                            decision.verdict().as_str(),
                             decision.reason().map(|reason| reason.as_str()),
                         );
                         log_decision(&decision);
@@ -333,13 +337,13 @@ impl Attestor {
         self.publish_once(&event, fresh).await?;
 
         if let Some(annotator) = &parts.annotator {
-            let digest = envelope_digest(&event_attestation(&event.data).envelope);
+            let digest = envelope_digest(&event.data.attestation().envelope);
             annotator
                 .annotate(
                     &finished.taskrun.namespace,
                     &finished.taskrun.name,
                     uid,
-                    event_verdict_label(&event.data),
+                    event.data.verdict().as_str(),
                     &digest.to_hex(),
                 )
                 .await?;
@@ -356,6 +360,9 @@ impl Attestor {
         material: &Material,
         decided_at: chrono::DateTime<Utc>,
     ) -> Result<Decision, AttestError> {
+        if let Some(oversized) = &finished.oversized {
+            return Ok(Decision::Rejected(payload_too_large(oversized)));
+        }
         let merged = match merged_results(&finished.results) {
             Ok(merged) => merged,
             Err(rejected) => return Ok(Decision::Rejected(*rejected)),
@@ -449,22 +456,41 @@ impl Attestor {
     }
 }
 
+/// The verdict on a `finished` event the watcher trimmed to fit the bus: its results never
+/// reached us, so nothing can be verified and the TaskRun is rejected (fail closed).
+fn payload_too_large(oversized: &Oversized) -> RejectedDecision {
+    RejectedDecision {
+        reason: ReasonCode::PayloadTooLarge,
+        message: format!(
+            "the finished event ({} bytes) is over the bus's max payload ({} bytes); its results were not carried",
+            oversized.bytes, oversized.limit
+        ),
+        step: None,
+        spiffe_id: None,
+        svid_fingerprint: None,
+        trust_bundle_digest: None,
+        checks: Vec::new(),
+    }
+}
+
 fn log_decision(decision: &Decision) {
     match decision {
         Decision::Rejected(rejected) => tracing::info!(
-            verdict = "rejected",
+            verdict = decision.verdict().as_str(),
             reason = rejected.reason.as_str(),
             step = rejected.step.as_deref(),
             message = %rejected.message,
             "TaskRun attested"
         ),
         Decision::Verified(verified) => tracing::info!(
-            verdict = "verified",
+            verdict = decision.verdict().as_str(),
             results = verified.results.len(),
             spiffe_id = %verified.signer.spiffe_id,
             "TaskRun attested"
         ),
-        Decision::NoResults => tracing::info!(verdict = "no_results", "TaskRun attested"),
+        Decision::NoResults => {
+            tracing::info!(verdict = decision.verdict().as_str(), "TaskRun attested")
+        }
     }
 }
 

@@ -14,10 +14,11 @@
 //! - [`service`]: [`run`], start-up in order behind readiness latches, then the consumer.
 //! - [`handler`]: [`Attestor`], what each event does, and the ack rule's inputs.
 //! - [`material`]: the attestor's SVID and the trust bundles, kept current.
-//! - [`steps`]: one step's verdict ([`steps::verify_step`]); [`decide`]: the TaskRun's verdict
-//!   from its steps; [`reason`]: verifier reason codes as the event contract's.
-//! - [`attestation`]: a verdict as a signed attestation event, and back for offline checks.
-//! - [`store`]: the KV buckets (attestations, name index, step verdicts) and their keys.
+//! - [`store`]: its own KV bucket, the step verdicts.
+//!
+//! The rule itself (one step's verdict, the TaskRun's from its steps), signing the attestation
+//! and the public KV layout of attestations (attestations by UID, the name index) are
+//! `countersign_verdict`'s, shared with the `countersign` command and the gate.
 //! - [`annotate`]: the optional `countersign.dev/*` TaskRun annotations.
 //! - [`metrics`] holds `countersign_attestor_*`.
 //!
@@ -26,15 +27,11 @@
 //! converge on the first stored attestation, and the event published is always that one.
 
 pub mod annotate;
-pub mod attestation;
 pub mod config;
-pub mod decide;
 pub mod handler;
 pub mod material;
 pub mod metrics;
-pub mod reason;
 pub mod service;
-pub mod steps;
 pub mod store;
 
 pub use config::AttestorConfig;

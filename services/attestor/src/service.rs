@@ -7,23 +7,27 @@
 //!    `streams, consumer and buckets bound`;
 //! 3. get the attestor's SVID and the trust bundles from the Workload API (retried), and keep
 //!    them current in a tracked task — latch `first SVID and trust bundle received`;
-//! 4. consume until shutdown, finishing and settling the messages in flight.
+//! 4. consume until shutdown (`run_durable`: bound again when the server lost the consumer),
+//!    finishing and settling the messages in flight; then drain NATS.
 
 use countersign_events::{
-    Bus, ConsumeError, ConsumerSpec, Delivery, Event, EventMetrics, EventSource, LifecycleEvent,
-    SetupError, SubjectError, run_consumer,
+    Bus, ConsumerSpec, Delivery, DurableError, Event, EventMetrics, EventSource, LifecycleEvent,
+    SetupError, SubjectError, run_durable,
 };
-use countersign_identity::workload::EndpointConfigError;
-use countersign_runtime::nats::{NatsConnectError, connect};
+use countersign_identity::workload::{EndpointConfigError, SPIFFE_ENDPOINT_SOCKET};
+use countersign_runtime::Context;
+use countersign_runtime::nats::NatsConnectError;
 use countersign_runtime::retry::{Backoff, retry_transient};
-use countersign_runtime::{Context, error_chain};
+use tokio::task::JoinSet;
 
 use crate::annotate::{AnnotateError, Annotator};
 use crate::config::AttestorConfig;
 use crate::handler::{Attestor, AttestorParts};
 use crate::material::{connect_with_retry as connect_workload_api, keep_current, material_channel};
 use crate::metrics::AttestorMetrics;
-use crate::store::{AttestationStore, StepStore, StoreError};
+use countersign_verdict::store::{AttestationStore, StoreError};
+
+use crate::store::StepStore;
 
 /// The service's name: in logs, the CloudEvent source (`/countersign/attestor`), the NATS client.
 pub const SERVICE_NAME: &str = "attestor";
@@ -34,9 +38,6 @@ pub enum RunError {
     /// The Workload API address is invalid.
     #[error("the Workload API address")]
     Endpoint(#[from] EndpointConfigError),
-    /// The trust domain is invalid (validated at load time; kept for callers that skip it).
-    #[error("spire.trust_domain: {0}")]
-    TrustDomain(String),
     /// The annotator could not be set up.
     #[error("setting up the TaskRun annotator")]
     Annotator(#[from] AnnotateError),
@@ -54,16 +55,17 @@ pub enum RunError {
     Store(#[from] StoreError),
     /// The consumer stopped for good.
     #[error(transparent)]
-    Consume(#[from] ConsumeError),
+    Consume(#[from] DurableError),
+    /// A task panicked.
+    #[error("an attestor task panicked")]
+    Panicked(#[from] tokio::task::JoinError),
 }
 
-/// Runs the attestor until shutdown. `spiffe_endpoint_socket` is the `SPIFFE_ENDPOINT_SOCKET`
-/// variable, read by `main` (used when `[spire] socket_path` is not set).
-pub async fn run(
-    ctx: Context<AttestorConfig>,
-    spiffe_endpoint_socket: Option<String>,
-) -> Result<(), RunError> {
+/// Runs the attestor until shutdown, then drains NATS. The `SPIFFE_ENDPOINT_SOCKET` variable of
+/// the context's environment is used when `[spire] socket_path` is not set.
+pub async fn run(ctx: Context<AttestorConfig>) -> Result<(), RunError> {
     let config = ctx.config.clone();
+    let spiffe_endpoint_socket = ctx.env.get(SPIFFE_ENDPOINT_SOCKET);
     let nats_latch = ctx.readiness.latch("nats connected");
     let topology_latch = ctx.readiness.latch("streams, consumer and buckets bound");
     let material_latch = ctx.readiness.latch("first SVID and trust bundle received");
@@ -74,8 +76,8 @@ pub async fn run(
         bus_metrics.register(registry);
         metrics.register(registry);
     });
-    let endpoint = config.spire.endpoint(spiffe_endpoint_socket.as_deref())?;
-    let trust_domain = config.spire.trust_domain().map_err(RunError::TrustDomain)?;
+    let endpoint = config.spire.endpoint(spiffe_endpoint_socket)?;
+    let trust_domain = config.spire.trust_domain.trust_domain().clone();
     let annotator = if config.annotate.enabled {
         Some(Annotator::from_config(config.annotate.kubeconfig.as_deref()).await?)
     } else {
@@ -84,12 +86,9 @@ pub async fn run(
     let token = ctx.shutdown.token();
 
     // 1. NATS.
-    let client_name = format!("countersign-{SERVICE_NAME}");
-    let Some(client) = connect(&config.nats, &client_name, &token).await? else {
+    let Some(client) = ctx.connect_nats(&config.nats, nats_latch).await? else {
         return Ok(());
     };
-    nats_latch.release();
-    tracing::info!(url = %config.nats.url, "connected to NATS");
 
     // 2. Streams, the consumer, the buckets.
     let bus = Bus::new(client.clone(), config.bus.clone(), bus_metrics)?;
@@ -121,7 +120,7 @@ pub async fn run(
         &token,
         Backoff::startup(),
         StoreError::is_transient,
-        || AttestationStore::ensure(&bus, &config.store),
+        || AttestationStore::ensure(&bus, &config.store.attestations, &config.store.index),
     )
     .await?
     else {
@@ -132,7 +131,7 @@ pub async fn run(
         &token,
         Backoff::startup(),
         StoreError::is_transient,
-        || StepStore::ensure(&bus, &config.store),
+        || StepStore::ensure(&bus, &config.store.step_verdicts),
     )
     .await?
     else {
@@ -173,41 +172,14 @@ pub async fn run(
         annotator,
         metrics,
     });
-    let mut consumer = consumer;
-    let mut backoff = Backoff::startup();
-    loop {
-        let handler = {
-            let attestor = attestor.clone();
-            move |event: Event<LifecycleEvent>, delivery: Delivery| {
-                let attestor = attestor.clone();
-                async move { attestor.handle(event, delivery).await }
-            }
-        };
-        match run_consumer(&consumer, handler, token.clone()).await {
-            Ok(()) => break,
-            Err(error) if error.is_transient() => {
-                tracing::warn!(error = %error_chain(&error), "the consumer stopped; binding it again");
-                if !backoff.wait(&token).await {
-                    break;
-                }
-                let Some(bound) = retry_transient(
-                    "binding the attestor consumer",
-                    &token,
-                    Backoff::startup(),
-                    SetupError::is_transient,
-                    || bus.ensure_consumer(&spec, &config.consumer),
-                )
-                .await?
-                else {
-                    break;
-                };
-                consumer = bound;
-            }
-            Err(error) => return Err(error.into()),
-        }
-    }
-    if let Err(error) = client.drain().await {
-        tracing::debug!(%error, "draining the NATS connection");
-    }
-    Ok(())
+    let handler = move |event: Event<LifecycleEvent>, delivery: Delivery| {
+        let attestor = attestor.clone();
+        async move { attestor.handle(event, delivery).await }
+    };
+    let mut tasks = JoinSet::new();
+    tasks.spawn(async move {
+        run_durable(&bus, &spec, consumer, handler, token).await?;
+        Ok(())
+    });
+    ctx.run_until_shutdown(Some(&client), tasks).await
 }

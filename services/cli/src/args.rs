@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use clap::{Args as ClapArgs, Parser, Subcommand, ValueEnum};
+use countersign_verdict::Verdict;
 
 use crate::exit::EXIT_CODES_HELP;
 
@@ -175,12 +176,12 @@ pub enum VerdictFilter {
 }
 
 impl VerdictFilter {
-    /// The verdict label it matches.
-    pub fn label(self) -> &'static str {
+    /// The verdict it matches.
+    pub fn verdict(self) -> Verdict {
         match self {
-            VerdictFilter::Verified => "verified",
-            VerdictFilter::Rejected => "rejected",
-            VerdictFilter::NoResults => "no_results",
+            VerdictFilter::Verified => Verdict::Verified,
+            VerdictFilter::Rejected => Verdict::Rejected,
+            VerdictFilter::NoResults => Verdict::NoResults,
         }
     }
 }

@@ -3,8 +3,8 @@
 
 use std::path::PathBuf;
 
-use countersign_attestor::store::{StoreError, StoreErrorKind};
 use countersign_runtime::nats::NatsConnectError;
+use countersign_verdict::store::{StoreError, StoreErrorKind};
 
 /// Exit codes (from BSD's `sysexits.h` where one fits).
 pub mod exit_code {

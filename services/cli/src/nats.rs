@@ -5,10 +5,10 @@ use std::io::Write;
 
 use async_nats::jetstream::consumer::DeliverPolicy;
 use async_nats::jetstream::consumer::pull::OrderedConfig;
-use countersign_attestor::attestation::{event_taskrun, event_verdict_label};
-use countersign_attestor::store::{AttestationStore, decode_stored};
 use countersign_events::{AttestationEvent, DecodeLimits, Family, StreamKind, Subjects};
 use countersign_runtime::nats::{NatsConfig, connect_once};
+use countersign_verdict::attestation::AttestationEventExt as _;
+use countersign_verdict::store::{AttestationStore, StoreError, decode_stored};
 use futures::StreamExt as _;
 
 use crate::args::{GetArgs, NatsArgs, TailArgs};
@@ -59,14 +59,14 @@ pub async fn get(
         .await?
         .ok_or_else(|| CliError::NotFound(what.clone()))?;
     let event = decode_stored(&raw).map_err(|error| {
-        CliError::Store(countersign_attestor::store::StoreError::Corrupt {
+        CliError::Store(StoreError::Corrupt {
             bucket: "attestations".to_owned(),
             key: uid.clone(),
             source: Box::new(error),
         })
     })?;
     if let (Some(taskrun), Some(_)) = (&args.taskrun, &args.uid) {
-        let stored = event_taskrun(&event.data);
+        let stored = event.data.taskrun();
         if format!("{}/{}", stored.namespace, stored.name) != *taskrun {
             return Err(CliError::NotFound(format!("{what} named {taskrun}")));
         }
@@ -151,7 +151,7 @@ pub async fn tail(
         };
         if args
             .verdict
-            .is_some_and(|verdict| verdict.label() != event_verdict_label(&event.data))
+            .is_some_and(|verdict| verdict.verdict() != event.data.verdict())
         {
             continue;
         }

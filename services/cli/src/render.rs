@@ -2,9 +2,9 @@
 
 use std::io::Write;
 
-use countersign_attestor::attestation::{event_attested_at, event_taskrun, event_verdict_label};
 use countersign_events::{AttestationEvent, Event};
 use countersign_identity::tekton::CheckOutcome;
+use countersign_verdict::attestation::{AttestationEventExt as _, envelope_digest};
 use serde::Serialize;
 
 /// The wire name of a serde enum value (`svid_present`, `passed`, ...).
@@ -50,11 +50,14 @@ pub fn write_checks(out: &mut dyn Write, checks: &[CheckOutcome]) -> std::io::Re
 
 /// One line for an attestation event (for `tail`).
 pub fn event_line(event: &Event<AttestationEvent>) -> String {
-    let taskrun = event_taskrun(&event.data);
+    let taskrun = event.data.taskrun();
     let head = format!(
         "{}  {:<10}  {}/{}  uid={}",
-        event_attested_at(&event.data).to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-        event_verdict_label(&event.data),
+        event
+            .data
+            .attested_at()
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        event.data.verdict().as_str(),
         taskrun.namespace,
         taskrun.name,
         taskrun.uid
@@ -84,17 +87,20 @@ pub fn event_line(event: &Event<AttestationEvent>) -> String {
 
 /// A readable summary of an attestation event (for `get`).
 pub fn write_event(out: &mut dyn Write, event: &Event<AttestationEvent>) -> std::io::Result<()> {
-    let taskrun = event_taskrun(&event.data);
+    let taskrun = event.data.taskrun();
     writeln!(
         out,
         "TaskRun {}/{} (uid {}, cluster {})",
         taskrun.namespace, taskrun.name, taskrun.uid, taskrun.cluster
     )?;
-    writeln!(out, "verdict:     {}", event_verdict_label(&event.data))?;
+    writeln!(out, "verdict:     {}", event.data.verdict())?;
     writeln!(
         out,
         "attested at: {}",
-        event_attested_at(&event.data).to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        event
+            .data
+            .attested_at()
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
     )?;
     writeln!(out, "event:       {} ({})", event.id, event.event_type)?;
     match &event.data {
@@ -123,9 +129,7 @@ pub fn write_event(out: &mut dyn Write, event: &Event<AttestationEvent>) -> std:
             writeln!(out, "message:     {}", rejected.message)?;
         }
     }
-    let digest = countersign_attestor::attestation::envelope_digest(
-        &countersign_attestor::attestation::event_attestation(&event.data).envelope,
-    );
+    let digest = envelope_digest(&event.data.attestation().envelope);
     writeln!(out, "envelope:    sha256:{}", digest.to_hex())?;
     Ok(())
 }

@@ -9,23 +9,23 @@
 use std::io::Write;
 
 use chrono::{DateTime, Utc};
-use countersign_attestor::attestation::from_event_attestation;
-use countersign_attestor::reason::event_reason;
 use countersign_events::data::{SignedAttestation as EventAttestation, Verdict as EventVerdict};
 use countersign_events::{AttestationEvent, EventPayload as _, EventType};
 use countersign_identity::attestation::{
     AttestationTime, AttestationVerifier, AttestationVerifyError, SignedAttestation, SignerPolicy,
     VerifiedAttestation,
 };
-use countersign_identity::intoto::Verdict;
 use countersign_identity::spiffe_id::SpiffeId;
 use countersign_runtime::error_chain;
+use countersign_verdict::Verdict;
+use countersign_verdict::attestation::{AttestationEventExt as _, from_event_attestation};
+use countersign_verdict::reason::VerifierReasonExt as _;
 use serde_json::json;
 
 use crate::args::VerifyArgs;
 use crate::exit::{CliError, Outcome};
 use crate::inputs::{read_bundle, read_json, trust_domain};
-use crate::render::{checks_json, wire_name, write_checks};
+use crate::render::{checks_json, write_checks};
 
 /// What the file held.
 struct Input {
@@ -67,11 +67,9 @@ fn read_input(args: &VerifyArgs) -> Result<Input, CliError> {
                 .or_else(|_| serde_json::from_value(document).map(AttestationEvent::Rejected)),
         }
         .map_err(|error| bad_input(args, format!("not attestation event data: {error}")))?;
-        let attestation = from_event_attestation(match &event {
-            AttestationEvent::Verified(verified) => &verified.attestation,
-            AttestationEvent::Rejected(rejected) => &rejected.attestation,
-        })
-        .map_err(|error| bad_input(args, error.to_string()))?;
+        let attestation = event
+            .signed_attestation()
+            .map_err(|error| bad_input(args, error.to_string()))?;
         return Ok(Input {
             attestation,
             event: Some(event),
@@ -155,10 +153,7 @@ fn failure_kind(error: &AttestationVerifyError) -> &'static str {
 /// Where the event's unsigned fields differ from the signed statement, if they do.
 fn event_mismatch(event: &AttestationEvent, verified: &VerifiedAttestation) -> Option<String> {
     let predicate = verified.predicate();
-    let taskrun = match event {
-        AttestationEvent::Verified(verified) => &verified.taskrun,
-        AttestationEvent::Rejected(rejected) => &rejected.taskrun,
-    };
+    let taskrun = event.taskrun();
     if taskrun.namespace != predicate.taskrun.namespace
         || taskrun.name != predicate.taskrun.name
         || taskrun.uid != predicate.taskrun.uid
@@ -166,19 +161,15 @@ fn event_mismatch(event: &AttestationEvent, verified: &VerifiedAttestation) -> O
     {
         return Some("the event names another TaskRun".to_owned());
     }
+    let claimed = event.verdict();
+    if predicate.verdict != claimed {
+        return Some(format!(
+            "the event says {claimed}, the statement {}",
+            predicate.verdict
+        ));
+    }
     match event {
         AttestationEvent::Verified(data) => {
-            let expected = match data.verdict {
-                EventVerdict::Verified => Verdict::Verified,
-                EventVerdict::NoResults => Verdict::NoResults,
-            };
-            if predicate.verdict != expected {
-                return Some(format!(
-                    "the event says {}, the statement {}",
-                    wire_name(expected),
-                    wire_name(predicate.verdict)
-                ));
-            }
             if data.verdict == EventVerdict::Verified {
                 let mut signed: Vec<(&str, &str)> = verified
                     .statement()
@@ -209,13 +200,7 @@ fn event_mismatch(event: &AttestationEvent, verified: &VerifiedAttestation) -> O
             None
         }
         AttestationEvent::Rejected(data) => {
-            if predicate.verdict != Verdict::Rejected {
-                return Some(format!(
-                    "the event says rejected, the statement {}",
-                    wire_name(predicate.verdict)
-                ));
-            }
-            if predicate.reason_code.map(event_reason) != Some(data.reason) {
+            if predicate.reason_code.map(|reason| reason.to_event_reason()) != Some(data.reason) {
                 return Some("the event's reason is not the statement's".to_owned());
             }
             None
@@ -272,7 +257,7 @@ pub fn verify(args: &VerifyArgs, out: &mut dyn Write) -> Result<Outcome, CliErro
     }
 
     let predicate = verified.predicate();
-    let verdict = wire_name(predicate.verdict);
+    let verdict = predicate.verdict.as_str();
     if args.json {
         let document = json!({
             "valid": true,

@@ -1,15 +1,16 @@
 //! `countersign verify-results`: a TaskRun's signed results checked offline, with the attestor's
-//! own rules (`countersign_attestor::steps` per step, `countersign_attestor::decide` for the
+//! own rule (`countersign_verdict::steps` per step, `countersign_verdict::decide` for the
 //! TaskRun), so the command and the attestor always agree.
 
 use std::io::Write;
 
 use chrono::Utc;
-use countersign_attestor::decide::{Decision, decide};
-use countersign_attestor::steps::{StepInput, StepVerdict, verify_step};
 use countersign_identity::spiffe_id::taskrun_spiffe_id;
-use countersign_identity::tekton::{Freshness, ResultsPolicy, ResultsVerifier, TaskRunSnapshot};
+use countersign_identity::tekton::{Freshness, ResultsPolicy, ResultsVerifier};
 use countersign_runtime::error_chain;
+use countersign_verdict::decide::{Decision, decide};
+use countersign_verdict::snapshot::TaskRunSnapshot;
+use countersign_verdict::steps::{StepInput, StepVerdict, verify_step};
 use serde_json::json;
 
 use crate::args::VerifyResultsArgs;
@@ -127,7 +128,7 @@ pub fn verify_results(args: &VerifyResultsArgs, out: &mut dyn Write) -> Result<O
                 "uid": snapshot.uid,
             },
             "spiffeId": expected.to_string(),
-            "verdict": decision.verdict_label(),
+            "verdict": decision.verdict().as_str(),
             "reasonCode": reason,
             "step": step,
             "message": message,
@@ -150,7 +151,7 @@ pub fn verify_results(args: &VerifyResultsArgs, out: &mut dyn Write) -> Result<O
             snapshot.namespace, snapshot.name, snapshot.uid
         )?;
         writeln!(out, "identity: {expected}")?;
-        writeln!(out, "verdict:  {}", decision.verdict_label())?;
+        writeln!(out, "verdict:  {}", decision.verdict())?;
         if let Some(reason) = reason {
             writeln!(out, "reason:   {reason}")?;
         }

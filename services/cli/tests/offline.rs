@@ -6,13 +6,11 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 
 use chrono::{DateTime, Utc};
-use countersign_attestor::attestation::{
-    AttestationFacts, attest, event_attestation, from_event_attestation,
-};
-use countersign_attestor::decide::Decision;
 use countersign_cli::exit_code;
 use countersign_events::data::TaskRunRef;
 use countersign_identity::svid::SigningSvid;
+use countersign_verdict::attestation::{AttestationEventExt as _, AttestationFacts, attest};
+use countersign_verdict::decide::Decision;
 
 const COUNTERSIGN: &str = env!("CARGO_BIN_EXE_countersign");
 const SIGNER_ID: &str = "spiffe://example.org/tekton/controller";
@@ -213,7 +211,7 @@ fn attestations_are_verified_offline_against_the_bundle_and_the_attestor_id() {
         }
     };
     let event_file = write_json(dir.path(), "event.json", &data);
-    let bare = from_event_attestation(event_attestation(&event)).unwrap();
+    let bare = event.signed_attestation().unwrap();
     let bare_file = write_json(
         dir.path(),
         "bare.json",

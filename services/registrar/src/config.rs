@@ -13,7 +13,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use countersign_events::{BusConfig, ConsumerConfig};
-use countersign_identity::spiffe_id::{DEFAULT_NODE_ALIAS_PREFIX, NodeAliasPrefix, TrustDomain};
+use countersign_identity::spiffe_id::{
+    ConfiguredTrustDomain, DEFAULT_NODE_ALIAS_PREFIX, NodeAliasPrefix,
+};
 use countersign_identity::workload::{TEKTON_DEFAULT_SOCKET, WorkloadEndpoint};
 use countersign_runtime::ServiceConfig;
 use countersign_runtime::config::{AdminConfig, ConfigError, ShutdownConfig, TelemetryConfig};
@@ -73,9 +75,10 @@ pub struct RegistrarConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SpireConfig {
-    /// The trust domain of every SPIFFE ID. Default `example.org` (Tekton's).
+    /// The trust domain of every SPIFFE ID, checked when the config loads. Default
+    /// `example.org` (Tekton's).
     #[serde(alias = "spire-trust-domain")]
-    pub trust_domain: String,
+    pub trust_domain: ConfiguredTrustDomain,
     /// The path prefix of node alias SPIFFE IDs; must start with `/`. Default `/tekton-node/`.
     #[serde(alias = "spire-node-alias-prefix")]
     pub node_alias_prefix: String,
@@ -99,7 +102,7 @@ pub struct SpireConfig {
 impl Default for SpireConfig {
     fn default() -> SpireConfig {
         SpireConfig {
-            trust_domain: "example.org".to_owned(),
+            trust_domain: ConfiguredTrustDomain::default(),
             node_alias_prefix: DEFAULT_NODE_ALIAS_PREFIX.to_owned(),
             server_addr: "spire-server.spire.svc.cluster.local:8081".to_owned(),
             socket_path: TEKTON_DEFAULT_SOCKET.to_owned(),
@@ -110,12 +113,6 @@ impl Default for SpireConfig {
 }
 
 impl SpireConfig {
-    /// The trust domain, parsed. Checked by [`RegistrarConfig::validate`].
-    pub fn trust_domain(&self) -> Result<TrustDomain, ConfigError> {
-        TrustDomain::new(&self.trust_domain)
-            .map_err(|error| ConfigError::invalid("spire.trust_domain", error.to_string()))
-    }
-
     /// The node alias prefix, parsed. Checked by [`RegistrarConfig::validate`].
     pub fn node_alias_prefix(&self) -> Result<NodeAliasPrefix, ConfigError> {
         NodeAliasPrefix::new(self.node_alias_prefix.clone())
@@ -298,21 +295,9 @@ impl Default for ReconcileConfig {
 }
 
 impl ServiceConfig for RegistrarConfig {
-    fn admin(&self) -> &AdminConfig {
-        &self.admin
-    }
-
-    fn telemetry(&self) -> &TelemetryConfig {
-        &self.telemetry
-    }
-
-    fn shutdown(&self) -> &ShutdownConfig {
-        &self.shutdown
-    }
+    countersign_runtime::shared_sections!(nats);
 
     fn validate(&self) -> Result<(), ConfigError> {
-        self.nats.validate("nats")?;
-        self.spire.trust_domain()?;
         self.spire.node_alias_prefix()?;
         if self.spire.server_socket_path.is_none() {
             WorkloadEndpoint::new(self.spire.socket_path.clone())
@@ -419,20 +404,23 @@ pub(crate) fn parse_templates(
 
 #[cfg(test)]
 mod tests {
-    use countersign_runtime::config::{ConfigErrorKind, parse_config};
+    use countersign_runtime::config::{
+        ConfigErrorKind, Environment, parse_config, validate_service_config,
+    };
 
     use super::*;
 
     fn parse(text: &str, env: &[(&str, &str)]) -> Result<RegistrarConfig, ConfigError> {
-        let config: RegistrarConfig = parse_config(text, &env.iter().copied().collect())?;
-        config.validate()?;
+        let env: Environment = env.iter().copied().collect();
+        let config: RegistrarConfig = parse_config(text, &env)?;
+        validate_service_config(&config, &env)?;
         Ok(config)
     }
 
     #[test]
     fn an_empty_config_has_tekton_compatible_defaults() {
         let config = parse("", &[]).expect("defaults are valid");
-        assert_eq!(config.spire.trust_domain, "example.org");
+        assert_eq!(config.spire.trust_domain.as_str(), "example.org");
         assert_eq!(config.spire.node_alias_prefix, "/tekton-node/");
         assert_eq!(
             config.spire.server_addr,
@@ -469,7 +457,7 @@ mod tests {
             &[],
         )
         .expect("Tekton's spelling");
-        assert_eq!(config.spire.trust_domain, "prod.example");
+        assert_eq!(config.spire.trust_domain.as_str(), "prod.example");
         assert_eq!(config.spire.node_alias_prefix, "/nodes/");
         assert_eq!(config.spire.server_addr, "spire:8081");
         assert_eq!(config.spire.socket_path, "unix:///run/spire/agent.sock");
@@ -486,7 +474,7 @@ mod tests {
             ],
         )
         .expect("environment");
-        assert_eq!(config.spire.trust_domain, "env.example");
+        assert_eq!(config.spire.trust_domain.as_str(), "env.example");
         assert_eq!(
             config.spire.server_socket_path,
             Some(PathBuf::from("/run/spire/api.sock"))
@@ -536,6 +524,13 @@ mod tests {
             ),
             ("[entries]\nhint = \"\"\n", "entries.hint"),
             ("[batch]\nmax_creates = 0\n", "batch"),
+            ("[bus]\nprefix = \"a.b\"\n", "bus.prefix"),
+            ("[nats]\nurl = \"http://nats:4222\"\n", "nats.url"),
+            ("[consumer]\nconcurrency = 0\n", "consumer.concurrency"),
+            (
+                "[consumer]\nmax_payload_bytes = 0\n",
+                "consumer.max_payload_bytes",
+            ),
             (
                 "[state]\ntombstone_ttl = \"1m\"\n[reconcile]\ninterval = \"1m\"\n",
                 "state.tombstone_ttl",

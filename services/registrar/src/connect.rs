@@ -25,9 +25,6 @@ pub enum ConnectSpireError {
     /// The TLS configuration or the address is unusable.
     #[error("the SPIRE server connection")]
     Connect(#[from] ConnectError),
-    /// The trust domain is invalid (checked at start-up already).
-    #[error("the trust domain")]
-    TrustDomain(#[source] spiffe::SpiffeIdError),
 }
 
 impl ConnectSpireError {
@@ -36,7 +33,7 @@ impl ConnectSpireError {
         match self {
             ConnectSpireError::Svid(_) => true,
             ConnectSpireError::Connect(error) => error.is_transient(),
-            ConnectSpireError::Endpoint(_) | ConnectSpireError::TrustDomain(_) => false,
+            ConnectSpireError::Endpoint(_) => false,
         }
     }
 }
@@ -50,8 +47,7 @@ pub async fn connect_spire(
         return Ok((SpireServerClient::connect_unix_lazy(socket), None));
     }
     let endpoint = WorkloadEndpoint::new(config.socket_path.clone())?;
-    let trust_domain =
-        spiffe::TrustDomain::new(&config.trust_domain).map_err(ConnectSpireError::TrustDomain)?;
+    let trust_domain = config.trust_domain.trust_domain();
     let source = X509Source::builder()
         .endpoint(endpoint.as_str())
         .initial_sync_timeout(config.svid_timeout)
@@ -65,6 +61,6 @@ pub async fn connect_spire(
         );
     }
     let client =
-        SpireServerClient::connect_tcp_lazy(&config.server_addr, &trust_domain, source.clone())?;
+        SpireServerClient::connect_tcp_lazy(&config.server_addr, trust_domain, source.clone())?;
     Ok((client, Some(source)))
 }

@@ -124,7 +124,7 @@ impl EntryPlanner {
     /// The planner of a (validated) configuration.
     pub fn from_config(config: &RegistrarConfig) -> Result<EntryPlanner, ConfigError> {
         Ok(EntryPlanner {
-            trust_domain: config.spire.trust_domain()?,
+            trust_domain: config.spire.trust_domain.trust_domain().clone(),
             node_alias_prefix: config.spire.node_alias_prefix()?,
             id_prefix: config.entries.id_prefix.clone(),
             hint: config.entries.hint.clone(),

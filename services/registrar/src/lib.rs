@@ -42,4 +42,4 @@ pub use entries::{EntryPlanner, InvalidEvent, OwnedEntryId};
 pub use metrics::RegistrarMetrics;
 pub use reconcile::{ReconcileError, ReconcileReport};
 pub use register::{ErrorKind, RegisterError, Registrar};
-pub use service::{StartError, bind_topology, build_registrar, run, state_bucket};
+pub use service::{SERVICE_NAME, StartError, bind_topology, build_registrar, run, state_bucket};

@@ -295,9 +295,15 @@ impl RegistrarMetrics {
     }
 
     pub(crate) fn cas_conflict(&self, record: &'static str) {
-        self.cas_conflicts
-            .get_or_create(&RecordLabels { record })
-            .inc();
+        self.cas_conflicts(record, 1);
+    }
+
+    pub(crate) fn cas_conflicts(&self, record: &'static str, conflicts: usize) {
+        if conflicts > 0 {
+            self.cas_conflicts
+                .get_or_create(&RecordLabels { record })
+                .inc_by(u64::try_from(conflicts).unwrap_or(u64::MAX));
+        }
     }
 
     /// Entries registered so far, of `kind` (for tests and the bench).

@@ -40,11 +40,19 @@ use crate::config::RegistrarConfig;
 use crate::entries::{EntryPlanner, InvalidEvent, check_key_part};
 use crate::metrics::{RegistrarMetrics, SpireMethod};
 use crate::state::{
-    Cas, NodeAliasRegistration, NodeRecord, PodRegistration, StateError, StateStore, TaskRunRecord,
+    Cas, Change, MAX_CAS_ATTEMPTS, NodeAliasRegistration, NodeRecord, PodRegistration, StateError,
+    StateStore, TaskRunRecord,
 };
 
-/// How many compare-and-set rounds one operation tries before giving up (transiently).
-pub(crate) const MAX_CAS_ATTEMPTS: usize = 64;
+/// What step 1 of a registration found.
+enum Pending {
+    /// The TaskRun already ended: register nothing.
+    Ended,
+    /// The pod is already registered.
+    Registered,
+    /// The pod to register (pending in the record).
+    Pod(PodRegistration),
+}
 
 /// Why handling an event failed.
 #[derive(Debug, thiserror::Error)]
@@ -269,56 +277,44 @@ impl Registrar {
         let planned = inner.planner.plan_pod(scheduled, Utc::now())?;
 
         // 1. The record: pending, unless the TaskRun already ended or the pod is done.
-        let mut attempts = 0;
-        let (mut record, mut revision, pod) = loop {
-            attempts += 1;
-            if attempts > MAX_CAS_ATTEMPTS {
-                return Err(contention(uid));
-            }
-            let current = inner.state.taskrun(uid).await?;
-            let (record, pod) = match current.value {
-                Some(TaskRunRecord::Tombstone { .. }) => {
-                    tracing::debug!("the TaskRun already ended; registering nothing");
-                    return Ok(());
-                }
+        let pending = inner
+            .state
+            .modify_taskrun(uid, |current| match current.value {
+                Some(TaskRunRecord::Tombstone { .. }) => Change::Keep(Pending::Ended),
                 Some(TaskRunRecord::Active { taskrun, mut pods }) => {
                     match pods.iter().find(|pod| pod.pod_uid == planned.pod_uid) {
-                        Some(pod) if pod.registered => {
-                            tracing::debug!("the pod is already registered");
-                            return Ok(());
-                        }
+                        Some(pod) if pod.registered => Change::Keep(Pending::Registered),
                         // Pending: finish what an earlier attempt (or replica) started, with the
                         // same plan.
-                        Some(pod) => {
-                            let pod = pod.clone();
-                            break (
-                                TaskRunRecord::Active { taskrun, pods },
-                                current.revision,
-                                pod,
-                            );
-                        }
+                        Some(pod) => Change::Keep(Pending::Pod(pod.clone())),
                         None => {
                             pods.push(planned.clone());
-                            (TaskRunRecord::Active { taskrun, pods }, planned.clone())
+                            Change::Write(
+                                TaskRunRecord::Active { taskrun, pods },
+                                Pending::Pod(planned.clone()),
+                            )
                         }
                     }
                 }
-                None => (
+                None => Change::Write(
                     TaskRunRecord::Active {
                         taskrun: scheduled.taskrun.clone(),
                         pods: vec![planned.clone()],
                     },
-                    planned.clone(),
+                    Pending::Pod(planned.clone()),
                 ),
-            };
-            match inner
-                .state
-                .write_taskrun(uid, &record, current.revision)
-                .await?
-            {
-                Cas::Written(written) => break (record, written, pod),
-                Cas::Conflict => continue,
+            })
+            .await?;
+        let pod = match pending {
+            Pending::Ended => {
+                tracing::debug!("the TaskRun already ended; registering nothing");
+                return Ok(());
             }
+            Pending::Registered => {
+                tracing::debug!("the pod is already registered");
+                return Ok(());
+            }
+            Pending::Pod(pod) => pod,
         };
 
         // 2. The node alias, then 3. the workload entry.
@@ -333,47 +329,34 @@ impl Registrar {
             .audit
             .workload_registered(&scheduled.taskrun, &pod)
             .await?;
-        let mut attempts = 0;
-        loop {
-            attempts += 1;
-            if attempts > MAX_CAS_ATTEMPTS {
-                return Err(contention(uid));
-            }
-            let updated = match record {
-                TaskRunRecord::Active { taskrun, mut pods } => {
-                    for existing in pods.iter_mut().filter(|p| p.pod_uid == pod.pod_uid) {
-                        existing.registered = true;
+        let ended = inner
+            .state
+            .modify_taskrun(uid, |current| {
+                let (taskrun, mut pods) = match current.value {
+                    Some(TaskRunRecord::Active { taskrun, pods }) => (taskrun, pods),
+                    Some(TaskRunRecord::Tombstone { reason, .. }) => {
+                        return Change::Keep(Some(reason));
                     }
-                    if !pods.iter().any(|p| p.pod_uid == pod.pod_uid) {
-                        let mut registered = pod.clone();
-                        registered.registered = true;
-                        pods.push(registered);
-                    }
-                    TaskRunRecord::Active { taskrun, pods }
+                    // The record vanished (purged by hand): write it back, registered.
+                    None => (scheduled.taskrun.clone(), Vec::new()),
+                };
+                for existing in pods.iter_mut().filter(|p| p.pod_uid == pod.pod_uid) {
+                    existing.registered = true;
                 }
-                TaskRunRecord::Tombstone { reason, .. } => {
-                    tracing::info!("the TaskRun ended while its pod was registered; releasing");
-                    self.release_pod(&scheduled.taskrun, &pod, reason, true)
-                        .await?;
-                    return Ok(());
+                if !pods.iter().any(|p| p.pod_uid == pod.pod_uid) {
+                    let mut registered = pod.clone();
+                    registered.registered = true;
+                    pods.push(registered);
                 }
-            };
-            match inner.state.write_taskrun(uid, &updated, revision).await? {
-                Cas::Written(_) => return Ok(()),
-                Cas::Conflict => {
-                    let current = inner.state.taskrun(uid).await?;
-                    revision = current.revision;
-                    record = match current.value {
-                        Some(record) => record,
-                        // The record vanished (purged by hand): write it back, registered.
-                        None => TaskRunRecord::Active {
-                            taskrun: scheduled.taskrun.clone(),
-                            pods: Vec::new(),
-                        },
-                    };
-                }
-            }
+                Change::Write(TaskRunRecord::Active { taskrun, pods }, None)
+            })
+            .await?;
+        if let Some(reason) = ended {
+            tracing::info!("the TaskRun ended while its pod was registered; releasing");
+            self.release_pod(&scheduled.taskrun, &pod, reason, true)
+                .await?;
         }
+        Ok(())
     }
 
     /// Releases every entry of a TaskRun that finished or was deleted (see the module docs).
@@ -407,48 +390,35 @@ impl Registrar {
         let now = Utc::now();
 
         // 1. The tombstone, from any state.
-        let mut attempts = 0;
-        let (pods, ended_by_us, ended_reason, ended_at) = loop {
-            attempts += 1;
-            if attempts > MAX_CAS_ATTEMPTS {
-                return Err(contention(uid));
-            }
-            let current = inner.state.taskrun(uid).await?;
-            let (tombstone, pods) = match current.value {
+        let (pods, ended_by_us, ended_reason, ended_at) = inner
+            .state
+            .modify_taskrun(uid, |current| match current.value {
                 Some(TaskRunRecord::Tombstone {
                     pods,
                     reason: ended_reason,
                     ended_at,
                     ..
-                }) => break (pods, false, ended_reason, ended_at),
-                Some(TaskRunRecord::Active { taskrun, pods }) => (
+                }) => Change::Keep((pods, false, ended_reason, ended_at)),
+                Some(TaskRunRecord::Active { taskrun, pods }) => Change::Write(
                     TaskRunRecord::Tombstone {
                         taskrun,
                         pods: pods.clone(),
                         reason,
                         ended_at: now,
                     },
-                    pods,
+                    (pods, true, reason, now),
                 ),
-                None => (
+                None => Change::Write(
                     TaskRunRecord::Tombstone {
                         taskrun: taskrun.clone(),
                         pods: Vec::new(),
                         reason,
                         ended_at: now,
                     },
-                    Vec::new(),
+                    (Vec::new(), true, reason, now),
                 ),
-            };
-            match inner
-                .state
-                .write_taskrun(uid, &tombstone, current.revision)
-                .await?
-            {
-                Cas::Written(_) => break (pods, true, reason, now),
-                Cas::Conflict => continue,
-            }
-        };
+            })
+            .await?;
 
         // 2. Delete every pod's entry. A repeat within the stream's duplicate window publishes
         // `released` again (dropped as a duplicate), so a crash between the delete and the

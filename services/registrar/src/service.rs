@@ -1,14 +1,17 @@
-//! The service: [`run`] connects, binds the topology, builds the [`Registrar`] and spawns its
-//! tasks on the runtime's tracked shutdown, taking one readiness latch per dependency:
+//! The service: [`run`] connects, binds the topology, builds the [`Registrar`] and runs its
+//! tasks until shutdown, taking one readiness latch per dependency:
 //!
 //! | latch | released when |
 //! |---|---|
 //! | `nats connected` | the NATS connection is up |
 //! | `streams, consumer and state bucket bound` | the streams, the durable `registrar` consumer and the `{PREFIX}_REGISTRAR` bucket exist |
+//! | `spire server connected` | the SPIRE client was built (the admin socket, or TCP with the first SVID) |
 //! | `spire server reachable` | the SPIRE server answered an admin call (`CountEntries` by our hint) |
 //!
-//! Tasks: the entry batcher, the consumer loop (shared durable consumer: N replicas split the
-//! work), the reconciler (one replica at a time, by lease) and the SPIRE probe. On shutdown the
+//! Tasks: the entry batcher, the consumer loop (`run_durable`: a shared durable consumer, N
+//! replicas split the work, bound again when the server lost it, and a failure binding cannot fix
+//! stops the service), the reconciler (one replica at a time, by lease) and the SPIRE probe.
+//! [`run`] returns at shutdown, after its tasks, once NATS is drained. On shutdown the
 //! consumer stops pulling and finishes the events in flight (their batched calls still go out),
 //! the reconciler finishes its pass, and the batcher ends when nothing can use it any more.
 
@@ -17,14 +20,15 @@ use std::time::Duration;
 
 use async_nats::jetstream::kv;
 use countersign_events::{
-    Bus, ConsumerSpec, DurableConsumer, EventMetrics, EventSource, KvConfig, KvSpec, SetupError,
-    SubjectError, run_consumer,
+    Bus, ConsumerSpec, DurableConsumer, DurableError, EventMetrics, EventSource, KvConfig, KvSpec,
+    SetupError, SubjectError, run_durable,
 };
 use countersign_runtime::config::ConfigError;
-use countersign_runtime::nats::{NatsConnectError, connect};
-use countersign_runtime::retry::{Backoff, retry_transient};
+use countersign_runtime::nats::NatsConnectError;
+use countersign_runtime::retry::Backoff;
 use countersign_runtime::{Context, error_chain};
 use countersign_spire_api::{EntryFilter, SpireServerClient};
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::audit::Audit;
@@ -37,9 +41,6 @@ use crate::state::{BUCKET, StateStore};
 
 /// The NATS client name and CloudEvent source name of the service.
 pub const SERVICE_NAME: &str = "registrar";
-
-/// The pause between attempts at a start-up step (NATS topology, SPIRE): 100 ms doubling to 5 s.
-const STARTUP_BACKOFF: Backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
 
 /// Why the service could not start.
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +60,12 @@ pub enum StartError {
     /// The configuration is invalid (checked at load time already).
     #[error("the configuration")]
     Config(#[from] ConfigError),
+    /// The consumer stopped for good.
+    #[error("consuming the registrar's events")]
+    Consume(#[from] DurableError),
+    /// A task panicked.
+    #[error("a registrar task panicked")]
+    Panicked(#[from] tokio::task::JoinError),
 }
 
 /// The state bucket's declaration: `max_age` is the tombstone TTL.
@@ -101,8 +108,7 @@ pub fn build_registrar(
     x509_source: Option<spiffe::X509Source>,
 ) -> Result<(Registrar, impl Future<Output = ()> + Send + 'static), ConfigError> {
     let planner = EntryPlanner::from_config(&config)?;
-    let client = async_nats::jetstream::Context::client(bus.jetstream());
-    let state = StateStore::new(state, client, metrics.clone());
+    let state = StateStore::new(state, metrics.clone());
     let audit = Audit::new(bus.publisher(EventSource::service(SERVICE_NAME)));
     Ok(Registrar::new(
         config,
@@ -115,11 +121,16 @@ pub fn build_registrar(
     ))
 }
 
-/// The registrar service (see the module docs). Returns once its tasks are spawned; they run
-/// until the context's shutdown.
+/// The registrar service (see the module docs). Returns at shutdown, once its tasks finished
+/// and NATS was drained.
 pub async fn run(ctx: Context<RegistrarConfig>) -> Result<(), StartError> {
     let config = ctx.config.clone();
-    let token = ctx.shutdown.token();
+    let nats_latch = ctx.readiness.latch("nats connected");
+    let topology_latch = ctx
+        .readiness
+        .latch("streams, consumer and state bucket bound");
+    let spire_connected = ctx.readiness.latch("spire server connected");
+    let spire_latch = ctx.readiness.latch("spire server reachable");
     let metrics = RegistrarMetrics::new();
     let event_metrics = EventMetrics::new();
     ctx.metrics.with_registry(|registry| {
@@ -127,39 +138,23 @@ pub async fn run(ctx: Context<RegistrarConfig>) -> Result<(), StartError> {
         event_metrics.register(registry);
     });
 
-    let nats_latch = ctx.readiness.latch("nats connected");
-    let client_name = format!("countersign-{SERVICE_NAME}");
-    let Some(client) = connect(&config.nats, &client_name, &token).await? else {
+    let Some(client) = ctx.connect_nats(&config.nats, nats_latch).await? else {
         return Ok(());
     };
-    nats_latch.release();
-
-    let topology_latch = ctx
-        .readiness
-        .latch("streams, consumer and state bucket bound");
-    let bus = Bus::new(client, config.bus.clone(), event_metrics)?;
-    let Some((consumer, state)) = retry_transient(
-        "binding the streams, consumer and state bucket",
-        &token,
-        STARTUP_BACKOFF,
-        SetupError::is_transient,
-        || bind_topology(&bus, &config),
-    )
-    .await?
+    let bus = Bus::new(client.clone(), config.bus.clone(), event_metrics)?;
+    let Some((consumer, state)) = ctx
+        .startup(topology_latch, SetupError::is_transient, || {
+            bind_topology(&bus, &config)
+        })
+        .await?
     else {
         return Ok(());
     };
-    topology_latch.release();
-
-    let spire_latch = ctx.readiness.latch("spire server reachable");
-    let Some((spire, x509_source)) = retry_transient(
-        "connecting to the SPIRE server",
-        &token,
-        STARTUP_BACKOFF,
-        ConnectSpireError::is_transient,
-        || connect_spire(&config.spire),
-    )
-    .await?
+    let Some((spire, x509_source)) = ctx
+        .startup(spire_connected, ConnectSpireError::is_transient, || {
+            connect_spire(&config.spire)
+        })
+        .await?
     else {
         return Ok(());
     };
@@ -172,36 +167,43 @@ pub async fn run(ctx: Context<RegistrarConfig>) -> Result<(), StartError> {
         metrics,
         x509_source,
     )?;
-    ctx.shutdown.spawn(|_token| batcher);
-
+    let mut tasks = JoinSet::new();
+    // Ends once nothing can use it any more: after the consumer and the reconciler.
+    tasks.spawn(ctx.shutdown.track(async move {
+        batcher.await;
+        Ok(())
+    }));
     let hint = config.entries.hint.clone();
-    ctx.shutdown.spawn(move |token| async move {
+    let token = ctx.shutdown.token();
+    tasks.spawn(async move {
         if probe_spire(&spire, &hint, &token).await {
             spire_latch.release();
         }
+        Ok(())
     });
-
+    let spec = ConsumerSpec::registrar(bus.subjects());
     let consuming = registrar.clone();
-    let shutdown = ctx.shutdown.clone();
-    ctx.shutdown.spawn(move |token| async move {
-        if let Err(error) = consume(consuming, bus, consumer, &config, token).await {
-            tracing::error!(error = %error_chain(&error), "the registrar consumer stopped for good; shutting down");
-            shutdown.cancel();
-        }
+    let token = ctx.shutdown.token();
+    tasks.spawn(async move {
+        run_durable(&bus, &spec, consumer, consuming, token).await?;
+        Ok(())
     });
-
-    if ctx.config.reconcile.enabled {
+    if config.reconcile.enabled {
         let reconciling = registrar.clone();
-        ctx.shutdown
-            .spawn(move |token| reconciling.run_reconciler(token));
+        let token = ctx.shutdown.token();
+        tasks.spawn(async move {
+            reconciling.run_reconciler(token).await;
+            Ok(())
+        });
     }
+    drop(registrar);
     tracing::info!(
-        prefix = %ctx.config.entries.id_prefix,
-        hint = %ctx.config.entries.hint,
-        trust_domain = %ctx.config.spire.trust_domain,
+        prefix = %config.entries.id_prefix,
+        hint = %config.entries.hint,
+        trust_domain = %config.spire.trust_domain,
         "registrar started"
     );
-    Ok(())
+    ctx.run_until_shutdown(Some(&client), tasks).await
 }
 
 /// Calls the SPIRE server until it answers an admin call; false when cancelled first.
@@ -227,37 +229,6 @@ async fn probe_spire(spire: &SpireServerClient, hint: &str, token: &Cancellation
         }
         if !backoff.wait(token).await {
             return false;
-        }
-    }
-}
-
-/// Runs the consumer until `token` is cancelled, binding it again after a transient failure.
-async fn consume(
-    registrar: Registrar,
-    bus: Bus,
-    mut consumer: DurableConsumer,
-    config: &RegistrarConfig,
-    token: CancellationToken,
-) -> Result<(), SetupError> {
-    loop {
-        match run_consumer(&consumer, registrar.clone(), token.clone()).await {
-            Ok(()) => return Ok(()),
-            Err(error) => {
-                tracing::warn!(error = %error_chain(&error), "the registrar consumer stopped; binding it again");
-            }
-        }
-        let spec = ConsumerSpec::registrar(bus.subjects());
-        match retry_transient(
-            "binding the registrar consumer again",
-            &token,
-            STARTUP_BACKOFF,
-            SetupError::is_transient,
-            || bus.ensure_consumer(&spec, &config.consumer),
-        )
-        .await?
-        {
-            Some(rebound) => consumer = rebound,
-            None => return Ok(()),
         }
     }
 }

@@ -7,20 +7,20 @@
 //! | `node.<node>` | [`NodeRecord`]: the node alias `registered`, `releasing` or `released` |
 //! | `lease.reconciler` | [`LeaseRecord`]: which replica runs the reconciler |
 //!
+//! Keys are unchanged from before the shared KV layer: the UID or node name is kept
+//! byte-for-byte (both are checked as SPIRE entry id parts, so the format is injective).
+//!
 //! A tombstone wins over a late create: `scheduled` creates the record only when none exists,
 //! and once a record is a tombstone nothing turns it back. The bucket's `max_age` is the
 //! tombstone TTL; the reconciler rewrites live records before they reach it.
 
 use std::collections::BTreeMap;
 
-use async_nats::jetstream::consumer::push::OrderedConfig;
-use async_nats::jetstream::consumer::{DeliverPolicy, ReplayPolicy};
-use async_nats::jetstream::kv::{self, Operation, UpdateErrorKind};
-use bytes::Bytes;
+use async_nats::jetstream::kv;
 use chrono::{DateTime, Utc};
 use countersign_events::data::{ReleaseReason, TaskRunRef};
-use futures::StreamExt as _;
-use serde::de::DeserializeOwned;
+use countersign_events::kv::{Bucket, Key, SnapshotEntry, SnapshotValue};
+pub use countersign_events::kv::{Cas, Change, KvError as StateError, Versioned};
 use serde::{Deserialize, Serialize};
 
 use crate::metrics::RegistrarMetrics;
@@ -28,9 +28,13 @@ use crate::metrics::RegistrarMetrics;
 /// The bucket's name after the bus prefix: `{PREFIX}_REGISTRAR`.
 pub const BUCKET: &str = "registrar";
 
-const TASKRUN_PREFIX: &str = "taskrun.";
-const NODE_PREFIX: &str = "node.";
-const LEASE_KEY: &str = "lease.reconciler";
+const TASKRUN_PREFIX: &str = "taskrun";
+const NODE_PREFIX: &str = "node";
+const LEASE_PREFIX: &str = "lease";
+const LEASE_NAME: &str = "reconciler";
+
+/// How many compare-and-set rounds one change tries before giving up (transiently).
+pub(crate) const MAX_CAS_ATTEMPTS: usize = 64;
 
 /// How long a snapshot may wait for its next key.
 const SNAPSHOT_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -149,76 +153,6 @@ pub struct LeaseRecord {
     pub until: DateTime<Utc>,
 }
 
-/// A value and the revision to compare-and-set against (0: the key has never been written).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Versioned<T> {
-    /// The value, if the key holds one (not deleted or purged).
-    pub value: Option<T>,
-    /// The key's last revision; a write must name it.
-    pub revision: u64,
-}
-
-/// What a compare-and-set did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Cas {
-    /// Written; the key's new revision.
-    Written(u64),
-    /// Someone else wrote the key first: read it again.
-    Conflict,
-}
-
-/// Why the state could not be read or written.
-#[derive(Debug, thiserror::Error)]
-pub enum StateError {
-    /// A key could not be read.
-    #[error("reading {key}")]
-    Read {
-        key: String,
-        #[source]
-        source: kv::EntryError,
-    },
-    /// A key could not be written (other than a conflict).
-    #[error("writing {key}")]
-    Write {
-        key: String,
-        #[source]
-        source: kv::UpdateError,
-    },
-    /// A stored value is not a record of this version.
-    #[error("the value of {key} is not a valid record")]
-    Corrupt {
-        key: String,
-        #[source]
-        source: serde_json::Error,
-    },
-    /// A record could not be serialized.
-    #[error("serializing the record for {key}")]
-    Serialize {
-        key: String,
-        #[source]
-        source: serde_json::Error,
-    },
-    /// The bucket could not be listed.
-    #[error("listing the state bucket")]
-    List(#[source] async_nats::Error),
-    /// The key is not a valid KV key (refused before any write).
-    #[error("{key:?} is not a valid state key")]
-    InvalidKey { key: String },
-}
-
-impl StateError {
-    /// Whether trying again may succeed (NATS unreachable, a timeout); a corrupt record or a bad
-    /// key will fail the same way again.
-    pub fn is_transient(&self) -> bool {
-        !matches!(
-            self,
-            StateError::Corrupt { .. }
-                | StateError::Serialize { .. }
-                | StateError::InvalidKey { .. }
-        )
-    }
-}
-
 /// One record of a [`Snapshot`].
 #[derive(Debug, Clone)]
 pub struct Stored<T> {
@@ -230,7 +164,7 @@ pub struct Stored<T> {
     pub value: T,
 }
 
-/// Every live record, read in one pass over the bucket.
+/// Every live record, read in one pass over each key prefix.
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
     /// TaskRun records by TaskRun UID.
@@ -241,11 +175,12 @@ pub struct Snapshot {
     pub corrupt: Vec<String>,
 }
 
-/// The state bucket. Cheap to clone.
+/// The state bucket: one typed view per record kind. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct StateStore {
-    kv: kv::Store,
-    client: async_nats::Client,
+    taskruns: Bucket<TaskRunRecord>,
+    nodes: Bucket<NodeRecord>,
+    leases: Bucket<LeaseRecord>,
     metrics: RegistrarMetrics,
 }
 
@@ -265,21 +200,40 @@ impl RecordKind {
             RecordKind::Lease => "lease",
         }
     }
+
+    /// The key prefix of the kind's records.
+    fn prefix(self) -> &'static str {
+        match self {
+            RecordKind::TaskRun => TASKRUN_PREFIX,
+            RecordKind::Node => NODE_PREFIX,
+            RecordKind::Lease => LEASE_PREFIX,
+        }
+    }
+
+    /// The key of the record of `id` (a TaskRun UID, a node name): `<prefix>.<id>`, the id kept
+    /// byte-for-byte (it is checked as a SPIRE entry id part first, which is a valid key).
+    fn key(self, id: &str) -> Result<Key, StateError> {
+        Key::raw(self.prefix())?.with_raw(id)
+    }
 }
 
 impl StateStore {
     /// The store over a bound bucket (see `Bus::ensure_kv`).
-    pub fn new(kv: kv::Store, client: async_nats::Client, metrics: RegistrarMetrics) -> StateStore {
+    pub fn new(kv: kv::Store, metrics: RegistrarMetrics) -> StateStore {
+        let taskruns = Bucket::new(kv)
+            .with_modify_attempts(MAX_CAS_ATTEMPTS)
+            .with_snapshot_idle_timeout(SNAPSHOT_IDLE_TIMEOUT);
         StateStore {
-            kv,
-            client,
+            nodes: taskruns.typed(),
+            leases: taskruns.typed(),
+            taskruns,
             metrics,
         }
     }
 
     /// The TaskRun record of `uid`.
     pub async fn taskrun(&self, uid: &str) -> Result<Versioned<TaskRunRecord>, StateError> {
-        self.read(&format!("{TASKRUN_PREFIX}{uid}")).await
+        self.taskruns.get(&RecordKind::TaskRun.key(uid)?).await
     }
 
     /// Compare-and-set of a TaskRun record.
@@ -289,18 +243,38 @@ impl StateStore {
         record: &TaskRunRecord,
         revision: u64,
     ) -> Result<Cas, StateError> {
-        self.write(
-            &format!("{TASKRUN_PREFIX}{uid}"),
-            record,
-            revision,
-            RecordKind::TaskRun,
-        )
-        .await
+        let written = self
+            .taskruns
+            .update(&RecordKind::TaskRun.key(uid)?, record, revision)
+            .await?;
+        Ok(self.count_conflict(written, RecordKind::TaskRun))
+    }
+
+    /// Reads the TaskRun record of `uid`, lets `change` decide, and writes by compare-and-set,
+    /// again after a conflict ([`StateError::Contention`] after [`MAX_CAS_ATTEMPTS`]).
+    pub async fn modify_taskrun<R>(
+        &self,
+        uid: &str,
+        change: impl FnMut(Versioned<TaskRunRecord>) -> Change<TaskRunRecord, R>,
+    ) -> Result<R, StateError> {
+        let modified = self
+            .taskruns
+            .modify(&RecordKind::TaskRun.key(uid)?, change)
+            .await
+            .inspect_err(|error| {
+                if let StateError::Contention { attempts, .. } = error {
+                    self.metrics
+                        .cas_conflicts(RecordKind::TaskRun.as_str(), *attempts);
+                }
+            })?;
+        self.metrics
+            .cas_conflicts(RecordKind::TaskRun.as_str(), modified.conflicts);
+        Ok(modified.outcome)
     }
 
     /// The record of `node`'s alias.
     pub async fn node(&self, node: &str) -> Result<Versioned<NodeRecord>, StateError> {
-        self.read(&format!("{NODE_PREFIX}{node}")).await
+        self.nodes.get(&RecordKind::Node.key(node)?).await
     }
 
     /// Compare-and-set of a node record.
@@ -310,183 +284,82 @@ impl StateStore {
         record: &NodeRecord,
         revision: u64,
     ) -> Result<Cas, StateError> {
-        self.write(
-            &format!("{NODE_PREFIX}{node}"),
-            record,
-            revision,
-            RecordKind::Node,
-        )
-        .await
+        let written = self
+            .nodes
+            .update(&RecordKind::Node.key(node)?, record, revision)
+            .await?;
+        Ok(self.count_conflict(written, RecordKind::Node))
     }
 
     /// The reconciler lease.
     pub async fn lease(&self) -> Result<Versioned<LeaseRecord>, StateError> {
-        self.read(LEASE_KEY).await
+        self.leases.get(&RecordKind::Lease.key(LEASE_NAME)?).await
     }
 
     /// Compare-and-set of the reconciler lease.
     pub async fn write_lease(&self, lease: &LeaseRecord, revision: u64) -> Result<Cas, StateError> {
-        self.write(LEASE_KEY, lease, revision, RecordKind::Lease)
-            .await
+        let written = self
+            .leases
+            .update(&RecordKind::Lease.key(LEASE_NAME)?, lease, revision)
+            .await?;
+        Ok(self.count_conflict(written, RecordKind::Lease))
     }
 
-    async fn read<T: DeserializeOwned>(&self, key: &str) -> Result<Versioned<T>, StateError> {
-        let entry = self
-            .kv
-            .entry(key)
-            .await
-            .map_err(|source| StateError::Read {
-                key: key.to_owned(),
-                source,
-            })?;
-        let Some(entry) = entry else {
-            return Ok(Versioned {
-                value: None,
-                revision: 0,
-            });
-        };
-        let value = match entry.operation {
-            Operation::Put => Some(decode(key, &entry.value)?),
-            Operation::Delete | Operation::Purge => None,
-        };
-        Ok(Versioned {
-            value,
-            revision: entry.revision,
-        })
-    }
-
-    async fn write<T: Serialize>(
-        &self,
-        key: &str,
-        value: &T,
-        revision: u64,
-        kind: RecordKind,
-    ) -> Result<Cas, StateError> {
-        let body = serde_json::to_vec(value).map_err(|source| StateError::Serialize {
-            key: key.to_owned(),
-            source,
-        })?;
-        // Revision 0 asks for a key with no value ever written: a create.
-        match self.kv.update(key, Bytes::from(body), revision).await {
-            Ok(revision) => Ok(Cas::Written(revision)),
-            Err(error) if error.kind() == UpdateErrorKind::WrongLastRevision => {
-                self.metrics.cas_conflict(kind.as_str());
-                Ok(Cas::Conflict)
-            }
-            Err(error) if error.kind() == UpdateErrorKind::InvalidKey => {
-                Err(StateError::InvalidKey {
-                    key: key.to_owned(),
-                })
-            }
-            Err(source) => Err(StateError::Write {
-                key: key.to_owned(),
-                source,
-            }),
+    fn count_conflict(&self, written: Cas, kind: RecordKind) -> Cas {
+        if written == Cas::Conflict {
+            self.metrics.cas_conflict(kind.as_str());
         }
+        written
     }
 
-    /// Every live TaskRun and node record, read through one ordered consumer (the last value of
-    /// each key).
+    /// Every live TaskRun and node record (the last value of each key).
     pub async fn snapshot(&self) -> Result<Snapshot, StateError> {
-        let list = |error: async_nats::Error| StateError::List(error);
-        let consumer = self
-            .kv
-            .stream
-            .create_consumer(OrderedConfig {
-                deliver_subject: self.client.new_inbox(),
-                description: Some("countersign registrar state snapshot".to_owned()),
-                filter_subject: format!("{}>", self.kv.prefix),
-                deliver_policy: DeliverPolicy::LastPerSubject,
-                replay_policy: ReplayPolicy::Instant,
-                ..Default::default()
-            })
-            .await
-            .map_err(|error| list(error.into()))?;
         let mut snapshot = Snapshot::default();
-        if consumer.cached_info().num_pending == 0 {
-            return Ok(snapshot);
+        let taskruns = self
+            .taskruns
+            .snapshot(Some(&Key::raw(TASKRUN_PREFIX)?))
+            .await?;
+        for entry in taskruns {
+            snapshot.add(entry, TASKRUN_PREFIX, |snapshot| &mut snapshot.taskruns);
         }
-        let mut messages = consumer
-            .messages()
-            .await
-            .map_err(|error| list(error.into()))?;
-        loop {
-            // A key that expires (max_age) before it is delivered leaves the pending count
-            // stale; a partial snapshot must never pass for a whole one, so give up instead.
-            let next = tokio::time::timeout(SNAPSHOT_IDLE_TIMEOUT, messages.next())
-                .await
-                .map_err(|_| list("the state snapshot stalled before the last key".into()))?;
-            let Some(message) = next else {
-                return Err(list("the state snapshot ended before the last key".into()));
-            };
-            let message = message.map_err(|error| list(error.into()))?;
-            let info = message.info().map_err(list)?;
-            let pending = info.pending;
-            let revision = info.stream_sequence;
-            let written_at = DateTime::<Utc>::from_timestamp(info.published.unix_timestamp(), 0)
-                .unwrap_or_default();
-            let key = message
-                .subject
-                .as_str()
-                .strip_prefix(self.kv.prefix.as_str())
-                .unwrap_or_default()
-                .to_owned();
-            let deleted = message.headers.as_ref().is_some_and(|headers| {
-                headers.get("KV-Operation").is_some()
-                    || headers
-                        .get(async_nats::header::NATS_MARKER_REASON)
-                        .is_some()
-            });
-            if !deleted {
-                snapshot.add(key, revision, written_at, &message.payload);
-            }
-            if pending == 0 {
-                break;
-            }
+        let nodes = self.nodes.snapshot(Some(&Key::raw(NODE_PREFIX)?)).await?;
+        for entry in nodes {
+            snapshot.add(entry, NODE_PREFIX, |snapshot| &mut snapshot.nodes);
         }
         Ok(snapshot)
     }
 }
 
 impl Snapshot {
-    fn add(&mut self, key: String, revision: u64, written_at: DateTime<Utc>, value: &[u8]) {
-        if let Some(uid) = key.strip_prefix(TASKRUN_PREFIX) {
-            match decode::<TaskRunRecord>(&key, value) {
-                Ok(value) => {
-                    self.taskruns.insert(
-                        uid.to_owned(),
-                        Stored {
-                            revision,
-                            written_at,
-                            value,
-                        },
-                    );
-                }
-                Err(_) => self.corrupt.push(key),
+    fn add<T>(
+        &mut self,
+        entry: SnapshotEntry<T>,
+        prefix: &str,
+        records: impl FnOnce(&mut Snapshot) -> &mut BTreeMap<String, Stored<T>>,
+    ) {
+        let Some(id) = entry
+            .key
+            .strip_prefix(prefix)
+            .and_then(|rest| rest.strip_prefix('.'))
+        else {
+            return;
+        };
+        match entry.value {
+            SnapshotValue::Value(value) => {
+                let id = id.to_owned();
+                records(self).insert(
+                    id,
+                    Stored {
+                        revision: entry.revision,
+                        written_at: entry.written_at,
+                        value,
+                    },
+                );
             }
-        } else if let Some(node) = key.strip_prefix(NODE_PREFIX) {
-            match decode::<NodeRecord>(&key, value) {
-                Ok(value) => {
-                    self.nodes.insert(
-                        node.to_owned(),
-                        Stored {
-                            revision,
-                            written_at,
-                            value,
-                        },
-                    );
-                }
-                Err(_) => self.corrupt.push(key),
-            }
+            SnapshotValue::Deleted => {}
+            SnapshotValue::Corrupt(_) => self.corrupt.push(entry.key),
         }
     }
-}
-
-fn decode<T: DeserializeOwned>(key: &str, value: &[u8]) -> Result<T, StateError> {
-    serde_json::from_slice(value).map_err(|source| StateError::Corrupt {
-        key: key.to_owned(),
-        source,
-    })
 }
 
 #[cfg(test)]
@@ -534,13 +407,54 @@ mod tests {
 
     #[test]
     fn a_foreign_value_is_refused_as_corrupt() {
-        let error = decode::<TaskRunRecord>("taskrun.u1", b"{\"state\":\"weird\"}").unwrap_err();
-        assert!(matches!(error, StateError::Corrupt { .. }));
-        assert!(!error.is_transient());
+        let foreign = serde_json::from_slice::<TaskRunRecord>(b"{\"state\":\"weird\"}");
+        assert!(foreign.is_err());
+        let entry = |key: &str, value| SnapshotEntry::<TaskRunRecord> {
+            key: key.into(),
+            revision: 3,
+            written_at: Utc::now(),
+            value,
+        };
+        let not_json =
+            || SnapshotValue::Corrupt(serde_json::from_slice::<()>(b"not json").unwrap_err());
         let mut snapshot = Snapshot::default();
-        snapshot.add("taskrun.u1".into(), 3, Utc::now(), b"not json");
-        snapshot.add("other.key".into(), 4, Utc::now(), b"{}");
+        snapshot.add(entry("taskrun.u1", not_json()), TASKRUN_PREFIX, |s| {
+            &mut s.taskruns
+        });
+        snapshot.add(entry("other.key", not_json()), TASKRUN_PREFIX, |s| {
+            &mut s.taskruns
+        });
+        snapshot.add(
+            entry("taskrun.u2", SnapshotValue::Deleted),
+            TASKRUN_PREFIX,
+            |s| &mut s.taskruns,
+        );
         assert_eq!(snapshot.corrupt, ["taskrun.u1"]);
         assert!(snapshot.taskruns.is_empty());
+    }
+
+    #[test]
+    fn keys_are_kept_byte_for_byte() {
+        assert_eq!(
+            RecordKind::TaskRun
+                .key("6f1c2b8e-4d3a-4e7f-9a51-2c8d0e7b3f14")
+                .unwrap()
+                .as_str(),
+            "taskrun.6f1c2b8e-4d3a-4e7f-9a51-2c8d0e7b3f14"
+        );
+        assert_eq!(
+            RecordKind::Node
+                .key("ip-10-0-0-1.ec2.internal")
+                .unwrap()
+                .as_str(),
+            "node.ip-10-0-0-1.ec2.internal"
+        );
+        assert_eq!(
+            RecordKind::Lease.key(LEASE_NAME).unwrap().as_str(),
+            "lease.reconciler"
+        );
+        let invalid = RecordKind::Node.key("a b").unwrap_err();
+        assert!(matches!(invalid, StateError::InvalidKey { .. }));
+        assert!(!invalid.is_transient());
     }
 }

@@ -12,9 +12,12 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use countersign_events::{BusConfig, ConsumerConfig, EventType, Subjects};
+use countersign_runtime::bounded_read::read_bounded;
 use countersign_runtime::config::{
-    AdminConfig, ConfigError, Secret, ServiceConfig, ShutdownConfig, TelemetryConfig,
+    AdminConfig, ConfigError, Environment, Secret, ServiceConfig, ShutdownConfig, TelemetryConfig,
 };
+use countersign_runtime::error_chain;
+use countersign_runtime::http_client::TrustRoots;
 use countersign_runtime::nats::NatsConfig;
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
@@ -45,23 +48,15 @@ pub struct RelayConfig {
     pub sinks: Vec<SinkConfig>,
 }
 
+/// The largest CA file or header file read (1 MiB): either is a few KiB.
+pub const MAX_SINK_FILE_BYTES: u64 = 1024 * 1024;
+
 impl ServiceConfig for RelayConfig {
-    fn admin(&self) -> &AdminConfig {
-        &self.admin
-    }
-
-    fn telemetry(&self) -> &TelemetryConfig {
-        &self.telemetry
-    }
-
-    fn shutdown(&self) -> &ShutdownConfig {
-        &self.shutdown
-    }
+    countersign_runtime::shared_sections!(nats);
 
     fn validate(&self) -> Result<(), ConfigError> {
         let subjects = Subjects::new(&self.bus.prefix)
             .map_err(|error| ConfigError::invalid("bus.prefix", error.to_string()))?;
-        self.nats.validate("nats")?;
         if self.sinks.is_empty() {
             return Err(ConfigError::invalid(
                 "sinks",
@@ -77,6 +72,43 @@ impl ServiceConfig for RelayConfig {
                     format!("{key}.name"),
                     format!("the sink name {:?} is used twice", sink.name),
                 ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Every sink's `ca_file` is a readable PEM file with a certificate, every `from_file`
+    /// header file is readable, and every `from_env` variable is set in `env`: what start-up
+    /// would otherwise find missing only after binding.
+    fn validate_environment(&self, env: &Environment) -> Result<(), ConfigError> {
+        for (index, sink) in self.sinks.iter().enumerate() {
+            let key = format!("sinks[{index}]");
+            if let Some(path) = &sink.ca_file {
+                let pem = read_bounded(path, MAX_SINK_FILE_BYTES).map_err(|error| {
+                    ConfigError::invalid(format!("{key}.ca_file"), error_chain(&error))
+                })?;
+                TrustRoots::certificates_from_pem(&pem).map_err(|error| {
+                    ConfigError::invalid(format!("{key}.ca_file"), error_chain(&error))
+                })?;
+            }
+            for (name, header) in &sink.headers {
+                match &header.source {
+                    HeaderSource::Env(var) if env.get(var).is_none() => {
+                        return Err(ConfigError::invalid(
+                            format!("{key}.headers.{name}.from_env"),
+                            format!("the environment variable {var} is not set"),
+                        ));
+                    }
+                    HeaderSource::File(path) => {
+                        read_bounded(path, MAX_SINK_FILE_BYTES).map_err(|error| {
+                            ConfigError::invalid(
+                                format!("{key}.headers.{name}.from_file"),
+                                error_chain(&error),
+                            )
+                        })?;
+                    }
+                    HeaderSource::Env(_) | HeaderSource::Literal(_) => {}
+                }
             }
         }
         Ok(())
@@ -485,13 +517,17 @@ impl Default for RetryConfig {
 
 #[cfg(test)]
 mod tests {
-    use countersign_runtime::config::{ConfigErrorKind, Environment, parse_config};
+    use countersign_runtime::config::{ConfigErrorKind, parse_config, validate_service_config};
 
     use super::*;
 
     fn parse(text: &str) -> Result<RelayConfig, ConfigError> {
-        let config: RelayConfig = parse_config(text, &Environment::new())?;
-        config.validate()?;
+        parse_with(text, &Environment::new())
+    }
+
+    fn parse_with(text: &str, env: &Environment) -> Result<RelayConfig, ConfigError> {
+        let config: RelayConfig = parse_config(text, env)?;
+        validate_service_config(&config, env)?;
         Ok(config)
     }
 
@@ -547,7 +583,7 @@ mod tests {
 
     #[test]
     fn headers_are_strings_or_one_source_tables_and_secrets_are_not_printed() {
-        let config = parse(
+        let config = parse_config::<RelayConfig>(
             r#"
             [[sinks]]
             name = "el"
@@ -558,6 +594,7 @@ mod tests {
             X-Api-Key = { from_env = "EL_API_KEY" }
             X-Literal = { value = "hunter2" }
             "#,
+            &Environment::new(),
         )
         .expect("valid");
         let headers = &config.sinks[0].headers;
@@ -717,6 +754,41 @@ mod tests {
             invalid_key(&format!("[bus]\nprefix = \"a.b\"\n{MINIMAL}")),
             "bus.prefix"
         );
+        assert_eq!(
+            invalid_key(&format!("[nats]\nurl = \"nats://\"\n{MINIMAL}")),
+            "nats.url"
+        );
+    }
+
+    #[test]
+    fn files_and_variables_the_sinks_name_must_be_there_at_load() {
+        let missing_ca = format!("{MINIMAL}ca_file = \"/nonexistent/ca.pem\"\n");
+        assert_eq!(invalid_key(&missing_ca), "sinks[0].ca_file");
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let not_pem = dir.path().join("not.pem");
+        std::fs::write(&not_pem, "hello").expect("writing");
+        assert_eq!(
+            invalid_key(&format!("{MINIMAL}ca_file = {:?}\n", not_pem)),
+            "sinks[0].ca_file"
+        );
+        assert_eq!(
+            invalid_key(&format!("{MINIMAL}ca_file = \"/dev/zero\"\n")),
+            "sinks[0].ca_file"
+        );
+
+        let from_env =
+            format!("{MINIMAL}[sinks.headers]\nX-Key = {{ from_env = \"RELAY_KEY\" }}\n");
+        assert_eq!(invalid_key(&from_env), "sinks[0].headers.X-Key.from_env");
+        let env = Environment::new().with("RELAY_KEY", "k");
+        assert!(parse_with(&from_env, &env).is_ok());
+
+        let from_file = format!(
+            "{MINIMAL}[sinks.headers]\nAuthorization = {{ from_file = \"/nonexistent/token\" }}\n"
+        );
+        assert_eq!(
+            invalid_key(&from_file),
+            "sinks[0].headers.Authorization.from_file"
+        );
     }
 
     /// Every TOML example in the README is a valid configuration, so the README cannot drift.
@@ -729,7 +801,9 @@ mod tests {
             let after = &rest[start + "```toml\n".len()..];
             let end = after.find("```").expect("a closed code block");
             let example = &after[..end];
-            let config = parse(example)
+            // The files and variables the examples name exist only where the relay is deployed.
+            let config = parse_config::<RelayConfig>(example, &Environment::new())
+                .and_then(|config| config.validate().map(|()| config))
                 .unwrap_or_else(|error| panic!("README example is invalid: {error}\n{example}"));
             assert!(!config.sinks.is_empty());
             examples += 1;

@@ -33,4 +33,4 @@ pub mod service;
 pub mod sink;
 
 pub use config::RelayConfig;
-pub use service::{RunError, run, run_with_environment};
+pub use service::{RunError, SERVICE_NAME, run};

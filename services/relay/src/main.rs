@@ -1,11 +1,9 @@
 //! The `countersign-relay` binary: the runtime's fixed start-up order around
 //! [`countersign_relay::run`].
 
-use std::process::ExitCode;
-
-fn main() -> ExitCode {
+fn main() -> std::process::ExitCode {
     countersign_runtime::run_main::<countersign_relay::RelayConfig, _, _, _>(
-        "relay",
+        countersign_relay::SERVICE_NAME,
         countersign_relay::run,
     )
 }

@@ -12,12 +12,11 @@
 use std::time::Duration;
 
 use countersign_events::DeadLetterReason;
-use countersign_runtime::metrics::Metrics;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
-use prometheus_client::registry::Unit;
+use prometheus_client::registry::{Registry, Unit};
 
 /// What one delivery attempt came to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -97,31 +96,42 @@ pub struct RelayMetrics {
     dead_letters: Family<DeadLetterLabels, Counter>,
 }
 
+impl Default for RelayMetrics {
+    fn default() -> RelayMetrics {
+        RelayMetrics::new()
+    }
+}
+
 impl RelayMetrics {
-    /// New metrics, registered in `metrics` as `countersign_relay_*`.
-    pub fn register(metrics: &Metrics) -> RelayMetrics {
-        let relay = RelayMetrics {
+    /// New metrics, not yet registered.
+    pub fn new() -> RelayMetrics {
+        RelayMetrics {
             deliveries: Family::default(),
             duration: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
             dead_letters: Family::default(),
-        };
-        metrics.register(
-            "relay_deliveries",
+        }
+    }
+
+    /// Registers every metric in `registry` as `countersign_relay_*` (the shape every service's
+    /// metrics share: `ctx.metrics.with_registry(|registry| metrics.register(registry))`).
+    pub fn register(&self, registry: &mut Registry) {
+        let registry = registry.sub_registry_with_prefix("countersign_relay");
+        registry.register(
+            "deliveries",
             "Delivery attempts to HTTP sinks, by sink and outcome",
-            relay.deliveries.clone(),
+            self.deliveries.clone(),
         );
-        metrics.register_with_unit(
-            "relay_delivery_duration",
+        registry.register_with_unit(
+            "delivery_duration",
             "Time from sending an event to a sink to its answer",
             Unit::Seconds,
-            relay.duration.clone(),
+            self.duration.clone(),
         );
-        metrics.register(
-            "relay_dead_letters",
+        registry.register(
+            "dead_letters",
             "Events dead-lettered by the relay, by sink and reason",
-            relay.dead_letters.clone(),
+            self.dead_letters.clone(),
         );
-        relay
     }
 
     /// The metrics of one sink, every series created at once (so a scrape shows zeros).
@@ -189,8 +199,9 @@ mod tests {
 
     #[test]
     fn outcomes_and_dead_letters_are_counted_per_sink() {
-        let metrics = Metrics::empty();
-        let relay = RelayMetrics::register(&metrics);
+        let metrics = countersign_runtime::metrics::Metrics::empty();
+        let relay = RelayMetrics::new();
+        metrics.with_registry(|registry| relay.register(registry));
         let broker = relay.for_sink("broker");
         broker.record(DeliveryOutcome::Delivered);
         broker.record(DeliveryOutcome::Retry);

@@ -5,6 +5,7 @@ use std::io::Write as _;
 use std::process::ExitCode;
 
 use clap::Parser as _;
+use countersign_error_report::error_chain;
 use countersign_signer::{Args, MAX_TERMINATION_MESSAGE_BYTES, exit_code, run};
 
 fn main() -> ExitCode {
@@ -59,14 +60,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(error) => {
-            let mut message = error.to_string();
-            let mut source = std::error::Error::source(&error);
-            while let Some(cause) = source {
-                message.push_str(": ");
-                message.push_str(&cause.to_string());
-                source = cause.source();
-            }
-            eprintln!("countersign-signer: {message}");
+            eprintln!("countersign-signer: {}", error_chain(&error));
             ExitCode::from(error.exit_code())
         }
     }

@@ -5,7 +5,9 @@
 //! ```toml
 //! [cluster]
 //! name = "prod-eu"                  # COUNTERSIGN_CLUSTER__NAME
-//! spire_trust_domain = "example.org" # also accepted as `spire-trust-domain`
+//!
+//! [spire]
+//! trust_domain = "example.org"      # COUNTERSIGN_SPIRE__TRUST_DOMAIN; also `spire-trust-domain`
 //!
 //! [kubernetes]
 //! namespaces = ["ci", "release"]    # empty (default): all namespaces
@@ -23,7 +25,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use countersign_events::{BusConfig, KvConfig, Subjects};
-use countersign_identity::spiffe_id::TrustDomain;
+use countersign_identity::spiffe_id::{ConfiguredTrustDomain, TrustDomain};
 use countersign_runtime::config::{
     AdminConfig, ConfigError, ServiceConfig, ShutdownConfig, TelemetryConfig,
 };
@@ -49,6 +51,9 @@ pub struct WatcherConfig {
     /// `[cluster]`: what events say about where TaskRuns run.
     #[serde(default)]
     pub cluster: ClusterConfig,
+    /// `[spire]`: the trust domain of TaskRun identities (the key every service shares).
+    #[serde(default)]
+    pub spire: SpireConfig,
     /// `[kubernetes]`: what is watched, and how.
     #[serde(default)]
     pub kubernetes: KubernetesConfig,
@@ -75,32 +80,15 @@ pub struct ClusterConfig {
     /// segments of `[A-Za-z0-9_-]`. Default `default`. Give every cluster sharing a bus its own.
     #[serde(default = "ClusterConfig::default_name")]
     pub name: String,
-    /// The SPIRE trust domain of the TaskRun SPIFFE IDs: the value of Tekton's `config-spire`
-    /// `spire-trust-domain`. Default `example.org` (Tekton's default).
-    #[serde(
-        default = "ClusterConfig::default_trust_domain",
-        alias = "spire-trust-domain"
-    )]
-    pub spire_trust_domain: String,
+    /// Deprecated spelling of `spire.trust_domain` (also `spire-trust-domain` here), still read:
+    /// used when `spire.trust_domain` is unset, refused when it differs from it.
+    #[serde(default, alias = "spire-trust-domain")]
+    pub spire_trust_domain: Option<ConfiguredTrustDomain>,
 }
 
 impl ClusterConfig {
     fn default_name() -> String {
         "default".to_owned()
-    }
-
-    fn default_trust_domain() -> String {
-        "example.org".to_owned()
-    }
-
-    /// The parsed trust domain (checked by [`WatcherConfig::validate`]).
-    pub fn trust_domain(&self) -> Result<TrustDomain, ConfigError> {
-        TrustDomain::new(&self.spire_trust_domain).map_err(|error| {
-            ConfigError::invalid(
-                "cluster.spire_trust_domain",
-                format!("not a SPIFFE trust domain: {error}"),
-            )
-        })
     }
 }
 
@@ -108,9 +96,19 @@ impl Default for ClusterConfig {
     fn default() -> Self {
         ClusterConfig {
             name: ClusterConfig::default_name(),
-            spire_trust_domain: ClusterConfig::default_trust_domain(),
+            spire_trust_domain: None,
         }
     }
+}
+
+/// `[spire]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpireConfig {
+    /// The SPIRE trust domain of the TaskRun SPIFFE IDs: the value of Tekton's `config-spire`
+    /// `spire-trust-domain` (also accepted as that key). Default `example.org` (Tekton's default).
+    #[serde(default, alias = "spire-trust-domain")]
+    pub trust_domain: Option<ConfiguredTrustDomain>,
 }
 
 /// `[kubernetes]`.
@@ -265,18 +263,22 @@ fn is_namespace_name(name: &str) -> bool {
             .all(|byte| byte.is_ascii_lowercase() || byte.is_ascii_digit() || *byte == b'-')
 }
 
+impl WatcherConfig {
+    /// The trust domain of TaskRun SPIFFE IDs: `spire.trust_domain`, else the deprecated
+    /// `cluster.spire_trust_domain`, else `example.org`.
+    pub fn trust_domain(&self) -> TrustDomain {
+        self.spire
+            .trust_domain
+            .as_ref()
+            .or(self.cluster.spire_trust_domain.as_ref())
+            .cloned()
+            .unwrap_or_default()
+            .into_trust_domain()
+    }
+}
+
 impl ServiceConfig for WatcherConfig {
-    fn admin(&self) -> &AdminConfig {
-        &self.admin
-    }
-
-    fn telemetry(&self) -> &TelemetryConfig {
-        &self.telemetry
-    }
-
-    fn shutdown(&self) -> &ShutdownConfig {
-        &self.shutdown
-    }
+    countersign_runtime::shared_sections!(nats);
 
     fn validate(&self) -> Result<(), ConfigError> {
         if !is_cluster_name(&self.cluster.name) {
@@ -285,7 +287,17 @@ impl ServiceConfig for WatcherConfig {
                 "dot-separated segments of [A-Za-z0-9_-] expected",
             ));
         }
-        self.cluster.trust_domain()?;
+        if let (Some(deprecated), Some(current)) =
+            (&self.cluster.spire_trust_domain, &self.spire.trust_domain)
+            && deprecated != current
+        {
+            return Err(ConfigError::invalid(
+                "cluster.spire_trust_domain",
+                format!(
+                    "deprecated, and differs from spire.trust_domain ({current}); set only spire.trust_domain"
+                ),
+            ));
+        }
         for (index, namespace) in self.kubernetes.namespaces.iter().enumerate() {
             if !is_namespace_name(namespace) {
                 return Err(ConfigError::invalid(
@@ -307,7 +319,6 @@ impl ServiceConfig for WatcherConfig {
         if self.ingress.max_body_bytes == 0 {
             return Err(ConfigError::invalid("ingress.max_body_bytes", "at least 1"));
         }
-        self.nats.validate("nats")?;
         let subjects = Subjects::new(&self.bus.prefix)
             .map_err(|error| ConfigError::invalid("bus.prefix", error.to_string()))?;
         subjects
@@ -337,13 +348,15 @@ impl ServiceConfig for WatcherConfig {
 
 #[cfg(test)]
 mod tests {
-    use countersign_runtime::config::{ConfigErrorKind, Environment, parse_config};
+    use countersign_runtime::config::{
+        ConfigErrorKind, Environment, parse_config, validate_service_config,
+    };
 
     use super::*;
 
     fn load(toml: &str, env: &Environment) -> Result<WatcherConfig, ConfigError> {
         let config: WatcherConfig = parse_config(toml, env)?;
-        config.validate()?;
+        validate_service_config(&config, env)?;
         Ok(config)
     }
 
@@ -351,7 +364,7 @@ mod tests {
     fn defaults() {
         let config = load("", &Environment::new()).unwrap();
         assert_eq!(config.cluster.name, "default");
-        assert_eq!(config.cluster.spire_trust_domain, "example.org");
+        assert_eq!(config.trust_domain().as_str(), "example.org");
         assert!(config.kubernetes.namespaces.is_empty());
         assert!(config.kubernetes.selector().unwrap().selects_all());
         assert_eq!(config.kubernetes.concurrency, 64);
@@ -371,12 +384,12 @@ mod tests {
             .with("COUNTERSIGN_KUBERNETES__NAMESPACES", r#"["ci", "release"]"#)
             .with("COUNTERSIGN_INGRESS__MAX_BODY_BYTES", "1024");
         let config = load(
-            "[cluster]\nspire-trust-domain = \"corp.example\"\n[kubernetes]\nlabel_selector = \"team=a\"\n",
+            "[spire]\nspire-trust-domain = \"corp.example\"\n[kubernetes]\nlabel_selector = \"team=a\"\n",
             &env,
         )
         .unwrap();
         assert_eq!(config.cluster.name, "prod.eu");
-        assert_eq!(config.cluster.spire_trust_domain, "corp.example");
+        assert_eq!(config.trust_domain().as_str(), "corp.example");
         assert_eq!(config.kubernetes.namespaces, ["ci", "release"]);
         assert_eq!(config.ingress.max_body_bytes, 1024);
         assert!(!config.kubernetes.selector().unwrap().selects_all());
@@ -390,6 +403,16 @@ mod tests {
                 "[cluster]\nspire_trust_domain = \"Not A Domain\"\n",
                 "cluster.spire_trust_domain",
             ),
+            (
+                "[spire]\ntrust_domain = \"Not A Domain\"\n",
+                "spire.trust_domain",
+            ),
+            (
+                "[spire]\ntrust_domain = \"a.example\"\n[cluster]\nspire_trust_domain = \"b.example\"\n",
+                "cluster.spire_trust_domain",
+            ),
+            ("[nats]\nurl = \"nats://a:4222,not a url\"\n", "nats.url"),
+            ("[bus]\nprefix = \"a.b\"\n", "bus.prefix"),
             (
                 "[kubernetes]\nnamespaces = [\"Bad_NS\"]\n",
                 "kubernetes.namespaces[0]",
@@ -422,5 +445,21 @@ mod tests {
         }
         let error = load("[ingress]\nlisten_on = 1\n", &Environment::new()).unwrap_err();
         assert_eq!(error.kind(), ConfigErrorKind::UnknownKey);
+    }
+
+    #[test]
+    fn the_deprecated_trust_domain_key_is_still_read() {
+        let env = Environment::new().with("COUNTERSIGN_CLUSTER__SPIRE_TRUST_DOMAIN", "old.example");
+        assert_eq!(
+            load("", &env).unwrap().trust_domain().as_str(),
+            "old.example"
+        );
+        let both_agree = load("[spire]\ntrust_domain = \"old.example\"\n", &env).unwrap();
+        assert_eq!(both_agree.trust_domain().as_str(), "old.example");
+        let env = Environment::new().with("COUNTERSIGN_SPIRE__TRUST_DOMAIN", "new.example");
+        assert_eq!(
+            load("", &env).unwrap().trust_domain().as_str(),
+            "new.example"
+        );
     }
 }

@@ -206,6 +206,7 @@ pub fn derive_transitions(
                 .map(|status| status.results.iter().map(taskrun_result).collect())
                 .unwrap_or_default(),
             steps,
+            oversized: None,
             declared_results: status
                 .and_then(|status| status.task_spec.as_ref())
                 .map(|spec| {

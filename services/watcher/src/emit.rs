@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use countersign_events::data::TaskRunRef;
 use countersign_events::trace::set_taskrun_parent;
-use countersign_events::{EventPayload, LifecycleEvent, PublishError, Publisher};
+use countersign_events::{EventPayload, LifecycleEvent, PublishError, Published, Publisher};
 use tokio::sync::OwnedMutexGuard;
 use tracing::Instrument;
 
@@ -178,11 +178,7 @@ impl Emitter {
                 emitted.skipped += 1;
                 continue;
             }
-            match self
-                .publisher
-                .publish(&self.publisher.event(transition.clone()))
-                .await
-            {
+            match self.publish_transition(transition).await {
                 Ok(stored) => {
                     if stored.duplicate {
                         self.metrics
@@ -218,6 +214,39 @@ impl Emitter {
                 ..emitted
             }),
         }
+    }
+
+    /// Publishes one transition. A `finished` event over the bus's max payload goes out
+    /// trimmed instead (no merged results, no step result sets, marked `oversized`), under the
+    /// same id, so the TaskRun still gets an attestation (the attestor rejects it with
+    /// `payload_too_large`).
+    async fn publish_transition(
+        &self,
+        transition: &LifecycleEvent,
+    ) -> Result<Published, PublishError> {
+        let error = match self
+            .publisher
+            .publish(&self.publisher.event(transition.clone()))
+            .await
+        {
+            Ok(stored) => return Ok(stored),
+            Err(error) => error,
+        };
+        let LifecycleEvent::Finished(finished) = transition else {
+            return Err(error);
+        };
+        if !error.exceeds_max_payload() {
+            return Err(error);
+        }
+        let bytes = serde_json::to_vec(finished).map_or(u64::MAX, |body| body.len() as u64);
+        let limit = self.publisher.max_payload() as u64;
+        tracing::warn!(
+            bytes,
+            limit,
+            "the finished event is over the bus's max payload; publishing it without results"
+        );
+        let trimmed = LifecycleEvent::Finished(finished.trimmed(bytes, limit));
+        self.publisher.publish(&self.publisher.event(trimmed)).await
     }
 
     /// Publishes the `deleted` event of TaskRun `uid`, if the log knows it as live, and marks

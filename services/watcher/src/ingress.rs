@@ -3,25 +3,36 @@
 //! Tekton POSTs `dev.tekton.event.taskrun.{queued,started,running,unknown,successful,failed}.v1`
 //! events, in binary mode (`ce-*` headers, the body is the data) or structured mode
 //! (`application/cloudevents+json`), whose data is `{"taskRun": <TaskRun converted to v1beta1>}`.
-//! The ingress parses the event with the CloudEvents SDK's HTTP binding, reads the TaskRun, finds
-//! its pod (the watcher's pod store, else the API), derives the transitions with the same
-//! function as the watch and publishes them through the same [`Emitter`], so the ids are the
-//! watch's ids and a cluster that sends both produces each transition once.
 //!
-//! Answers, as JSON (`{"error": "<code>", "message": "..."}` for failures):
+//! **An event is a hint, never a source of truth.** Nothing authenticates it, so of its TaskRun
+//! only the namespace, name and UID are read, and refused with 400 unless they are what Kubernetes
+//! allows ([`crate::identifiers`]: a UID of a few KiB would otherwise become a KV key longer than
+//! nats-server's control line). The ingress then reads the TaskRun from the API server (the
+//! watcher's store when its copy is current, else a GET), finds its pod (the store, else a GET),
+//! derives the transitions with the same function as the watch and publishes them through the
+//! same [`Emitter`], so the ids are the watch's ids and a cluster that sends both produces each
+//! transition once. Results, steps, times and conditions in the event body are never used: a
+//! forged `successful` event for a running TaskRun publishes no `finished`. An event about a
+//! TaskRun the API server does not have (no such name, or another UID) publishes nothing and is
+//! answered 202, so Tekton does not retry it for ever; it is counted
+//! (`countersign_watcher_ignored_events_total{event_type="unknown_taskrun"}`) and logged at warn.
+//!
+//! Answers, as JSON (`{"error": "<code>", "message": "..."}` for failures). Every refusal is
+//! logged at warn, rate-limited per code ([`crate::refusals`]).
 //!
 //! | status | when |
 //! |---|---|
-//! | 200 | the transitions are published (every PubAck received) or were already |
-//! | 202 | a type the watcher does not handle (PipelineRun, CustomRun...), or a TaskRun outside the configured namespaces or label selector; counted in `countersign_watcher_ignored_events_total` |
-//! | 400 | not a CloudEvent, no or malformed data, a TaskRun without the fields every TaskRun has |
+//! | 200 | the transitions the API server's TaskRun implies are published (every PubAck received) or were already |
+//! | 202 | a type the watcher does not handle (PipelineRun, CustomRun...), a TaskRun outside the configured namespaces or label selector, or one the API server does not have; counted in `countersign_watcher_ignored_events_total` |
+//! | 400 | not a CloudEvent, no or malformed data, a TaskRun without a namespace, name or UID, or with one Kubernetes does not allow |
 //! | 405 | not a POST |
 //! | 413 | a body over `[ingress] max_body_bytes` |
 //! | 415 | a batch of CloudEvents |
-//! | 503 | NATS (or the Kubernetes API, for the pod) unavailable: Tekton's sender retries 503 |
+//! | 503 | NATS or the Kubernetes API unavailable: Tekton's sender retries 503 |
 //! | 500 | anything else |
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use async_nats::connection::State as ConnectionState;
 use axum::Router;
@@ -37,10 +48,15 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use countersign_runtime::error_chain;
+
 use crate::derive::{DeriveSettings, derive_transitions};
-use crate::emit::Emitter;
-use crate::kubernetes::KubernetesSource;
+use crate::emit::{Emitted, Emitter};
+use crate::identifiers::check_taskrun_identifiers;
+use crate::kubernetes::{KubernetesSource, LiveTaskRun};
 use crate::metrics::{IngressOutcome, Source, WatcherMetrics};
+use crate::refusals::RefusalLimiter;
+use crate::state::Known;
 use crate::tekton::TaskRun;
 
 /// The content type of a batch of CloudEvents (not accepted).
@@ -74,6 +90,8 @@ pub const IGNORED_EVENT_TYPES: [&str; 10] = [
 const OTHER_EVENT_TYPE: &str = "other";
 /// The metric label of TaskRuns outside the configured scope.
 const OUT_OF_SCOPE: &str = "out_of_scope";
+/// The metric label of events about TaskRuns the API server does not have.
+const UNKNOWN_TASKRUN: &str = "unknown_taskrun";
 
 /// What the ingress needs. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -88,6 +106,7 @@ struct IngressInner {
     settings: Arc<DeriveSettings>,
     nats: async_nats::Client,
     metrics: WatcherMetrics,
+    refusals: RefusalLimiter,
 }
 
 /// The data of a Tekton run event.
@@ -157,6 +176,7 @@ impl Ingress {
                 settings,
                 nats,
                 metrics,
+                refusals: RefusalLimiter::default(),
             }),
         }
     }
@@ -177,9 +197,13 @@ impl Ingress {
         max_body_bytes: usize,
         token: CancellationToken,
     ) -> std::io::Result<()> {
-        axum::serve(listener, self.router(max_body_bytes))
-            .with_graceful_shutdown(async move { token.cancelled().await })
-            .await
+        countersign_runtime::http_server::serve_http(
+            listener,
+            self.router(max_body_bytes),
+            countersign_runtime::http_server::HttpServerLimits::DEFAULT,
+            async move { token.cancelled().await },
+        )
+        .await
     }
 
     async fn handle(
@@ -242,10 +266,13 @@ impl Ingress {
             self.inner.metrics.ignored_event(label);
             return Ok(ignored(label));
         }
-        let taskrun = read_taskrun(event.data())?;
-        let namespace = taskrun.metadata.namespace.clone().unwrap_or_default();
-        let labels = taskrun.metadata.labels.clone().unwrap_or_default();
-        if !self.inner.kubernetes.in_scope(&namespace, &labels) {
+        // The event is a hint: of its TaskRun only the identifiers are read, checked against
+        // what Kubernetes allows, and everything published is derived from what the API server
+        // says (see the module docs).
+        let hint = read_taskrun(event.data())?;
+        let (namespace, name, uid) = hinted_identifiers(&hint)?;
+        drop(hint);
+        if !self.inner.kubernetes.watches_namespace(&namespace) {
             self.inner.metrics.ignored_event(OUT_OF_SCOPE);
             return Ok(ignored(OUT_OF_SCOPE));
         }
@@ -256,6 +283,44 @@ impl Ingress {
                 "not connected to NATS; try again",
             ));
         }
+        if matches!(self.inner.emitter.log().get(&uid), Some(Known::Deleted)) {
+            // Deleted and recorded so: nothing can be published for it any more.
+            return Ok(published(Emitted::default()));
+        }
+        let live = self
+            .inner
+            .kubernetes
+            .live_taskrun(&namespace, &name, &uid)
+            .await
+            .map_err(|error| {
+                Failure::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "kubernetes_unavailable",
+                    format!("reading the TaskRun: {}", error_chain(&error)),
+                )
+            })?;
+        let taskrun = match live {
+            LiveTaskRun::Live(taskrun) => taskrun,
+            LiveTaskRun::OutOfScope => {
+                self.inner.metrics.ignored_event(OUT_OF_SCOPE);
+                return Ok(ignored(OUT_OF_SCOPE));
+            }
+            LiveTaskRun::Unknown => {
+                // 2xx: Tekton would retry anything else for ever, and there is nothing to retry.
+                self.inner.metrics.ignored_event(UNKNOWN_TASKRUN);
+                if let Some(suppressed) = self.inner.refusals.admit(UNKNOWN_TASKRUN, Instant::now())
+                {
+                    tracing::warn!(
+                        namespace = %namespace,
+                        name = %name,
+                        uid = %uid,
+                        suppressed,
+                        "ignored a CloudEvent about a TaskRun the API server does not have"
+                    );
+                }
+                return Ok(ignored(UNKNOWN_TASKRUN));
+            }
+        };
         let pod = self
             .inner
             .kubernetes
@@ -265,7 +330,7 @@ impl Ingress {
                 Failure::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "kubernetes_unavailable",
-                    format!("reading the TaskRun's pod: {error}"),
+                    format!("reading the TaskRun's pod: {}", error_chain(&error)),
                 )
             })?;
         let derived = derive_transitions(&self.inner.settings, &taskrun, pod.as_deref()).map_err(
@@ -273,7 +338,7 @@ impl Ingress {
                 Failure::new(
                     StatusCode::BAD_REQUEST,
                     "invalid_taskrun",
-                    error.to_string(),
+                    error_chain(&error),
                 )
             },
         )?;
@@ -291,43 +356,62 @@ impl Ingress {
                     Failure::new(
                         StatusCode::BAD_REQUEST,
                         "invalid_taskrun",
-                        format!(
-                            "the TaskRun cannot be recorded: {error}: {}",
-                            source_chain(&error)
-                        ),
+                        format!("the TaskRun cannot be recorded: {}", error_chain(&error)),
                     )
                 } else if error.is_transient() {
                     Failure::new(
                         StatusCode::SERVICE_UNAVAILABLE,
                         "nats_unavailable",
-                        format!("publishing: {error}: {}", source_chain(&error)),
+                        format!("publishing: {}", error_chain(&error)),
                     )
                 } else {
-                    tracing::error!(error = %error, "publishing a TaskRun's transitions failed");
+                    tracing::error!(error = %error_chain(&error), "publishing a TaskRun's transitions failed");
                     Failure::new(
                         StatusCode::INTERNAL_SERVER_ERROR,
                         "publish_failed",
-                        format!("{error}: {}", source_chain(&error)),
+                        error_chain(&error),
                     )
                 }
             })?;
-        Ok((
-            StatusCode::OK,
-            axum::Json(json!({ "published": emitted.published, "skipped": emitted.skipped })),
-        )
-            .into_response())
+        Ok(published(emitted))
     }
 }
 
-/// The sources of an error, `: `-separated.
-fn source_chain(error: &dyn std::error::Error) -> String {
-    let mut causes = Vec::new();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        causes.push(cause.to_string());
-        source = cause.source();
-    }
-    causes.join(": ")
+/// The answer once the transitions are published.
+fn published(emitted: Emitted) -> Response {
+    (
+        StatusCode::OK,
+        axum::Json(json!({ "published": emitted.published, "skipped": emitted.skipped })),
+    )
+        .into_response()
+}
+
+/// The namespace, name and UID of the TaskRun an event is about, refused (400) when missing or
+/// not what Kubernetes allows.
+fn hinted_identifiers(hint: &TaskRun) -> Result<(String, String, String), Failure> {
+    let field = |value: Option<&String>, field: &'static str| {
+        value
+            .filter(|value| !value.is_empty())
+            .cloned()
+            .ok_or_else(|| {
+                Failure::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_taskrun",
+                    format!("the TaskRun has no {field}"),
+                )
+            })
+    };
+    let namespace = field(hint.metadata.namespace.as_ref(), "metadata.namespace")?;
+    let name = field(hint.metadata.name.as_ref(), "metadata.name")?;
+    let uid = field(hint.metadata.uid.as_ref(), "metadata.uid")?;
+    check_taskrun_identifiers(&namespace, &name, &uid).map_err(|error| {
+        Failure::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_taskrun",
+            error.to_string(),
+        )
+    })?;
+    Ok((namespace, name, uid))
 }
 
 fn ignored(reason: &str) -> Response {
@@ -384,7 +468,15 @@ async fn receive(
         }
         Err(failure) => {
             ingress.inner.metrics.ingress_request(failure.outcome());
-            tracing::debug!(status = %failure.status, code = failure.code, message = %failure.message, "refused a request");
+            if let Some(suppressed) = ingress.inner.refusals.admit(failure.code, Instant::now()) {
+                tracing::warn!(
+                    status = %failure.status,
+                    code = failure.code,
+                    message = %failure.message,
+                    suppressed,
+                    "refused a request"
+                );
+            }
             failure.into_response()
         }
     }
@@ -413,6 +505,42 @@ mod tests {
         let failure = read_taskrun(Some(&Data::Binary(b"{not json".to_vec()))).unwrap_err();
         assert_eq!(failure.code, "invalid_data");
         assert_eq!(read_taskrun(None).unwrap_err().code, "missing_data");
+    }
+
+    #[test]
+    fn only_identifiers_kubernetes_allows_are_taken_from_an_event() {
+        let hint = |namespace: &str, name: &str, uid: &str| {
+            let data = Data::Json(json!({"taskRun": {
+                "metadata": {"namespace": namespace, "name": name, "uid": uid},
+                "spec": {},
+            }}));
+            hinted_identifiers(&read_taskrun(Some(&data)).unwrap())
+        };
+        assert_eq!(
+            hint("ci", "build.v1", "6f1c2b8e-4d3a-4e7f-9a51-2c8d0e7b3f14").unwrap(),
+            (
+                "ci".to_owned(),
+                "build.v1".to_owned(),
+                "6f1c2b8e-4d3a-4e7f-9a51-2c8d0e7b3f14".to_owned()
+            )
+        );
+        for (namespace, name, uid) in [
+            ("", "run", "u"),
+            ("ci", "", "u"),
+            ("ci", "run", ""),
+            ("CI", "run", "u"),
+            ("ci", "run/../x", "u"),
+            ("ci", "run", "a.b>"),
+            ("ci", "run", &"a".repeat(5 * 1024)),
+        ] {
+            let failure = hint(namespace, name, uid).unwrap_err();
+            assert_eq!(
+                (failure.status, failure.code),
+                (StatusCode::BAD_REQUEST, "invalid_taskrun"),
+                "{namespace:?} {name:?} {} bytes of UID",
+                uid.len()
+            );
+        }
     }
 
     #[test]

@@ -18,7 +18,9 @@
 //! - [`kubernetes`]: watches into [`store`]s (lists applied in place; settled copies of finished
 //!   TaskRuns), a level-triggered work queue ([`queue`]) and its workers, deletion detection that
 //!   never hangs on watch `Delete` events alone.
-//! - [`ingress`]: the CloudEvents HTTP endpoint (axum).
+//! - [`ingress`]: the CloudEvents HTTP endpoint (axum); an event is a hint, the TaskRun is read
+//!   from the API server. [`identifiers`]: namespace, name and UID checked against what
+//!   Kubernetes allows; [`refusals`]: refusals logged at warn, rate-limited.
 //! - [`metrics`]: the `countersign_watcher_*` metrics.
 //! - [`service`]: [`run`], the order things start and stop in.
 //!
@@ -44,10 +46,12 @@
 pub mod config;
 pub mod derive;
 pub mod emit;
+pub mod identifiers;
 pub mod ingress;
 pub mod kubernetes;
 pub mod metrics;
 pub mod queue;
+pub mod refusals;
 pub mod selector;
 pub mod service;
 pub mod state;

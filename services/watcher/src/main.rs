@@ -1,5 +1,5 @@
-//! The `countersign-watcher` binary: configuration, telemetry, admin server and signals come from
-//! `countersign-runtime`; the watcher itself is [`countersign_watcher::run`].
+//! The `countersign-watcher` binary: the runtime's fixed start-up order around
+//! [`countersign_watcher::run`].
 
 fn main() -> std::process::ExitCode {
     countersign_runtime::run_main::<countersign_watcher::WatcherConfig, _, _, _>(

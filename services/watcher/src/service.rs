@@ -16,7 +16,7 @@ use countersign_events::{
     Bus, EventMetrics, EventSource, KvConfig, KvSpec, SetupError, StreamKind,
 };
 use countersign_runtime::Context;
-use countersign_runtime::nats::{NatsConnectError, connect};
+use countersign_runtime::nats::NatsConnectError;
 use countersign_runtime::retry::{Backoff, retry_transient};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use tokio::net::TcpListener;
@@ -70,7 +70,7 @@ pub enum WatcherError {
     ServeIngress(#[source] std::io::Error),
     /// A task panicked.
     #[error("a watcher task failed")]
-    Task(#[source] tokio::task::JoinError),
+    Task(#[from] tokio::task::JoinError),
 }
 
 /// Runs the watcher: binds the ingress from the configuration, then [`run_on`].
@@ -107,17 +107,14 @@ pub async fn run_on(
 
     let settings = Arc::new(DeriveSettings {
         cluster: config.cluster.name.clone(),
-        trust_domain: config.cluster.trust_domain()?,
+        trust_domain: config.trust_domain(),
     });
     let selector = config.kubernetes.selector()?;
     let kube_client = kube_client(&config).await?;
 
-    let client_name = format!("countersign-{SERVICE_NAME}");
-    let Some(nats) = connect(&config.nats, &client_name, &token).await? else {
+    let Some(nats) = ctx.connect_nats(&config.nats, nats_latch).await? else {
         return Ok(());
     };
-    nats_latch.release();
-    tracing::info!(url = %config.nats.url, "connected to NATS");
 
     let bus =
         Bus::new(nats.clone(), config.bus.clone(), event_metrics).map_err(WatcherError::Bus)?;
@@ -140,11 +137,8 @@ pub async fn run_on(
     else {
         return Ok(());
     };
-    let mut jetstream = bus.jetstream().clone();
-    jetstream.set_timeout(config.nats.request_timeout);
     let log = Arc::new(TransitionLog::new(
         kv,
-        jetstream,
         &config.cluster.name,
         config.state.deleted_retention,
     ));
@@ -199,40 +193,8 @@ pub async fn run_on(
     }
 
     // Run until shutdown; a task that fails (or panics) shuts the service down. Tasks that end
-    // early without failing (the readiness latch's) are fine.
-    let mut failure = None;
-    loop {
-        tokio::select! {
-            () = token.cancelled() => break,
-            Some(joined) = tasks.join_next() => match joined {
-                Ok(Ok(())) => {}
-                Ok(Err(error)) => {
-                    failure = Some(error);
-                    break;
-                }
-                Err(error) => {
-                    failure = Some(WatcherError::Task(error));
-                    break;
-                }
-            },
-        }
-    }
-    ctx.shutdown.cancel();
-    while let Some(joined) = tasks.join_next().await {
-        let error = match joined {
-            Ok(Ok(())) => continue,
-            Ok(Err(error)) => error,
-            Err(error) => WatcherError::Task(error),
-        };
-        failure.get_or_insert(error);
-    }
-    if let Err(error) = nats.drain().await {
-        tracing::warn!(error = %error, "draining the NATS connection");
-    }
-    match failure {
-        Some(error) => Err(error),
-        None => Ok(()),
-    }
+    // early without failing (the readiness latch's) are fine. NATS is drained last.
+    ctx.run_until_shutdown(Some(&nats), tasks).await
 }
 
 /// The Kubernetes client: from `[kubernetes] kubeconfig` when set, else inferred.

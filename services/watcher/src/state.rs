@@ -2,7 +2,8 @@
 //! keeps a restart, a relist or a second replica from publishing a transition again after the
 //! stream's duplicate window, and that tells which TaskRuns vanished while the watcher was down.
 //!
-//! One key per TaskRun, `<cluster>.<taskrun uid>`, holding a [`TaskRunRecord`] (namespace, name,
+//! One key per TaskRun, `<cluster>.<taskrun uid>` (unchanged by the move to the shared KV layer,
+//! `countersign_events::kv`: both parts are kept byte-for-byte), holding a [`TaskRunRecord`] (namespace, name,
 //! pod, and the transitions published, by event id without the UID). A record is written after the
 //! PubAck of the transitions it lists, with compare-and-set on the key's revision, merging with
 //! whatever another replica wrote meanwhile. Once the `deleted` event is published the key is
@@ -17,10 +18,9 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use async_nats::jetstream::consumer::{DeliverPolicy, ReplayPolicy, pull};
-use async_nats::jetstream::kv::{self, Operation, UpdateErrorKind};
+use async_nats::jetstream::kv;
 use countersign_events::data::PodRef;
-use futures::StreamExt as _;
+use countersign_events::kv::{Bucket, Cas, Key, KvError, SnapshotValue, Versioned};
 use serde::{Deserialize, Serialize};
 
 /// How long loading may wait for the next record before it gives up.
@@ -29,10 +29,6 @@ const LOAD_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 const MAX_WRITE_ATTEMPTS: usize = 8;
 /// The record of `finished` (its event id without the UID).
 pub const FINISHED: &str = "finished";
-/// The KV header that marks deletes and purges.
-const KV_OPERATION_HEADER: &str = "KV-Operation";
-/// The header of markers the server itself places.
-const MARKER_REASON_HEADER: &str = "Nats-Marker-Reason";
 
 /// The value stored per TaskRun.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -70,53 +66,32 @@ struct Entry {
 /// Why the log could not be read or written.
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
-    /// The TaskRun UID cannot be part of a KV key (`[A-Za-z0-9_=-]` expected).
-    #[error("the TaskRun UID {uid:?} cannot be used as a key")]
-    InvalidUid { uid: String },
-    /// The bucket's stream could not be read for loading.
-    #[error("reading the state bucket")]
-    Load(#[source] async_nats::Error),
-    /// Loading stopped before every record arrived.
-    #[error("the state bucket stopped delivering records while loading")]
-    LoadStalled,
-    /// A record could not be read.
-    #[error("reading the record of {uid}")]
-    Read {
-        uid: String,
-        #[source]
-        source: kv::EntryError,
-    },
-    /// A record could not be written.
-    #[error("writing the record of {uid}")]
-    Write {
-        uid: String,
-        #[source]
-        source: kv::UpdateError,
-    },
+    /// The TaskRun UID cannot be part of a KV key (1 to 128 bytes of `[A-Za-z0-9_=-]` expected).
+    #[error("a TaskRun UID of {length} bytes cannot be used as a key")]
+    InvalidUid { length: usize },
+    /// The bucket could not be read or written.
+    #[error("the state bucket")]
+    Kv(#[from] KvError),
     /// The record kept changing under the writer.
     #[error("the record of {uid} kept changing; gave up after {attempts} attempts")]
     Contended { uid: String, attempts: usize },
-    /// The deleted marker could not be written.
-    #[error("marking {uid} deleted")]
-    Purge {
-        uid: String,
-        #[source]
-        source: kv::PurgeError,
-    },
 }
 
 impl StateError {
     /// Whether trying again later may succeed.
     pub fn is_transient(&self) -> bool {
-        !matches!(self, StateError::InvalidUid { .. })
+        match self {
+            StateError::InvalidUid { .. } => false,
+            StateError::Kv(error) => error.is_transient(),
+            StateError::Contended { .. } => true,
+        }
     }
 }
 
 /// The published transitions of every TaskRun of one cluster.
 #[derive(Debug)]
 pub struct TransitionLog {
-    kv: kv::Store,
-    jetstream: async_nats::jetstream::Context,
+    bucket: Bucket<TaskRunRecord>,
     cluster_key: String,
     deleted_retention: Duration,
     inner: Mutex<Inner>,
@@ -149,26 +124,18 @@ impl Inner {
     }
 }
 
-/// Whether `text` may be one token of a KV key.
+/// Whether `text` may be one token of a KV key: a UID Kubernetes could have written, bounded
+/// in length ([`crate::identifiers::is_valid_uid`]), so no key nears nats-server's control line.
 fn is_key_token(text: &str) -> bool {
-    !text.is_empty()
-        && text
-            .bytes()
-            .all(|byte| byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b'='))
+    crate::identifiers::is_valid_uid(text)
 }
 
 impl TransitionLog {
     /// A log over `kv` for the TaskRuns of cluster `cluster_key` (a valid KV key prefix, checked
     /// by the configuration). Empty until [`TransitionLog::load`].
-    pub fn new(
-        kv: kv::Store,
-        jetstream: async_nats::jetstream::Context,
-        cluster_key: &str,
-        deleted_retention: Duration,
-    ) -> TransitionLog {
+    pub fn new(kv: kv::Store, cluster_key: &str, deleted_retention: Duration) -> TransitionLog {
         TransitionLog {
-            kv,
-            jetstream,
+            bucket: Bucket::new(kv).with_snapshot_idle_timeout(LOAD_IDLE_TIMEOUT),
             cluster_key: cluster_key.to_owned(),
             deleted_retention,
             inner: Mutex::new(Inner::default()),
@@ -180,75 +147,57 @@ impl TransitionLog {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Whether `uid` can be recorded: `[A-Za-z0-9_=-]` (every Kubernetes UID is).
+    /// Whether `uid` can be recorded: 1 to 128 bytes of `[A-Za-z0-9_=-]` (every Kubernetes UID
+    /// is). The error does not quote the UID, which may be of any size.
     pub fn check_uid(&self, uid: &str) -> Result<(), StateError> {
         if is_key_token(uid) {
             Ok(())
         } else {
-            Err(StateError::InvalidUid {
-                uid: uid.to_owned(),
-            })
+            Err(StateError::InvalidUid { length: uid.len() })
         }
     }
 
-    fn key(&self, uid: &str) -> Result<String, StateError> {
+    /// The key of `uid`: `<cluster>.<uid>`, both kept byte-for-byte (the cluster name is
+    /// checked by the configuration, the UID by [`TransitionLog::check_uid`]), as before the
+    /// shared KV layer.
+    fn key(&self, uid: &str) -> Result<Key, StateError> {
         self.check_uid(uid)?;
-        Ok(format!("{}.{uid}", self.cluster_key))
+        Ok(self.cluster_prefix()?.with_raw(uid)?)
+    }
+
+    fn cluster_prefix(&self) -> Result<Key, StateError> {
+        Ok(Key::raw(self.cluster_key.as_str())?)
     }
 
     /// Reads every record of the cluster from the bucket into memory (the latest value of each
-    /// key, deleted markers included) with an ordered pull consumer on the bucket's stream.
-    /// Returns how many TaskRuns are live.
+    /// key, deleted markers included) in one snapshot. Returns how many TaskRuns are live.
     pub async fn load(&self) -> Result<usize, StateError> {
-        let stream = self
-            .jetstream
-            .get_stream(&self.kv.stream_name)
-            .await
-            .map_err(|error| StateError::Load(error.into()))?;
-        let prefix = format!("{}{}.", self.kv.prefix, self.cluster_key);
-        let consumer = stream
-            .create_consumer(pull::OrderedConfig {
-                description: Some("countersign watcher state load".into()),
-                filter_subject: format!("{prefix}>"),
-                deliver_policy: DeliverPolicy::LastPerSubject,
-                replay_policy: ReplayPolicy::Instant,
-                ..Default::default()
-            })
-            .await
-            .map_err(|error| StateError::Load(error.into()))?;
-        let mut remaining = consumer.cached_info().num_pending;
-        let mut loaded = Vec::new();
-        if remaining > 0 {
-            let mut messages = consumer
-                .messages()
-                .await
-                .map_err(|error| StateError::Load(error.into()))?;
-            while remaining > 0 {
-                let message = tokio::time::timeout(LOAD_IDLE_TIMEOUT, messages.next())
-                    .await
-                    .map_err(|_| StateError::LoadStalled)?
-                    .ok_or(StateError::LoadStalled)?
-                    .map_err(|error| StateError::Load(error.into()))?;
-                let info = message
-                    .info()
-                    .map_err(|error| StateError::Load(error.to_string().into()))?;
-                remaining = info.pending;
-                let revision = info.stream_sequence;
-                let Some(uid) = message.subject.as_str().strip_prefix(&prefix) else {
+        let prefix = self.cluster_prefix()?;
+        let records = self.bucket.snapshot(Some(&prefix)).await?;
+        let mut loaded = Vec::with_capacity(records.len());
+        for record in records {
+            let Some(uid) = record
+                .key
+                .strip_prefix(prefix.as_str())
+                .and_then(|rest| rest.strip_prefix('.'))
+            else {
+                continue;
+            };
+            let known = match record.value {
+                SnapshotValue::Value(value) => Known::Live(value),
+                SnapshotValue::Deleted => Known::Deleted,
+                SnapshotValue::Corrupt(error) => {
+                    tracing::warn!(%error, uid, "skipping an unreadable state record");
                     continue;
-                };
-                let known = match operation(message.headers.as_ref()) {
-                    Operation::Put => match serde_json::from_slice(&message.payload) {
-                        Ok(record) => Known::Live(record),
-                        Err(error) => {
-                            tracing::warn!(%error, uid, "skipping an unreadable state record");
-                            continue;
-                        }
-                    },
-                    Operation::Delete | Operation::Purge => Known::Deleted,
-                };
-                loaded.push((uid.to_owned(), Entry { known, revision }));
-            }
+                }
+            };
+            loaded.push((
+                uid.to_owned(),
+                Entry {
+                    known,
+                    revision: record.revision,
+                },
+            ));
         }
         let mut inner = self.lock();
         for (uid, entry) in loaded {
@@ -328,12 +277,10 @@ impl TransitionLog {
                 record.pod.clone_from(&seed.pod);
             }
             record.published.extend(published.iter().cloned());
-            let value = serde_json::to_vec(&record)
-                .unwrap_or_else(|error| unreachable!("a record always serializes: {error}"));
             // Revision 0 means "only if the key has never been written": a purge marker left by
             // another replica's `deleted` makes it fail, and the refresh below sees the marker.
-            match self.kv.update(&key, value.into(), revision).await {
-                Ok(revision) => {
+            match self.bucket.update(&key, &record, revision).await? {
+                Cas::Written(revision) => {
                     let known = Known::Live(record);
                     self.lock().insert(
                         uid,
@@ -344,15 +291,7 @@ impl TransitionLog {
                     );
                     return Ok(known);
                 }
-                Err(error) if error.kind() == UpdateErrorKind::WrongLastRevision => {
-                    self.refresh(uid, &key).await?;
-                }
-                Err(source) => {
-                    return Err(StateError::Write {
-                        uid: uid.to_owned(),
-                        source,
-                    });
-                }
+                Cas::Conflict => self.refresh(uid, &key).await?,
             }
         }
         Err(StateError::Contended {
@@ -365,13 +304,9 @@ impl TransitionLog {
     /// retention.
     pub async fn record_deleted(&self, uid: &str) -> Result<(), StateError> {
         let key = self.key(uid)?;
-        self.kv
+        self.bucket
             .purge_with_ttl(&key, self.deleted_retention)
-            .await
-            .map_err(|source| StateError::Purge {
-                uid: uid.to_owned(),
-                source,
-            })?;
+            .await?;
         let mut inner = self.lock();
         let revision = inner.by_uid.get(uid).map_or(0, |entry| entry.revision);
         inner.insert(
@@ -385,52 +320,33 @@ impl TransitionLog {
     }
 
     /// Reads the key of `uid` again into memory.
-    async fn refresh(&self, uid: &str, key: &str) -> Result<(), StateError> {
-        let entry = self
-            .kv
-            .entry(key)
-            .await
-            .map_err(|source| StateError::Read {
-                uid: uid.to_owned(),
-                source,
-            })?;
-        let mut inner = self.lock();
-        match entry {
-            None => inner.remove(uid),
-            Some(entry) => {
-                let known = match entry.operation {
-                    Operation::Put => match serde_json::from_slice(&entry.value) {
-                        Ok(record) => Known::Live(record),
-                        // Overwrite what no replica can read: it is ours to rewrite.
-                        Err(_) => Known::Live(TaskRunRecord::default()),
-                    },
-                    Operation::Delete | Operation::Purge => Known::Deleted,
-                };
-                inner.insert(
-                    uid,
-                    Entry {
-                        known,
-                        revision: entry.revision,
-                    },
-                );
+    async fn refresh(&self, uid: &str, key: &Key) -> Result<(), StateError> {
+        let (known, revision) = match self.bucket.get(key).await {
+            Ok(Versioned {
+                value: Some(record),
+                revision,
+            }) => (Known::Live(record), revision),
+            // Never written (or its marker expired).
+            Ok(Versioned {
+                value: None,
+                revision: 0,
+            }) => {
+                self.lock().remove(uid);
+                return Ok(());
             }
-        }
+            Ok(Versioned {
+                value: None,
+                revision,
+            }) => (Known::Deleted, revision),
+            // Overwrite what no replica can read: it is ours to rewrite.
+            Err(KvError::Corrupt { revision, .. }) => {
+                (Known::Live(TaskRunRecord::default()), revision)
+            }
+            Err(error) => return Err(error.into()),
+        };
+        self.lock().insert(uid, Entry { known, revision });
         Ok(())
     }
-}
-
-/// The KV operation a bucket message carries (a value, a delete or a purge marker).
-fn operation(headers: Option<&async_nats::HeaderMap>) -> Operation {
-    let Some(headers) = headers else {
-        return Operation::Put;
-    };
-    if let Some(value) = headers.get(KV_OPERATION_HEADER) {
-        return value.as_str().parse().unwrap_or(Operation::Put);
-    }
-    if headers.get(MARKER_REASON_HEADER).is_some() {
-        return Operation::Purge;
-    }
-    Operation::Put
 }
 
 #[cfg(test)]
@@ -440,7 +356,8 @@ mod tests {
     #[test]
     fn uids_that_cannot_be_key_tokens_are_refused() {
         assert!(is_key_token("6f1c2b8e-4d3a-4e7f-9a51-2c8d0e7b3f14"));
-        for bad in ["", "a.b", "a b", "a*", "a>", "ü"] {
+        let huge = "u".repeat(4096);
+        for bad in ["", "a.b", "a b", "a*", "a>", "ü", huge.as_str()] {
             assert!(!is_key_token(bad), "{bad:?}");
         }
     }

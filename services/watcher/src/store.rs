@@ -13,9 +13,17 @@
 //!   for it, so its results and termination messages are no longer needed. The worker replaces
 //!   the stored objects with settled copies ([`ObjectStore::replace_if_current`]), and only if
 //!   the entry is still the version it read, so a newer version is never lost.
+//!
+//! The memory policy lives here too: what is kept of an object when it is stored
+//! ([`trim_taskrun`], [`trim_pod`]: only what the watcher reads) and once it is settled
+//! ([`TaskRun::settled`], [`TaskRunPod::settled`]: only its identity).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+use crate::tekton::{SUCCEEDED_CONDITION, TaskRun, TaskRunPod};
 
 /// An object's namespace and name.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -125,9 +133,145 @@ impl<K> ObjectStore<K> {
     }
 }
 
+// === the memory policy ===
+
+impl TaskRun {
+    /// Whether a settled copy would drop nothing ([`TaskRun::settled`]).
+    pub fn is_settled(&self) -> bool {
+        self.status.is_none()
+    }
+
+    /// The copy kept of a TaskRun whose `finished` is published (or that is deleted): nothing but
+    /// `deleted` can be published for it any more, which needs only its identity. So the copy is
+    /// its namespace, name, UID, creation time and spec, without the status (results, step
+    /// states, termination messages: the bulk of it). Deriving from it gives `created` alone,
+    /// which is published already.
+    pub fn settled(&self) -> TaskRun {
+        TaskRun {
+            metadata: ObjectMeta {
+                name: self.metadata.name.clone(),
+                namespace: self.metadata.namespace.clone(),
+                uid: self.metadata.uid.clone(),
+                creation_timestamp: self.metadata.creation_timestamp.clone(),
+                ..ObjectMeta::default()
+            },
+            spec: self.spec.clone(),
+            status: None,
+        }
+    }
+}
+
+impl TaskRunPod {
+    /// Whether a settled copy would drop nothing ([`TaskRunPod::settled`]).
+    pub fn is_settled(&self) -> bool {
+        self.spec.is_none() && self.status.is_none()
+    }
+
+    /// The copy kept of a pod whose TaskRun is settled (see [`TaskRun::settled`]): its identity
+    /// and what ties it to its TaskRun, without spec and status (container states and
+    /// termination messages).
+    pub fn settled(&self) -> TaskRunPod {
+        TaskRunPod {
+            metadata: self.metadata.clone(),
+            taskrun_name: self.taskrun_name.clone(),
+            taskrun_uids: self.taskrun_uids.clone(),
+            spec: None,
+            status: None,
+        }
+    }
+}
+
+/// Drops what the watcher never reads of a TaskRun's metadata (labels, annotations, owners, the
+/// resource version...), so the store stays small: the watch already applied the label
+/// selector, and has taken the resource version it resumes from before the object gets here.
+pub fn trim_taskrun(taskrun: &mut TaskRun) {
+    let metadata = &mut taskrun.metadata;
+    metadata.managed_fields = None;
+    metadata.annotations = None;
+    metadata.labels = None;
+    metadata.finalizers = None;
+    metadata.generate_name = None;
+    metadata.owner_references = None;
+    metadata.resource_version = None;
+    metadata.self_link = None;
+    // Fresh from the parser the status is not shared yet. Only the `Succeeded` condition is read,
+    // and the parser leaves room to grow in every list.
+    if let Some(status) = taskrun.status.as_mut().and_then(Arc::get_mut) {
+        status
+            .conditions
+            .retain(|condition| condition.condition_type == SUCCEEDED_CONDITION);
+        status.conditions.shrink_to_fit();
+        status.steps.shrink_to_fit();
+        status.results.shrink_to_fit();
+    }
+}
+
+/// Drops the resource version of a pod, once the watch has taken it (the store never reads it),
+/// and the room the parser left to grow in its lists.
+pub fn trim_pod(pod: &mut TaskRunPod) {
+    pod.metadata.resource_version = None;
+    if let Some(spec) = pod.spec.as_mut() {
+        spec.containers.shrink_to_fit();
+    }
+    if let Some(status) = pod.status.as_mut().and_then(Arc::get_mut) {
+        status.container_statuses.shrink_to_fit();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn fixture(path: &str) -> serde_json::Value {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../fixtures/tekton")
+            .join(path);
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn trimming_a_taskrun_keeps_what_the_watcher_reads() {
+        let mut taskrun: TaskRun =
+            serde_json::from_value(fixture("taskrun/taskrun-03-succeeded.json")).unwrap();
+        let before = taskrun.clone();
+        trim_taskrun(&mut taskrun);
+        assert!(taskrun.metadata.labels.is_none());
+        assert!(taskrun.metadata.resource_version.is_none());
+        assert_eq!(taskrun.uid(), before.uid());
+        assert_eq!(
+            taskrun.metadata.creation_timestamp,
+            before.metadata.creation_timestamp
+        );
+        assert_eq!(taskrun.status, before.status);
+        assert_eq!(taskrun.spec, before.spec);
+    }
+
+    #[test]
+    fn trimming_keeps_only_the_succeeded_condition() {
+        let mut value = fixture("taskrun/taskrun-03-succeeded.json");
+        value["status"]["conditions"]
+            .as_array_mut()
+            .unwrap()
+            .push(serde_json::json!({"type": "TrustedResourcesVerified", "status": "True"}));
+        let mut taskrun: TaskRun = serde_json::from_value(value).unwrap();
+        assert_eq!(taskrun.status.as_ref().unwrap().conditions.len(), 2);
+        trim_taskrun(&mut taskrun);
+        let status = taskrun.status.as_ref().unwrap();
+        assert_eq!(status.conditions.len(), 1);
+        assert_eq!(taskrun.succeeded_condition().unwrap().status, "True");
+        assert_eq!(status.steps.len(), 2);
+        assert_eq!(status.results.len(), 4);
+    }
+
+    #[test]
+    fn trimming_a_pod_drops_the_resource_version_the_watch_took() {
+        let mut value = fixture("pod/taskrun-pod-spire-trimmed.json");
+        value["metadata"]["resourceVersion"] = "42".into();
+        let mut pod: TaskRunPod = serde_json::from_value(value).unwrap();
+        trim_pod(&mut pod);
+        assert!(pod.metadata.resource_version.is_none());
+        assert!(pod.belongs_to("6f1c2b8e-4d3a-4e7f-9a51-2c8d0e7b3f14"));
+    }
 
     fn count<K>(store: &ObjectStore<K>) -> usize {
         store.lock().objects.len()

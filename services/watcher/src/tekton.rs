@@ -270,30 +270,6 @@ impl TaskRun {
     pub fn uid(&self) -> Option<&str> {
         self.metadata.uid.as_deref().filter(|uid| !uid.is_empty())
     }
-
-    /// Whether a settled copy would drop nothing ([`TaskRun::settled`]).
-    pub fn is_settled(&self) -> bool {
-        self.status.is_none()
-    }
-
-    /// The copy kept of a TaskRun whose `finished` is published (or that is deleted): nothing but
-    /// `deleted` can be published for it any more, which needs only its identity. So the copy is
-    /// its namespace, name, UID, creation time and spec, without the status (results, step
-    /// states, termination messages: the bulk of it). Deriving from it gives `created` alone,
-    /// which is published already.
-    pub fn settled(&self) -> TaskRun {
-        TaskRun {
-            metadata: ObjectMeta {
-                name: self.metadata.name.clone(),
-                namespace: self.metadata.namespace.clone(),
-                uid: self.metadata.uid.clone(),
-                creation_timestamp: self.metadata.creation_timestamp.clone(),
-                ..ObjectMeta::default()
-            },
-            spec: self.spec.clone(),
-            status: None,
-        }
-    }
 }
 
 /// A TaskRun's pod: the fields the watcher uses of a `v1` `Pod`.
@@ -351,7 +327,7 @@ impl From<PodObject> for TaskRunPod {
                 namespace: metadata.namespace,
                 uid: metadata.uid,
                 creation_timestamp: metadata.creation_timestamp,
-                // The watch reads it to resume; [`trim_pod`] drops it once the watch has.
+                // The watch reads it to resume; [`crate::store::trim_pod`] drops it once the watch has.
                 resource_version: metadata.resource_version,
                 ..ObjectMeta::default()
             },
@@ -483,24 +459,6 @@ impl TaskRunPod {
             .as_ref()
     }
 
-    /// Whether a settled copy would drop nothing ([`TaskRunPod::settled`]).
-    pub fn is_settled(&self) -> bool {
-        self.spec.is_none() && self.status.is_none()
-    }
-
-    /// The copy kept of a pod whose TaskRun is settled (see [`TaskRun::settled`]): its identity
-    /// and what ties it to its TaskRun, without spec and status (container states and
-    /// termination messages).
-    pub fn settled(&self) -> TaskRunPod {
-        TaskRunPod {
-            metadata: self.metadata.clone(),
-            taskrun_name: self.taskrun_name.clone(),
-            taskrun_uids: self.taskrun_uids.clone(),
-            spec: None,
-            status: None,
-        }
-    }
-
     /// The names of the step containers, in the pod spec's order.
     pub fn step_containers(&self) -> impl Iterator<Item = &str> {
         self.spec
@@ -508,43 +466,6 @@ impl TaskRunPod {
             .flat_map(|spec| spec.containers.iter())
             .map(|container| container.name.as_str())
             .filter(|name| name.starts_with(STEP_CONTAINER_PREFIX))
-    }
-}
-
-/// Drops what the watcher never reads of a TaskRun's metadata (labels, annotations, owners, the
-/// resource version...), so the store stays small: the watch already applied the label
-/// selector, and has taken the resource version it resumes from before the object gets here.
-pub fn trim_taskrun(taskrun: &mut TaskRun) {
-    let metadata = &mut taskrun.metadata;
-    metadata.managed_fields = None;
-    metadata.annotations = None;
-    metadata.labels = None;
-    metadata.finalizers = None;
-    metadata.generate_name = None;
-    metadata.owner_references = None;
-    metadata.resource_version = None;
-    metadata.self_link = None;
-    // Fresh from the parser the status is not shared yet. Only the `Succeeded` condition is read,
-    // and the parser leaves room to grow in every list.
-    if let Some(status) = taskrun.status.as_mut().and_then(Arc::get_mut) {
-        status
-            .conditions
-            .retain(|condition| condition.condition_type == SUCCEEDED_CONDITION);
-        status.conditions.shrink_to_fit();
-        status.steps.shrink_to_fit();
-        status.results.shrink_to_fit();
-    }
-}
-
-/// Drops the resource version of a pod, once the watch has taken it (the store never reads it),
-/// and the room the parser left to grow in its lists.
-pub fn trim_pod(pod: &mut TaskRunPod) {
-    pod.metadata.resource_version = None;
-    if let Some(spec) = pod.spec.as_mut() {
-        spec.containers.shrink_to_fit();
-    }
-    if let Some(status) = pod.status.as_mut().and_then(Arc::get_mut) {
-        status.container_statuses.shrink_to_fit();
     }
 }
 
@@ -696,46 +617,10 @@ mod tests {
             "a ReplicaSet owner with the same UID is not the TaskRun"
         );
 
-        // The watch needs the resource version; the store does not.
+        // The watch needs the resource version (the store drops it: `store::trim_pod`).
         value["metadata"]["resourceVersion"] = "42".into();
-        let mut pod: TaskRunPod = serde_json::from_value(value).unwrap();
+        let pod: TaskRunPod = serde_json::from_value(value).unwrap();
         assert_eq!(pod.metadata.resource_version.as_deref(), Some("42"));
-        trim_pod(&mut pod);
-        assert!(pod.metadata.resource_version.is_none());
-    }
-
-    #[test]
-    fn trimming_a_taskrun_keeps_what_the_watcher_reads() {
-        let mut taskrun: TaskRun =
-            serde_json::from_value(fixture("taskrun/taskrun-03-succeeded.json")).unwrap();
-        let before = taskrun.clone();
-        trim_taskrun(&mut taskrun);
-        assert!(taskrun.metadata.labels.is_none());
-        assert!(taskrun.metadata.resource_version.is_none());
-        assert_eq!(taskrun.uid(), before.uid());
-        assert_eq!(
-            taskrun.metadata.creation_timestamp,
-            before.metadata.creation_timestamp
-        );
-        assert_eq!(taskrun.status, before.status);
-        assert_eq!(taskrun.spec, before.spec);
-    }
-
-    #[test]
-    fn trimming_keeps_only_the_succeeded_condition() {
-        let mut value = fixture("taskrun/taskrun-03-succeeded.json");
-        value["status"]["conditions"]
-            .as_array_mut()
-            .unwrap()
-            .push(serde_json::json!({"type": "TrustedResourcesVerified", "status": "True"}));
-        let mut taskrun: TaskRun = serde_json::from_value(value).unwrap();
-        assert_eq!(taskrun.status.as_ref().unwrap().conditions.len(), 2);
-        trim_taskrun(&mut taskrun);
-        let status = taskrun.status.as_ref().unwrap();
-        assert_eq!(status.conditions.len(), 1);
-        assert_eq!(taskrun.succeeded_condition().unwrap().status, "True");
-        assert_eq!(status.steps.len(), 2);
-        assert_eq!(status.results.len(), 4);
     }
 
     #[test]

@@ -1,14 +1,18 @@
 //! Builds the real peers Countersign is tested against (nats-server, spire-server, spire-agent, etcd,
-//! kube-apiserver), kustomize to render the deployment manifests, and the independent verifiers of our
-//! attestation formats (cosign, slsa-verifier, and dsse-verify: our own few lines around
-//! go-securesystemslib's DSSE verifier) and a trace store (Jaeger v2), from the Go module proxy, into a per-machine cache outside the
-//! repository.
+//! kube-apiserver, and for a real node kubelet, kube-scheduler, kube-controller-manager and Tekton
+//! Pipelines' controller, entrypoint and nop), kustomize to render the deployment manifests, and the
+//! independent verifiers of our attestation formats (cosign, slsa-verifier, and dsse-verify: our own
+//! few lines around go-securesystemslib's DSSE verifier) and a trace store (Jaeger v2), from the Go module proxy, into a per-machine
+//! cache outside the repository. The container runtime (containerd, runc, the CNI plugins) comes from
+//! Debian's packages instead: see [`runtime`].
 //!
 //! The versions are pinned in one place: the `go.mod` of each small Go module under `tests/peers/`.
 //! This crate reads them, keys the cache directory by module, version and a hash of `go.mod`, `go.sum`
 //! and our own `.go` files, and runs `go build` only when that directory is missing. A file lock
 //! serialises builds, so parallel test runs on one machine never build the same peer twice or see a
 //! half-written binary.
+
+pub mod runtime;
 
 use std::fmt;
 use std::fs;
@@ -18,11 +22,11 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-/// The oldest Go toolchain that builds every pinned module (k8s.io/kubernetes v1.37 declares `go 1.26.0`).
+/// The oldest Go toolchain that builds every pinned module (Tekton Pipelines v1.15 declares `go 1.26.4`).
 pub const MINIMUM_GO: GoVersion = GoVersion {
     major: 1,
     minor: 26,
-    patch: 0,
+    patch: 4,
 };
 
 /// One program built from a Go module.
@@ -35,6 +39,15 @@ pub enum Peer {
     KubeApiserver,
     /// Not a peer but a build tool: renders `k8s/` for the manifest tests.
     Kustomize,
+    Kubelet,
+    KubeScheduler,
+    KubeControllerManager,
+    /// Tekton Pipelines' controller (TaskRun and PipelineRun reconcilers).
+    TektonController,
+    /// The entrypointer Tekton injects into every step (it signs results with SPIRE).
+    TektonEntrypoint,
+    /// Tekton's nop image binary (stops sidecars).
+    TektonNop,
     // --- Attestation verifiers (issue 16): independent consumers of our attestation formats.
     /// Our own small program around go-securesystemslib's DSSE envelope verifier.
     DsseVerify,
@@ -48,13 +61,19 @@ pub enum Peer {
 }
 
 impl Peer {
-    pub const ALL: [Peer; 10] = [
+    pub const ALL: [Peer; 16] = [
         Peer::NatsServer,
         Peer::SpireServer,
         Peer::SpireAgent,
         Peer::Etcd,
         Peer::KubeApiserver,
         Peer::Kustomize,
+        Peer::Kubelet,
+        Peer::KubeScheduler,
+        Peer::KubeControllerManager,
+        Peer::TektonController,
+        Peer::TektonEntrypoint,
+        Peer::TektonNop,
         // Attestation verifiers.
         Peer::DsseVerify,
         Peer::Cosign,
@@ -72,6 +91,12 @@ impl Peer {
             Peer::Etcd => "etcd",
             Peer::KubeApiserver => "kube-apiserver",
             Peer::Kustomize => "kustomize",
+            Peer::Kubelet => "kubelet",
+            Peer::KubeScheduler => "kube-scheduler",
+            Peer::KubeControllerManager => "kube-controller-manager",
+            Peer::TektonController => "tekton-controller",
+            Peer::TektonEntrypoint => "tekton-entrypoint",
+            Peer::TektonNop => "tekton-nop",
             // Attestation verifiers.
             Peer::DsseVerify => "dsse-verify",
             Peer::Cosign => "cosign",
@@ -86,8 +111,12 @@ impl Peer {
             Peer::NatsServer => &NATS,
             Peer::SpireServer | Peer::SpireAgent => &SPIRE,
             Peer::Etcd => &ETCD,
-            Peer::KubeApiserver => &KUBE,
+            Peer::KubeApiserver
+            | Peer::Kubelet
+            | Peer::KubeScheduler
+            | Peer::KubeControllerManager => &KUBE,
             Peer::Kustomize => &KUSTOMIZE,
+            Peer::TektonController | Peer::TektonEntrypoint | Peer::TektonNop => &TEKTON,
             // Attestation verifiers.
             Peer::DsseVerify => &DSSE_VERIFY,
             Peer::Cosign => &COSIGN,
@@ -105,6 +134,12 @@ impl Peer {
             Peer::Etcd => "go.etcd.io/etcd/server/v3",
             Peer::KubeApiserver => "k8s.io/kubernetes/cmd/kube-apiserver",
             Peer::Kustomize => "sigs.k8s.io/kustomize/kustomize/v5",
+            Peer::Kubelet => "k8s.io/kubernetes/cmd/kubelet",
+            Peer::KubeScheduler => "k8s.io/kubernetes/cmd/kube-scheduler",
+            Peer::KubeControllerManager => "k8s.io/kubernetes/cmd/kube-controller-manager",
+            Peer::TektonController => "github.com/tektoncd/pipeline/cmd/controller",
+            Peer::TektonEntrypoint => "github.com/tektoncd/pipeline/cmd/entrypoint",
+            Peer::TektonNop => "github.com/tektoncd/pipeline/cmd/nop",
             // Attestation verifiers.
             Peer::DsseVerify => "countersign.dev/tests/peers/dsse-verify",
             Peer::Cosign => "github.com/sigstore/cosign/v3/cmd/cosign",
@@ -160,9 +195,14 @@ const ETCD: GoModule = GoModule {
 const KUBE: GoModule = GoModule {
     dir: "kube",
     upstream: "k8s.io/kubernetes",
-    peers: &[Peer::KubeApiserver],
+    peers: &[
+        Peer::KubeApiserver,
+        Peer::Kubelet,
+        Peer::KubeScheduler,
+        Peer::KubeControllerManager,
+    ],
     cgo: false,
-    cold_build_estimate: "about 15 minutes",
+    cold_build_estimate: "about 25 minutes",
 };
 const KUSTOMIZE: GoModule = GoModule {
     dir: "kustomize",
@@ -170,6 +210,17 @@ const KUSTOMIZE: GoModule = GoModule {
     peers: &[Peer::Kustomize],
     cgo: false,
     cold_build_estimate: "about 1 minute",
+};
+const TEKTON: GoModule = GoModule {
+    dir: "tekton",
+    upstream: "github.com/tektoncd/pipeline",
+    peers: &[
+        Peer::TektonController,
+        Peer::TektonEntrypoint,
+        Peer::TektonNop,
+    ],
+    cgo: false,
+    cold_build_estimate: "about 6 minutes",
 };
 // --- Attestation verifiers (issue 16).
 const DSSE_VERIFY: GoModule = GoModule {
@@ -201,12 +252,13 @@ const JAEGER: GoModule = GoModule {
     cgo: false,
     cold_build_estimate: "about 12 minutes",
 };
-const MODULES: [&GoModule; 9] = [
+const MODULES: [&GoModule; 10] = [
     &NATS,
     &SPIRE,
     &ETCD,
     &KUBE,
     &KUSTOMIZE,
+    &TEKTON,
     // Attestation verifiers.
     &DSSE_VERIFY,
     &COSIGN,
@@ -233,6 +285,12 @@ pub struct Peers {
     pub etcd: PeerBinary,
     pub kube_apiserver: PeerBinary,
     pub kustomize: PeerBinary,
+    pub kubelet: PeerBinary,
+    pub kube_scheduler: PeerBinary,
+    pub kube_controller_manager: PeerBinary,
+    pub tekton_controller: PeerBinary,
+    pub tekton_entrypoint: PeerBinary,
+    pub tekton_nop: PeerBinary,
     // Attestation verifiers.
     pub dsse_verify: PeerBinary,
     pub cosign: PeerBinary,
@@ -250,6 +308,12 @@ impl Peers {
             Peer::Etcd => &self.etcd,
             Peer::KubeApiserver => &self.kube_apiserver,
             Peer::Kustomize => &self.kustomize,
+            Peer::Kubelet => &self.kubelet,
+            Peer::KubeScheduler => &self.kube_scheduler,
+            Peer::KubeControllerManager => &self.kube_controller_manager,
+            Peer::TektonController => &self.tekton_controller,
+            Peer::TektonEntrypoint => &self.tekton_entrypoint,
+            Peer::TektonNop => &self.tekton_nop,
             // Attestation verifiers.
             Peer::DsseVerify => &self.dsse_verify,
             Peer::Cosign => &self.cosign,
@@ -576,6 +640,12 @@ fn assemble(
         etcd: binary(Peer::Etcd)?,
         kube_apiserver: binary(Peer::KubeApiserver)?,
         kustomize: binary(Peer::Kustomize)?,
+        kubelet: binary(Peer::Kubelet)?,
+        kube_scheduler: binary(Peer::KubeScheduler)?,
+        kube_controller_manager: binary(Peer::KubeControllerManager)?,
+        tekton_controller: binary(Peer::TektonController)?,
+        tekton_entrypoint: binary(Peer::TektonEntrypoint)?,
+        tekton_nop: binary(Peer::TektonNop)?,
         // Attestation verifiers.
         dsse_verify: binary(Peer::DsseVerify)?,
         cosign: binary(Peer::Cosign)?,
@@ -711,8 +781,9 @@ fn build(pinned: &Pinned, progress: &mut dyn FnMut(Progress<'_>)) -> Result<(), 
 
 fn ldflags(peer: Peer, version: &str) -> String {
     let mut flags = String::from("-s -w");
-    if peer == Peer::KubeApiserver {
-        // Without these, /version says v0.0.0-master; they make it report the pinned release.
+    if peer.module().dir == KUBE.dir {
+        // Without these, /version and `--version` say v0.0.0-master; they make them report the
+        // pinned release.
         if let Some(rest) = version.strip_prefix('v') {
             let mut parts = rest.split('.');
             let major = parts.next().unwrap_or("1");
@@ -839,6 +910,7 @@ mod tests {
         let flags = ldflags(Peer::KubeApiserver, "v1.37.2");
         assert!(flags.contains("gitVersion=v1.37.2"));
         assert!(flags.contains("gitMinor=37"));
+        assert_eq!(ldflags(Peer::Kubelet, "v1.37.2"), flags);
         assert_eq!(ldflags(Peer::Etcd, "v3.6.16"), "-s -w");
     }
 }

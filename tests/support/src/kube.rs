@@ -159,6 +159,16 @@ pub enum FixtureError {
     Missing { path: PathBuf, what: String },
 }
 
+/// What [`KubeApiserver::start_with`] changes.
+#[derive(Debug, Clone, Default)]
+pub struct ApiserverOptions {
+    /// `--authorization-mode` (default `RBAC`); a list flag, so it cannot be overridden by
+    /// `extra_args`.
+    pub authorization_mode: Option<String>,
+    /// Flags appended after the defaults; a flag given twice takes its last value.
+    pub extra_args: Vec<String>,
+}
+
 /// The files of a running apiserver: certificates, keys, kubeconfig and logs.
 #[derive(Debug, Clone)]
 struct Files {
@@ -200,13 +210,19 @@ impl KubeApiserver {
     /// Prefer [`KubeApiserver::shared`] with a namespace per test: a start costs seconds and
     /// hundreds of MiB.
     pub async fn start() -> Result<KubeApiserver, StartError> {
+        KubeApiserver::start_with(ApiserverOptions::default()).await
+    }
+
+    /// [`KubeApiserver::start`] with `options` (a real node's apiserver needs a few more flags).
+    pub async fn start_with(options: ApiserverOptions) -> Result<KubeApiserver, StartError> {
         let began = Instant::now();
         let kube_dir = short_tempdir("cs-kube-");
         let etcd_dir = short_tempdir("cs-etcd-");
         let files = Files::new(kube_dir.path(), etcd_dir.path());
 
         let (etcd, etcd_client_port) = start_etcd(&files, etcd_dir.path()).await?;
-        let (apiserver, port) = start_apiserver(&files, kube_dir.path(), etcd_client_port).await?;
+        let (apiserver, port) =
+            start_apiserver(&files, kube_dir.path(), etcd_client_port, &options).await?;
         let mut kube = KubeApiserver {
             apiserver,
             etcd,
@@ -278,6 +294,16 @@ impl KubeApiserver {
     /// The PEM file of the CA that signed the apiserver's serving certificate.
     pub fn ca_cert_path(&self) -> &Path {
         &self.files.serving_ca_cert
+    }
+
+    /// The PEM file of the CA the apiserver trusts for client certificates.
+    pub fn client_ca_cert_path(&self) -> &Path {
+        &self.files.client_ca_cert
+    }
+
+    /// The admin's client certificate and key (PEM files), e.g. for `--kubelet-client-certificate`.
+    pub fn admin_cert_and_key_paths(&self) -> (&Path, &Path) {
+        (&self.files.admin_cert, &self.files.admin_key)
     }
 
     /// kube-apiserver's log file.
@@ -909,6 +935,7 @@ async fn start_apiserver(
     files: &Files,
     kube_dir: &Path,
     etcd_client_port: u16,
+    options: &ApiserverOptions,
 ) -> Result<(PeerProcess, u16), StartError> {
     let cleanup = [(
         "COUNTERSIGN_GUARD_CLEANUP".to_owned(),
@@ -928,7 +955,12 @@ async fn start_apiserver(
         });
         let kubeconfig = kubeconfig_document(&url, &files.serving_ca_cert, "default", admin);
         write_file(&files.kubeconfig, &kubeconfig_yaml(&kubeconfig))?;
-        let args = apiserver_args(files, kube_dir, port, etcd_client_port);
+        let mut args = apiserver_args(files, kube_dir, port, etcd_client_port);
+        if let Some(mode) = &options.authorization_mode {
+            args.retain(|arg| !arg.starts_with("--authorization-mode="));
+            args.push(format!("--authorization-mode={mode}"));
+        }
+        args.extend(options.extra_args.iter().cloned());
         let process = PeerProcess::spawn(
             "kube-apiserver",
             &peers().kube_apiserver.path,

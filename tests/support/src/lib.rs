@@ -12,12 +12,15 @@
 //!   Tekton TaskRun CRD.
 //! - [`jaeger`]: [`jaeger::Jaeger`], the trace store the services export OTLP to.
 
+pub mod images;
 pub mod jaeger;
 pub mod kube;
 pub mod nats;
+pub mod node;
 pub mod ports;
 pub mod process;
 pub mod spire;
+pub mod tekton;
 pub mod wait;
 
 use std::path::{Path, PathBuf};
@@ -72,14 +75,7 @@ pub fn unique_name(prefix: &str) -> String {
 
 /// An error and its causes, one per line (`caused by: ...`), for a panic message or a report.
 pub fn error_lines(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str("\n  caused by: ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
+    format!("{:#}", countersign_error_report::ErrorChain::new(error))
 }
 
 #[cfg(test)]

@@ -351,7 +351,7 @@ async fn every_metric_queried_is_exported_by_the_services() {
     let attestor: countersign_attestor::config::AttestorConfig = config(&base, "attestor", &env);
     exported.extend(exported_names(
         &scrape("attestor", attestor, |context| {
-            countersign_attestor::run(context, None)
+            countersign_attestor::run(context)
         })
         .await,
     ));

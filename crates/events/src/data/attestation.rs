@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::common::TaskRunRef;
 use super::lifecycle::ce_subject_of;
 use crate::event_type::EventType;
-use crate::payload::EventData;
+use crate::payload::{AttestationEvent, EventData};
 use crate::subject::{SubjectError, Subjects};
 
 /// What was verified.
@@ -63,11 +63,14 @@ pub enum ReasonCode {
     UnsignedResults,
     /// A result set cannot be parsed (not the termination-message JSON, bad base64, truncated).
     MalformedResults,
+    /// The TaskRun's `finished` event did not fit the bus's max payload, so the watcher sent
+    /// it without its results and steps' result sets (`oversized`): nothing left to verify.
+    PayloadTooLarge,
 }
 
 impl ReasonCode {
     /// Every code, in check order.
-    pub const ALL: [ReasonCode; 16] = [
+    pub const ALL: [ReasonCode; 17] = [
         ReasonCode::SvidMissing,
         ReasonCode::SvidInvalid,
         ReasonCode::SpiffeIdInvalid,
@@ -84,6 +87,7 @@ impl ReasonCode {
         ReasonCode::ResultsMismatch,
         ReasonCode::UnsignedResults,
         ReasonCode::MalformedResults,
+        ReasonCode::PayloadTooLarge,
     ];
 
     /// The code as it appears in JSON (`svid_missing`...).
@@ -105,6 +109,7 @@ impl ReasonCode {
             ReasonCode::ResultsMismatch => "results_mismatch",
             ReasonCode::UnsignedResults => "unsigned_results",
             ReasonCode::MalformedResults => "malformed_results",
+            ReasonCode::PayloadTooLarge => "payload_too_large",
         }
     }
 }
@@ -222,6 +227,42 @@ impl EventData for AttestationRejected {
 
     fn nats_subject(&self, subjects: &Subjects) -> Result<String, SubjectError> {
         subjects.for_taskrun(Self::TYPE, &self.taskrun)
+    }
+}
+
+// === reading either type ===
+
+impl AttestationEvent {
+    /// The TaskRun it is about.
+    pub fn taskrun(&self) -> &TaskRunRef {
+        match self {
+            AttestationEvent::Verified(verified) => &verified.taskrun,
+            AttestationEvent::Rejected(rejected) => &rejected.taskrun,
+        }
+    }
+
+    /// The signed attestation it carries.
+    pub fn attestation(&self) -> &SignedAttestation {
+        match self {
+            AttestationEvent::Verified(verified) => &verified.attestation,
+            AttestationEvent::Rejected(rejected) => &rejected.attestation,
+        }
+    }
+
+    /// When the attestor decided.
+    pub fn attested_at(&self) -> DateTime<Utc> {
+        match self {
+            AttestationEvent::Verified(verified) => verified.attested_at,
+            AttestationEvent::Rejected(rejected) => rejected.attested_at,
+        }
+    }
+
+    /// Why it was rejected, when it was.
+    pub fn reason(&self) -> Option<ReasonCode> {
+        match self {
+            AttestationEvent::Verified(_) => None,
+            AttestationEvent::Rejected(rejected) => Some(rejected.reason),
+        }
     }
 }
 

@@ -100,6 +100,40 @@ pub struct TaskRunFinished {
     /// The result names the Task declares (`status.taskSpec.results[].name`); empty when it
     /// declares none, so "no results to verify" is knowable.
     pub declared_results: Vec<String>,
+    /// Present when the event in full did not fit the bus's max payload: `results` is then
+    /// empty and every step's `results` too, and the TaskRun cannot be verified from this event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oversized: Option<Oversized>,
+}
+
+/// How far a `finished` event went over the bus's max payload (see [`TaskRunFinished::oversized`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Oversized {
+    /// The size in bytes of the event's data in full.
+    pub bytes: u64,
+    /// The bus's max payload in bytes (headers and data), as the server announced it.
+    pub limit: u64,
+}
+
+impl TaskRunFinished {
+    /// The event without what can make it large (the merged results and every step's result
+    /// set), marked `oversized` with `bytes` (the full data's size) and `limit`.
+    pub fn trimmed(&self, bytes: u64, limit: u64) -> TaskRunFinished {
+        TaskRunFinished {
+            results: Vec::new(),
+            steps: self
+                .steps
+                .iter()
+                .map(|step| StepRecord {
+                    results: Vec::new(),
+                    ..step.clone()
+                })
+                .collect(),
+            oversized: Some(Oversized { bytes, limit }),
+            ..self.clone()
+        }
+    }
 }
 
 /// `dev.countersign.taskrun.deleted.v1`: the TaskRun object is gone.

@@ -19,7 +19,7 @@ pub use common::{
     Outcome, PodRef, ResultType, StepRecord, TaskRunRef, TaskRunResult, TerminationEntry,
 };
 pub use lifecycle::{
-    StepCompleted, TaskRunCreated, TaskRunDeleted, TaskRunFinished, TaskRunScheduled,
+    Oversized, StepCompleted, TaskRunCreated, TaskRunDeleted, TaskRunFinished, TaskRunScheduled,
 };
 pub use registration::{
     EntryKind, EntryRegistered, EntryReleased, RegistrationEntry, ReleaseReason,

@@ -5,20 +5,14 @@
 //! * [`canonical`]: the bytes signed for a value, from raw text or from a typed status value.
 //! * [`sign`]: producing `SVID`, `<name>.sig`, `RESULT_MANIFEST`, `RESULT_MANIFEST.sig`.
 //! * [`verify`]: checking one step's signed set in a fixed order, with reason codes.
-//! * [`taskrun`]: checking all steps of a TaskRun and its merged `status.results`.
 
 pub mod canonical;
 pub mod sign;
-pub mod taskrun;
 pub mod termination;
 pub mod verify;
 
 pub use canonical::{ResultValue, canonical};
 pub use sign::{SignResultsError, sign_results, signed_step_entries};
-pub use taskrun::{
-    MergedResult, Mismatch, StepSignedResults, TaskRunSnapshot, TaskRunSnapshotError,
-    TaskRunVerdict, TaskRunVerifyError, VerifiedStep, VerifiedTaskRun,
-};
 pub use termination::{ResultType, TerminationEntry, TerminationMessage, TerminationMessageError};
 pub use verify::{
     Check, CheckOutcome, DEFAULT_CLOCK_SKEW, Freshness, Outcome, ReasonCode, ResultsPolicy,

@@ -84,6 +84,8 @@ pub enum ReasonCode {
     UnsignedResults,
     /// The results cannot be read at all.
     MalformedResults,
+    /// The TaskRun's `finished` event came without its results (over the bus's max payload).
+    PayloadTooLarge,
 }
 
 impl ReasonCode {
@@ -106,11 +108,12 @@ impl ReasonCode {
             Self::ResultsMismatch => "results_mismatch",
             Self::UnsignedResults => "unsigned_results",
             Self::MalformedResults => "malformed_results",
+            Self::PayloadTooLarge => "payload_too_large",
         }
     }
 
     /// Every code.
-    pub const ALL: [ReasonCode; 16] = [
+    pub const ALL: [ReasonCode; 17] = [
         Self::SvidMissing,
         Self::SvidInvalid,
         Self::SpiffeIdInvalid,
@@ -127,6 +130,7 @@ impl ReasonCode {
         Self::ResultsMismatch,
         Self::UnsignedResults,
         Self::MalformedResults,
+        Self::PayloadTooLarge,
     ];
 }
 

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use countersign_runtime::Context;
 use countersign_runtime::config::{AdminConfig, ServiceConfig, ShutdownConfig, TelemetryConfig};
+use countersign_runtime::nats::NatsConfig;
 use prometheus_client::metrics::counter::Counter;
 use serde::Deserialize;
 
@@ -26,6 +27,9 @@ struct Config {
     telemetry: TelemetryConfig,
     #[serde(default)]
     shutdown: ShutdownConfig,
+    /// Checked like every service's (the example does not connect).
+    #[serde(default)]
+    nats: NatsConfig,
     #[serde(default)]
     example: ExampleConfig,
 }
@@ -43,15 +47,7 @@ struct ExampleConfig {
 }
 
 impl ServiceConfig for Config {
-    fn admin(&self) -> &AdminConfig {
-        &self.admin
-    }
-    fn telemetry(&self) -> &TelemetryConfig {
-        &self.telemetry
-    }
-    fn shutdown(&self) -> &ShutdownConfig {
-        &self.shutdown
-    }
+    countersign_runtime::shared_sections!(nats);
 }
 
 /// How often the example looks for its files.

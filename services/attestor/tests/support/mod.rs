@@ -1,5 +1,5 @@
-//! Test support shared by the attestor's and the `countersign` command's integration tests
-//! (the CLI's tests include this file by path): real nats-server and SPIRE, the attestor run
+//! Test support of the attestor's integration tests (its own, and the `countersign` command run
+//! against it): real nats-server and SPIRE, the attestor run
 //! in-process on the runtime's skeleton, TaskRun "pods" that sign with the real
 //! `countersign-signer` binary as workloads of the real agent, and the watcher's events built by
 //! hand.
@@ -13,7 +13,6 @@ use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use countersign_attestor::store::AttestationStore;
 use countersign_attestor::{AttestorConfig, run};
 use countersign_events::data::{
     Outcome, PodRef, ResultType, StepCompleted, StepRecord, TaskRunFinished, TaskRunRef,
@@ -29,6 +28,7 @@ use countersign_runtime::{Context, RunOutcome, run_service};
 use countersign_test_support::nats::NatsServer;
 use countersign_test_support::spire::{Spire, SpireOptions, test_process_selectors};
 use countersign_test_support::wait;
+use countersign_verdict::store::AttestationStore;
 use futures::StreamExt as _;
 
 /// The attestor's SPIFFE ID in the tests (the default `countersign verify` expects).
@@ -161,7 +161,7 @@ impl RunningAttestor {
             async {
                 let _ = stopped.await;
             },
-            |ctx| run(ctx, None),
+            run,
         ));
         RunningAttestor {
             ctx,
@@ -506,6 +506,7 @@ pub fn finished(
         completed_at: Some(completed),
         results,
         steps,
+        oversized: None,
         declared_results: declared.iter().map(|name| (*name).to_owned()).collect(),
     }
 }
@@ -615,6 +616,7 @@ pub fn finished_from_taskrun(taskrun: &serde_json::Value, cluster: &str) -> Task
         completed_at: time(&status["completionTime"]),
         results,
         steps,
+        oversized: None,
         declared_results: declared,
     }
 }

@@ -129,6 +129,7 @@ impl Harness {
             completed_at: Some(Utc::now()),
             results: Vec::new(),
             steps: Vec::new(),
+            oversized: None,
             declared_results: Vec::new(),
         }
     }

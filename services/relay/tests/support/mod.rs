@@ -24,7 +24,7 @@ use countersign_events::{
     AttestationEvent, Bus, BusConfig, DeadLetter, Event, EventMetrics, EventSource, Published,
     Publisher, StreamKind, schema,
 };
-use countersign_relay::{RelayConfig, run_with_environment};
+use countersign_relay::{RelayConfig, run};
 use countersign_runtime::config::{Environment, ServiceConfig, parse_config};
 use countersign_runtime::health::ReadinessStatus;
 use countersign_runtime::{Context, RunOutcome, run_service};
@@ -377,7 +377,7 @@ impl Relay {
         let config: RelayConfig = parse_config(&text, &Environment::new()).expect("a valid config");
         config.validate().expect("a valid config");
         let grace_period = config.shutdown.grace_period;
-        let context = Context::new("relay", config);
+        let context = Context::new("relay", config).with_environment(env);
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("binding the admin listener");
@@ -390,7 +390,7 @@ impl Relay {
             async move {
                 let _ = stopped.await;
             },
-            move |ctx| run_with_environment(ctx, env),
+            run,
         ));
         let relay = Relay {
             context,

@@ -1,6 +1,7 @@
 //! The CloudEvents ingress with Tekton's own events: every fixture in binary and structured mode,
-//! the types it ignores, malformed and oversized bodies, NATS down, and the ingress and the watch
-//! seeing the same TaskRun at once.
+//! the types it ignores, events as hints (a forged `finished`, TaskRuns the API server does not
+//! have, identifiers Kubernetes does not allow), malformed and oversized bodies, NATS down, and
+//! the ingress and the watch seeing the same TaskRun at once.
 
 use countersign_events::LifecycleEvent;
 use countersign_events::data::Outcome;
@@ -14,7 +15,7 @@ use crate::support::{
 const INGRESS_REQUESTS: &str = "countersign_watcher_ingress_requests_total";
 const IGNORED: &str = "countersign_watcher_ignored_events_total";
 
-/// A TaskRun known only through CloudEvents (not in the API), with its pod in the API.
+/// A TaskRun in the API, its pod, and what the tests post about it.
 struct Identity {
     name: String,
     uid: String,
@@ -23,7 +24,19 @@ struct Identity {
 }
 
 impl Identity {
-    fn new(name: &str, uid: &str) -> Identity {
+    /// Creates TaskRun `name` in the API (no status yet), as Tekton's webhook admits it.
+    async fn create(harness: &Harness, name: &str) -> Identity {
+        let uid = harness.create_taskrun(name).await;
+        Identity {
+            name: name.to_owned(),
+            uid,
+            pod: format!("{name}-pod"),
+            pod_uid: String::new(),
+        }
+    }
+
+    /// An identity the API does not have.
+    fn unknown(name: &str, uid: &str) -> Identity {
         Identity {
             name: name.to_owned(),
             uid: uid.to_owned(),
@@ -35,6 +48,47 @@ impl Identity {
     /// Creates the pod in the API, as Tekton does once the TaskRun is picked up.
     async fn create_pod(&mut self, harness: &Harness) {
         self.pod_uid = harness.create_pod(&self.name, &self.uid, &self.pod).await;
+    }
+
+    /// Moves the TaskRun (and its pod's containers) to the stage Tekton's event `file` reports.
+    async fn reach(&mut self, harness: &Harness, file: &str) {
+        let clone = signed_message("step-clone");
+        let build = signed_message("step-build");
+        match file {
+            "ce-taskrun-03-running.json" => {
+                self.create_pod(harness).await;
+                harness
+                    .set_pod_containers(&self.pod, &[("step-clone", &clone)])
+                    .await;
+                harness
+                    .set_taskrun_status(&self.name, "taskrun-02-running.json", &self.pod)
+                    .await;
+            }
+            "ce-taskrun-05-successful.json" => {
+                harness
+                    .set_pod_containers(
+                        &self.pod,
+                        &[("step-clone", &clone), ("step-build", &build)],
+                    )
+                    .await;
+                harness
+                    .set_taskrun_status(&self.name, "taskrun-03-succeeded.json", &self.pod)
+                    .await;
+            }
+            "ce-taskrun-06-failed.json" => {
+                self.create_pod(harness).await;
+                harness
+                    .set_pod_containers(
+                        &self.pod,
+                        &[("step-clone", &clone), ("step-build", &build)],
+                    )
+                    .await;
+                harness
+                    .set_taskrun_status(&self.name, "taskrun-04-failed.json", &self.pod)
+                    .await;
+            }
+            _ => {}
+        }
     }
 }
 
@@ -60,47 +114,38 @@ fn of(events: &[Received], identity: &Identity) -> Vec<String> {
 async fn every_fixture_cloudevent_in_binary_and_structured_mode() {
     let harness = Harness::start("ingress").await;
     let mut watcher = harness.start_watcher().await;
-    let mut binary = Identity::new("ce-binary", "00000000-0000-4000-8000-000000000001");
-    let mut structured = Identity::new("ce-structured", "00000000-0000-4000-8000-000000000002");
-    let mut binary_failed =
-        Identity::new("ce-binary-failed", "00000000-0000-4000-8000-000000000003");
-    let mut structured_failed = Identity::new(
-        "ce-structured-failed",
-        "00000000-0000-4000-8000-000000000004",
-    );
+    let mut binary = Identity::create(&harness, "ce-binary").await;
+    let mut structured = Identity::create(&harness, "ce-structured").await;
+    let mut binary_failed = Identity::create(&harness, "ce-binary-failed").await;
+    let mut structured_failed = Identity::create(&harness, "ce-structured-failed").await;
 
-    // Each event of the lifecycle publishes what it newly implies, and answers only after that.
-    // The pod appears between `started` and `running`, as Tekton creates it.
+    // Each event of the lifecycle arrives once the API shows that stage (as Tekton sends it
+    // after its status update) and is answered once what the API implies is published, by the
+    // ingress or already by the watch: which of the two publishes a transition is a race.
     let lifecycle = [
-        ("ce-taskrun-01-queued.json", 1),
-        ("ce-taskrun-02-started.json", 0),
-        ("ce-taskrun-03-running.json", 1),
-        ("ce-taskrun-04-unknown.json", 0),
-        ("ce-taskrun-05-successful.json", 3),
+        "ce-taskrun-01-queued.json",
+        "ce-taskrun-02-started.json",
+        "ce-taskrun-03-running.json",
+        "ce-taskrun-04-unknown.json",
+        "ce-taskrun-05-successful.json",
     ];
-    for (file, published) in lifecycle {
-        if file == "ce-taskrun-03-running.json" {
-            binary.create_pod(&harness).await;
-            structured.create_pod(&harness).await;
-        }
+    for file in lifecycle {
+        binary.reach(&harness, file).await;
+        structured.reach(&harness, file).await;
         let (status, body) = watcher.post_binary(&fixture(&harness, file, &binary)).await;
-        assert_eq!(
-            (status, body["published"].as_u64()),
-            (200, Some(published)),
-            "binary {file}: {body}"
-        );
+        assert_eq!(status, 200, "binary {file}: {body}");
         let (status, body) = watcher
             .post_structured(&fixture(&harness, file, &structured))
             .await;
-        assert_eq!(
-            (status, body["published"].as_u64()),
-            (200, Some(published)),
-            "structured {file}: {body}"
-        );
+        assert_eq!(status, 200, "structured {file}: {body}");
     }
-    binary_failed.create_pod(&harness).await;
-    structured_failed.create_pod(&harness).await;
     // A failed TaskRun seen only at its end still yields its whole lifecycle.
+    binary_failed
+        .reach(&harness, "ce-taskrun-06-failed.json")
+        .await;
+    structured_failed
+        .reach(&harness, "ce-taskrun-06-failed.json")
+        .await;
     let (status, body) = watcher
         .post_binary(&fixture(
             &harness,
@@ -108,11 +153,7 @@ async fn every_fixture_cloudevent_in_binary_and_structured_mode() {
             &binary_failed,
         ))
         .await;
-    assert_eq!(
-        (status, body["published"].as_u64()),
-        (200, Some(5)),
-        "{body}"
-    );
+    assert_eq!(status, 200, "{body}");
     let (status, body) = watcher
         .post_structured(&fixture(
             &harness,
@@ -120,11 +161,8 @@ async fn every_fixture_cloudevent_in_binary_and_structured_mode() {
             &structured_failed,
         ))
         .await;
-    assert_eq!(
-        (status, body["published"].as_u64()),
-        (200, Some(5)),
-        "{body}"
-    );
+    assert_eq!(status, 200, "{body}");
+    harness.wait_for_events(20).await;
 
     // Sending an event again publishes nothing.
     let (status, body) = watcher
@@ -195,6 +233,191 @@ async fn every_fixture_cloudevent_in_binary_and_structured_mode() {
     assert_eq!(outcome(&structured), Some(Outcome::Succeeded));
     assert_eq!(outcome(&binary_failed), Some(Outcome::Failed));
     assert_eq!(outcome(&structured_failed), Some(Outcome::Failed));
+}
+
+/// The attack of issue 13: an unauthenticated `successful` event about a real TaskRun that is
+/// still running, carrying results, steps and a creation time of its own (as a replay of an
+/// older same-named TaskRun's would). The event is a hint: nothing of its body is published, no
+/// `finished` pre-empts the TaskRun's attestation, and the real `finished` carries what the API
+/// server says.
+#[tokio::test]
+async fn a_forged_finished_event_for_a_running_taskrun_publishes_nothing_of_its_own() {
+    let harness = Harness::start("forged").await;
+    let watcher = harness.start_watcher().await;
+    let mut running = Identity::create(&harness, "forged-running").await;
+    running.reach(&harness, "ce-taskrun-03-running.json").await;
+    harness.wait_for_taskrun_events(&running.name, 3).await;
+
+    let mut forged = fixture(&harness, "ce-taskrun-05-successful.json", &running);
+    let taskrun = &mut forged["data"]["taskRun"];
+    taskrun["metadata"]["creationTimestamp"] = Value::from("2020-01-01T00:00:00Z");
+    for result in taskrun["status"]["taskResults"]
+        .as_array_mut()
+        .expect("the fixture has results")
+    {
+        if result["name"] == "commit" {
+            result["value"] = Value::from("forged");
+        }
+    }
+    let (status, body) = watcher.post_binary(&forged).await;
+    assert_eq!(
+        (status, body["published"].as_u64()),
+        (200, Some(0)),
+        "what the API implies is published already: {body}"
+    );
+    let (status, body) = watcher.post_structured(&forged).await;
+    assert_eq!(
+        (status, body["published"].as_u64()),
+        (200, Some(0)),
+        "{body}"
+    );
+    let events = harness.events().await;
+    assert_eq!(
+        of(&events, &running),
+        [
+            "created".to_owned(),
+            format!("scheduled:{}", running.pod_uid),
+            format!("step-completed:{}:clone", running.pod_uid),
+        ],
+        "no finished before the TaskRun finishes"
+    );
+
+    // The TaskRun really finishes: its `finished` is the API server's.
+    running
+        .reach(&harness, "ce-taskrun-05-successful.json")
+        .await;
+    let events = harness.wait_for_taskrun_events(&running.name, 5).await;
+    let live = harness
+        .taskruns()
+        .get(&running.name)
+        .await
+        .expect("reading the TaskRun");
+    let finished = events
+        .iter()
+        .find_map(|received| match &received.event.data {
+            LifecycleEvent::Finished(finished) => Some(finished.clone()),
+            _ => None,
+        })
+        .expect("a finished event");
+    assert_eq!(
+        Some(finished.taskrun_created_at),
+        live.metadata.creation_timestamp.map(|time| {
+            chrono::DateTime::from_timestamp(time.0.as_second(), 0).expect("a time")
+        })
+    );
+    assert!(
+        finished
+            .results
+            .iter()
+            .all(|result| result.value != "forged"),
+        "{:?}",
+        finished.results
+    );
+}
+
+#[tokio::test]
+async fn events_about_taskruns_the_api_server_does_not_have_publish_nothing() {
+    let harness = Harness::start("unknown").await;
+    let watcher = harness.start_watcher().await;
+    let real = Identity::create(&harness, "real-run").await;
+    harness.wait_for_taskrun_events(&real.name, 1).await;
+
+    // No TaskRun of that name, and the real TaskRun's name with another UID (an older,
+    // deleted TaskRun of the same name, or a made-up one).
+    let missing = Identity::unknown("no-such-run", "00000000-0000-4000-8000-0000000000e1");
+    let other_uid = Identity::unknown(&real.name, "00000000-0000-4000-8000-0000000000e2");
+    for file in ["ce-taskrun-01-queued.json", "ce-taskrun-05-successful.json"] {
+        for identity in [&missing, &other_uid] {
+            let (status, body) = watcher
+                .post_binary(&fixture(&harness, file, identity))
+                .await;
+            assert_eq!(
+                (status, body["ignored"].as_str()),
+                (202, Some("unknown_taskrun")),
+                "{file} about {}: {body}",
+                identity.uid
+            );
+        }
+    }
+    assert_eq!(
+        watcher
+            .metric(IGNORED, &[("event_type", "unknown_taskrun")])
+            .await,
+        4.0
+    );
+    let warned = watcher.log().lines().any(|line| {
+        serde_json::from_str::<Value>(line)
+            .is_ok_and(|line| line["level"] == "WARN" && line["uid"] == missing.uid.as_str())
+    });
+    assert!(
+        warned,
+        "logged at warn:
+{}",
+        watcher.log()
+    );
+
+    let events = harness.events().await;
+    assert_eq!(
+        transitions(&events),
+        [(real.name.clone(), "created".to_owned())]
+    );
+    assert!(of(&events, &missing).is_empty() && of(&events, &other_uid).is_empty());
+}
+
+/// A UID of a few KiB would be a KV key beyond nats-server's 4 KiB control line, which closes
+/// the connection (and fails every other TaskRun's events meanwhile). It is refused at the
+/// boundary, and the next valid event goes through on the same connection.
+#[tokio::test]
+async fn a_huge_uid_is_refused_and_valid_events_still_get_through() {
+    let harness = Harness::start("huge-uid").await;
+    let watcher = harness.start_watcher().await;
+    let huge = Identity::unknown("huge-uid", &"a".repeat(5 * 1024));
+    let (status, body) = watcher
+        .post_binary(&fixture(&harness, "ce-taskrun-01-queued.json", &huge))
+        .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_taskrun")),
+        "{body}"
+    );
+    let long_name = Identity::unknown(&"n".repeat(300), "00000000-0000-4000-8000-0000000000f1");
+    let (status, body) = watcher
+        .post_structured(&fixture(&harness, "ce-taskrun-01-queued.json", &long_name))
+        .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_taskrun")),
+        "{body}"
+    );
+
+    let valid = Identity::create(&harness, "after-huge").await;
+    let (status, body) = watcher
+        .post_binary(&fixture(&harness, "ce-taskrun-01-queued.json", &valid))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let events = harness.wait_for_taskrun_events(&valid.name, 1).await;
+    assert_eq!(events[0].transition(), "created");
+    assert_eq!(
+        watcher
+            .metric(INGRESS_REQUESTS, &[("outcome", "unavailable")])
+            .await,
+        0.0,
+        "the NATS connection never dropped"
+    );
+    let refusals = watcher
+        .log()
+        .lines()
+        .filter(|line| {
+            serde_json::from_str::<Value>(line)
+                .is_ok_and(|line| line["level"] == "WARN" && line["code"] == "invalid_taskrun")
+        })
+        .count();
+    assert_eq!(
+        refusals,
+        2,
+        "each refusal is logged at warn:\n{}",
+        watcher.log()
+    );
 }
 
 /// A malformed request and the error it must get.
@@ -345,7 +568,7 @@ async fn an_oversized_body_gets_413() {
     let mut harness = Harness::start("oversized").await;
     harness.set("COUNTERSIGN_INGRESS__MAX_BODY_BYTES", "65536");
     let watcher = harness.start_watcher().await;
-    let identity = Identity::new("big", "00000000-0000-4000-8000-0000000000b1");
+    let identity = Identity::unknown("big", "00000000-0000-4000-8000-0000000000b1");
     let mut event = fixture(&harness, "ce-taskrun-01-queued.json", &identity);
     event["data"]["taskRun"]["metadata"]["annotations"] =
         json!({ "padding": "x".repeat(100 * 1024) });
@@ -364,17 +587,23 @@ async fn an_oversized_body_gets_413() {
         2.0
     );
 
-    // Under the limit, the same event is taken.
+    // Under the limit, the same event is taken (and answered as one about a TaskRun the API
+    // server does not have).
     let small = fixture(&harness, "ce-taskrun-01-queued.json", &identity);
     let (status, answer) = watcher.post_structured(&small).await;
-    assert_eq!(status, 200, "{answer}");
+    assert_eq!(
+        (status, answer["ignored"].as_str()),
+        (202, Some("unknown_taskrun")),
+        "{answer}"
+    );
 }
 
 #[tokio::test]
 async fn nats_down_gets_503_and_the_retry_after_recovery_publishes_once() {
     let mut harness = Harness::start("nats-down").await;
     let watcher = harness.start_watcher().await;
-    let identity = Identity::new("while-down", "00000000-0000-4000-8000-0000000000d1");
+    let identity = Identity::create(&harness, "while-down").await;
+    harness.wait_for_taskrun_events(&identity.name, 1).await;
     let event = fixture(&harness, "ce-taskrun-01-queued.json", &identity);
 
     harness.nats.stop();

@@ -221,3 +221,58 @@ async fn names_with_dots_become_valid_subjects_and_spiffe_ids() {
         )
     );
 }
+
+#[tokio::test]
+async fn a_finished_event_over_the_max_payload_goes_out_trimmed_and_marked_oversized() {
+    let harness = Harness::start("oversized").await;
+    let mut watcher = harness.start_watcher().await;
+    let name = "huge-results-run";
+    let pod = format!("{name}-pod");
+
+    let uid = harness.create_taskrun(name).await;
+    harness.create_pod(name, &uid, &pod).await;
+    harness.wait_for_taskrun_events(name, 2).await;
+    // The succeeded status with one result of 1.1 MiB: the event in full is over nats-server's
+    // 1 MiB max payload (the object stays under etcd's 1.5 MiB request limit).
+    let mut status = crate::support::taskrun_status("taskrun-03-succeeded.json", &pod);
+    let huge = "x".repeat(1_100_000);
+    status["results"]
+        .as_array_mut()
+        .expect("the fixture has results")
+        .push(serde_json::json!({ "name": "huge", "type": "string", "value": huge }));
+    harness
+        .taskruns()
+        .patch_status(
+            name,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(serde_json::json!({ "status": status })),
+        )
+        .await
+        .expect("patching the TaskRun status");
+    harness.wait_for_taskrun_events(name, 3).await;
+
+    let status = watcher.terminate().await;
+    assert!(status.success(), "drained and exited 0: {status:?}");
+    let events: Vec<_> = harness
+        .events()
+        .await
+        .into_iter()
+        .filter(|received| received.name() == name)
+        .collect();
+    assert!(events.len() >= 3, "{events:?}");
+    let finished: Vec<_> = events
+        .iter()
+        .filter_map(|received| match &received.event.data {
+            LifecycleEvent::Finished(finished) => Some(finished),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(finished.len(), 1, "exactly one finished event");
+    let finished = finished[0];
+    let oversized = finished.oversized.expect("marked oversized");
+    assert!(oversized.bytes > oversized.limit, "{oversized:?}");
+    assert_eq!(oversized.limit, 1024 * 1024);
+    assert!(finished.results.is_empty());
+    assert!(finished.steps.iter().all(|step| step.results.is_empty()));
+    assert_eq!(finished.outcome, Outcome::Succeeded);
+}

@@ -184,6 +184,7 @@ fn finished(signed: &Signed, uid: String) -> TaskRunFinished {
             finished_at: Some(now),
             results: signed.entries.clone(),
         }],
+        oversized: None,
         declared_results: RESULTS.iter().map(|(name, _)| (*name).to_owned()).collect(),
     }
 }
@@ -389,7 +390,7 @@ async fn run_case(options: Options) -> anyhow::Result<CaseReport> {
         async {
             let _ = stopped.await;
         },
-        |ctx| run(ctx, None),
+        run,
     ));
     tokio::time::timeout(Duration::from_secs(120), readiness.wait_ready())
         .await

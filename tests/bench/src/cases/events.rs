@@ -228,6 +228,7 @@ fn payload(index: usize) -> TaskRunFinished {
             finished_at: Some(time(9)),
             results,
         }],
+        oversized: None,
         declared_results: vec!["commit".into()],
     }
 }

@@ -124,6 +124,7 @@ fn finished(name: &str) -> TaskRunFinished {
         completed_at: None,
         results: Vec::new(),
         steps: Vec::new(),
+        oversized: None,
         declared_results: Vec::new(),
     }
 }

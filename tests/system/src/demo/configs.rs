@@ -85,7 +85,7 @@ pub fn config_text(kind: ServiceKind, settings: &Settings, admin: SocketAddr) ->
     let consumer = "\n[consumer]\nnak_backoff = [\"500ms\", \"1s\", \"2s\", \"5s\"]\n";
     let specific = match kind {
         ServiceKind::Watcher => format!(
-            "\n[cluster]\nname = {cluster}\nspire_trust_domain = {td}\n\n\
+            "\n[cluster]\nname = {cluster}\n\n[spire]\ntrust_domain = {td}\n\n\
              [kubernetes]\nkubeconfig = {kubeconfig}\n\n\
              [ingress]\nlisten = {ingress}\n",
             cluster = quote(CLUSTER_NAME),

@@ -1,10 +1,13 @@
-//! The TaskRun's verdict from its steps' verdicts, its merged `status.results` and the results
-//! its Task declares, with the same rules as `ResultsVerifier::verify_taskrun` (which checks
-//! every step at once; here each step was checked when it completed):
+//! The one TaskRun rule: the TaskRun's verdict from its steps' verdicts (each step checked by
+//! [`crate::steps::verify_step`], the attestor when the step completed, the command all at once),
+//! its merged `status.results` and the results its Task declares:
 //!
 //! 1. the first rejected step (in step order) rejects the TaskRun with its reason;
 //! 2. when no step signed anything: no merged results and no declared results (signing keys
-//!    aside) is [`Decision::NoResults`]; otherwise the results are `unsigned_results`;
+//!    aside) is [`Decision::NoResults`]; otherwise the results are `unsigned_results`, also
+//!    when the Task declared results that no step wrote or signed (an empty `status.results`
+//!    does not make a TaskRun that should have produced results look like one with nothing to
+//!    verify);
 //! 3. every merged result (signing keys aside, which released Tekton shows as ordinary string
 //!    results) must equal, canonically, what the last step that signed it signed
 //!    (`results_mismatch` otherwise);
@@ -12,11 +15,13 @@
 
 use std::collections::BTreeMap;
 
+use countersign_identity::intoto::Verdict;
 use countersign_identity::tekton::{
-    Check, CheckOutcome, Freshness, MergedResult, Outcome, ReasonCode, ResultValue, VerifiedValue,
+    Check, CheckOutcome, Freshness, Outcome, ReasonCode, ResultValue, VerifiedValue,
     checks_for_failure, is_signing_key,
 };
 
+use crate::snapshot::MergedResult;
 use crate::steps::{StepOutcome, StepVerdict, VerifiedStep};
 
 /// The TaskRun's verdict.
@@ -65,12 +70,12 @@ pub struct RejectedDecision {
 }
 
 impl Decision {
-    /// `verified`, `rejected` or `no_results`.
-    pub fn verdict_label(&self) -> &'static str {
+    /// The verdict.
+    pub fn verdict(&self) -> Verdict {
         match self {
-            Decision::Verified(_) => "verified",
-            Decision::NoResults => "no_results",
-            Decision::Rejected(_) => "rejected",
+            Decision::Verified(_) => Verdict::Verified,
+            Decision::NoResults => Verdict::NoResults,
+            Decision::Rejected(_) => Verdict::Rejected,
         }
     }
 
@@ -403,9 +408,40 @@ mod tests {
             decide(&[no_results("build")], &merged_results, &[], &CHECKED).reason(),
             Some(ReasonCode::UnsignedResults)
         );
+    }
+
+    /// The rule kept from the two TaskRun verifiers there were: a Task that declares results
+    /// whose steps wrote and signed none is rejected, not `no_results` (the deleted
+    /// `ResultsVerifier::verify_taskrun` looked at the merged results only, so it called an empty
+    /// `status.results` "nothing to verify" whatever the Task declared).
+    #[test]
+    fn a_taskrun_that_declared_results_and_signed_none_is_unsigned_results() {
+        for steps in [vec![], vec![no_results("build")]] {
+            let decision = decide(&steps, &[], &["commit".into()], &CHECKED);
+            assert_eq!(decision.verdict(), Verdict::Rejected);
+            assert_eq!(decision.reason(), Some(ReasonCode::UnsignedResults));
+            let Decision::Rejected(rejected) = decision else {
+                panic!("rejected expected");
+            };
+            assert_eq!(
+                rejected
+                    .checks
+                    .iter()
+                    .find(|check| check.check == Check::SvidPresent)
+                    .map(|check| check.outcome),
+                Some(Outcome::Failed)
+            );
+        }
+    }
+
+    #[test]
+    fn each_decision_has_its_verdict() {
+        assert_eq!(Decision::NoResults.verdict(), Verdict::NoResults);
+        let steps = [verified("build", &[("commit", "a")])];
+        let merged_results = [merged("commit", ResultValue::String("a".into()))];
         assert_eq!(
-            decide(&[no_results("build")], &[], &["commit".into()], &CHECKED).reason(),
-            Some(ReasonCode::UnsignedResults)
+            decide(&steps, &merged_results, &[], &CHECKED).verdict(),
+            Verdict::Verified
         );
     }
 

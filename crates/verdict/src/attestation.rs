@@ -4,7 +4,8 @@
 //!
 //! Also the conversions between the verifier's [`SignedAttestation`] (one PEM text of
 //! certificates) and the event contract's (a list of PEM certificates), so that anyone holding
-//! an event can check it with `countersign_identity::attestation::AttestationVerifier`.
+//! an event can check it with `countersign_identity::attestation::AttestationVerifier`, and
+//! [`AttestationEventExt`], what an event says read in the verifier's terms.
 
 use base64::Engine as _;
 use chrono::{DateTime, Utc};
@@ -23,7 +24,7 @@ use countersign_identity::intoto::{
 use countersign_identity::svid::{SigningSvid, der_to_pem, pem_to_ders};
 
 use crate::decide::Decision;
-use crate::reason::event_reason;
+use crate::reason::VerifierReasonExt as _;
 
 /// What an attestation says about the TaskRun besides the verdict.
 #[derive(Debug, Clone, Copy)]
@@ -129,7 +130,7 @@ pub fn attest(
         }),
         Decision::Rejected(rejected) => AttestationEvent::Rejected(AttestationRejected {
             taskrun: taskrun.clone(),
-            reason: event_reason(rejected.reason),
+            reason: rejected.reason.to_event_reason(),
             message: rejected.message.clone(),
             step: rejected.step.clone(),
             spiffe_id,
@@ -242,37 +243,29 @@ pub fn envelope_digest(envelope: &DsseEnvelope) -> Sha256Digest {
     Sha256Digest::of(&serde_json::to_vec(envelope).unwrap_or_default())
 }
 
-/// The attestation of an attestation event.
-pub fn event_attestation(event: &AttestationEvent) -> &EventAttestation {
-    match event {
-        AttestationEvent::Verified(verified) => &verified.attestation,
-        AttestationEvent::Rejected(rejected) => &rejected.attestation,
-    }
+/// What an attestation event says, in the verifier's terms (an extension of the events crate's
+/// [`AttestationEvent`], which cannot name `countersign_identity`'s types; the plain readers,
+/// `taskrun()`, `attestation()`, `attested_at()`, are its own methods).
+pub trait AttestationEventExt {
+    /// The verdict: `verified` and `no_results` are both `verified` events.
+    fn verdict(&self) -> Verdict;
+
+    /// The attestation in the verifier's form (see [`from_event_attestation`]).
+    fn signed_attestation(&self) -> Result<SignedAttestation, FromEventError>;
 }
 
-/// The TaskRun of an attestation event.
-pub fn event_taskrun(event: &AttestationEvent) -> &TaskRunRef {
-    match event {
-        AttestationEvent::Verified(verified) => &verified.taskrun,
-        AttestationEvent::Rejected(rejected) => &rejected.taskrun,
+impl AttestationEventExt for AttestationEvent {
+    fn verdict(&self) -> Verdict {
+        match self {
+            AttestationEvent::Verified(verified) => match verified.verdict {
+                EventVerdict::Verified => Verdict::Verified,
+                EventVerdict::NoResults => Verdict::NoResults,
+            },
+            AttestationEvent::Rejected(_) => Verdict::Rejected,
+        }
     }
-}
 
-/// `verified`, `no_results` or `rejected`.
-pub fn event_verdict_label(event: &AttestationEvent) -> &'static str {
-    match event {
-        AttestationEvent::Verified(verified) => match verified.verdict {
-            EventVerdict::Verified => "verified",
-            EventVerdict::NoResults => "no_results",
-        },
-        AttestationEvent::Rejected(_) => "rejected",
-    }
-}
-
-/// When the attestor decided.
-pub fn event_attested_at(event: &AttestationEvent) -> DateTime<Utc> {
-    match event {
-        AttestationEvent::Verified(verified) => verified.attested_at,
-        AttestationEvent::Rejected(rejected) => rejected.attested_at,
+    fn signed_attestation(&self) -> Result<SignedAttestation, FromEventError> {
+        from_event_attestation(self.attestation())
     }
 }

@@ -2,19 +2,20 @@
 //! the trust bundle current when the step completed, recorded so that the TaskRun's verdict can
 //! be decided later from every step ([`crate::decide`]).
 //!
-//! A [`StepVerdict`] is what the attestor stores in the step-verdicts bucket (key: TaskRun UID,
+//! A [`StepVerdict`] is what the attestor stores in its step-verdicts bucket (key: TaskRun UID,
 //! pod UID, step name). It is attestor-internal JSON, not part of the event contract.
 
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
+use countersign_error_report::error_chain;
 use countersign_identity::crypto::Sha256Digest;
+use countersign_identity::intoto::Verdict;
 use countersign_identity::svid::SvidLeaf;
 use countersign_identity::tekton::{
     Check, CheckOutcome, KEY_SVID, ReasonCode, ResultType, ResultsVerifier, TerminationEntry,
     TerminationMessage, VerifiedValue, canonical, checks_for_failure,
 };
-use countersign_runtime::error_chain;
 use serde::{Deserialize, Serialize};
 
 /// The type-1 entries (TaskRun results and signing material) of a step's termination message,
@@ -114,12 +115,12 @@ impl StepVerdict {
         }
     }
 
-    /// `verified`, `rejected` or `no_results`.
-    pub fn verdict_label(&self) -> &'static str {
+    /// The step's verdict.
+    pub fn verdict(&self) -> Verdict {
         match self.outcome {
-            StepOutcome::NoResults => "no_results",
-            StepOutcome::Verified(_) => "verified",
-            StepOutcome::Rejected(_) => "rejected",
+            StepOutcome::NoResults => Verdict::NoResults,
+            StepOutcome::Verified(_) => Verdict::Verified,
+            StepOutcome::Rejected(_) => Verdict::Rejected,
         }
     }
 }

@@ -1,24 +1,30 @@
 //! End to end through the real binaries and peers: the `countersign-signer` binary signs as a
 //! workload of the real spire-agent, the attestor (in-process) verifies and publishes, and the
-//! real `countersign` binary reads (`get`, `tail --json`) and checks (`verify`) what it made.
+//! real `countersign` binary (built by [`cli_binary`], not linked: no service depends on another)
+//! reads (`get`, `tail --json`) and checks (`verify`) what it made.
 
-#[path = "../../attestor/tests/support/mod.rs"]
 mod support;
 
 use std::path::Path;
 use std::process::{Output, Stdio};
 
 use chrono::{TimeDelta, Utc};
-use countersign_cli::exit_code;
 use countersign_test_support::nats::NatsServer;
 use countersign_test_support::spire::SpireOptions;
 use support::*;
 use tokio::io::AsyncBufReadExt as _;
 
-const COUNTERSIGN: &str = env!("CARGO_BIN_EXE_countersign");
+/// The `countersign` command's documented exit codes (`countersign --help`,
+/// `countersign_cli::exit_code`): its contract, so written out here.
+mod exit_code {
+    pub const OK: u8 = 0;
+    pub const REJECTED: u8 = 1;
+    pub const NOT_FOUND: u8 = 3;
+    pub const UNAVAILABLE: u8 = 69;
+}
 
 async fn countersign(nats_url: &str, args: &[&str]) -> Output {
-    tokio::process::Command::new(COUNTERSIGN)
+    tokio::process::Command::new(cli_binary())
         .args(args)
         .args(["--nats-url", nats_url])
         .env_remove("COUNTERSIGN_TRUST_DOMAIN")
@@ -157,7 +163,7 @@ async fn tail_json_follows_attestations_as_they_are_published() {
     attestor.wait_ready().await;
 
     // A live tail, waiting for the next two attestations.
-    let mut tail = tokio::process::Command::new(COUNTERSIGN)
+    let mut tail = tokio::process::Command::new(cli_binary())
         .args(["tail", "--json", "--count", "2", "--nats-url", &nats.url()])
         .env_remove("COUNTERSIGN_PREFIX")
         .stdout(Stdio::piped())

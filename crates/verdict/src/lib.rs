@@ -1,0 +1,31 @@
+//! The TaskRun verdict, as one library: the attestor decides and signs with it, the
+//! `countersign` command checks offline and reads with it, and the gate reads with it. So every
+//! party applies the same rule and reads the same layout.
+//!
+//! The map:
+//!
+//! - [`snapshot`]: what the rule needs from a TaskRun object (its steps' signed entries, its
+//!   merged `status.results`), read from Tekton's JSON.
+//! - [`steps`]: one step's verdict ([`steps::verify_step`], `countersign_identity`'s verifier
+//!   over the step's signed set).
+//! - [`decide`]: the one TaskRun rule: the TaskRun's [`decide::Decision`] from its steps'
+//!   verdicts, its merged results and the results its Task declares.
+//! - [`Verdict`]: the one verdict enum (`verified`, `rejected`, `no_results`) every label comes
+//!   from.
+//! - [`reason`]: the verifier's reason codes as the event contract's, and back.
+//! - [`attestation`]: a decision signed as an attestation event, and an event's attestation read
+//!   back for an offline check.
+//! - [`store`]: the public KV layout of attestations (attestations by TaskRun UID, the name
+//!   index): keys, reading, and the attestor's create-if-absent write.
+
+pub mod attestation;
+pub mod decide;
+pub mod reason;
+pub mod snapshot;
+pub mod steps;
+pub mod store;
+
+pub use attestation::AttestationEventExt;
+pub use countersign_identity::intoto::Verdict;
+pub use decide::{Decision, decide};
+pub use reason::{EventReasonExt, VerifierReasonExt};

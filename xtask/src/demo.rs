@@ -1,4 +1,4 @@
-//! `cargo xtask demo [--keep-running]`: the whole system on one machine, end to end.
+//! `cargo xtask demo [--keep-running] [--traces]`: the whole system on one machine, end to end.
 //!
 //! Ensures the peers, then runs the demo binary `countersign-demo` of `tests/system` with
 //! `cargo run` (cargo's progress shown while it builds), which builds the six binaries and plays
@@ -12,6 +12,10 @@ pub struct Args {
     /// Keep everything running after the scenario (and print how to look at it) until Ctrl-C.
     #[arg(long)]
     keep_running: bool,
+    /// Export every service's spans to a Jaeger started for the demo, and print the first
+    /// TaskRun's trace as a tree of spans read back from Jaeger's query API.
+    #[arg(long)]
+    traces: bool,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -34,6 +38,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     ])?;
     if args.keep_running {
         command.arg("--keep-running");
+    }
+    if args.traces {
+        command.arg("--traces");
     }
     eprintln!("demo: building and running the demo: {command:?}");
     Err(crate::cargo::exec(command))

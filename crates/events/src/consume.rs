@@ -43,7 +43,7 @@ use crate::metrics::{ConsumeOutcome, ConsumerMetrics, EventMetrics};
 use crate::payload::EventPayload;
 use crate::subject::Subjects;
 use crate::topology::{Bus, ConsumerSpec, SetupError};
-use crate::trace::set_remote_parent;
+use crate::trace::{set_error_status, set_remote_parent};
 
 /// A boxed error, the source of a [`HandlerError`].
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
@@ -643,6 +643,26 @@ async fn process<T, H>(
     } else {
         match decode::<T>(message.headers.as_ref(), &message.payload, &shared.limits) {
             Err(error) => {
+                // Its trace context is read from the headers alone, so that the trace it came
+                // with shows where it ended.
+                let span = tracing::info_span!(
+                    "handle_event",
+                    consumer = %shared.name,
+                    attempt = delivery.attempt,
+                );
+                let header = |name: &str| {
+                    message
+                        .headers
+                        .as_ref()
+                        .and_then(|headers| headers.get(name))
+                        .map(|value| value.as_str().to_owned())
+                };
+                set_remote_parent(
+                    &span,
+                    header(CE_TRACEPARENT).as_deref(),
+                    header(CE_TRACESTATE).as_deref(),
+                );
+                let _entered = span.enter();
                 tracing::warn!(
                     consumer = %shared.name,
                     stream_sequence = delivery.stream_sequence,
@@ -651,11 +671,13 @@ async fn process<T, H>(
                     error = %error_chain(&error),
                     "undecodable message"
                 );
-                disposition(
+                let disposition = disposition(
                     Processed::Undecodable(&error),
                     delivery.attempt,
                     &shared.retry,
-                )
+                );
+                mark_dead_lettered(&span, &disposition);
+                disposition
             }
             Ok(event) => {
                 let span = tracing::info_span!(
@@ -685,11 +707,28 @@ async fn process<T, H>(
                         "event handler failed"
                     );
                 }
-                disposition(Processed::Handled(&result), delivery.attempt, &shared.retry)
+                let disposition =
+                    disposition(Processed::Handled(&result), delivery.attempt, &shared.retry);
+                mark_dead_lettered(&span, &disposition);
+                disposition
             }
         }
     };
     settle(&shared, &message, &delivery, disposition).await;
+}
+
+/// The trace attributes as NATS headers (the CloudEvents binary mode's `ce-` prefix).
+const CE_TRACEPARENT: &str = "ce-traceparent";
+const CE_TRACESTATE: &str = "ce-tracestate";
+
+/// A dead-lettered event's span ends with an error status: the reason and its detail.
+fn mark_dead_lettered(span: &tracing::Span, disposition: &Disposition) {
+    if let Disposition::DeadLetter(note) = disposition {
+        set_error_status(
+            span,
+            format!("dead-lettered ({}): {}", note.reason.as_str(), note.detail),
+        );
+    }
 }
 
 /// Runs the handler, telling the server every `every` that the message is still being worked on.

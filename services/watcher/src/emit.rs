@@ -15,8 +15,10 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use countersign_events::data::TaskRunRef;
+use countersign_events::trace::set_taskrun_parent;
 use countersign_events::{EventPayload, LifecycleEvent, PublishError, Published, Publisher};
 use tokio::sync::OwnedMutexGuard;
+use tracing::Instrument;
 
 use crate::derive::{Derived, deleted_transition};
 use crate::metrics::{SkipReason, Source, WatcherMetrics};
@@ -108,12 +110,26 @@ impl Emitter {
 
     /// Publishes the transitions of `derived` that are not yet published, in order, and records
     /// them. A failure in the middle still records what was published before it.
-    #[tracing::instrument(
-        name = "publish_transitions",
-        skip_all,
-        fields(taskrun = %derived.taskrun.name, namespace = %derived.taskrun.namespace, source = source.as_str())
-    )]
+    /// Every publication of one TaskRun is in that TaskRun's trace ([`set_taskrun_parent`]).
     pub async fn emit(&self, source: Source, derived: &Derived) -> Result<Emitted, EmitError> {
+        let span = tracing::info_span!(
+            "publish_transitions",
+            taskrun = %derived.taskrun.name,
+            namespace = %derived.taskrun.namespace,
+            uid = %derived.taskrun.uid,
+            source = source.as_str(),
+        );
+        set_taskrun_parent(&span, &derived.taskrun.uid);
+        self.publish_transitions(source, derived)
+            .instrument(span)
+            .await
+    }
+
+    async fn publish_transitions(
+        &self,
+        source: Source,
+        derived: &Derived,
+    ) -> Result<Emitted, EmitError> {
         let uid = derived.taskrun.uid.as_str();
         // A UID that cannot be recorded is refused before anything is published.
         self.log.check_uid(uid)?;
@@ -235,8 +251,13 @@ impl Emitter {
 
     /// Publishes the `deleted` event of TaskRun `uid`, if the log knows it as live, and marks
     /// it deleted.
-    #[tracing::instrument(name = "publish_deleted", skip_all, fields(uid = %uid, source = source.as_str()))]
     pub async fn emit_deleted(&self, source: Source, uid: &str) -> Result<Emitted, EmitError> {
+        let span = tracing::info_span!("publish_deleted", uid = %uid, source = source.as_str());
+        set_taskrun_parent(&span, uid);
+        self.publish_deleted(source, uid).instrument(span).await
+    }
+
+    async fn publish_deleted(&self, source: Source, uid: &str) -> Result<Emitted, EmitError> {
         let _guard = self.locks.lock(uid).await;
         let record = match self.log.get(uid) {
             Some(Known::Live(record)) => record,

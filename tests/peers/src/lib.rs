@@ -2,7 +2,7 @@
 //! kube-apiserver, and for a real node kubelet, kube-scheduler, kube-controller-manager and Tekton
 //! Pipelines' controller, entrypoint and nop), kustomize to render the deployment manifests, and the
 //! independent verifiers of our attestation formats (cosign, slsa-verifier, and dsse-verify: our own
-//! few lines around go-securesystemslib's DSSE verifier), from the Go module proxy, into a per-machine
+//! few lines around go-securesystemslib's DSSE verifier) and a trace store (Jaeger v2), from the Go module proxy, into a per-machine
 //! cache outside the repository. The container runtime (containerd, runc, the CNI plugins) comes from
 //! Debian's packages instead: see [`runtime`].
 //!
@@ -55,10 +55,13 @@ pub enum Peer {
     Cosign,
     /// `slsa-verifier` (reads SLSA VSAs).
     SlsaVerifier,
+    // --- Trace store (issue 19): where the services' OTLP spans are read back from.
+    /// Jaeger v2 (an OpenTelemetry Collector distribution with a query API).
+    Jaeger,
 }
 
 impl Peer {
-    pub const ALL: [Peer; 15] = [
+    pub const ALL: [Peer; 16] = [
         Peer::NatsServer,
         Peer::SpireServer,
         Peer::SpireAgent,
@@ -75,6 +78,8 @@ impl Peer {
         Peer::DsseVerify,
         Peer::Cosign,
         Peer::SlsaVerifier,
+        // Trace store.
+        Peer::Jaeger,
     ];
 
     /// The binary's file name.
@@ -96,6 +101,8 @@ impl Peer {
             Peer::DsseVerify => "dsse-verify",
             Peer::Cosign => "cosign",
             Peer::SlsaVerifier => "slsa-verifier",
+            // Trace store.
+            Peer::Jaeger => "jaeger",
         }
     }
 
@@ -114,6 +121,8 @@ impl Peer {
             Peer::DsseVerify => &DSSE_VERIFY,
             Peer::Cosign => &COSIGN,
             Peer::SlsaVerifier => &SLSA_VERIFIER,
+            // Trace store.
+            Peer::Jaeger => &JAEGER,
         }
     }
 
@@ -135,6 +144,8 @@ impl Peer {
             Peer::DsseVerify => "countersign.dev/tests/peers/dsse-verify",
             Peer::Cosign => "github.com/sigstore/cosign/v3/cmd/cosign",
             Peer::SlsaVerifier => "github.com/slsa-framework/slsa-verifier/v2/cli/slsa-verifier",
+            // Trace store.
+            Peer::Jaeger => "github.com/jaegertracing/jaeger/cmd/jaeger",
         }
     }
 }
@@ -233,7 +244,15 @@ const SLSA_VERIFIER: GoModule = GoModule {
     cgo: false,
     cold_build_estimate: "about 2 minutes",
 };
-const MODULES: [&GoModule; 9] = [
+// --- Trace store (issue 19).
+const JAEGER: GoModule = GoModule {
+    dir: "jaeger",
+    upstream: "github.com/jaegertracing/jaeger",
+    peers: &[Peer::Jaeger],
+    cgo: false,
+    cold_build_estimate: "about 12 minutes",
+};
+const MODULES: [&GoModule; 10] = [
     &NATS,
     &SPIRE,
     &ETCD,
@@ -244,6 +263,8 @@ const MODULES: [&GoModule; 9] = [
     &DSSE_VERIFY,
     &COSIGN,
     &SLSA_VERIFIER,
+    // Trace store.
+    &JAEGER,
 ];
 
 /// Where a built peer is, and what it is.
@@ -274,6 +295,8 @@ pub struct Peers {
     pub dsse_verify: PeerBinary,
     pub cosign: PeerBinary,
     pub slsa_verifier: PeerBinary,
+    // Trace store.
+    pub jaeger: PeerBinary,
 }
 
 impl Peers {
@@ -295,6 +318,8 @@ impl Peers {
             Peer::DsseVerify => &self.dsse_verify,
             Peer::Cosign => &self.cosign,
             Peer::SlsaVerifier => &self.slsa_verifier,
+            // Trace store.
+            Peer::Jaeger => &self.jaeger,
         }
     }
 
@@ -625,6 +650,8 @@ fn assemble(
         dsse_verify: binary(Peer::DsseVerify)?,
         cosign: binary(Peer::Cosign)?,
         slsa_verifier: binary(Peer::SlsaVerifier)?,
+        // Trace store.
+        jaeger: binary(Peer::Jaeger)?,
     })
 }
 

@@ -10,8 +10,10 @@
 //! - [`spire`]: [`spire::Spire`], a server, a join token and an agent, plus workload registration helpers.
 //! - [`kube`]: [`kube::KubeApiserver`], etcd and kube-apiserver with RBAC, certificates and the
 //!   Tekton TaskRun CRD.
+//! - [`jaeger`]: [`jaeger::Jaeger`], the trace store the services export OTLP to.
 
 pub mod images;
+pub mod jaeger;
 pub mod kube;
 pub mod nats;
 pub mod node;

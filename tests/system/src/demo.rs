@@ -137,6 +137,15 @@ pub struct Demo {
 impl Demo {
     /// Starts the peers and the services, printing what starts and what is awaited.
     pub async fn start(binaries: Binaries, reporter: Reporter) -> Result<Demo, StartError> {
+        Demo::start_exporting_to(binaries, reporter, None).await
+    }
+
+    /// [`Demo::start`], with every service exporting its spans to `otlp_endpoint` when set.
+    pub async fn start_exporting_to(
+        binaries: Binaries,
+        reporter: Reporter,
+        otlp_endpoint: Option<String>,
+    ) -> Result<Demo, StartError> {
         reporter.heading("Starting Countersign on one machine, against the real peers");
         let dir = countersign_test_support::short_tempdir("cs-demo-");
         let dir_path = canonical(dir.path())?;
@@ -276,6 +285,7 @@ impl Demo {
             pods_dir,
             sink_url: sink.url(),
             ingress: loopback(free_port()),
+            otlp_endpoint,
         };
         let services = start_services(&binaries, &settings, &dir_path, &reporter).await?;
         let cluster = Cluster::new(kube.client(), NAMESPACE, NODE_NAME);

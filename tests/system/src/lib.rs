@@ -14,6 +14,7 @@
 //! - [`demo`]: the whole system on one machine, end to end (`cargo xtask demo` and
 //!   `tests/demo.rs`): the peers and every service as its own process, two TaskRuns played
 //!   through the API server, and what is expected of them.
+//! - [`traces`]: traces read back from Jaeger's query API, and shown as a tree of spans.
 
 pub mod demo;
 pub mod http;
@@ -21,6 +22,7 @@ pub mod nack;
 pub mod nats_auth;
 pub mod promql;
 pub mod render;
+pub mod traces;
 
 use std::path::PathBuf;
 

@@ -1,4 +1,4 @@
-//! `countersign-demo [--keep-running]`: the whole system on one machine, end to end. What
+//! `countersign-demo [--keep-running] [--traces]`: the whole system on one machine, end to end. What
 //! `cargo xtask demo` runs (with `cargo run`, so cargo's progress shows while this crate and the
 //! workspace build; xtask itself stays small to build).
 //!
@@ -10,11 +10,14 @@
 //! rejected with `signature_invalid` and `countersign verify` accepts the first, so it doubles
 //! as an end-to-end check. Everything is stopped and removed at the end, unless `--keep-running`,
 //! which leaves it up until Ctrl-C. Ctrl-C at any point stops and removes everything.
+//! `--traces` also starts Jaeger, has every service export its spans to it, and prints the first
+//! TaskRun's trace as a tree of spans read back from Jaeger's query API.
 
 use std::process::ExitCode;
 use std::time::Instant;
 
 use countersign_system_tests::demo::{Binaries, Demo, Origin, Reporter, binaries, error_lines};
+use countersign_system_tests::traces::TraceStore;
 
 /// The exit status after Ctrl-C interrupted the demo (128 + SIGINT).
 const INTERRUPTED: u8 = 130;
@@ -24,13 +27,17 @@ const USAGE: u8 = 64;
 
 fn main() -> ExitCode {
     let mut keep_running = false;
+    let mut traces = false;
     for arg in std::env::args().skip(1) {
         match arg.as_str() {
             "--keep-running" => keep_running = true,
+            "--traces" => traces = true,
             "-h" | "--help" => {
                 println!(
-                    "usage: countersign-demo [--keep-running]\n\n  --keep-running  keep \
-                     everything running after the scenario, until Ctrl-C"
+                    "usage: countersign-demo [--keep-running] [--traces]\n\n  --keep-running  keep \
+                     everything running after the scenario, until Ctrl-C\n  --traces        export \
+                     every service's spans to a Jaeger started for the demo and print the first \
+                     TaskRun's trace"
                 );
                 return ExitCode::SUCCESS;
             }
@@ -67,15 +74,27 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let code = runtime.block_on(run_demo(keep_running, binaries));
+    let code = runtime.block_on(run_demo(keep_running, traces, binaries));
     eprintln!("demo: finished in {:.1}s", started.elapsed().as_secs_f64());
     code
 }
 
-async fn run_demo(keep_running: bool, binaries: Binaries) -> ExitCode {
+async fn run_demo(keep_running: bool, traces: bool, binaries: Binaries) -> ExitCode {
     let reporter = Reporter::stdout();
+    let store = if traces {
+        match TraceStore::start(&reporter).await {
+            Ok(store) => Some(store),
+            Err(error) => {
+                report_error(&reporter, "the trace store did not start", &error);
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        None
+    };
+    let otlp_endpoint = store.as_ref().map(TraceStore::otlp_endpoint);
     let demo = tokio::select! {
-        started = Demo::start(binaries, reporter.clone()) => match started {
+        started = Demo::start_exporting_to(binaries, reporter.clone(), otlp_endpoint) => match started {
             Ok(demo) => demo,
             Err(error) => {
                 report_error(&reporter, "the system did not start", &error);
@@ -110,7 +129,19 @@ async fn run_demo(keep_running: bool, binaries: Binaries) -> ExitCode {
                     "PASSED: the honest TaskRun is verified, the tampered one rejected \
                      (signature_invalid), and countersign verify accepts the attestation",
                 );
-                ExitCode::SUCCESS
+                match &store {
+                    Some(store) => match store
+                        .show_taskrun(&reporter, &report.honest.name, &report.honest.uid)
+                        .await
+                    {
+                        Ok(()) => ExitCode::SUCCESS,
+                        Err(error) => {
+                            report_error(&reporter, "the first TaskRun's trace", &error);
+                            ExitCode::FAILURE
+                        }
+                    },
+                    None => ExitCode::SUCCESS,
+                }
             } else {
                 reporter.line(Origin::Demo, format!("FAILED:\n{}", unexpected.join("\n")));
                 ExitCode::FAILURE

@@ -60,6 +60,8 @@ pub struct Settings {
     pub sink_url: String,
     /// The watcher's Tekton CloudEvents ingress.
     pub ingress: SocketAddr,
+    /// Where every service exports its spans (`telemetry.otlp_endpoint`), when traces are shown.
+    pub otlp_endpoint: Option<String>,
 }
 
 /// The path of the signer copy a pod runs, as the registrar's selector template names it
@@ -117,7 +119,11 @@ pub fn config_text(kind: ServiceKind, settings: &Settings, admin: SocketAddr) ->
             url = quote(&settings.sink_url),
         ),
     };
-    format!("{common}{specific}")
+    let telemetry = match &settings.otlp_endpoint {
+        Some(endpoint) => format!("\n[telemetry]\notlp_endpoint = {}\n", quote(endpoint)),
+        None => String::new(),
+    };
+    format!("{common}{specific}{telemetry}")
 }
 
 /// A TOML basic string.
@@ -145,6 +151,7 @@ mod tests {
             pods_dir: "/tmp/cs-demo-x/pods".into(),
             sink_url: "http://127.0.0.1:8099/".into(),
             ingress: "127.0.0.1:8098".parse().unwrap(),
+            otlp_endpoint: None,
         }
     }
 
@@ -185,6 +192,42 @@ mod tests {
         let relay: countersign_relay::RelayConfig = load(ServiceKind::Relay);
         assert_eq!(relay.sinks.len(), 1);
         assert_eq!(relay.sinks[0].name, SINK_NAME);
+    }
+
+    #[test]
+    fn every_service_exports_its_spans_when_an_otlp_endpoint_is_set() {
+        fn endpoint<C: ServiceConfig>(kind: ServiceKind, settings: &Settings) -> Option<String> {
+            let text = config_text(kind, settings, "127.0.0.1:9999".parse().unwrap());
+            let config: C = parse_config(&text, &Environment::new()).unwrap();
+            config
+                .telemetry()
+                .otlp_endpoint
+                .as_ref()
+                .map(|url| url.to_string())
+        }
+        let mut settings = settings();
+        assert_eq!(
+            endpoint::<countersign_relay::RelayConfig>(ServiceKind::Relay, &settings),
+            None
+        );
+        settings.otlp_endpoint = Some("http://127.0.0.1:4317".into());
+        let expected = Some("http://127.0.0.1:4317/".to_owned());
+        assert_eq!(
+            endpoint::<countersign_watcher::WatcherConfig>(ServiceKind::Watcher, &settings),
+            expected
+        );
+        assert_eq!(
+            endpoint::<countersign_registrar::RegistrarConfig>(ServiceKind::Registrar, &settings),
+            expected
+        );
+        assert_eq!(
+            endpoint::<countersign_attestor::AttestorConfig>(ServiceKind::Attestor, &settings),
+            expected
+        );
+        assert_eq!(
+            endpoint::<countersign_relay::RelayConfig>(ServiceKind::Relay, &settings),
+            expected
+        );
     }
 
     #[test]

@@ -204,7 +204,7 @@ impl TraceStore {
             trace.spans_of("relay", "handle_event").next().is_some()
         })
         .await?;
-        reporter.heading(&format!(
+        reporter.heading(format!(
             "The trace of {taskrun}: {} spans (GET http://{address}/api/traces/{trace_id})",
             trace.spans.len()
         ));

@@ -28,6 +28,14 @@ use prometheus_client::registry::{Metric, Registry, Unit};
 /// The prefix of every metric registered through [`Metrics::register`].
 pub const METRIC_PREFIX: &str = "countersign";
 
+/// The buckets of the end-to-end latency histograms (`countersign_attestation_latency_seconds`,
+/// `countersign_registration_latency_seconds`): 1 ms to 10 minutes, with the 50 ms of the
+/// latency goals a bucket bound so `histogram_quantile` is exact there.
+pub const END_TO_END_LATENCY_BUCKETS: [f64; 18] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    120.0, 300.0, 600.0,
+];
+
 /// The `Content-Type` of the OpenMetrics text format that [`Metrics::encode`] writes.
 pub const OPENMETRICS_CONTENT_TYPE: &str =
     "application/openmetrics-text; version=1.0.0; charset=utf-8";

@@ -33,6 +33,7 @@ use countersign_runtime::error_chain;
 use tracing::Instrument as _;
 
 use crate::annotate::{AnnotateError, Annotator};
+use crate::latency::latest_finish;
 use countersign_verdict::attestation::{
     AttestationEventExt as _, AttestationFacts, attest, envelope_digest,
 };
@@ -168,7 +169,9 @@ impl Attestor {
                     taskrun = %format_args!("{}/{}", finished.taskrun.namespace, finished.taskrun.name),
                     uid = %finished.taskrun.uid,
                 );
-                self.on_finished(finished).instrument(span).await
+                self.on_finished(finished, event.time)
+                    .instrument(span)
+                    .await
             }
             other => {
                 tracing::debug!(event_type = %other.event_type(), "not an attestor event; ignored");
@@ -272,7 +275,11 @@ impl Attestor {
         Ok(())
     }
 
-    async fn on_finished(&self, finished: TaskRunFinished) -> Result<(), AttestError> {
+    async fn on_finished(
+        &self,
+        finished: TaskRunFinished,
+        observed_at: chrono::DateTime<Utc>,
+    ) -> Result<(), AttestError> {
         let started = Instant::now();
         let parts = &*self.inner;
         let policy = self.policy(
@@ -335,6 +342,11 @@ impl Attestor {
         parts.metrics.kv_conflicts(INDEX_BUCKET, conflicts);
 
         self.publish_once(&event, fresh).await?;
+        if let (true, Some(completed_at)) = (fresh, finished.completed_at) {
+            parts
+                .metrics
+                .attestation_published(latest_finish(completed_at, observed_at), Utc::now());
+        }
 
         if let Some(annotator) = &parts.annotator {
             let digest = envelope_digest(&event.data.attestation().envelope);

@@ -20,7 +20,8 @@
 //! and the public KV layout of attestations (attestations by UID, the name index) are
 //! `countersign_verdict`'s, shared with the `countersign` command and the gate.
 //! - [`annotate`]: the optional `countersign.dev/*` TaskRun annotations.
-//! - [`metrics`] holds `countersign_attestor_*`.
+//! - [`metrics`] holds `countersign_attestor_*`, and [`latency`] the end-to-end
+//!   `countersign_attestation_latency_seconds`.
 //!
 //! Invariant: exactly one attestation per TaskRun UID. The KV record is written with
 //! create-if-absent and the event id is `{uid}:attestation`, so redeliveries and replicas
@@ -29,6 +30,7 @@
 pub mod annotate;
 pub mod config;
 pub mod handler;
+pub mod latency;
 pub mod material;
 pub mod metrics;
 pub mod service;

@@ -10,6 +10,10 @@
 //! | `countersign_attestor_material_updates_total` | | SVID and bundle updates received from the Workload API |
 //! | `countersign_attestor_trust_bundle_authorities` | | CA certificates in the trust bundles in use |
 //! | `countersign_attestor_svid_expiry_timestamp_seconds` | | when the attestor's SVID expires |
+//!
+//! And, outside the prefix because it is the system's and not one service's,
+//! `countersign_attestation_latency_seconds` (TaskRun finished → attestation published,
+//! [`crate::latency`]).
 
 use std::time::Duration;
 
@@ -19,6 +23,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+
+use crate::latency::AttestationLatency;
 
 /// The `reason` label of a verdict that has none.
 pub const NO_REASON: &str = "none";
@@ -44,6 +50,7 @@ pub struct AttestorMetrics {
     material_updates: Counter,
     bundle_authorities: Gauge,
     svid_expiry: Gauge,
+    attestation_latency: AttestationLatency,
 }
 
 impl Default for AttestorMetrics {
@@ -57,6 +64,7 @@ impl Default for AttestorMetrics {
             material_updates: Counter::default(),
             bundle_authorities: Gauge::default(),
             svid_expiry: Gauge::default(),
+            attestation_latency: AttestationLatency::default(),
         }
     }
 }
@@ -69,6 +77,7 @@ impl AttestorMetrics {
 
     /// Registers them in `registry` under `countersign_attestor_`.
     pub fn register(&self, registry: &mut Registry) {
+        self.attestation_latency.register(registry);
         let registry = registry.sub_registry_with_prefix("countersign_attestor");
         registry.register(
             "verdicts",
@@ -138,6 +147,16 @@ impl AttestorMetrics {
     /// Records how long a finished event took.
     pub fn verification_took(&self, elapsed: Duration) {
         self.verification_duration.observe(elapsed.as_secs_f64());
+    }
+
+    /// Records a TaskRun finished at `finished_at` whose attestation was published at
+    /// `published_at`.
+    pub fn attestation_published(
+        &self,
+        finished_at: chrono::DateTime<chrono::Utc>,
+        published_at: chrono::DateTime<chrono::Utc>,
+    ) {
+        self.attestation_latency.observe(finished_at, published_at);
     }
 
     /// Counts KV writes another writer won in `bucket`.

@@ -149,6 +149,11 @@ async fn signed_results_are_verified_step_by_step_and_attested_once() {
             .metrics()
             .contains("countersign_attestor_verification_duration_seconds_count 1")
     );
+    assert!(
+        attestor
+            .metrics()
+            .contains("countersign_attestation_latency_seconds_count 1")
+    );
 
     // Publishing the same finished event again changes nothing.
     let mut again = finished.clone();
@@ -158,6 +163,12 @@ async fn signed_results_are_verified_step_by_step_and_attested_once() {
         .await
         .unwrap();
     assert_eq!(bus.published(&taskrun).await.len(), 1);
+    assert!(
+        attestor
+            .metrics()
+            .contains("countersign_attestation_latency_seconds_count 1"),
+        "a redelivery is not a second attestation"
+    );
     assert!(matches!(attestor.stop().await, RunOutcome::Drained { .. }));
 }
 

@@ -21,7 +21,8 @@
 //!   releases idle node aliases.
 //! - [`audit`]: the `registered` / `released` audit events.
 //! - [`connect`]: SPIRE over the admin socket or TCP with mTLS (NATS: `countersign_runtime::nats`).
-//! - [`metrics`]: the `countersign_registrar_*` metrics.
+//! - [`metrics`]: the `countersign_registrar_*` metrics; [`latency`]: the end-to-end
+//!   `countersign_registration_latency_seconds` (pod scheduled → entry created).
 //! - [`service`]: [`run`], the service on the runtime skeleton (`main.rs` is one call).
 
 pub mod audit;
@@ -29,6 +30,7 @@ pub mod batch;
 pub mod config;
 pub mod connect;
 pub mod entries;
+pub mod latency;
 pub mod metrics;
 pub mod reconcile;
 pub mod register;

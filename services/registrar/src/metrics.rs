@@ -13,6 +13,9 @@
 //! | `reconcile_duration_seconds` | | one reconciliation pass |
 //! | `reconcile_passes_total` | `outcome` | passes by outcome |
 //! | `kv_cas_conflicts_total` | `record` | compare-and-set conflicts on the state |
+//!
+//! And, outside the prefix because it is the system's and not one service's,
+//! `countersign_registration_latency_seconds` (pod scheduled → entry created, [`crate::latency`]).
 
 use std::time::Duration;
 
@@ -22,6 +25,8 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
+
+use crate::latency::RegistrationLatency;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct KindLabels {
@@ -124,6 +129,7 @@ pub struct RegistrarMetrics {
     reconcile_duration: Histogram,
     passes: Family<OutcomeLabels, Counter>,
     cas_conflicts: Family<RecordLabels, Counter>,
+    registration_latency: RegistrationLatency,
 }
 
 impl Default for RegistrarMetrics {
@@ -140,6 +146,7 @@ impl Default for RegistrarMetrics {
             reconcile_duration: Histogram::new(exponential_buckets(0.01, 2.0, 16)),
             passes: Family::default(),
             cas_conflicts: Family::default(),
+            registration_latency: RegistrationLatency::default(),
         }
     }
 }
@@ -168,6 +175,7 @@ impl RegistrarMetrics {
 
     /// Registers every metric under `countersign_registrar_`.
     pub fn register(&self, registry: &mut Registry) {
+        self.registration_latency.register(registry);
         let registry = registry.sub_registry_with_prefix("countersign_registrar");
         registry.register(
             "entries_registered",
@@ -294,6 +302,14 @@ impl RegistrarMetrics {
         self.passes.get_or_create(&OutcomeLabels { outcome }).inc();
     }
 
+    pub(crate) fn entry_created_for(
+        &self,
+        scheduled_at: chrono::DateTime<chrono::Utc>,
+        created_at: chrono::DateTime<chrono::Utc>,
+    ) {
+        self.registration_latency.observe(scheduled_at, created_at);
+    }
+
     pub(crate) fn cas_conflict(&self, record: &'static str) {
         self.cas_conflicts(record, 1);
     }
@@ -389,7 +405,11 @@ mod tests {
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
         for line in text.lines().filter(|line| !line.starts_with('#')) {
-            assert!(line.starts_with("countersign_registrar_"), "{line}");
+            assert!(
+                line.starts_with("countersign_registrar_")
+                    || line.starts_with("countersign_registration_latency_seconds"),
+                "{line}"
+            );
         }
         for name in [
             "countersign_registrar_entries_registered_total{kind=\"workload\"} 1",

@@ -255,6 +255,25 @@ impl Registrar {
         &self,
         scheduled: &TaskRunScheduled,
     ) -> Result<(), RegisterError> {
+        self.register_taskrun_in_span(scheduled, None).await
+    }
+
+    /// [`Registrar::register_taskrun`] of a pod scheduled at `scheduled_at` (the event's time),
+    /// recording `countersign_registration_latency_seconds` when this call creates the entry.
+    pub async fn register_taskrun_scheduled_at(
+        &self,
+        scheduled: &TaskRunScheduled,
+        scheduled_at: DateTime<Utc>,
+    ) -> Result<(), RegisterError> {
+        self.register_taskrun_in_span(scheduled, Some(scheduled_at))
+            .await
+    }
+
+    async fn register_taskrun_in_span(
+        &self,
+        scheduled: &TaskRunScheduled,
+        scheduled_at: Option<DateTime<Utc>>,
+    ) -> Result<(), RegisterError> {
         let span = tracing::info_span!(
             "register_taskrun",
             taskrun.namespace = %scheduled.taskrun.namespace,
@@ -263,7 +282,7 @@ impl Registrar {
             pod.uid = %scheduled.pod.uid,
             node = %scheduled.node_name,
         );
-        self.register_taskrun_inner(scheduled)
+        self.register_taskrun_inner(scheduled, scheduled_at)
             .instrument(span)
             .await
     }
@@ -271,6 +290,7 @@ impl Registrar {
     async fn register_taskrun_inner(
         &self,
         scheduled: &TaskRunScheduled,
+        scheduled_at: Option<DateTime<Utc>>,
     ) -> Result<(), RegisterError> {
         let inner = &self.inner;
         let uid = scheduled.taskrun.uid.as_str();
@@ -322,6 +342,9 @@ impl Registrar {
             .await?;
         let entry = inner.planner.workload_entry(&pod)?;
         let created = self.create_entry(entry, EntryKind::Workload).await?;
+        if let Some(scheduled_at) = scheduled_at {
+            inner.metrics.entry_created_for(scheduled_at, Utc::now());
+        }
         tracing::debug!(entry.id = %pod.entry_id, created, "workload entry registered");
 
         // 4. Audit, then 5. mark the pod registered unless the TaskRun ended meanwhile.
@@ -651,7 +674,15 @@ impl Handler<LifecycleEvent> for Registrar {
     ) -> impl Future<Output = Result<(), HandlerError>> + Send {
         let registrar = self.clone();
         async move {
-            registrar.handle_event(&event.data).await.map_err(|error| {
+            let handled = match &event.data {
+                LifecycleEvent::Scheduled(scheduled) => {
+                    registrar
+                        .register_taskrun_scheduled_at(scheduled, event.time)
+                        .await
+                }
+                other => registrar.handle_event(other).await,
+            };
+            handled.map_err(|error| {
                 if error.needs_operator() {
                     tracing::error!(error = %error_chain(&error), "the SPIRE server refused the registrar's call; check that the registrar is an admin");
                 }

@@ -149,6 +149,15 @@ async fn scheduled_gives_an_entry_the_real_agent_serves_and_finished_removes_it(
         ),
         1.0
     );
+    // Scheduled → entry created, observed once, by the call that created the entry.
+    assert_eq!(
+        registrar.metric("countersign_registration_latency_seconds_count"),
+        1.0
+    );
+    assert_eq!(
+        registrar.metric("countersign_registration_latency_seconds_bucket{le=\"+Inf\"}"),
+        1.0
+    );
     registrar.stop_drained().await;
 }
 

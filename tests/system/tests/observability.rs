@@ -99,6 +99,8 @@ fn rules_file_has_the_alerts_an_operator_must_act_on() {
         "CountersignDeadLettersGrowing",
         "CountersignReconcileFoundOrphans",
         "CountersignSpireUnreachable",
+        "CountersignAttestationSlow",
+        "CountersignRegistrationSlow",
     ] {
         assert!(alerts.contains(required), "missing alert {required}");
     }
@@ -124,6 +126,8 @@ fn dashboard_covers_lag_verdicts_entries_and_latency() {
         "countersign_attestor_verdicts_total",
         "countersign_registrar_entries_registered_total",
         "countersign_registrar_entries_released_total",
+        "countersign_attestation_latency_seconds_bucket",
+        "countersign_registration_latency_seconds_bucket",
         "histogram_quantile",
     ] {
         assert!(expressions.contains(needle), "the dashboard shows {needle}");

@@ -18,6 +18,8 @@ use countersign_runtime::config::{
 use countersign_runtime::nats::NatsConfig;
 use serde::Deserialize;
 
+use crate::lane::BacklogConfig;
+
 /// The whole configuration of the attestor.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -50,6 +52,9 @@ pub struct AttestorConfig {
     /// `[annotate]`: the optional TaskRun annotation.
     #[serde(default)]
     pub annotate: AnnotateConfig,
+    /// `[backlog]`: the backlog lane (see [`crate::lane`]).
+    #[serde(default)]
+    pub backlog: BacklogConfig,
 }
 
 impl ServiceConfig for AttestorConfig {

@@ -13,6 +13,8 @@
 //!   `[bus]`, `[consumer]`, `[spire]`, `[store]`, `[annotate]`).
 //! - [`service`]: [`run`], start-up in order behind readiness latches, then the consumer.
 //! - [`handler`]: [`Attestor`], what each event does, and the ack rule's inputs.
+//! - [`lane`]: live runs first: the live and the throttled backlog consumer, and which
+//!   events each takes.
 //! - [`material`]: the attestor's SVID and the trust bundles, kept current.
 //! - [`store`]: its own KV bucket, the step verdicts.
 //!
@@ -30,6 +32,7 @@
 pub mod annotate;
 pub mod config;
 pub mod handler;
+pub mod lane;
 pub mod latency;
 pub mod material;
 pub mod metrics;

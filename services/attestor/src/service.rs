@@ -18,11 +18,14 @@ use countersign_identity::workload::{EndpointConfigError, SPIFFE_ENDPOINT_SOCKET
 use countersign_runtime::Context;
 use countersign_runtime::nats::NatsConnectError;
 use countersign_runtime::retry::{Backoff, retry_transient};
+use std::sync::Arc;
+
 use tokio::task::JoinSet;
 
 use crate::annotate::{AnnotateError, Annotator};
 use crate::config::AttestorConfig;
 use crate::handler::{Attestor, AttestorParts};
+use crate::lane::{Lane, Throttle, backlog_spec, lane_of};
 use crate::material::{connect_with_retry as connect_workload_api, keep_current, material_channel};
 use crate::metrics::AttestorMetrics;
 use countersign_verdict::store::{AttestationStore, StoreError};
@@ -115,6 +118,24 @@ pub async fn run(ctx: Context<AttestorConfig>) -> Result<(), RunError> {
     else {
         return Ok(());
     };
+    let backlog = if config.backlog.enabled {
+        let backlog_spec = backlog_spec(bus.subjects());
+        let backlog_config = config.backlog.consumer(&config.consumer);
+        let Some(backlog_consumer) = retry_transient(
+            "binding the attestor's backlog consumer",
+            &token,
+            Backoff::startup(),
+            SetupError::is_transient,
+            || bus.ensure_consumer(&backlog_spec, &backlog_config),
+        )
+        .await?
+        else {
+            return Ok(());
+        };
+        Some((backlog_spec, backlog_consumer))
+    } else {
+        None
+    };
     let Some(attestations) = retry_transient(
         "creating the attestation buckets",
         &token,
@@ -172,14 +193,64 @@ pub async fn run(ctx: Context<AttestorConfig>) -> Result<(), RunError> {
         annotator,
         metrics,
     });
-    let handler = move |event: Event<LifecycleEvent>, delivery: Delivery| {
-        let attestor = attestor.clone();
-        async move { attestor.handle(event, delivery).await }
-    };
     let mut tasks = JoinSet::new();
-    tasks.spawn(async move {
-        run_durable(&bus, &spec, consumer, handler, token).await?;
-        Ok(())
-    });
+    let after = config.backlog.after;
+    match backlog {
+        None => {
+            let handler = move |event: Event<LifecycleEvent>, delivery: Delivery| {
+                let attestor = attestor.clone();
+                async move { attestor.handle(event, delivery).await }
+            };
+            tasks.spawn(async move {
+                run_durable(&bus, &spec, consumer, handler, token).await?;
+                Ok(())
+            });
+        }
+        Some((backlog_spec, backlog_consumer)) => {
+            let live = attestor.clone();
+            let live_handler = move |event: Event<LifecycleEvent>, delivery: Delivery| {
+                let attestor = live.clone();
+                async move {
+                    if lane_of(&event, after) != Lane::Live {
+                        return Ok(());
+                    }
+                    attestor.handle(event, delivery).await
+                }
+            };
+            let throttle = Arc::new(Throttle::per_second(config.backlog.rate));
+            let backlog_handler = move |event: Event<LifecycleEvent>, delivery: Delivery| {
+                let (attestor, throttle) = (attestor.clone(), throttle.clone());
+                async move {
+                    // The backlog lane takes its own `finished` events only: each checks
+                    // every step itself.
+                    let own = lane_of(&event, after) == Lane::Backlog
+                        && matches!(event.data, LifecycleEvent::Finished(_));
+                    if !own {
+                        return Ok(());
+                    }
+                    if let Some(throttle) = throttle.as_ref() {
+                        throttle.wait().await;
+                    }
+                    attestor.handle(event, delivery).await
+                }
+            };
+            let (live_bus, live_token) = (bus.clone(), token.clone());
+            tasks.spawn(async move {
+                run_durable(&live_bus, &spec, consumer, live_handler, live_token).await?;
+                Ok(())
+            });
+            tasks.spawn(async move {
+                run_durable(
+                    &bus,
+                    &backlog_spec,
+                    backlog_consumer,
+                    backlog_handler,
+                    token,
+                )
+                .await?;
+                Ok(())
+            });
+        }
+    }
     ctx.run_until_shutdown(Some(&client), tasks).await
 }

@@ -1,7 +1,8 @@
 //! `cargo xtask bench [case] [-- options]`: build the benchmark binary (`tests/bench`) in release
 //! (cargo's progress shown), run one case or all of them against real peers, and write the
 //! report (markdown and JSON) under `target/bench/`. Each case prints its headline as
-//! `<case>: ratio <number>`.
+//! `<case>: ratio <number>`. The `system` case runs every service as its own process, so their
+//! release binaries are built first (next to the benchmark binary, where it finds them).
 
 use std::process::ExitCode;
 
@@ -16,8 +17,26 @@ pub struct Args {
     options: Vec<String>,
 }
 
+/// The services the `system` case runs as processes.
+const SERVICE_PACKAGES: [&str; 4] = [
+    "countersign-watcher",
+    "countersign-registrar",
+    "countersign-attestor",
+    "countersign-relay",
+];
+
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     crate::peers::ensure()?;
+    if args.case.as_deref().is_none_or(|case| case == "system") {
+        let mut build = crate::cargo::command(&["build", "--release", "--bins"])?;
+        for package in SERVICE_PACKAGES {
+            build.args(["--package", package]);
+        }
+        let status = build.status().context("building the services")?;
+        if !status.success() {
+            anyhow::bail!("building the services failed ({status})");
+        }
+    }
     let report_dir = crate::cargo::repo_root()?.join("target").join("bench");
     let mut command =
         crate::cargo::command(&["run", "--release", "--package", "countersign-bench", "--"])?;

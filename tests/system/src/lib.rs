@@ -14,10 +14,14 @@
 //! - [`demo`]: the whole system on one machine, end to end (`cargo xtask demo` and
 //!   `tests/demo.rs`): the peers and every service as its own process, two TaskRuns played
 //!   through the API server, and what is expected of them.
+//! - [`load`]: the whole system under load (`cargo xtask bench system` and `tests/load.rs`):
+//!   every service as its own process, TaskRuns at a rate through the bus or the API server,
+//!   latencies, exactly-once attestation, CPU and memory per process.
 //! - [`traces`]: traces read back from Jaeger's query API, and shown as a tree of spans.
 
 pub mod demo;
 pub mod http;
+pub mod load;
 pub mod nack;
 pub mod nats_auth;
 pub mod promql;

@@ -4,6 +4,7 @@
 mod attestor;
 mod events;
 mod registrar;
+mod tekton;
 mod watcher;
 
 use std::future::Future;
@@ -27,7 +28,13 @@ pub struct Case {
 }
 
 /// Every case, in the order `cargo xtask bench` runs them.
-pub const CASES: &[Case] = &[events::CASE, watcher::CASE, registrar::CASE, attestor::CASE];
+pub const CASES: &[Case] = &[
+    events::CASE,
+    watcher::CASE,
+    registrar::CASE,
+    attestor::CASE,
+    tekton::CASE,
+];
 
 /// The case called `name`.
 pub fn find(name: &str) -> Option<&'static Case> {

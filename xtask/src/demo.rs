@@ -1,4 +1,7 @@
-//! `cargo xtask demo [--keep-running] [--traces]`: the whole system on one machine, end to end.
+//! `cargo xtask demo [--simulated] [--keep-running] [--traces]`: the whole system on one machine,
+//! end to end: by default on a real node beside Tekton's own controller and entrypointer, or, with
+//! `--simulated` (or where no container runtime can run), with our code playing Tekton and the
+//! kubelet.
 //!
 //! Ensures the peers, then runs the demo binary `countersign-demo` of `tests/system` with
 //! `cargo run` (cargo's progress shown while it builds), which builds the six binaries and plays
@@ -16,6 +19,10 @@ pub struct Args {
     /// TaskRun's trace as a tree of spans read back from Jaeger's query API.
     #[arg(long)]
     traces: bool,
+    /// Play Tekton's controller and the kubelet with our own code instead of running them on a
+    /// real node.
+    #[arg(long)]
+    simulated: bool,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -41,6 +48,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     if args.traces {
         command.arg("--traces");
+    }
+    if args.simulated {
+        command.arg("--simulated");
     }
     eprintln!("demo: building and running the demo: {command:?}");
     Err(crate::cargo::exec(command))

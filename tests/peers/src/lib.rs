@@ -1,8 +1,9 @@
 //! Builds the real peers Countersign is tested against (nats-server, spire-server, spire-agent, etcd,
 //! kube-apiserver, and for a real node kubelet, kube-scheduler, kube-controller-manager and Tekton
-//! Pipelines' controller, entrypoint and nop), kustomize to render the deployment manifests, and the
+//! Pipelines' controller, entrypoint, nop and events controller), kustomize to render the deployment manifests, and the
 //! independent verifiers of our attestation formats (cosign, slsa-verifier, and dsse-verify: our own
-//! few lines around go-securesystemslib's DSSE verifier) and a trace store (Jaeger v2), from the Go module proxy, into a per-machine
+//! few lines around go-securesystemslib's DSSE verifier) and a trace store (Jaeger v2), and the SPIFFE
+//! CSI driver with `kubelet-plugin-registrar` (our own program registering it with the kubelet), from the Go module proxy, into a per-machine
 //! cache outside the repository. The container runtime (containerd, runc, the CNI plugins) comes from
 //! Debian's packages instead: see [`runtime`].
 //!
@@ -48,6 +49,8 @@ pub enum Peer {
     TektonEntrypoint,
     /// Tekton's nop image binary (stops sidecars).
     TektonNop,
+    /// Tekton's events controller (sends the CloudEvents to `config-events`' sink).
+    TektonEvents,
     // --- Attestation verifiers (issue 16): independent consumers of our attestation formats.
     /// Our own small program around go-securesystemslib's DSSE envelope verifier.
     DsseVerify,
@@ -58,10 +61,15 @@ pub enum Peer {
     // --- Trace store (issue 19): where the services' OTLP spans are read back from.
     /// Jaeger v2 (an OpenTelemetry Collector distribution with a query API).
     Jaeger,
+    // --- The SPIFFE CSI driver on the real node (issue 14).
+    /// The SPIFFE CSI driver (`csi.spiffe.io`): mounts the agent's socket directory into pods.
+    SpiffeCsiDriver,
+    /// Our own small program serving the kubelet's plugin-registration protocol for that driver.
+    KubeletPluginRegistrar,
 }
 
 impl Peer {
-    pub const ALL: [Peer; 16] = [
+    pub const ALL: [Peer; 19] = [
         Peer::NatsServer,
         Peer::SpireServer,
         Peer::SpireAgent,
@@ -74,12 +82,16 @@ impl Peer {
         Peer::TektonController,
         Peer::TektonEntrypoint,
         Peer::TektonNop,
+        Peer::TektonEvents,
         // Attestation verifiers.
         Peer::DsseVerify,
         Peer::Cosign,
         Peer::SlsaVerifier,
         // Trace store.
         Peer::Jaeger,
+        // SPIFFE CSI driver.
+        Peer::SpiffeCsiDriver,
+        Peer::KubeletPluginRegistrar,
     ];
 
     /// The binary's file name.
@@ -97,12 +109,16 @@ impl Peer {
             Peer::TektonController => "tekton-controller",
             Peer::TektonEntrypoint => "tekton-entrypoint",
             Peer::TektonNop => "tekton-nop",
+            Peer::TektonEvents => "tekton-events",
             // Attestation verifiers.
             Peer::DsseVerify => "dsse-verify",
             Peer::Cosign => "cosign",
             Peer::SlsaVerifier => "slsa-verifier",
             // Trace store.
             Peer::Jaeger => "jaeger",
+            // SPIFFE CSI driver.
+            Peer::SpiffeCsiDriver => "spiffe-csi-driver",
+            Peer::KubeletPluginRegistrar => "kubelet-plugin-registrar",
         }
     }
 
@@ -116,13 +132,18 @@ impl Peer {
             | Peer::KubeScheduler
             | Peer::KubeControllerManager => &KUBE,
             Peer::Kustomize => &KUSTOMIZE,
-            Peer::TektonController | Peer::TektonEntrypoint | Peer::TektonNop => &TEKTON,
+            Peer::TektonController
+            | Peer::TektonEntrypoint
+            | Peer::TektonNop
+            | Peer::TektonEvents => &TEKTON,
             // Attestation verifiers.
             Peer::DsseVerify => &DSSE_VERIFY,
             Peer::Cosign => &COSIGN,
             Peer::SlsaVerifier => &SLSA_VERIFIER,
             // Trace store.
             Peer::Jaeger => &JAEGER,
+            // SPIFFE CSI driver.
+            Peer::SpiffeCsiDriver | Peer::KubeletPluginRegistrar => &SPIFFE_CSI,
         }
     }
 
@@ -140,12 +161,16 @@ impl Peer {
             Peer::TektonController => "github.com/tektoncd/pipeline/cmd/controller",
             Peer::TektonEntrypoint => "github.com/tektoncd/pipeline/cmd/entrypoint",
             Peer::TektonNop => "github.com/tektoncd/pipeline/cmd/nop",
+            Peer::TektonEvents => "github.com/tektoncd/pipeline/cmd/events",
             // Attestation verifiers.
             Peer::DsseVerify => "countersign.dev/tests/peers/dsse-verify",
             Peer::Cosign => "github.com/sigstore/cosign/v3/cmd/cosign",
             Peer::SlsaVerifier => "github.com/slsa-framework/slsa-verifier/v2/cli/slsa-verifier",
             // Trace store.
             Peer::Jaeger => "github.com/jaegertracing/jaeger/cmd/jaeger",
+            // SPIFFE CSI driver.
+            Peer::SpiffeCsiDriver => "github.com/spiffe/spiffe-csi/cmd/spiffe-csi-driver",
+            Peer::KubeletPluginRegistrar => "countersign.dev/tests/peers/spiffe-csi",
         }
     }
 }
@@ -218,6 +243,7 @@ const TEKTON: GoModule = GoModule {
         Peer::TektonController,
         Peer::TektonEntrypoint,
         Peer::TektonNop,
+        Peer::TektonEvents,
     ],
     cgo: false,
     cold_build_estimate: "about 6 minutes",
@@ -252,7 +278,15 @@ const JAEGER: GoModule = GoModule {
     cgo: false,
     cold_build_estimate: "about 12 minutes",
 };
-const MODULES: [&GoModule; 10] = [
+// --- The SPIFFE CSI driver on the real node (issue 14).
+const SPIFFE_CSI: GoModule = GoModule {
+    dir: "spiffe-csi",
+    upstream: "github.com/spiffe/spiffe-csi",
+    peers: &[Peer::SpiffeCsiDriver, Peer::KubeletPluginRegistrar],
+    cgo: false,
+    cold_build_estimate: "about 2 minutes",
+};
+const MODULES: [&GoModule; 11] = [
     &NATS,
     &SPIRE,
     &ETCD,
@@ -265,6 +299,8 @@ const MODULES: [&GoModule; 10] = [
     &SLSA_VERIFIER,
     // Trace store.
     &JAEGER,
+    // SPIFFE CSI driver.
+    &SPIFFE_CSI,
 ];
 
 /// Where a built peer is, and what it is.
@@ -291,12 +327,16 @@ pub struct Peers {
     pub tekton_controller: PeerBinary,
     pub tekton_entrypoint: PeerBinary,
     pub tekton_nop: PeerBinary,
+    pub tekton_events: PeerBinary,
     // Attestation verifiers.
     pub dsse_verify: PeerBinary,
     pub cosign: PeerBinary,
     pub slsa_verifier: PeerBinary,
     // Trace store.
     pub jaeger: PeerBinary,
+    // SPIFFE CSI driver.
+    pub spiffe_csi_driver: PeerBinary,
+    pub kubelet_plugin_registrar: PeerBinary,
 }
 
 impl Peers {
@@ -314,12 +354,16 @@ impl Peers {
             Peer::TektonController => &self.tekton_controller,
             Peer::TektonEntrypoint => &self.tekton_entrypoint,
             Peer::TektonNop => &self.tekton_nop,
+            Peer::TektonEvents => &self.tekton_events,
             // Attestation verifiers.
             Peer::DsseVerify => &self.dsse_verify,
             Peer::Cosign => &self.cosign,
             Peer::SlsaVerifier => &self.slsa_verifier,
             // Trace store.
             Peer::Jaeger => &self.jaeger,
+            // SPIFFE CSI driver.
+            Peer::SpiffeCsiDriver => &self.spiffe_csi_driver,
+            Peer::KubeletPluginRegistrar => &self.kubelet_plugin_registrar,
         }
     }
 
@@ -646,12 +690,16 @@ fn assemble(
         tekton_controller: binary(Peer::TektonController)?,
         tekton_entrypoint: binary(Peer::TektonEntrypoint)?,
         tekton_nop: binary(Peer::TektonNop)?,
+        tekton_events: binary(Peer::TektonEvents)?,
         // Attestation verifiers.
         dsse_verify: binary(Peer::DsseVerify)?,
         cosign: binary(Peer::Cosign)?,
         slsa_verifier: binary(Peer::SlsaVerifier)?,
         // Trace store.
         jaeger: binary(Peer::Jaeger)?,
+        // SPIFFE CSI driver.
+        spiffe_csi_driver: binary(Peer::SpiffeCsiDriver)?,
+        kubelet_plugin_registrar: binary(Peer::KubeletPluginRegistrar)?,
     })
 }
 

@@ -5,6 +5,7 @@ go 1.26.4
 tool (
 	github.com/tektoncd/pipeline/cmd/controller
 	github.com/tektoncd/pipeline/cmd/entrypoint
+	github.com/tektoncd/pipeline/cmd/events
 	github.com/tektoncd/pipeline/cmd/nop
 )
 

@@ -19,6 +19,7 @@ pub mod nats;
 pub mod node;
 pub mod ports;
 pub mod process;
+pub mod spiffe_csi;
 pub mod spire;
 pub mod tekton;
 pub mod wait;

@@ -62,6 +62,21 @@ pub struct SpireOptions {
     /// `admin_ids`: SPIFFE IDs that may call the admin APIs over TCP without an admin entry.
     pub admin_ids: Vec<String>,
     pub server_key_manager: ServerKeyManager,
+    /// Also attest workloads with the `k8s` workload attestor against this kubelet (a real node's
+    /// pods); the agent's socket is then `<dir>/workload-api/spire-agent.sock`, the name pods
+    /// expect, alone in a directory that can be mounted into them.
+    pub kubelet: Option<KubeletAccess>,
+}
+
+/// How the agent's `k8s` workload attestor reaches the kubelet.
+#[derive(Debug, Clone)]
+pub struct KubeletAccess {
+    /// The kubelet's address (its node IP: the attestor dials `https://<address>:<port>`).
+    pub address: String,
+    pub port: u16,
+    /// A client certificate the kubelet accepts, and its key.
+    pub certificate_path: PathBuf,
+    pub private_key_path: PathBuf,
 }
 
 impl Default for SpireOptions {
@@ -73,6 +88,7 @@ impl Default for SpireOptions {
             default_x509_svid_ttl: None,
             admin_ids: Vec::new(),
             server_key_manager: ServerKeyManager::default(),
+            kubelet: None,
         }
     }
 }
@@ -142,7 +158,11 @@ impl Spire {
             bundle_pem: String::new(),
             dir,
         };
-        for directory in [spire.server_data_dir(), spire.agent_data_dir()] {
+        for directory in [
+            spire.server_data_dir(),
+            spire.agent_data_dir(),
+            spire.workload_api_dir(),
+        ] {
             std::fs::create_dir_all(&directory).map_err(|error| PeerFailed {
                 name: "spire".into(),
                 message: format!("creating {}: {error}", directory.display()),
@@ -395,7 +415,16 @@ impl Spire {
 
     /// The agent's Workload API socket.
     pub fn agent_socket_path(&self) -> PathBuf {
-        self.dir.path().join("agent").join("api.sock")
+        match self.options.kubelet {
+            Some(_) => self.workload_api_dir().join("spire-agent.sock"),
+            None => self.dir.path().join("agent").join("api.sock"),
+        }
+    }
+
+    /// The directory holding only the agent's socket (what the SPIFFE CSI driver mounts into
+    /// pods) when the `k8s` attestor is on.
+    pub fn workload_api_dir(&self) -> PathBuf {
+        self.dir.path().join("workload-api")
     }
 
     /// `unix:///<agent socket>`: the Workload API endpoint, as `SPIFFE_ENDPOINT_SOCKET` writes it.
@@ -508,14 +537,34 @@ impl Spire {
 
     fn agent_config(&self) -> String {
         let data = self.agent_data_dir().display().to_string();
+        let k8s_attestor = match &self.options.kubelet {
+            Some(kubelet) => format!(
+                "  WorkloadAttestor \"k8s\" {{\n    plugin_data {{\n      node_name = {address}\n      \
+                 kubelet_secure_port = {port}\n      skip_kubelet_verification = true\n      \
+                 certificate_path = {certificate}\n      private_key_path = {key}\n      \
+                 poll_retry_interval = \"200ms\"\n    }}\n  }}\n",
+                address = hcl_string(&kubelet.address),
+                port = kubelet.port,
+                certificate = hcl_string(&kubelet.certificate_path.display().to_string()),
+                key = hcl_string(&kubelet.private_key_path.display().to_string()),
+            ),
+            None => String::new(),
+        };
+        // With the k8s attestor, timestamps in nanoseconds: when an SVID was served to a pod
+        // ("Fetched X.509 SVID") is read back from the log.
+        let log_format = if self.options.kubelet.is_some() {
+            "\n  log_format = \"text\""
+        } else {
+            ""
+        };
         format!(
-            "agent {{\n  data_dir = {data}\n  log_level = \"DEBUG\"\n  server_address = \"127.0.0.1\"\n  \
+            "agent {{\n  data_dir = {data}\n  log_level = \"DEBUG\"{log_format}\n  server_address = \"127.0.0.1\"\n  \
              server_port = \"{port}\"\n  socket_path = {socket}\n  trust_bundle_path = {bundle}\n  \
              trust_domain = {td}\n  experimental {{\n    sync_interval = \"1s\"\n  }}\n}}\n\n\
              plugins {{\n  NodeAttestor \"join_token\" {{\n    plugin_data {{}}\n  }}\n  \
              KeyManager \"disk\" {{\n    plugin_data {{\n      directory = {data}\n    }}\n  }}\n  \
              WorkloadAttestor \"unix\" {{\n    plugin_data {{\n      discover_workload_path = true\n      \
-             workload_size_limit = -1\n    }}\n  }}\n}}\n",
+             workload_size_limit = -1\n    }}\n  }}\n{k8s_attestor}}}\n",
             data = hcl_string(&data),
             port = self.server_port,
             socket = hcl_string(&self.agent_socket_path().display().to_string()),

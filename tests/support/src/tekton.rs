@@ -1,7 +1,8 @@
 //! Tekton Pipelines' real controller on a real [`Node`]: its CRDs and ConfigMaps as released (read
 //! from the pinned module's `config/` directory in the Go module cache), its entrypoint and nop
-//! images built from the pinned binaries, and the controller run as a process with the flags and
-//! environment of its release Deployment.
+//! images built from the pinned binaries, and the controller and the events controller (which sends
+//! Tekton's CloudEvents to `config-events`' sink) run as processes with the flags and environment
+//! of their release Deployments.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -54,10 +55,11 @@ pub enum TektonError {
     Spawn(#[source] SpawnError),
 }
 
-/// A running Tekton controller.
+/// A running Tekton controller and events controller.
 #[derive(Debug)]
 pub struct TektonController {
     process: PeerProcess,
+    events: PeerProcess,
 }
 
 impl TektonController {
@@ -225,7 +227,46 @@ impl TektonController {
         )
         .await
         .map_err(TektonError::Spawn)?;
-        Ok(TektonController { process })
+
+        let events_envs: Vec<(String, String)> = [
+            ("SYSTEM_NAMESPACE", TEKTON_NAMESPACE.to_owned()),
+            ("KUBERNETES_MIN_VERSION", "v1.28.0".to_owned()),
+            ("CONFIG_DEFAULTS_NAME", "config-defaults".to_owned()),
+            ("CONFIG_LOGGING_NAME", "config-logging".to_owned()),
+            (
+                "CONFIG_OBSERVABILITY_NAME",
+                "config-observability".to_owned(),
+            ),
+            (
+                "CONFIG_LEADERELECTION_NAME",
+                "config-leader-election-events".to_owned(),
+            ),
+            ("PROBES_PORT", ports::free_port().to_string()),
+            ("PROFILING_PORT", ports::free_port().to_string()),
+        ]
+        .into_iter()
+        .map(|(key, value)| (key.to_owned(), value))
+        .collect();
+        let events = PeerProcess::spawn(
+            "tekton-events",
+            &peers().tekton_events.path,
+            &["-kubeconfig".to_owned(), kubeconfig.clone()],
+            &events_envs,
+            &node.dir().join("tekton-events.log"),
+        )
+        .await
+        .map_err(TektonError::Spawn)?;
+        Ok(TektonController { process, events })
+    }
+
+    /// The release this controller was built from (`v1.15.0`).
+    pub fn version() -> &'static str {
+        &peers().tekton_controller.version
+    }
+
+    /// The events controller's log tail, for a failing test.
+    pub fn events_log_tail(&self) -> String {
+        self.events.log_tail()
     }
 
     /// The controller's log tail, for a failing test.

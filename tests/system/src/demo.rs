@@ -25,6 +25,7 @@ pub mod report;
 pub mod scenario;
 pub mod services;
 pub mod sink;
+pub mod tekton;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -107,7 +108,7 @@ pub enum StartError {
 
 /// A task aborted when its handle drops.
 #[derive(Debug)]
-struct AbortOnDrop(JoinHandle<()>);
+pub(crate) struct AbortOnDrop(pub(crate) JoinHandle<()>);
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
@@ -286,6 +287,7 @@ impl Demo {
             sink_url: sink.url(),
             ingress: loopback(free_port()),
             otlp_endpoint,
+            workload_selectors: None,
         };
         let services = start_services(&binaries, &settings, &dir_path, &reporter).await?;
         let cluster = Cluster::new(kube.client(), NAMESPACE, NODE_NAME);
@@ -418,7 +420,7 @@ impl Demo {
 
 /// Starts the four services, each its own process with its own config file, and waits until
 /// each is ready.
-async fn start_services(
+pub(crate) async fn start_services(
     binaries: &Binaries,
     settings: &Settings,
     dir: &Path,
@@ -481,11 +483,11 @@ async fn start_services(
     Ok(services)
 }
 
-fn loopback(port: u16) -> SocketAddr {
+pub(crate) fn loopback(port: u16) -> SocketAddr {
     SocketAddr::from((Ipv4Addr::LOCALHOST, port))
 }
 
-fn canonical(path: &Path) -> Result<PathBuf, StartError> {
+pub(crate) fn canonical(path: &Path) -> Result<PathBuf, StartError> {
     path.canonicalize().map_err(|source| StartError::Directory {
         path: path.to_owned(),
         source,

@@ -5,6 +5,7 @@ mod attestor;
 mod events;
 mod registrar;
 mod system;
+mod tekton;
 mod watcher;
 
 use std::future::Future;
@@ -34,6 +35,7 @@ pub const CASES: &[Case] = &[
     registrar::CASE,
     attestor::CASE,
     system::CASE,
+    tekton::CASE,
 ];
 
 /// The case called `name`.

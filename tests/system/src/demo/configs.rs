@@ -62,7 +62,19 @@ pub struct Settings {
     pub ingress: SocketAddr,
     /// Where every service exports its spans (`telemetry.otlp_endpoint`), when traces are shown.
     pub otlp_endpoint: Option<String>,
+    /// The registrar's workload selector templates on a real node (the agent's `k8s` attestor);
+    /// `None` for the simulated pods, told apart by their signer's path under `pods_dir`.
+    pub workload_selectors: Option<Vec<String>>,
 }
+
+/// The workload selector templates on a real node: the pod's UID, namespace and service account,
+/// which the agent's `k8s` workload attestor matches against what the kubelet says of the
+/// calling pod.
+pub const K8S_WORKLOAD_SELECTORS: [&str; 3] = [
+    "k8s:pod-uid:{pod_uid}",
+    "k8s:ns:{namespace}",
+    "k8s:sa:{service_account}",
+];
 
 /// The path of the signer copy a pod runs, as the registrar's selector template names it
 /// (`{pod_uid}` is filled in per pod).
@@ -93,19 +105,34 @@ pub fn config_text(kind: ServiceKind, settings: &Settings, admin: SocketAddr) ->
             kubeconfig = quote_path(&settings.kubeconfig),
             ingress = quote(&settings.ingress.to_string()),
         ),
-        ServiceKind::Registrar => format!(
-            "{consumer}\n[spire]\ntrust_domain = {td}\nserver_socket_path = {socket}\n\n\
-             [entries]\n\
-             # Each pod's signer runs from its own copy, so the agent's unix attestor tells pods apart\n\
-             # by path, as the k8s attestor would by pod UID in a cluster.\n\
-             workload_selectors = [{selector}]\n",
-            td = quote(&settings.trust_domain),
-            socket = quote_path(&settings.server_socket),
-            selector = quote(&format!(
-                "unix:path:{}",
-                signer_path_template(&settings.pods_dir)
-            )),
-        ),
+        ServiceKind::Registrar => match &settings.workload_selectors {
+            Some(selectors) => format!(
+                "{consumer}\n[spire]\ntrust_domain = {td}\nserver_socket_path = {socket}\n\n\
+                 [entries]\n\
+                 # The agent's k8s attestor asks the node's kubelet who the calling pod is.\n\
+                 workload_selectors = [{selectors}]\n",
+                td = quote(&settings.trust_domain),
+                socket = quote_path(&settings.server_socket),
+                selectors = selectors
+                    .iter()
+                    .map(|selector| quote(selector))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            ),
+            None => format!(
+                "{consumer}\n[spire]\ntrust_domain = {td}\nserver_socket_path = {socket}\n\n\
+                 [entries]\n\
+                 # Each pod's signer runs from its own copy, so the agent's unix attestor tells pods apart\n\
+                 # by path, as the k8s attestor would by pod UID in a cluster.\n\
+                 workload_selectors = [{selector}]\n",
+                td = quote(&settings.trust_domain),
+                socket = quote_path(&settings.server_socket),
+                selector = quote(&format!(
+                    "unix:path:{}",
+                    signer_path_template(&settings.pods_dir)
+                )),
+            ),
+        },
         ServiceKind::Attestor => format!(
             "{consumer}\n[spire]\ntrust_domain = {td}\nsocket_path = {endpoint}\n\n\
              [annotate]\nenabled = true\nkubeconfig = {kubeconfig}\n",
@@ -152,6 +179,7 @@ mod tests {
             sink_url: "http://127.0.0.1:8099/".into(),
             ingress: "127.0.0.1:8098".parse().unwrap(),
             otlp_endpoint: None,
+            workload_selectors: None,
         }
     }
 
@@ -192,6 +220,24 @@ mod tests {
         let relay: countersign_relay::RelayConfig = load(ServiceKind::Relay);
         assert_eq!(relay.sinks.len(), 1);
         assert_eq!(relay.sinks[0].name, SINK_NAME);
+    }
+
+    #[test]
+    fn on_a_real_node_the_registrar_uses_the_k8s_selectors() {
+        let mut settings = settings();
+        settings.workload_selectors = Some(K8S_WORKLOAD_SELECTORS.map(str::to_owned).to_vec());
+        let text = config_text(
+            ServiceKind::Registrar,
+            &settings,
+            "127.0.0.1:9999".parse().unwrap(),
+        );
+        let config: countersign_registrar::RegistrarConfig =
+            parse_config(&text, &Environment::new()).unwrap();
+        config.validate().unwrap();
+        assert_eq!(
+            config.entries.workload_selectors,
+            K8S_WORKLOAD_SELECTORS.map(str::to_owned)
+        );
     }
 
     #[test]

@@ -924,7 +924,7 @@ async fn run_command(
 }
 
 /// The verdict of TaskRun `uid`, once its attestation event was seen.
-fn attestation_of(observed: &Observed, uid: &str) -> Option<Attested> {
+pub(crate) fn attestation_of(observed: &Observed, uid: &str) -> Option<Attested> {
     observed.events.iter().find_map(|event| match &event.data {
         AnyEvent::AttestationVerified(data) if data.taskrun.uid == uid => {
             Some(match data.verdict {
@@ -952,7 +952,11 @@ fn attestation_of(observed: &Observed, uid: &str) -> Option<Attested> {
 
 /// The id of the workload entry registered (or, with `registered` false, released) for
 /// TaskRun `uid`, once its audit event was seen.
-fn workload_entry_id(observed: &Observed, uid: &str, registered: bool) -> Option<String> {
+pub(crate) fn workload_entry_id(
+    observed: &Observed,
+    uid: &str,
+    registered: bool,
+) -> Option<String> {
     observed.events.iter().find_map(|event| {
         let entry = match (&event.data, registered) {
             (AnyEvent::EntryRegistered(data), true) => &data.entry,

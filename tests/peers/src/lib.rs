@@ -2,7 +2,8 @@
 //! kube-apiserver, and for a real node kubelet, kube-scheduler, kube-controller-manager and Tekton
 //! Pipelines' controller, entrypoint and nop), kustomize to render the deployment manifests, and the
 //! independent verifiers of our attestation formats (cosign, slsa-verifier, and dsse-verify: our own
-//! few lines around go-securesystemslib's DSSE verifier) and a trace store (Jaeger v2), from the Go module proxy, into a per-machine
+//! few lines around go-securesystemslib's DSSE verifier), a trace store (Jaeger v2) and Docker Compose
+//! with natscli (to run `compose/` against podman), from the Go module proxy, into a per-machine
 //! cache outside the repository. The container runtime (containerd, runc, the CNI plugins) comes from
 //! Debian's packages instead: see [`runtime`].
 //!
@@ -22,11 +23,11 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-/// The oldest Go toolchain that builds every pinned module (Tekton Pipelines v1.15 declares `go 1.26.4`).
+/// The oldest Go toolchain that builds every pinned module (Docker Compose v5.6.0 declares `go 1.26.8`).
 pub const MINIMUM_GO: GoVersion = GoVersion {
     major: 1,
     minor: 26,
-    patch: 4,
+    patch: 8,
 };
 
 /// One program built from a Go module.
@@ -58,10 +59,15 @@ pub enum Peer {
     // --- Trace store (issue 19): where the services' OTLP spans are read back from.
     /// Jaeger v2 (an OpenTelemetry Collector distribution with a query API).
     Jaeger,
+    // --- Compose (issue 19): runs compose/compose.yaml against podman's Docker API.
+    /// Docker Compose v5 (the `docker compose` plugin, run standalone).
+    DockerCompose,
+    /// natscli's `nats`, for the nats-box image the Compose file names.
+    NatsCli,
 }
 
 impl Peer {
-    pub const ALL: [Peer; 16] = [
+    pub const ALL: [Peer; 18] = [
         Peer::NatsServer,
         Peer::SpireServer,
         Peer::SpireAgent,
@@ -80,6 +86,9 @@ impl Peer {
         Peer::SlsaVerifier,
         // Trace store.
         Peer::Jaeger,
+        // Compose.
+        Peer::DockerCompose,
+        Peer::NatsCli,
     ];
 
     /// The binary's file name.
@@ -103,6 +112,9 @@ impl Peer {
             Peer::SlsaVerifier => "slsa-verifier",
             // Trace store.
             Peer::Jaeger => "jaeger",
+            // Compose.
+            Peer::DockerCompose => "docker-compose",
+            Peer::NatsCli => "nats",
         }
     }
 
@@ -123,6 +135,8 @@ impl Peer {
             Peer::SlsaVerifier => &SLSA_VERIFIER,
             // Trace store.
             Peer::Jaeger => &JAEGER,
+            // Compose.
+            Peer::DockerCompose | Peer::NatsCli => &COMPOSE,
         }
     }
 
@@ -146,6 +160,9 @@ impl Peer {
             Peer::SlsaVerifier => "github.com/slsa-framework/slsa-verifier/v2/cli/slsa-verifier",
             // Trace store.
             Peer::Jaeger => "github.com/jaegertracing/jaeger/cmd/jaeger",
+            // Compose.
+            Peer::DockerCompose => "github.com/docker/compose/v5/cmd",
+            Peer::NatsCli => "github.com/nats-io/natscli/nats",
         }
     }
 }
@@ -252,7 +269,15 @@ const JAEGER: GoModule = GoModule {
     cgo: false,
     cold_build_estimate: "about 12 minutes",
 };
-const MODULES: [&GoModule; 10] = [
+// --- Compose (issue 19).
+const COMPOSE: GoModule = GoModule {
+    dir: "compose",
+    upstream: "github.com/docker/compose/v5",
+    peers: &[Peer::DockerCompose, Peer::NatsCli],
+    cgo: false,
+    cold_build_estimate: "about 5 minutes",
+};
+const MODULES: [&GoModule; 11] = [
     &NATS,
     &SPIRE,
     &ETCD,
@@ -265,6 +290,8 @@ const MODULES: [&GoModule; 10] = [
     &SLSA_VERIFIER,
     // Trace store.
     &JAEGER,
+    // Compose.
+    &COMPOSE,
 ];
 
 /// Where a built peer is, and what it is.
@@ -297,6 +324,9 @@ pub struct Peers {
     pub slsa_verifier: PeerBinary,
     // Trace store.
     pub jaeger: PeerBinary,
+    // Compose.
+    pub docker_compose: PeerBinary,
+    pub nats_cli: PeerBinary,
 }
 
 impl Peers {
@@ -320,6 +350,9 @@ impl Peers {
             Peer::SlsaVerifier => &self.slsa_verifier,
             // Trace store.
             Peer::Jaeger => &self.jaeger,
+            // Compose.
+            Peer::DockerCompose => &self.docker_compose,
+            Peer::NatsCli => &self.nats_cli,
         }
     }
 
@@ -652,6 +685,9 @@ fn assemble(
         slsa_verifier: binary(Peer::SlsaVerifier)?,
         // Trace store.
         jaeger: binary(Peer::Jaeger)?,
+        // Compose.
+        docker_compose: binary(Peer::DockerCompose)?,
+        nats_cli: binary(Peer::NatsCli)?,
     })
 }
 
@@ -781,6 +817,12 @@ fn build(pinned: &Pinned, progress: &mut dyn FnMut(Progress<'_>)) -> Result<(), 
 
 fn ldflags(peer: Peer, version: &str) -> String {
     let mut flags = String::from("-s -w");
+    if peer == Peer::DockerCompose {
+        // Else `docker compose version` says `dev`.
+        flags.push_str(&format!(
+            " -X github.com/docker/compose/v5/internal.Version={version}"
+        ));
+    }
     if peer.module().dir == KUBE.dir {
         // Without these, /version and `--version` say v0.0.0-master; they make them report the
         // pinned release.

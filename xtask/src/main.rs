@@ -8,6 +8,7 @@
 //! - `schemas`: regenerate `schemas/` from the event types in `crates/events`;
 //! - `bench`: build the benchmarks in release and run one case or all, writing a report;
 //! - `demo`: the whole system on one machine, end to end, against the real peers;
+//! - `images`: build every image the manifests and the Compose file name, into podman or docker;
 //!
 //! It needs nothing but cargo (and Go, to build the peers the first time), and is small to
 //! build: the demo, the benchmarks and the schema generator are binaries of their own crates
@@ -16,6 +17,7 @@
 mod bench;
 mod cargo;
 mod demo;
+mod images;
 mod peers;
 mod schemas;
 mod test;
@@ -49,6 +51,9 @@ enum Task {
     /// through the API server (one honest, one tampered with), every event shown as it happens.
     /// Exits non-zero unless the verdicts are the expected ones.
     Demo(demo::Args),
+    /// Build every image the manifests and compose/compose.yaml name (the services', NATS,
+    /// nats-box, SPIRE) without a registry, and load them into podman or docker.
+    Images(images::Args),
 }
 
 fn main() -> ExitCode {
@@ -60,6 +65,7 @@ fn main() -> ExitCode {
         Task::Schemas(args) => schemas::run(args),
         Task::Bench(args) => bench::run(args),
         Task::Demo(args) => demo::run(args),
+        Task::Images(args) => images::run(args),
     };
     match result {
         Ok(code) => code,

@@ -2,8 +2,9 @@
 //! kube-apiserver, and for a real node kubelet, kube-scheduler, kube-controller-manager and Tekton
 //! Pipelines' controller, entrypoint, nop and events controller), kustomize to render the deployment manifests, and the
 //! independent verifiers of our attestation formats (cosign, slsa-verifier, and dsse-verify: our own
-//! few lines around go-securesystemslib's DSSE verifier) and a trace store (Jaeger v2), and the SPIFFE
-//! CSI driver with `kubelet-plugin-registrar` (our own program registering it with the kubelet), from the Go module proxy, into a per-machine
+//! few lines around go-securesystemslib's DSSE verifier), a trace store (Jaeger v2), the SPIFFE CSI driver
+//! with `kubelet-plugin-registrar` (our own program registering it with the kubelet), and Docker Compose
+//! with natscli (to run `compose/` against podman), from the Go module proxy, into a per-machine
 //! cache outside the repository. The container runtime (containerd, runc, the CNI plugins) comes from
 //! Debian's packages instead: see [`runtime`].
 //!
@@ -23,11 +24,11 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-/// The oldest Go toolchain that builds every pinned module (Tekton Pipelines v1.15 declares `go 1.26.4`).
+/// The oldest Go toolchain that builds every pinned module (Docker Compose v5.6.0 declares `go 1.26.8`).
 pub const MINIMUM_GO: GoVersion = GoVersion {
     major: 1,
     minor: 26,
-    patch: 4,
+    patch: 8,
 };
 
 /// One program built from a Go module.
@@ -66,10 +67,16 @@ pub enum Peer {
     SpiffeCsiDriver,
     /// Our own small program serving the kubelet's plugin-registration protocol for that driver.
     KubeletPluginRegistrar,
+
+    // --- Compose (issue 19): runs compose/compose.yaml against podman's Docker API.
+    /// Docker Compose v5 (the `docker compose` plugin, run standalone).
+    DockerCompose,
+    /// natscli's `nats`, for the nats-box image the Compose file names.
+    NatsCli,
 }
 
 impl Peer {
-    pub const ALL: [Peer; 19] = [
+    pub const ALL: [Peer; 21] = [
         Peer::NatsServer,
         Peer::SpireServer,
         Peer::SpireAgent,
@@ -92,6 +99,9 @@ impl Peer {
         // SPIFFE CSI driver.
         Peer::SpiffeCsiDriver,
         Peer::KubeletPluginRegistrar,
+        // Compose.
+        Peer::DockerCompose,
+        Peer::NatsCli,
     ];
 
     /// The binary's file name.
@@ -119,6 +129,9 @@ impl Peer {
             // SPIFFE CSI driver.
             Peer::SpiffeCsiDriver => "spiffe-csi-driver",
             Peer::KubeletPluginRegistrar => "kubelet-plugin-registrar",
+            // Compose.
+            Peer::DockerCompose => "docker-compose",
+            Peer::NatsCli => "nats",
         }
     }
 
@@ -144,6 +157,8 @@ impl Peer {
             Peer::Jaeger => &JAEGER,
             // SPIFFE CSI driver.
             Peer::SpiffeCsiDriver | Peer::KubeletPluginRegistrar => &SPIFFE_CSI,
+            // Compose.
+            Peer::DockerCompose | Peer::NatsCli => &COMPOSE,
         }
     }
 
@@ -171,6 +186,9 @@ impl Peer {
             // SPIFFE CSI driver.
             Peer::SpiffeCsiDriver => "github.com/spiffe/spiffe-csi/cmd/spiffe-csi-driver",
             Peer::KubeletPluginRegistrar => "countersign.dev/tests/peers/spiffe-csi",
+            // Compose.
+            Peer::DockerCompose => "github.com/docker/compose/v5/cmd",
+            Peer::NatsCli => "github.com/nats-io/natscli/nats",
         }
     }
 }
@@ -286,7 +304,17 @@ const SPIFFE_CSI: GoModule = GoModule {
     cgo: false,
     cold_build_estimate: "about 2 minutes",
 };
-const MODULES: [&GoModule; 11] = [
+
+// --- Compose (issue 19).
+const COMPOSE: GoModule = GoModule {
+    dir: "compose",
+    upstream: "github.com/docker/compose/v5",
+    peers: &[Peer::DockerCompose, Peer::NatsCli],
+    cgo: false,
+    cold_build_estimate: "about 5 minutes",
+};
+
+const MODULES: [&GoModule; 12] = [
     &NATS,
     &SPIRE,
     &ETCD,
@@ -301,6 +329,8 @@ const MODULES: [&GoModule; 11] = [
     &JAEGER,
     // SPIFFE CSI driver.
     &SPIFFE_CSI,
+    // Compose.
+    &COMPOSE,
 ];
 
 /// Where a built peer is, and what it is.
@@ -337,6 +367,9 @@ pub struct Peers {
     // SPIFFE CSI driver.
     pub spiffe_csi_driver: PeerBinary,
     pub kubelet_plugin_registrar: PeerBinary,
+    // Compose.
+    pub docker_compose: PeerBinary,
+    pub nats_cli: PeerBinary,
 }
 
 impl Peers {
@@ -364,6 +397,9 @@ impl Peers {
             // SPIFFE CSI driver.
             Peer::SpiffeCsiDriver => &self.spiffe_csi_driver,
             Peer::KubeletPluginRegistrar => &self.kubelet_plugin_registrar,
+            // Compose.
+            Peer::DockerCompose => &self.docker_compose,
+            Peer::NatsCli => &self.nats_cli,
         }
     }
 
@@ -700,6 +736,9 @@ fn assemble(
         // SPIFFE CSI driver.
         spiffe_csi_driver: binary(Peer::SpiffeCsiDriver)?,
         kubelet_plugin_registrar: binary(Peer::KubeletPluginRegistrar)?,
+        // Compose.
+        docker_compose: binary(Peer::DockerCompose)?,
+        nats_cli: binary(Peer::NatsCli)?,
     })
 }
 
@@ -829,6 +868,12 @@ fn build(pinned: &Pinned, progress: &mut dyn FnMut(Progress<'_>)) -> Result<(), 
 
 fn ldflags(peer: Peer, version: &str) -> String {
     let mut flags = String::from("-s -w");
+    if peer == Peer::DockerCompose {
+        // Else `docker compose version` says `dev`.
+        flags.push_str(&format!(
+            " -X github.com/docker/compose/v5/internal.Version={version}"
+        ));
+    }
     if peer.module().dir == KUBE.dir {
         // Without these, /version and `--version` say v0.0.0-master; they make them report the
         // pinned release.

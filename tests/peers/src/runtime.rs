@@ -117,6 +117,35 @@ pub fn ensure(progress: &mut dyn FnMut(&str)) -> Result<ContainerRuntime, Runtim
     }
 }
 
+/// The Debian packages a podman of the Compose test needs (podman 4.3 with netavark, runc,
+/// and busybox for the images' shells).
+pub const PODMAN_PACKAGES: [&str; 3] = ["podman", "runc", "busybox-static"];
+
+/// Whether podman is installed; when it is not and this process is root with `apt-get`,
+/// installs [`PODMAN_PACKAGES`] first. `Ok(false)`: missing, and not installable here.
+pub fn ensure_podman(progress: &mut dyn FnMut(&str)) -> Result<bool, RuntimeError> {
+    let installed = || {
+        ["/usr/bin/podman", RUNC, BUSYBOX]
+            .iter()
+            .all(|path| Path::new(path).is_file())
+    };
+    if installed() {
+        return Ok(true);
+    }
+    if !(is_root() && has_apt()) {
+        return Ok(false);
+    }
+    progress(&format!(
+        "podman is missing: installing {} with apt-get",
+        PODMAN_PACKAGES.join(" ")
+    ));
+    apt_get(&["update"])?;
+    let mut install = vec!["install", "-y"];
+    install.extend(PODMAN_PACKAGES);
+    apt_get(&install)?;
+    Ok(installed())
+}
+
 fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
 }

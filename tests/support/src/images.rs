@@ -6,7 +6,13 @@
 //! config and the manifest, each addressed by its SHA-256. Every timestamp is zero and every
 //! owner is root, so the same inputs always give the same digests. [`import`] loads an archive into
 //! a containerd namespace (`k8s.io` for the kubelet), unpacked into its default snapshotter, so a
-//! pod with `imagePullPolicy: Never` runs it.
+//! pod with `imagePullPolicy: Never` runs it. [`load`] loads the same archive into podman or
+//! docker ([`ContainerCli`]) under its name, which is how `cargo xtask images` and the Compose
+//! test get every image: one way of building images, whatever runs them.
+//!
+//! [`with_parent_directories`] and [`shared_libraries`] assemble a root filesystem from files of
+//! this machine: a dynamically linked program with the exact libraries `ldd` resolves for it (the
+//! distribution's glibc, as distroless `cc` images carry), so no base image is pulled.
 
 use std::fs;
 use std::io::{self, Write};
@@ -49,6 +55,9 @@ pub struct ImageSpec {
     pub cmd: Vec<String>,
     pub env: Vec<String>,
     pub working_dir: String,
+    /// The user it runs as (`uid:gid`), as a Dockerfile's `USER`; empty for root (and then left out
+    /// of the config, so images without one keep their digests).
+    pub user: String,
 }
 
 /// What an archive holds.
@@ -107,6 +116,7 @@ impl ImageSpec {
             cmd: Vec::new(),
             env: vec!["PATH=/usr/local/bin:/usr/bin:/bin:/ko-app".to_owned()],
             working_dir: "/".to_owned(),
+            user: String::new(),
         }
     }
 
@@ -114,7 +124,7 @@ impl ImageSpec {
     pub fn write_archive(&self, archive: &Path) -> Result<WrittenImage, WriteError> {
         let layer = self.layer()?;
         let layer_digest = sha256_digest(&layer);
-        let config = json!({
+        let mut config = json!({
             "architecture": "amd64",
             "os": "linux",
             "created": "1970-01-01T00:00:00Z",
@@ -127,6 +137,9 @@ impl ImageSpec {
             "rootfs": { "type": "layers", "diff_ids": [layer_digest] },
             "history": [{ "created": "1970-01-01T00:00:00Z", "created_by": "countersign-test-support" }],
         });
+        if !self.user.is_empty() {
+            config["config"]["User"] = json!(self.user);
+        }
         let config = canonical_json(&config);
         let config_digest = sha256_digest(&config);
         let manifest = json!({
@@ -222,6 +235,217 @@ impl ImageSpec {
         }
         Ok(tar.finish())
     }
+}
+
+/// A container engine's command line that loads and tags images: podman or docker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerCli {
+    /// `podman` or `docker`, as found on `PATH`, or a path.
+    pub program: PathBuf,
+    /// Arguments put before every command (e.g. podman's `--root`/`--runroot`).
+    pub global_args: Vec<String>,
+    /// Environment for every command (e.g. podman's `CONTAINERS_CONF`).
+    pub env: Vec<(String, String)>,
+}
+
+/// Why [`ContainerCli::detect`] found no engine.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "neither podman nor docker answers `version` on this machine ({tried}): install one (Debian: \
+     apt-get install podman; or Docker Engine) to build and load the images"
+)]
+pub struct NoContainerCli {
+    pub tried: String,
+}
+
+/// Why an engine command ([`load`], [`ContainerCli::run`]) failed.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("running {program}")]
+    Spawn {
+        program: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("`{command}` failed ({status}): {output}")]
+    Failed {
+        command: String,
+        status: String,
+        output: String,
+    },
+}
+
+/// Why [`shared_libraries`] could not list a program's libraries.
+#[derive(Debug, thiserror::Error)]
+pub enum LibrariesError {
+    #[error("running ldd on {}", binary.display())]
+    Spawn {
+        binary: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("ldd {} did not resolve {library}", binary.display())]
+    Unresolved { binary: PathBuf, library: String },
+}
+
+impl ContainerCli {
+    /// The first of `podman` and `docker` whose `version` succeeds (`docker version` fails
+    /// without a running engine, so a client alone does not count).
+    pub fn detect() -> Result<ContainerCli, NoContainerCli> {
+        let mut tried = Vec::new();
+        for program in ["podman", "docker"] {
+            let status = std::process::Command::new(program)
+                .arg("version")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+            match status {
+                Ok(status) if status.success() => {
+                    return Ok(ContainerCli {
+                        program: PathBuf::from(program),
+                        global_args: Vec::new(),
+                        env: Vec::new(),
+                    });
+                }
+                Ok(status) => tried.push(format!("{program}: {status}")),
+                Err(error) => tried.push(format!("{program}: {error}")),
+            }
+        }
+        Err(NoContainerCli {
+            tried: tried.join("; "),
+        })
+    }
+
+    /// A command for this engine, its global arguments already given.
+    pub fn command(&self) -> std::process::Command {
+        let mut command = std::process::Command::new(&self.program);
+        command.args(&self.global_args);
+        command.envs(self.env.iter().map(|(key, value)| (key, value)));
+        command
+    }
+
+    /// Runs `args`; its output (stdout then stderr) if it succeeds.
+    pub fn run(&self, args: &[&str]) -> Result<String, EngineError> {
+        let command_line = format!("{} {}", self.program.display(), args.join(" "));
+        let output = self
+            .command()
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|source| EngineError::Spawn {
+                program: self.program.display().to_string(),
+                source,
+            })?;
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        if output.status.success() {
+            Ok(text)
+        } else {
+            Err(EngineError::Failed {
+                command: command_line,
+                status: output.status.to_string(),
+                output: text,
+            })
+        }
+    }
+}
+
+/// Loads the archive [`ImageSpec::write_archive`] wrote into `cli`'s image store, and tags it
+/// with its name (an OCI archive carries only the tag in `org.opencontainers.image.ref.name`,
+/// which engines do not agree on reading).
+pub fn load(cli: &ContainerCli, archive: &Path, image: &WrittenImage) -> Result<(), EngineError> {
+    let archive = archive.display().to_string();
+    cli.run(&["load", "--input", &archive])?;
+    let id = &image.config_digest["sha256:".len()..];
+    cli.run(&["tag", id, &image.name])?;
+    Ok(())
+}
+
+/// `entries` with a [`ImageEntry::Directory`] (mode 0755) before them for every parent directory
+/// not already listed, each once, in order.
+pub fn with_parent_directories(entries: Vec<ImageEntry>) -> Vec<ImageEntry> {
+    let mut seen = std::collections::BTreeSet::new();
+    for entry in &entries {
+        if let ImageEntry::Directory { path, .. } = entry {
+            seen.insert(path.trim_end_matches('/').to_owned());
+        }
+    }
+    let mut out = Vec::new();
+    for entry in entries {
+        let path = match &entry {
+            ImageEntry::Directory { path, .. }
+            | ImageEntry::File { path, .. }
+            | ImageEntry::Contents { path, .. }
+            | ImageEntry::Symlink { path, .. } => path.trim_end_matches('/').to_owned(),
+        };
+        let mut parent = String::new();
+        let parts: Vec<&str> = path.split('/').filter(|part| !part.is_empty()).collect();
+        for part in parts.iter().take(parts.len().saturating_sub(1)) {
+            if !parent.is_empty() {
+                parent.push('/');
+            }
+            parent.push_str(part);
+            if seen.insert(parent.clone()) {
+                out.push(ImageEntry::Directory {
+                    path: parent.clone(),
+                    mode: 0o755,
+                });
+            }
+        }
+        if let ImageEntry::Directory { .. } = entry {
+            seen.insert(path);
+        }
+        out.push(entry);
+    }
+    out
+}
+
+/// The shared libraries `binary` loads, the dynamic loader included, as `ldd` resolves them on
+/// this machine: absolute paths, in `ldd`'s order. Empty for a static binary.
+pub fn shared_libraries(binary: &Path) -> Result<Vec<PathBuf>, LibrariesError> {
+    let output = std::process::Command::new("ldd")
+        .arg(binary)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|source| LibrariesError::Spawn {
+            binary: binary.to_owned(),
+            source,
+        })?;
+    // A static binary: ldd exits non-zero with "not a dynamic executable".
+    if !output.status.success() {
+        return Ok(Vec::new());
+    }
+    parse_ldd(&String::from_utf8_lossy(&output.stdout)).map_err(|library| {
+        LibrariesError::Unresolved {
+            binary: binary.to_owned(),
+            library,
+        }
+    })
+}
+
+/// The paths in `ldd`'s output; the name of a library it could not find as the error.
+fn parse_ldd(text: &str) -> Result<Vec<PathBuf>, String> {
+    let mut libraries = Vec::new();
+    for line in text.lines().map(str::trim) {
+        // `libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x…)`, `/lib64/ld-linux-x86-64.so.2 (0x…)`,
+        // `linux-vdso.so.1 (0x…)` (in the kernel: nothing to copy).
+        let (name, resolved) = match line.split_once("=>") {
+            Some((name, rest)) => (name.trim(), rest.trim()),
+            None => (line, line),
+        };
+        if resolved.starts_with("not found") {
+            return Err(name.to_owned());
+        }
+        let path = resolved.split_whitespace().next().unwrap_or("");
+        if path.starts_with('/') {
+            libraries.push(PathBuf::from(path));
+        }
+    }
+    Ok(libraries)
 }
 
 /// Imports `archive` into containerd (at socket `address`) in `namespace`, unpacked.
@@ -389,6 +613,76 @@ mod tests {
         let stored = std::str::from_utf8(&header[148..154]).unwrap();
         assert_eq!(u32::from_str_radix(stored, 8).unwrap(), sum);
         assert_eq!(&bytes[BLOCK..BLOCK + 3], b"abc");
+    }
+
+    #[test]
+    fn a_user_is_in_the_config_only_when_set() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = spec().write_archive(&dir.path().join("a.tar")).unwrap();
+        let mut with_user = spec();
+        with_user.user = "65532:65532".into();
+        let nonroot = with_user.write_archive(&dir.path().join("b.tar")).unwrap();
+        assert_ne!(root.config_digest, nonroot.config_digest);
+        let archive = fs::read(dir.path().join("b.tar")).unwrap();
+        let needle = br#""User":"65532:65532""#;
+        assert!(archive.windows(needle.len()).any(|window| window == needle));
+        let archive = fs::read(dir.path().join("a.tar")).unwrap();
+        assert!(!archive.windows(6).any(|window| window == br#""User""#));
+    }
+
+    #[test]
+    fn parents_are_added_once_before_their_children() {
+        let entries = with_parent_directories(vec![
+            ImageEntry::Contents {
+                path: "usr/local/bin/a".into(),
+                contents: Vec::new(),
+                mode: 0o755,
+            },
+            ImageEntry::Directory {
+                path: "usr/local".into(),
+                mode: 0o700,
+            },
+            ImageEntry::Symlink {
+                path: "usr/local/bin/b".into(),
+                target: "a".into(),
+            },
+        ]);
+        let paths: Vec<String> = entries
+            .iter()
+            .map(|entry| match entry {
+                ImageEntry::Directory { path, mode } => format!("{path}/ {mode:o}"),
+                ImageEntry::File { path, .. }
+                | ImageEntry::Contents { path, .. }
+                | ImageEntry::Symlink { path, .. } => path.clone(),
+            })
+            .collect();
+        assert_eq!(
+            paths,
+            [
+                "usr/ 755",
+                "usr/local/ 755",
+                "usr/local/bin/ 755",
+                "usr/local/bin/a",
+                "usr/local 700",
+                "usr/local/bin/b"
+            ]
+        );
+    }
+
+    #[test]
+    fn ldd_output_gives_the_files_to_copy_and_a_missing_library_is_an_error() {
+        let text = "\tlinux-vdso.so.1 (0x00007ffd)\n\tlibc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x00007f)\n\t/lib64/ld-linux-x86-64.so.2 (0x00007f)\n";
+        assert_eq!(
+            parse_ldd(text).unwrap(),
+            [
+                PathBuf::from("/lib/x86_64-linux-gnu/libc.so.6"),
+                PathBuf::from("/lib64/ld-linux-x86-64.so.2")
+            ]
+        );
+        assert_eq!(
+            parse_ldd("\tlibfoo.so.1 => not found\n").unwrap_err(),
+            "libfoo.so.1"
+        );
     }
 
     #[test]

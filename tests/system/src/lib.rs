@@ -18,10 +18,15 @@
 //!   every service as its own process, TaskRuns at a rate through the bus or the API server,
 //!   latencies, exactly-once attestation, CPU and memory per process.
 //! - [`traces`]: traces read back from Jaeger's query API, and shown as a tree of spans.
+//! - [`images`]: every image the deployments name, built without a registry and loaded into
+//!   podman or docker (`cargo xtask images`, the Compose test).
+//! - [`compose`]: `compose/compose.yaml` run by Docker Compose against a podman of its own.
 
+pub mod compose;
 pub mod demo;
 pub mod http;
 pub mod load;
+pub mod images;
 pub mod nack;
 pub mod nats_auth;
 pub mod promql;

@@ -76,7 +76,25 @@ impl Binaries {
         repo_root: &Path,
         target_dir: Option<&Path>,
     ) -> Result<Binaries, BuildError> {
-        let args = build_args(target_dir);
+        Self::build_with(cargo, repo_root, build_args(target_dir))
+    }
+
+    /// As [`Binaries::build`], in cargo's `release` profile (what images ship).
+    pub fn build_release(
+        cargo: &OsStr,
+        repo_root: &Path,
+        target_dir: Option<&Path>,
+    ) -> Result<Binaries, BuildError> {
+        let mut args = build_args(target_dir);
+        args.push("--release".to_owned());
+        Self::build_with(cargo, repo_root, args)
+    }
+
+    fn build_with(
+        cargo: &OsStr,
+        repo_root: &Path,
+        args: Vec<String>,
+    ) -> Result<Binaries, BuildError> {
         let command_line = format!("cargo {}", args.join(" "));
         let mut command = Command::new(cargo);
         for name in package_variables() {

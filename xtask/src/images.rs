@@ -1,0 +1,42 @@
+//! `cargo xtask images [--debug | --dockerfiles]`: builds every image the manifests and the Compose file name
+//! (`ghcr.io/countersign-dev/countersign-<service>:0.1.0`, and NATS, nats-box and SPIRE under
+//! their public names) and loads them into podman or docker, whichever runs here.
+//!
+//! Ensures the peers (NATS, natscli and SPIRE are built from the Go module proxy), then runs the
+//! binary `countersign-images` of `tests/system` with `cargo run` (cargo's progress shown), which
+//! builds the services and writes and loads each image; see that binary for what they hold.
+
+use std::process::ExitCode;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Build the services in cargo's dev profile (faster to build, larger images).
+    #[arg(long, conflicts_with = "dockerfiles")]
+    debug: bool,
+    /// Build the services' images from compose/docker/*.Dockerfile with the engine instead
+    /// (needs a registry for their base images; NATS and SPIRE are then pulled by Compose).
+    #[arg(long)]
+    dockerfiles: bool,
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    if !args.dockerfiles {
+        crate::peers::ensure()?;
+    }
+    let mut command = crate::cargo::command(&[
+        "run",
+        "--package",
+        "countersign-system-tests",
+        "--bin",
+        "countersign-images",
+        "--",
+    ])?;
+    if args.debug {
+        command.arg("--debug");
+    }
+    if args.dockerfiles {
+        command.arg("--dockerfiles");
+    }
+    eprintln!("images: building and running the image builder: {command:?}");
+    Err(crate::cargo::exec(command))
+}

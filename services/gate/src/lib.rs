@@ -12,6 +12,8 @@
 //! - [`pipeline`]: what is read of a PipelineRun and of the TaskRun being created.
 //! - [`decide`]: the rule: [`decide::plan`], then [`decide::Plan::decide`], with one
 //!   [`decide::DenyCode`] per check.
+//! - [`pod`]: the optional Pod rule: an image a rejected TaskRun produced is not run, and where a
+//!   namespace requires it, only images a verified TaskRun produced.
 //!
 //! The service around it:
 //!
@@ -30,6 +32,7 @@ pub mod decide;
 pub mod expression;
 pub mod metrics;
 pub mod pipeline;
+pub mod pod;
 pub mod replica;
 pub mod service;
 pub mod substitution;

@@ -29,10 +29,13 @@ use crate::cluster::{Cache, GateMode, NamespaceEntry, TaskRunEntry};
 use crate::decide::{AttestedUpstream, Decision, Denial, DenyCode, Planned, Upstream, plan};
 use crate::metrics::GateMetrics;
 use crate::pipeline::{PipelineRunView, TaskRunAdmission};
+use crate::pod::{POD_POLICY_LABEL, PodPolicy, Producer, decide_pod, pod_images};
 use crate::replica::Replica;
 
 /// The path the ValidatingWebhookConfiguration calls for TaskRuns.
 pub const TASKRUNS_PATH: &str = "/validate/taskruns";
+/// The path the ValidatingWebhookConfiguration calls for Pods.
+pub const PODS_PATH: &str = "/validate/pods";
 
 /// What the webhook reads from.
 #[derive(Debug, Clone)]
@@ -115,35 +118,49 @@ impl Outcome {
 pub fn router(gate: Arc<Gate>, max_body_bytes: usize) -> Router {
     Router::new()
         .route(TASKRUNS_PATH, post(review_taskrun))
+        .route(PODS_PATH, post(review_pod))
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .with_state(gate)
 }
 
+/// The request of a v1 AdmissionReview, or the 400 answer to a body that is not one.
+fn read_review(body: &[u8]) -> Result<AdmissionRequest, (StatusCode, String)> {
+    let review: AdmissionReview = serde_json::from_slice(body).map_err(|error| {
+        (
+            StatusCode::BAD_REQUEST,
+            format!("not an AdmissionReview: {error}"),
+        )
+    })?;
+    if review.api_version != "admission.k8s.io/v1" || review.kind != "AdmissionReview" {
+        return Err((
+            StatusCode::BAD_REQUEST,
+            "not an admission.k8s.io/v1 AdmissionReview".to_owned(),
+        ));
+    }
+    review.request.ok_or_else(|| {
+        (
+            StatusCode::BAD_REQUEST,
+            "the AdmissionReview has no request".to_owned(),
+        )
+    })
+}
+
+async fn review_pod(State(gate): State<Arc<Gate>>, body: axum::body::Bytes) -> Response {
+    let started = Instant::now();
+    let request = match read_review(&body) {
+        Ok(request) => request,
+        Err(refused) => return refused.into_response(),
+    };
+    let (outcome, answer) = gate.judge_pod(&request);
+    gate.metrics.observe(outcome, started.elapsed());
+    Json(response_json(&request.uid, &answer)).into_response()
+}
+
 async fn review_taskrun(State(gate): State<Arc<Gate>>, body: axum::body::Bytes) -> Response {
     let started = Instant::now();
-    let review: AdmissionReview = match serde_json::from_slice(&body) {
-        Ok(review) => review,
-        Err(error) => {
-            return (
-                StatusCode::BAD_REQUEST,
-                format!("not an AdmissionReview: {error}"),
-            )
-                .into_response();
-        }
-    };
-    if review.api_version != "admission.k8s.io/v1" || review.kind != "AdmissionReview" {
-        return (
-            StatusCode::BAD_REQUEST,
-            "not an admission.k8s.io/v1 AdmissionReview",
-        )
-            .into_response();
-    }
-    let Some(request) = review.request else {
-        return (
-            StatusCode::BAD_REQUEST,
-            "the AdmissionReview has no request",
-        )
-            .into_response();
+    let request = match read_review(&body) {
+        Ok(request) => request,
+        Err(refused) => return refused.into_response(),
     };
     let (outcome, answer) = gate.judge_taskrun(&request).await;
     gate.metrics.observe(outcome, started.elapsed());
@@ -182,6 +199,69 @@ impl Gate {
                     .and_then(|value| GateMode::parse(value))
             })
             .unwrap_or(self.default_mode)
+    }
+
+    /// The Pod policy of `namespace` (label `countersign.dev/images`).
+    pub fn pod_policy(&self, namespace: &str) -> PodPolicy {
+        let entry = self.namespaces.get("", namespace);
+        PodPolicy::parse(
+            entry
+                .as_ref()
+                .and_then(|entry| entry.labels.get(POD_POLICY_LABEL))
+                .map(String::as_str),
+        )
+    }
+
+    /// The TaskRuns whose results name `digest`, with their verdicts.
+    pub fn producers(&self, digest: &str) -> Vec<Producer> {
+        self.taskruns
+            .indexed(digest)
+            .into_iter()
+            .flat_map(|((namespace, name), entry)| {
+                let record = self.replica.get(&entry.uid);
+                entry
+                    .artifacts
+                    .iter()
+                    .filter(|artifact| artifact.digest == digest)
+                    .map(|artifact| Producer {
+                        taskrun: format!("{namespace}/{name}"),
+                        verdict: record.as_ref().map(|record| record.verdict),
+                        result_signed: record.as_ref().is_some_and(|record| {
+                            record.signed_results.get(&artifact.result)
+                                == entry.result_digest(&artifact.result).as_ref()
+                        }),
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
+    fn judge_pod(&self, request: &AdmissionRequest) -> (Outcome, Answer) {
+        let namespace = request.namespace.clone().unwrap_or_default();
+        let policy = self.pod_policy(&namespace);
+        let mode = self.mode(&namespace);
+        if policy == PodPolicy::Off || mode == GateMode::Off || request.operation == "DELETE" {
+            return (Outcome::Skipped, Answer::Allow);
+        }
+        let images = request.object.as_ref().map(pod_images).unwrap_or_default();
+        let denials = decide_pod(&images, policy, |digest| self.producers(digest));
+        if denials.is_empty() {
+            return (Outcome::Admitted, Answer::Allow);
+        }
+        let lines: Vec<String> = denials
+            .iter()
+            .map(|denial| {
+                format!(
+                    "countersign gate: {}: {}",
+                    denial.code.as_str(),
+                    denial.message
+                )
+            })
+            .collect();
+        match mode {
+            GateMode::Warn => (Outcome::Warned, Answer::AllowWithWarnings(lines)),
+            _ => (Outcome::Denied, Answer::Deny(lines.join("; "))),
+        }
     }
 
     async fn judge_taskrun(&self, request: &AdmissionRequest) -> (Outcome, Answer) {
@@ -470,6 +550,85 @@ mod tests {
         let huge = admission_review(json!({"metadata": {"name": "x".repeat(70 * 1024)}}));
         let (status, _) = review(gate(GateMode::Enforce), huge).await;
         assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    }
+
+    #[tokio::test]
+    async fn a_pod_running_an_image_a_rejected_taskrun_built_is_denied_where_the_namespace_asks() {
+        const DIGEST: &str =
+            "sha256:5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c";
+        let gate = gate(GateMode::Enforce);
+        let namespace: kube::api::DynamicObject = serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "Namespace",
+            "metadata": {"name": "ci", "labels": {"countersign.dev/images": "deny-rejected"}}
+        }))
+        .unwrap();
+        gate.namespaces.apply(&namespace);
+        let taskrun: kube::api::DynamicObject = serde_json::from_value(json!({
+            "apiVersion": "tekton.dev/v1", "kind": "TaskRun",
+            "metadata": {"name": "build", "namespace": "ci", "uid": "u1"},
+            "status": {"results": [
+                {"name": "IMAGE_URL", "value": "r.example/app"},
+                {"name": "IMAGE_DIGEST", "value": DIGEST}
+            ]}
+        }))
+        .unwrap();
+        gate.taskruns.apply(&taskrun);
+        gate.replica.insert(crate::replica::VerdictRecord {
+            namespace: "ci".into(),
+            name: "build".into(),
+            uid: "u1".into(),
+            verdict: Verdict::Rejected,
+            reason: Some("signature_invalid".into()),
+            signed_results: BTreeMap::new(),
+            attestation_digest: "sha256:00".into(),
+            attested_at: chrono::Utc::now(),
+        });
+        let pod = |image: &str| {
+            json!({
+                "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+                "request": {
+                    "uid": "req-2", "operation": "CREATE", "namespace": "ci",
+                    "kind": {"group": "", "version": "v1", "kind": "Pod"},
+                    "object": {"spec": {"containers": [{"name": "app", "image": image}]}}
+                }
+            })
+        };
+        let response = router(Arc::clone(&gate), 64 * 1024)
+            .oneshot(
+                Request::post(PODS_PATH)
+                    .header("content-type", "application/json")
+                    .body(Body::from(
+                        serde_json::to_vec(&pod(&format!("r.example/app@{DIGEST}"))).unwrap(),
+                    ))
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        let answer: Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(answer["response"]["allowed"], false);
+        let message = answer["response"]["status"]["message"].as_str().unwrap();
+        assert!(message.contains("image_from_rejected_taskrun"), "{message}");
+        assert!(message.contains("ci/build"), "{message}");
+
+        let response = router(gate, 64 * 1024)
+            .oneshot(
+                Request::post(PODS_PATH)
+                    .header("content-type", "application/json")
+                    .body(Body::from(
+                        serde_json::to_vec(&pod("busybox:1.36")).unwrap(),
+                    ))
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        let answer: Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(answer["response"]["allowed"], true);
     }
 
     #[test]

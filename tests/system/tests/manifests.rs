@@ -188,7 +188,16 @@ async fn check(relative: &str) -> Rendered {
 #[tokio::test]
 async fn base_is_accepted() {
     let rendered = check("base").await;
-    assert_eq!(rendered.of_kind("Deployment").count(), 4);
+    assert_eq!(rendered.of_kind("Deployment").count(), 5);
+    let webhook = rendered
+        .find("ValidatingWebhookConfiguration", "countersign-gate")
+        .expect("the gate's webhook configuration");
+    assert_eq!(webhook["webhooks"][0]["failurePolicy"], "Fail");
+    assert!(
+        webhook["webhooks"][0]["timeoutSeconds"]
+            .as_i64()
+            .is_some_and(|seconds| seconds <= 3)
+    );
 }
 
 #[tokio::test]
@@ -318,7 +327,7 @@ async fn attestor_annotate_component_is_accepted() {
 /// What every Deployment of the base must have: probes on /livez and /readyz at the admin port,
 /// requests and limits, a locked-down container, a Service exposing the admin port, a
 /// PodDisruptionBudget; the SPIFFE CSI volume exactly for the services that use the Workload API;
-/// a Kubernetes API token only for the watcher.
+/// a Kubernetes API token only for the watcher and the gate.
 #[test]
 fn deployments_have_probes_resources_services_and_budgets() {
     let rendered = render::render("base").unwrap_or_else(|error| panic!("{error}"));
@@ -376,7 +385,11 @@ fn deployments_have_probes_resources_services_and_budgets() {
         let uses_workload_api = matches!(name, "countersign-registrar" | "countersign-attestor");
         assert_eq!(csi, uses_workload_api, "{name}: the SPIFFE CSI volume");
         let token = pod["automountServiceAccountToken"] == true;
-        assert_eq!(token, name == "countersign-watcher", "{name}: API token");
+        assert_eq!(
+            token,
+            matches!(name, "countersign-watcher" | "countersign-gate"),
+            "{name}: API token"
+        );
     }
     let watcher = rendered
         .find("Service", "countersign-watcher")
@@ -391,11 +404,11 @@ fn deployments_have_probes_resources_services_and_budgets() {
     );
 }
 
-/// Only the watcher has RBAC in the base, and only to read.
+/// Only the watcher and the gate have RBAC in the base, and only to read.
 #[test]
-fn only_the_watcher_is_bound_to_a_role_in_the_base() {
+fn only_the_watcher_and_the_gate_are_bound_to_a_role_in_the_base() {
     let rendered = render::render("base").unwrap_or_else(|error| panic!("{error}"));
-    let subjects: Vec<String> = rendered
+    let subjects: BTreeSet<String> = rendered
         .documents
         .iter()
         .filter(|document| matches!(render::kind(document), "RoleBinding" | "ClusterRoleBinding"))
@@ -408,5 +421,11 @@ fn only_the_watcher_is_bound_to_a_role_in_the_base() {
                 .map(|subject| subject["name"].as_str().unwrap_or("").to_owned())
         })
         .collect();
-    assert_eq!(subjects, ["countersign-watcher"]);
+    assert_eq!(
+        subjects,
+        BTreeSet::from([
+            "countersign-gate".to_owned(),
+            "countersign-watcher".to_owned()
+        ])
+    );
 }

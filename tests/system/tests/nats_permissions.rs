@@ -299,6 +299,7 @@ fn every_service_has_a_permission_file() {
         [
             "admin",
             "attestor",
+            "gate",
             "reader",
             "registrar",
             "relay",

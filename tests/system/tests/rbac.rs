@@ -3,6 +3,8 @@
 //! does not.
 //!
 //! - watcher: get, list and watch TaskRuns and pods; never write them, never read secrets.
+//! - gate: get, list and watch PipelineRuns, TaskRuns and namespaces; never write, never read
+//!   pods or secrets.
 //! - registrar and relay: nothing at all.
 //! - attestor: nothing, until `components/attestor-annotate` is added; then `patch` on TaskRuns
 //!   and still nothing else.
@@ -93,6 +95,17 @@ const WATCHER_READS: [Request; 7] = [
 ];
 
 /// The attestor's annotation.
+/// What the gate reads.
+const GATE_READS: [Request; 7] = [
+    request("get", TEKTON, "pipelineruns", Some("ci")),
+    request("list", TEKTON, "pipelineruns", None),
+    request("watch", TEKTON, "pipelineruns", None),
+    request("list", TEKTON, "taskruns", None),
+    request("watch", TEKTON, "taskruns", None),
+    request("list", "", "namespaces", None),
+    request("watch", "", "namespaces", None),
+];
+
 const ANNOTATE: Request = request("patch", TEKTON, "taskruns", Some("ci"));
 
 async fn may(kube: &KubeApiserver, account: &str, request: Request) -> bool {
@@ -205,6 +218,24 @@ async fn each_service_account_may_do_what_it_needs_and_nothing_else() {
     )
     .await;
 
+    // The gate reads PipelineRuns, TaskRuns and namespaces, cluster-wide, and nothing else.
+    for request in GATE_READS {
+        wait_allowed(kube, "countersign-gate", request).await;
+    }
+    assert_refused(kube, "countersign-gate", &NEVER).await;
+    assert_refused(kube, "countersign-gate", &[ANNOTATE]).await;
+    assert_refused(
+        kube,
+        "countersign-gate",
+        &[
+            request("get", "", "pods", Some("ci")),
+            request("create", TEKTON, "pipelineruns", Some("ci")),
+            request("patch", "", "namespaces", None),
+        ],
+    )
+    .await;
+    assert_refused(kube, "countersign-watcher", &GATE_READS[..3]).await;
+
     // The registrar, the relay and (without the component) the attestor: nothing.
     for account in [
         "countersign-registrar",
@@ -212,6 +243,7 @@ async fn each_service_account_may_do_what_it_needs_and_nothing_else() {
         "countersign-attestor",
     ] {
         assert_refused(kube, account, &WATCHER_READS).await;
+        assert_refused(kube, account, &GATE_READS).await;
         assert_refused(kube, account, &NEVER).await;
         assert_refused(kube, account, &[ANNOTATE]).await;
     }

@@ -78,7 +78,10 @@ impl Default for StreamLimits {
 #[serde(deny_unknown_fields, default)]
 pub struct ConsumerConfig {
     /// How long the server waits for an ack before redelivering. While a handler runs, the
-    /// consumer tells the server it is still working every half of this. Default: `30s`.
+    /// consumer tells the server it is still working (an in-progress ack) every third of this,
+    /// so it can be short: a message whose handler died (the process was killed) is redelivered
+    /// to another replica, or to the restarted one, this long after the last progress. Default:
+    /// `5s`.
     #[serde(with = "humantime_serde")]
     pub ack_wait: Duration,
     /// How many times a message is delivered at most; on the last delivery a transient failure
@@ -103,7 +106,7 @@ pub struct ConsumerConfig {
 impl Default for ConsumerConfig {
     fn default() -> ConsumerConfig {
         ConsumerConfig {
-            ack_wait: Duration::from_secs(30),
+            ack_wait: Duration::from_secs(5),
             max_deliver: Some(20),
             nak_backoff: [1, 5, 15, 60, 300]
                 .into_iter()
@@ -213,10 +216,10 @@ mod tests {
         assert!(serde_json::from_str::<StreamLimits>(r#"{"max_age": 5}"#).is_err());
 
         let consumer: ConsumerConfig = serde_json::from_str(
-            r#"{"ack_wait": "5s", "nak_backoff": ["100ms", "1s"], "max_deliver": null}"#,
+            r#"{"ack_wait": "2s", "nak_backoff": ["100ms", "1s"], "max_deliver": null}"#,
         )
         .unwrap();
-        assert_eq!(consumer.ack_wait, Duration::from_secs(5));
+        assert_eq!(consumer.ack_wait, Duration::from_secs(2));
         assert_eq!(
             consumer.nak_backoff,
             vec![Duration::from_millis(100), Duration::from_secs(1)]

@@ -370,7 +370,7 @@ where
         limits: DecodeLimits {
             max_payload_bytes: consumer.config.max_payload_bytes,
         },
-        progress_every: (consumer.config.ack_wait / 2).max(Duration::from_millis(100)),
+        progress_every: progress_interval(consumer.config.ack_wait),
     });
     let handler = Arc::new(handler);
     let semaphore = Arc::new(Semaphore::new(concurrency));
@@ -729,6 +729,13 @@ fn mark_dead_lettered(span: &tracing::Span, disposition: &Disposition) {
             format!("dead-lettered ({}): {}", note.reason.as_str(), note.detail),
         );
     }
+}
+
+/// How often a running handler's message gets an in-progress ack: every third of the ack wait,
+/// so one progress ack lost or late still leaves the server another before it redelivers; at
+/// least every 100 ms.
+pub fn progress_interval(ack_wait: Duration) -> Duration {
+    (ack_wait / 3).max(Duration::from_millis(100))
 }
 
 /// Runs the handler, telling the server every `every` that the message is still being worked on.

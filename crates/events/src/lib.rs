@@ -66,7 +66,8 @@ pub use binding::{DecodeError, DecodeErrorKind, DecodeLimits, decode, encode};
 pub use config::{BusConfig, ConsumerConfig, KvConfig, StreamLimits, StreamsConfig};
 pub use consume::{
     BoxError, ConsumeError, Delivery, Disposition, DurableConsumer, DurableError, Handler,
-    HandlerError, Processed, RetryPolicy, disposition, run_consumer, run_durable,
+    HandlerError, Processed, RetryPolicy, disposition, progress_interval, run_consumer,
+    run_durable,
 };
 pub use deadletter::{DeadLetter, DeadLetterNote, DeadLetterReason};
 pub use event::{EncodeError, Event, EventSource};

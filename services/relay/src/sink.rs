@@ -14,6 +14,7 @@
 use std::time::{Duration, SystemTime};
 
 use countersign_events::{AttestationEvent, Event};
+use countersign_runtime::bounded_read::{ReadFileError, read_bounded};
 use countersign_runtime::config::Environment;
 use countersign_runtime::http_client::{
     HttpClientError, HttpClientOptions, TrustRoots, http_client_builder,
@@ -22,7 +23,7 @@ use reqwest::StatusCode;
 use reqwest::header::{HeaderMap, RETRY_AFTER};
 use url::Url;
 
-use crate::config::SinkConfig;
+use crate::config::{MAX_SINK_FILE_BYTES, SinkConfig};
 use crate::headers::{HeaderError, SinkHeaders};
 use crate::http_binding::{BindingError, binary_mode_request};
 
@@ -35,14 +36,16 @@ const MAX_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Why a sink could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
-    /// The CA file could not be read.
-    #[error("sink {sink}: reading the CA file {}", path.display())]
+    /// The CA file could not be read, or holds more than [`MAX_SINK_FILE_BYTES`].
+    #[error("sink {sink}: reading the CA file")]
     ReadCaFile {
         sink: String,
-        path: std::path::PathBuf,
         #[source]
-        source: std::io::Error,
+        source: ReadFileError,
     },
+    /// The task reading the CA file ended without an answer (the runtime is shutting down).
+    #[error("sink {sink}: reading the CA file was cancelled")]
+    ReadCaFileCancelled { sink: String },
     /// The HTTP client could not be built (a bad CA file, among others).
     #[error("sink {sink}: building the HTTP client")]
     Client {
@@ -212,18 +215,23 @@ pub struct Sink {
 }
 
 impl Sink {
-    /// Builds the sink's client and resolves its headers (`env` for `from_env`).
+    /// Builds the sink's client and resolves its headers (`env` for `from_env`). The CA file is
+    /// read once, here, and at most [`MAX_SINK_FILE_BYTES`] of it.
     pub async fn new(config: &SinkConfig, env: &Environment) -> Result<Sink, SinkError> {
         let roots = match &config.ca_file {
             None => TrustRoots::Native,
             Some(path) => {
-                let pem = tokio::fs::read(path)
-                    .await
-                    .map_err(|source| SinkError::ReadCaFile {
-                        sink: config.name.clone(),
-                        path: path.clone(),
-                        source,
-                    })?;
+                let path = path.clone();
+                let pem =
+                    tokio::task::spawn_blocking(move || read_bounded(&path, MAX_SINK_FILE_BYTES))
+                        .await
+                        .map_err(|_| SinkError::ReadCaFileCancelled {
+                            sink: config.name.clone(),
+                        })?
+                        .map_err(|source| SinkError::ReadCaFile {
+                            sink: config.name.clone(),
+                            source,
+                        })?;
                 let certificates = TrustRoots::certificates_from_pem(&pem).map_err(|source| {
                     SinkError::Client {
                         sink: config.name.clone(),
@@ -341,9 +349,41 @@ async fn read_excerpt(response: &mut reqwest::Response) -> String {
 
 #[cfg(test)]
 mod tests {
+    use countersign_runtime::bounded_read::ReadFileErrorKind;
     use reqwest::header::HeaderValue;
 
     use super::*;
+
+    fn sink_config(ca_file: &std::path::Path) -> SinkConfig {
+        serde_json::from_value(serde_json::json!({
+            "name": "listener",
+            "url": "https://127.0.0.1:1/",
+            "ca_file": ca_file,
+        }))
+        .expect("a sink configuration")
+    }
+
+    #[tokio::test]
+    async fn the_ca_file_is_read_up_to_the_limit() {
+        let endless = Sink::new(&sink_config("/dev/zero".as_ref()), &Environment::new()).await;
+        match endless {
+            Err(SinkError::ReadCaFile { source, .. }) => {
+                assert_eq!(source.kind(), ReadFileErrorKind::TooLarge)
+            }
+            other => panic!("expected a CA file too large, got {other:?}"),
+        }
+        let missing = Sink::new(
+            &sink_config("/nonexistent/countersign/ca.pem".as_ref()),
+            &Environment::new(),
+        )
+        .await;
+        match missing {
+            Err(SinkError::ReadCaFile { source, .. }) => {
+                assert_eq!(source.kind(), ReadFileErrorKind::Io)
+            }
+            other => panic!("expected a missing CA file, got {other:?}"),
+        }
+    }
 
     #[test]
     fn statuses_are_retryable_or_permanent_as_documented() {

@@ -15,10 +15,13 @@
 //! - [`reason`]: the verifier's reason codes as the event contract's, and back.
 //! - [`attestation`]: a decision signed as an attestation event, and an event's attestation read
 //!   back for an offline check.
+//! - [`bundle_history`]: the trust bundle history (every bundle SPIRE published, by sequence
+//!   number) and the point-in-time check of a chain at its signing time against it.
 //! - [`store`]: the public KV layout of attestations (attestations by TaskRun UID, the name
 //!   index): keys, reading, and the attestor's create-if-absent write.
 
 pub mod attestation;
+pub mod bundle_history;
 pub mod decide;
 pub mod reason;
 pub mod snapshot;

@@ -55,13 +55,15 @@ pub enum Peer {
     Cosign,
     /// `slsa-verifier` (reads SLSA VSAs).
     SlsaVerifier,
+    /// Our SPIRE server CredentialComposer plugin that adds code signing to the attestor's SVID.
+    SpireCodeSigning,
     // --- Trace store (issue 19): where the services' OTLP spans are read back from.
     /// Jaeger v2 (an OpenTelemetry Collector distribution with a query API).
     Jaeger,
 }
 
 impl Peer {
-    pub const ALL: [Peer; 16] = [
+    pub const ALL: [Peer; 17] = [
         Peer::NatsServer,
         Peer::SpireServer,
         Peer::SpireAgent,
@@ -78,6 +80,7 @@ impl Peer {
         Peer::DsseVerify,
         Peer::Cosign,
         Peer::SlsaVerifier,
+        Peer::SpireCodeSigning,
         // Trace store.
         Peer::Jaeger,
     ];
@@ -101,6 +104,7 @@ impl Peer {
             Peer::DsseVerify => "dsse-verify",
             Peer::Cosign => "cosign",
             Peer::SlsaVerifier => "slsa-verifier",
+            Peer::SpireCodeSigning => "spire-code-signing",
             // Trace store.
             Peer::Jaeger => "jaeger",
         }
@@ -121,6 +125,7 @@ impl Peer {
             Peer::DsseVerify => &DSSE_VERIFY,
             Peer::Cosign => &COSIGN,
             Peer::SlsaVerifier => &SLSA_VERIFIER,
+            Peer::SpireCodeSigning => &SPIRE_CODE_SIGNING,
             // Trace store.
             Peer::Jaeger => &JAEGER,
         }
@@ -144,6 +149,7 @@ impl Peer {
             Peer::DsseVerify => "countersign.dev/tests/peers/dsse-verify",
             Peer::Cosign => "github.com/sigstore/cosign/v3/cmd/cosign",
             Peer::SlsaVerifier => "github.com/slsa-framework/slsa-verifier/v2/cli/slsa-verifier",
+            Peer::SpireCodeSigning => "countersign.dev/tests/peers/spire-code-signing",
             // Trace store.
             Peer::Jaeger => "github.com/jaegertracing/jaeger/cmd/jaeger",
         }
@@ -244,6 +250,13 @@ const SLSA_VERIFIER: GoModule = GoModule {
     cgo: false,
     cold_build_estimate: "about 2 minutes",
 };
+const SPIRE_CODE_SIGNING: GoModule = GoModule {
+    dir: "spire-code-signing",
+    upstream: "github.com/spiffe/spire-plugin-sdk",
+    peers: &[Peer::SpireCodeSigning],
+    cgo: false,
+    cold_build_estimate: "about 30 seconds",
+};
 // --- Trace store (issue 19).
 const JAEGER: GoModule = GoModule {
     dir: "jaeger",
@@ -252,7 +265,7 @@ const JAEGER: GoModule = GoModule {
     cgo: false,
     cold_build_estimate: "about 12 minutes",
 };
-const MODULES: [&GoModule; 10] = [
+const MODULES: [&GoModule; 11] = [
     &NATS,
     &SPIRE,
     &ETCD,
@@ -263,6 +276,7 @@ const MODULES: [&GoModule; 10] = [
     &DSSE_VERIFY,
     &COSIGN,
     &SLSA_VERIFIER,
+    &SPIRE_CODE_SIGNING,
     // Trace store.
     &JAEGER,
 ];
@@ -295,6 +309,7 @@ pub struct Peers {
     pub dsse_verify: PeerBinary,
     pub cosign: PeerBinary,
     pub slsa_verifier: PeerBinary,
+    pub spire_code_signing: PeerBinary,
     // Trace store.
     pub jaeger: PeerBinary,
 }
@@ -318,6 +333,7 @@ impl Peers {
             Peer::DsseVerify => &self.dsse_verify,
             Peer::Cosign => &self.cosign,
             Peer::SlsaVerifier => &self.slsa_verifier,
+            Peer::SpireCodeSigning => &self.spire_code_signing,
             // Trace store.
             Peer::Jaeger => &self.jaeger,
         }
@@ -650,6 +666,7 @@ fn assemble(
         dsse_verify: binary(Peer::DsseVerify)?,
         cosign: binary(Peer::Cosign)?,
         slsa_verifier: binary(Peer::SlsaVerifier)?,
+        spire_code_signing: binary(Peer::SpireCodeSigning)?,
         // Trace store.
         jaeger: binary(Peer::Jaeger)?,
     })

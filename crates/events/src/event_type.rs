@@ -33,6 +33,9 @@ pub enum EventType {
     AttestationVerified,
     /// `dev.countersign.attestation.rejected.v1`: a TaskRun's results failed verification.
     AttestationRejected,
+    /// `dev.countersign.export.stored.v1`: a TaskRun's attestation is stored as a Sigstore
+    /// bundle, with its SLSA VSAs.
+    ExportStored,
 }
 
 /// The families of event types; each has its own stream and subject root.
@@ -44,11 +47,14 @@ pub enum Family {
     Registration,
     /// Verification outcomes, published by the attestor.
     Attestation,
+    /// The attestations in other tools' formats, published by the attestor (kept in the
+    /// attestations stream, under their own subject root).
+    Export,
 }
 
 impl EventType {
     /// Every type, in a stable order.
-    pub const ALL: [EventType; 9] = [
+    pub const ALL: [EventType; 10] = [
         EventType::TaskRunCreated,
         EventType::TaskRunScheduled,
         EventType::StepCompleted,
@@ -58,6 +64,7 @@ impl EventType {
         EventType::EntryReleased,
         EventType::AttestationVerified,
         EventType::AttestationRejected,
+        EventType::ExportStored,
     ];
 
     /// The type's position in [`EventType::ALL`].
@@ -78,6 +85,7 @@ impl EventType {
             EventType::EntryReleased => "dev.countersign.registration.released.v1",
             EventType::AttestationVerified => "dev.countersign.attestation.verified.v1",
             EventType::AttestationRejected => "dev.countersign.attestation.rejected.v1",
+            EventType::ExportStored => "dev.countersign.export.stored.v1",
         }
     }
 
@@ -91,6 +99,7 @@ impl EventType {
             | EventType::TaskRunDeleted => Family::TaskRun,
             EventType::EntryRegistered | EventType::EntryReleased => Family::Registration,
             EventType::AttestationVerified | EventType::AttestationRejected => Family::Attestation,
+            EventType::ExportStored => Family::Export,
         }
     }
 
@@ -106,6 +115,7 @@ impl EventType {
             EventType::EntryReleased => "released",
             EventType::AttestationVerified => "verified",
             EventType::AttestationRejected => "rejected",
+            EventType::ExportStored => "stored",
         }
     }
 
@@ -129,7 +139,12 @@ impl EventType {
 
 impl Family {
     /// Every family, in a stable order.
-    pub const ALL: [Family; 3] = [Family::TaskRun, Family::Registration, Family::Attestation];
+    pub const ALL: [Family; 4] = [
+        Family::TaskRun,
+        Family::Registration,
+        Family::Attestation,
+        Family::Export,
+    ];
 
     /// The family's subject token (`taskrun`, `registration`, `attestation`).
     pub const fn as_str(self) -> &'static str {
@@ -137,6 +152,7 @@ impl Family {
             Family::TaskRun => "taskrun",
             Family::Registration => "registration",
             Family::Attestation => "attestation",
+            Family::Export => "export",
         }
     }
 

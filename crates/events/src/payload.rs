@@ -10,8 +10,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::data::{
-    AttestationRejected, AttestationVerified, EntryRegistered, EntryReleased, StepCompleted,
-    TaskRunCreated, TaskRunDeleted, TaskRunFinished, TaskRunScheduled,
+    AttestationRejected, AttestationVerified, EntryRegistered, EntryReleased, ExportStored,
+    StepCompleted, TaskRunCreated, TaskRunDeleted, TaskRunFinished, TaskRunScheduled,
 };
 use crate::event_type::EventType;
 use crate::subject::{SubjectError, Subjects};
@@ -234,6 +234,8 @@ event_family! {
         AttestationVerified(AttestationVerified),
         /// `dev.countersign.attestation.rejected.v1`
         AttestationRejected(AttestationRejected),
+        /// `dev.countersign.export.stored.v1`
+        ExportStored(ExportStored),
     }
 }
 

@@ -8,6 +8,7 @@
 //! | `{p}.registration.{registered\|released}.{cluster}.{namespace}.{name}` (workload entries) | registrar |
 //! | `{p}.registration.{registered\|released}.{cluster}._node.{node}` (node alias entries) | registrar |
 //! | `{p}.attestation.{verified\|rejected}.{cluster}.{namespace}.{name}` | attestor |
+//! | `{p}.export.stored.{cluster}.{namespace}.{name}` | attestor |
 //! | `{p}.deadletter.{consumer}` | every consumer |
 //!
 //! Every variable token is encoded by [`encode_token`]: `[A-Za-z0-9-]` pass through, `.` becomes
@@ -197,7 +198,7 @@ impl StreamKind {
         match family {
             Family::TaskRun => StreamKind::TaskRuns,
             Family::Registration => StreamKind::Registrations,
-            Family::Attestation => StreamKind::Attestations,
+            Family::Attestation | Family::Export => StreamKind::Attestations,
         }
     }
 
@@ -307,9 +308,14 @@ impl Subjects {
         format!("{}_{}", self.prefix.to_ascii_uppercase(), kind.suffix())
     }
 
-    /// The subjects a stream captures: `{p}.{root}.>`.
+    /// The subjects a stream captures: `{p}.{root}.>` of each family it holds (the attestations
+    /// stream also holds `{p}.export.>`).
     pub fn stream_subjects(&self, kind: StreamKind) -> Vec<String> {
-        vec![format!("{}.{}.>", self.prefix, kind.root())]
+        let mut subjects = vec![format!("{}.{}.>", self.prefix, kind.root())];
+        if kind == StreamKind::Attestations {
+            subjects.push(self.family_events(Family::Export));
+        }
+        subjects
     }
 
     /// The name of a KV bucket: `{PREFIX}_{NAME}` (both upper-cased). `name` is `[A-Za-z0-9_-]`.

@@ -207,6 +207,21 @@ fn samples() -> Vec<AnyEvent> {
             attestation: attestation(),
             attested_at: time(31),
         }),
+        AnyEvent::ExportStored(ExportStored {
+            taskrun: taskrun(name),
+            verdict: ExportedVerdict::Verified,
+            bundle_key: "uid-1.attestation".into(),
+            vsas: vec![ExportedVsa {
+                key: "uid-1.vsa.1".into(),
+                artifact: Some(ExportedArtifact {
+                    uri: "registry.example.org/app".into(),
+                    digest: format!("sha256:{}", "ab".repeat(32)),
+                }),
+                resource_uri: "registry.example.org/app".into(),
+                verification_result: VsaResult::Passed,
+            }],
+            attested_at: time(30),
+        }),
     ]
 }
 
@@ -345,6 +360,7 @@ async fn every_event_type_round_trips_through_the_stream() {
         (StreamKind::TaskRuns, Family::TaskRun),
         (StreamKind::Registrations, Family::Registration),
         (StreamKind::Attestations, Family::Attestation),
+        (StreamKind::Attestations, Family::Export),
     ] {
         let consumer = bus
             .ensure_consumer(

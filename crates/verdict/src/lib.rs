@@ -19,10 +19,15 @@
 //!   number) and the point-in-time check of a chain at its signing time against it.
 //! - [`store`]: the public KV layout of attestations (attestations by TaskRun UID, the name
 //!   index): keys, reading, and the attestor's create-if-absent write.
+//! - [`export`]: a stored attestation in the formats other tools read (its Sigstore bundle, and
+//!   SLSA VSAs for the TaskRun and the artifacts its results name).
+//! - [`export_store`]: the public KV layout of those exports.
 
 pub mod attestation;
 pub mod bundle_history;
 pub mod decide;
+pub mod export;
+pub mod export_store;
 pub mod reason;
 pub mod snapshot;
 pub mod steps;

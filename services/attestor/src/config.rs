@@ -149,6 +149,10 @@ pub struct StoreConfig {
     /// kept for ever, 256 MiB.
     #[serde(default)]
     pub index: KvConfig,
+    /// `{PREFIX}_EXPORTS`: each attestation as a Sigstore bundle, and its SLSA VSAs. Default:
+    /// kept for ever, 256 MiB.
+    #[serde(default)]
+    pub exports: KvConfig,
     /// `{PREFIX}_STEP_VERDICTS`: per-step verdicts, needed only until the TaskRun finishes.
     /// Default: kept one day, 256 MiB. A `[store.step_verdicts]` table changes only the keys it
     /// names: the one-day `max_age` stays unless the table sets another.
@@ -201,6 +205,7 @@ impl Default for StoreConfig {
         StoreConfig {
             attestations: KvConfig::default(),
             index: KvConfig::default(),
+            exports: KvConfig::default(),
             step_verdicts: StoreConfig::default_step_verdicts(),
         }
     }

@@ -38,6 +38,8 @@ use countersign_verdict::attestation::{
     AttestationEventExt as _, AttestationFacts, attest, envelope_digest,
 };
 use countersign_verdict::decide::{Decision, RejectedDecision, decide, merged_results};
+use countersign_verdict::export::{ExportError, build_export};
+use countersign_verdict::export_store::{ExportStore, ManifestCreated};
 use countersign_verdict::steps::{
     StepInput, StepVerdict, entries_digest, task_run_entries, verify_step,
 };
@@ -77,6 +79,9 @@ pub enum AttestError {
     /// The TaskRun could not be annotated (transient).
     #[error(transparent)]
     Annotate(#[from] AnnotateError),
+    /// The attestation could not be exported as a Sigstore bundle and VSAs.
+    #[error("exporting the attestation")]
+    Export(#[from] ExportError),
 }
 
 impl AttestError {
@@ -94,6 +99,7 @@ impl AttestError {
             AttestError::Publish(error) if !error.is_transient() => Some("unpublishable"),
             AttestError::Annotate(AnnotateError::Forbidden { .. }) => Some("annotation_forbidden"),
             AttestError::Annotate(error) if !error.is_transient() => Some("annotator_unusable"),
+            AttestError::Export(error) if !error.is_transient() => Some("unexportable"),
             _ => None,
         }
     }
@@ -118,6 +124,8 @@ pub struct AttestorParts {
     pub jetstream: async_nats::jetstream::Context,
     /// Attestations and the name index.
     pub attestations: AttestationStore,
+    /// The attestations as Sigstore bundles and VSAs.
+    pub exports: ExportStore,
     /// Step verdicts.
     pub steps: StepStore,
     /// The current SVID and bundles.
@@ -347,6 +355,7 @@ impl Attestor {
                 .metrics
                 .attestation_published(latest_finish(completed_at, observed_at), Utc::now());
         }
+        self.export(&event, &finished).await?;
 
         if let Some(annotator) = &parts.annotator {
             let digest = envelope_digest(&event.data.attestation().envelope);
@@ -432,6 +441,48 @@ impl Attestor {
             duplicate = published.duplicate,
             "attestation published"
         );
+        Ok(())
+    }
+
+    /// Stores the attestation's Sigstore bundle and VSAs (unless stored already) and announces
+    /// them on `{p}.export.stored.…` (deduplicated by its id `{uid}:export`).
+    async fn export(
+        &self,
+        attestation: &Event<AttestationEvent>,
+        finished: &TaskRunFinished,
+    ) -> Result<(), AttestError> {
+        let parts = &*self.inner;
+        let uid = finished.taskrun.uid.as_str();
+        let event = match parts.exports.manifest(uid).await? {
+            Some(existing) => existing,
+            None => {
+                let material = parts.material.current()?;
+                let built = build_export(attestation, &finished.results, &material.svid)?;
+                for refused in &built.artifacts.refused {
+                    tracing::info!(
+                        result = %refused.result,
+                        reason = %refused.reason,
+                        "artifact type hint refused; no VSA for it"
+                    );
+                }
+                for (key, json) in built.bundles {
+                    parts.exports.put_bundle(&key, json).await?;
+                }
+                let event = Event::observed_at(
+                    parts.publisher.source(),
+                    attestation.data.attested_at(),
+                    built.event,
+                );
+                match parts.exports.create_manifest(uid, &event).await? {
+                    ManifestCreated::Stored => {
+                        tracing::debug!(vsas = event.data.vsas.len(), "attestation exported");
+                        event
+                    }
+                    ManifestCreated::AlreadyExisted(existing) => *existing,
+                }
+            }
+        };
+        parts.publisher.publish(&event).await?;
         Ok(())
     }
 

@@ -28,6 +28,7 @@ use crate::handler::{Attestor, AttestorParts};
 use crate::lane::{Lane, Throttle, backlog_spec, lane_of};
 use crate::material::{connect_with_retry as connect_workload_api, keep_current, material_channel};
 use crate::metrics::AttestorMetrics;
+use countersign_verdict::export_store::ExportStore;
 use countersign_verdict::store::{AttestationStore, StoreError};
 
 use crate::store::StepStore;
@@ -147,6 +148,17 @@ pub async fn run(ctx: Context<AttestorConfig>) -> Result<(), RunError> {
     else {
         return Ok(());
     };
+    let Some(exports) = retry_transient(
+        "creating the exports bucket",
+        &token,
+        Backoff::startup(),
+        StoreError::is_transient,
+        || ExportStore::ensure(&bus, &config.store.exports),
+    )
+    .await?
+    else {
+        return Ok(());
+    };
     let Some(steps) = retry_transient(
         "creating the step verdicts bucket",
         &token,
@@ -186,6 +198,7 @@ pub async fn run(ctx: Context<AttestorConfig>) -> Result<(), RunError> {
         subjects: bus.subjects().clone(),
         jetstream: bus.jetstream().clone(),
         attestations,
+        exports,
         steps,
         material,
         trust_domain,

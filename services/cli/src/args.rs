@@ -70,6 +70,32 @@ pub enum Command {
     Get(GetArgs),
     /// Follow attestation events as they are published, one line each.
     Tail(TailArgs),
+    /// Write a TaskRun's stored attestation as Sigstore bundle files (what `cosign
+    /// verify-blob-attestation` reads), with its SLSA VSAs, and optionally the Sigstore trusted
+    /// root made from a SPIRE trust bundle.
+    Export(ExportArgs),
+}
+
+/// `export`.
+#[derive(Debug, Clone, ClapArgs)]
+pub struct ExportArgs {
+    /// The TaskRun, `NAMESPACE/NAME` (its latest run of that name).
+    #[arg(value_name = "NAMESPACE/NAME", required_unless_present = "uid")]
+    pub taskrun: Option<String>,
+    /// The TaskRun's UID, instead of the name.
+    #[arg(long, value_name = "UID")]
+    pub uid: Option<String>,
+    /// The directory to write into (created if absent): `attestation.sigstore.json`,
+    /// `vsa-<n>.sigstore.json` (0 is the TaskRun's, then one per artifact), `export.json`.
+    #[arg(long, value_name = "DIR")]
+    pub output: PathBuf,
+    /// Also write `trusted_root.json`, cosign's `--trusted-root`, made from this PEM trust
+    /// bundle (SPIRE's `bundle show` output) for `--trust-domain`.
+    #[arg(long, value_name = "FILE", requires = "trust_domain")]
+    pub trust_bundle: Option<PathBuf>,
+    /// The trust domain of `--trust-bundle`.
+    #[arg(long, value_name = "TD", env = "COUNTERSIGN_TRUST_DOMAIN")]
+    pub trust_domain: Option<String>,
 }
 
 /// `verify-results`.

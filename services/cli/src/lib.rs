@@ -7,12 +7,15 @@
 //!   bundle and the attestor's SPIFFE ID ([`verify`]).
 //! - `get NAMESPACE/NAME`: the stored attestation of a TaskRun ([`nats::get`]).
 //! - `tail`: attestation events as they are published ([`nats::tail`]).
+//! - `export`: a stored attestation written as Sigstore bundle files, with its VSAs
+//!   ([`export`]).
 //!
 //! [`args`] is the command line, [`exit`] the exit codes and errors, [`render`] the output for
 //! people. The binary (`main.rs`) only parses, runs [`run`] and exits with its code.
 
 pub mod args;
 pub mod exit;
+pub mod export;
 pub mod inputs;
 pub mod nats;
 pub mod render;
@@ -37,5 +40,6 @@ pub async fn run(
         Command::Verify(args) => verify::verify(args, out),
         Command::Get(args) => nats::get(&cli.nats, args, out).await,
         Command::Tail(args) => nats::tail(&cli.nats, args, out, status, stop).await,
+        Command::Export(args) => export::export(&cli.nats, args, out).await,
     }
 }

@@ -5,6 +5,9 @@
 //! When the input is an attestation event (its data, or the whole CloudEvent), the event's own
 //! fields (TaskRun, verdict, reason, subjects) must also match the signed statement: they are
 //! not signed themselves, so a subscriber must not trust them otherwise.
+//!
+//! A Sigstore bundle (`countersign export`'s `attestation.sigstore.json`, or one `cosign` reads)
+//! is read as one too: its envelope and certificates are checked exactly as an event's.
 
 use std::io::Write;
 
@@ -15,6 +18,7 @@ use countersign_identity::attestation::{
     AttestationTime, AttestationVerifier, AttestationVerifyError, SignedAttestation, SignerPolicy,
     VerifiedAttestation,
 };
+use countersign_identity::sigstore_bundle::SigstoreBundle;
 use countersign_identity::spiffe_id::SpiffeId;
 use countersign_runtime::error_chain;
 use countersign_verdict::Verdict;
@@ -45,6 +49,12 @@ fn bad_input(args: &VerifyArgs, reason: impl Into<String>) -> CliError {
 
 fn read_input(args: &VerifyArgs) -> Result<Input, CliError> {
     let mut document = read_json(&args.attestation, "a signed attestation")?;
+    if is_sigstore_bundle(&document) {
+        return Ok(Input {
+            attestation: read_sigstore_bundle(args, &document)?,
+            event: None,
+        });
+    }
     // A whole structured CloudEvent: its type and data.
     let mut event_type = None;
     if document.get("specversion").is_some() {
@@ -90,6 +100,28 @@ fn read_input(args: &VerifyArgs) -> Result<Input, CliError> {
         attestation,
         event: None,
     })
+}
+
+/// Whether a JSON document is a Sigstore bundle (by its media type).
+fn is_sigstore_bundle(document: &serde_json::Value) -> bool {
+    document
+        .get("mediaType")
+        .and_then(serde_json::Value::as_str)
+        .is_some_and(|media_type| media_type.starts_with(SIGSTORE_BUNDLE_MEDIA_TYPE_PREFIX))
+}
+
+/// The media types of Sigstore bundles start with this; only v0.3 is read, others are refused
+/// by name.
+const SIGSTORE_BUNDLE_MEDIA_TYPE_PREFIX: &str = "application/vnd.dev.sigstore.bundle";
+
+fn read_sigstore_bundle(
+    args: &VerifyArgs,
+    document: &serde_json::Value,
+) -> Result<SignedAttestation, CliError> {
+    let json = serde_json::to_vec(document).map_err(|error| bad_input(args, error.to_string()))?;
+    SigstoreBundle::from_json(&json)
+        .map(|bundle| bundle.to_attestation())
+        .map_err(|error| bad_input(args, error_chain(&error)))
 }
 
 fn signer_policy(args: &VerifyArgs) -> Result<SignerPolicy, CliError> {

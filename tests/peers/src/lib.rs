@@ -59,6 +59,8 @@ pub enum Peer {
     Cosign,
     /// `slsa-verifier` (reads SLSA VSAs).
     SlsaVerifier,
+    /// Our SPIRE server CredentialComposer plugin that adds code signing to the attestor's SVID.
+    SpireCodeSigning,
     // --- Trace store (issue 19): where the services' OTLP spans are read back from.
     /// Jaeger v2 (an OpenTelemetry Collector distribution with a query API).
     Jaeger,
@@ -76,7 +78,7 @@ pub enum Peer {
 }
 
 impl Peer {
-    pub const ALL: [Peer; 21] = [
+    pub const ALL: [Peer; 22] = [
         Peer::NatsServer,
         Peer::SpireServer,
         Peer::SpireAgent,
@@ -94,6 +96,7 @@ impl Peer {
         Peer::DsseVerify,
         Peer::Cosign,
         Peer::SlsaVerifier,
+        Peer::SpireCodeSigning,
         // Trace store.
         Peer::Jaeger,
         // SPIFFE CSI driver.
@@ -124,6 +127,7 @@ impl Peer {
             Peer::DsseVerify => "dsse-verify",
             Peer::Cosign => "cosign",
             Peer::SlsaVerifier => "slsa-verifier",
+            Peer::SpireCodeSigning => "spire-code-signing",
             // Trace store.
             Peer::Jaeger => "jaeger",
             // SPIFFE CSI driver.
@@ -153,6 +157,7 @@ impl Peer {
             Peer::DsseVerify => &DSSE_VERIFY,
             Peer::Cosign => &COSIGN,
             Peer::SlsaVerifier => &SLSA_VERIFIER,
+            Peer::SpireCodeSigning => &SPIRE_CODE_SIGNING,
             // Trace store.
             Peer::Jaeger => &JAEGER,
             // SPIFFE CSI driver.
@@ -181,6 +186,7 @@ impl Peer {
             Peer::DsseVerify => "countersign.dev/tests/peers/dsse-verify",
             Peer::Cosign => "github.com/sigstore/cosign/v3/cmd/cosign",
             Peer::SlsaVerifier => "github.com/slsa-framework/slsa-verifier/v2/cli/slsa-verifier",
+            Peer::SpireCodeSigning => "countersign.dev/tests/peers/spire-code-signing",
             // Trace store.
             Peer::Jaeger => "github.com/jaegertracing/jaeger/cmd/jaeger",
             // SPIFFE CSI driver.
@@ -288,6 +294,13 @@ const SLSA_VERIFIER: GoModule = GoModule {
     cgo: false,
     cold_build_estimate: "about 2 minutes",
 };
+const SPIRE_CODE_SIGNING: GoModule = GoModule {
+    dir: "spire-code-signing",
+    upstream: "github.com/spiffe/spire-plugin-sdk",
+    peers: &[Peer::SpireCodeSigning],
+    cgo: false,
+    cold_build_estimate: "about 30 seconds",
+};
 // --- Trace store (issue 19).
 const JAEGER: GoModule = GoModule {
     dir: "jaeger",
@@ -314,7 +327,7 @@ const COMPOSE: GoModule = GoModule {
     cold_build_estimate: "about 5 minutes",
 };
 
-const MODULES: [&GoModule; 12] = [
+const MODULES: [&GoModule; 13] = [
     &NATS,
     &SPIRE,
     &ETCD,
@@ -325,6 +338,7 @@ const MODULES: [&GoModule; 12] = [
     &DSSE_VERIFY,
     &COSIGN,
     &SLSA_VERIFIER,
+    &SPIRE_CODE_SIGNING,
     // Trace store.
     &JAEGER,
     // SPIFFE CSI driver.
@@ -362,6 +376,7 @@ pub struct Peers {
     pub dsse_verify: PeerBinary,
     pub cosign: PeerBinary,
     pub slsa_verifier: PeerBinary,
+    pub spire_code_signing: PeerBinary,
     // Trace store.
     pub jaeger: PeerBinary,
     // SPIFFE CSI driver.
@@ -392,6 +407,7 @@ impl Peers {
             Peer::DsseVerify => &self.dsse_verify,
             Peer::Cosign => &self.cosign,
             Peer::SlsaVerifier => &self.slsa_verifier,
+            Peer::SpireCodeSigning => &self.spire_code_signing,
             // Trace store.
             Peer::Jaeger => &self.jaeger,
             // SPIFFE CSI driver.
@@ -731,6 +747,7 @@ fn assemble(
         dsse_verify: binary(Peer::DsseVerify)?,
         cosign: binary(Peer::Cosign)?,
         slsa_verifier: binary(Peer::SlsaVerifier)?,
+        spire_code_signing: binary(Peer::SpireCodeSigning)?,
         // Trace store.
         jaeger: binary(Peer::Jaeger)?,
         // SPIFFE CSI driver.

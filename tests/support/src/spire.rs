@@ -62,6 +62,10 @@ pub struct SpireOptions {
     /// `admin_ids`: SPIFFE IDs that may call the admin APIs over TCP without an admin entry.
     pub admin_ids: Vec<String>,
     pub server_key_manager: ServerKeyManager,
+    /// SPIFFE IDs whose X509-SVIDs get the code-signing extended key usage, from our
+    /// CredentialComposer plugin (`tests/peers/spire-code-signing`); none (the default) runs
+    /// no plugin.
+    pub code_signing_ids: Vec<String>,
     /// Also attest workloads with the `k8s` workload attestor against this kubelet (a real node's
     /// pods); the agent's socket is then `<dir>/workload-api/spire-agent.sock`, the name pods
     /// expect, alone in a directory that can be mounted into them.
@@ -89,6 +93,7 @@ impl Default for SpireOptions {
             admin_ids: Vec::new(),
             server_key_manager: ServerKeyManager::default(),
             kubelet: None,
+            code_signing_ids: Vec::new(),
         }
     }
 }
@@ -526,10 +531,26 @@ impl Spire {
                 "KeyManager \"memory\" {\n    plugin_data {}\n  }".to_owned()
             }
         };
+        let credential_composer = if self.options.code_signing_ids.is_empty() {
+            String::new()
+        } else {
+            let ids: Vec<String> = self
+                .options
+                .code_signing_ids
+                .iter()
+                .map(|id| hcl_string(id))
+                .collect();
+            format!(
+                "\n  CredentialComposer \"countersign_code_signing\" {{\n    plugin_cmd = {cmd}\n    \
+                 plugin_data {{\n      code_signing_ids = [{ids}]\n    }}\n  }}",
+                cmd = hcl_string(&peers().spire_code_signing.path.display().to_string()),
+                ids = ids.join(", "),
+            )
+        };
         format!(
             "server {{\n  {server}\n}}\n\nplugins {{\n  DataStore \"sql\" {{\n    plugin_data {{\n      \
              database_type = \"sqlite3\"\n      connection_string = {datastore}\n    }}\n  }}\n  \
-             {key_manager}\n  NodeAttestor \"join_token\" {{\n    plugin_data {{}}\n  }}\n}}\n",
+             {key_manager}\n  NodeAttestor \"join_token\" {{\n    plugin_data {{}}\n  }}{credential_composer}\n}}\n",
             server = server.join("\n  "),
             datastore = hcl_string(&data.join("datastore.sqlite3").display().to_string()),
         )

@@ -5,9 +5,12 @@
 //! - [`lifecycle`]: TaskRun lifecycle events, published by the watcher.
 //! - [`registration`]: SPIRE registration audit events, published by the registrar.
 //! - [`attestation`]: verification outcomes, published by the attestor.
+//! - [`export`]: the attestation in the formats other tools read (Sigstore bundle, SLSA VSAs),
+//!   announced by the attestor once stored.
 
 pub mod attestation;
 pub mod common;
+pub mod export;
 pub mod lifecycle;
 pub mod registration;
 
@@ -18,6 +21,7 @@ pub use attestation::{
 pub use common::{
     Outcome, PodRef, ResultType, StepRecord, TaskRunRef, TaskRunResult, TerminationEntry,
 };
+pub use export::{ExportStored, ExportedArtifact, ExportedVerdict, ExportedVsa, VsaResult};
 pub use lifecycle::{
     Oversized, StepCompleted, TaskRunCreated, TaskRunDeleted, TaskRunFinished, TaskRunScheduled,
 };

@@ -335,7 +335,7 @@ pub fn document() -> Value {
         let publisher = match event_type.family() {
             Family::TaskRun => "watcher",
             Family::Registration => "registrar",
-            Family::Attestation => "attestor",
+            Family::Attestation | Family::Export => "attestor",
         };
         let (id, value) = operation(publisher, "send", channel);
         operations.insert(id, value);

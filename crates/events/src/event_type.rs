@@ -33,6 +33,9 @@ pub enum EventType {
     AttestationVerified,
     /// `dev.countersign.attestation.rejected.v1`: a TaskRun's results failed verification.
     AttestationRejected,
+    /// `dev.countersign.trust.bundle-rotated.v1`: the SPIRE server published a trust bundle not
+    /// seen before (recorded in the bundle history).
+    TrustBundleRotated,
 }
 
 /// The families of event types; each has its own stream and subject root.
@@ -44,11 +47,13 @@ pub enum Family {
     Registration,
     /// Verification outcomes, published by the attestor.
     Attestation,
+    /// Trust bundle history, published by the registrar.
+    Trust,
 }
 
 impl EventType {
     /// Every type, in a stable order.
-    pub const ALL: [EventType; 9] = [
+    pub const ALL: [EventType; 10] = [
         EventType::TaskRunCreated,
         EventType::TaskRunScheduled,
         EventType::StepCompleted,
@@ -58,6 +63,7 @@ impl EventType {
         EventType::EntryReleased,
         EventType::AttestationVerified,
         EventType::AttestationRejected,
+        EventType::TrustBundleRotated,
     ];
 
     /// The type's position in [`EventType::ALL`].
@@ -78,6 +84,7 @@ impl EventType {
             EventType::EntryReleased => "dev.countersign.registration.released.v1",
             EventType::AttestationVerified => "dev.countersign.attestation.verified.v1",
             EventType::AttestationRejected => "dev.countersign.attestation.rejected.v1",
+            EventType::TrustBundleRotated => "dev.countersign.trust.bundle-rotated.v1",
         }
     }
 
@@ -91,6 +98,7 @@ impl EventType {
             | EventType::TaskRunDeleted => Family::TaskRun,
             EventType::EntryRegistered | EventType::EntryReleased => Family::Registration,
             EventType::AttestationVerified | EventType::AttestationRejected => Family::Attestation,
+            EventType::TrustBundleRotated => Family::Trust,
         }
     }
 
@@ -106,6 +114,7 @@ impl EventType {
             EventType::EntryReleased => "released",
             EventType::AttestationVerified => "verified",
             EventType::AttestationRejected => "rejected",
+            EventType::TrustBundleRotated => "bundle-rotated",
         }
     }
 
@@ -129,14 +138,20 @@ impl EventType {
 
 impl Family {
     /// Every family, in a stable order.
-    pub const ALL: [Family; 3] = [Family::TaskRun, Family::Registration, Family::Attestation];
+    pub const ALL: [Family; 4] = [
+        Family::TaskRun,
+        Family::Registration,
+        Family::Attestation,
+        Family::Trust,
+    ];
 
-    /// The family's subject token (`taskrun`, `registration`, `attestation`).
+    /// The family's subject token (`taskrun`, `registration`, `attestation`, `trust`).
     pub const fn as_str(self) -> &'static str {
         match self {
             Family::TaskRun => "taskrun",
             Family::Registration => "registration",
             Family::Attestation => "attestation",
+            Family::Trust => "trust",
         }
     }
 

@@ -11,7 +11,7 @@ use serde::de::DeserializeOwned;
 
 use crate::data::{
     AttestationRejected, AttestationVerified, EntryRegistered, EntryReleased, StepCompleted,
-    TaskRunCreated, TaskRunDeleted, TaskRunFinished, TaskRunScheduled,
+    TaskRunCreated, TaskRunDeleted, TaskRunFinished, TaskRunScheduled, TrustBundleRotated,
 };
 use crate::event_type::EventType;
 use crate::subject::{SubjectError, Subjects};
@@ -234,6 +234,8 @@ event_family! {
         AttestationVerified(AttestationVerified),
         /// `dev.countersign.attestation.rejected.v1`
         AttestationRejected(AttestationRejected),
+        /// `dev.countersign.trust.bundle-rotated.v1`
+        TrustBundleRotated(TrustBundleRotated),
     }
 }
 

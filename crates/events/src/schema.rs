@@ -15,7 +15,7 @@ use schemars::{JsonSchema, Schema};
 
 use crate::data::{
     AttestationRejected, AttestationVerified, EntryRegistered, EntryReleased, StepCompleted,
-    TaskRunCreated, TaskRunDeleted, TaskRunFinished, TaskRunScheduled,
+    TaskRunCreated, TaskRunDeleted, TaskRunFinished, TaskRunScheduled, TrustBundleRotated,
 };
 use crate::event::Event;
 use crate::event_type::EventType;
@@ -47,6 +47,7 @@ pub fn data_schema(event_type: EventType) -> serde_json::Value {
         EventType::EntryReleased => root_schema::<EntryReleased>(),
         EventType::AttestationVerified => root_schema::<AttestationVerified>(),
         EventType::AttestationRejected => root_schema::<AttestationRejected>(),
+        EventType::TrustBundleRotated => root_schema::<TrustBundleRotated>(),
     }
     .to_value();
     if let Some(object) = schema.as_object_mut() {

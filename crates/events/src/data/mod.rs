@@ -5,11 +5,13 @@
 //! - [`lifecycle`]: TaskRun lifecycle events, published by the watcher.
 //! - [`registration`]: SPIRE registration audit events, published by the registrar.
 //! - [`attestation`]: verification outcomes, published by the attestor.
+//! - [`trust`]: the trust bundle history, published by the registrar.
 
 pub mod attestation;
 pub mod common;
 pub mod lifecycle;
 pub mod registration;
+pub mod trust;
 
 pub use attestation::{
     AttestationRejected, AttestationVerified, DsseEnvelope, DsseSignature, ReasonCode,
@@ -24,3 +26,4 @@ pub use lifecycle::{
 pub use registration::{
     EntryKind, EntryRegistered, EntryReleased, RegistrationEntry, ReleaseReason,
 };
+pub use trust::{BundleAuthority, TrustBundleRotated};

@@ -34,7 +34,7 @@ use tracing::Instrument as _;
 
 use crate::annotate::{AnnotateError, Annotator};
 use countersign_verdict::attestation::{
-    AttestationEventExt as _, AttestationFacts, attest, envelope_digest,
+    AttestationEventExt as _, AttestationFacts, attest_in_context, envelope_digest,
 };
 use countersign_verdict::decide::{Decision, RejectedDecision, decide, merged_results};
 use countersign_verdict::steps::{
@@ -289,7 +289,7 @@ impl Attestor {
                 let decision = self
                     .taskrun_decision(&finished, &policy, &material, decided_at)
                     .await?;
-                let data = attest(
+                let data = attest_in_context(
                     &decision,
                     AttestationFacts {
                         taskrun: &finished.taskrun,
@@ -298,6 +298,7 @@ impl Attestor {
                         decided_at,
                         current_bundle_digest: &material.bundle_digest,
                     },
+                    &material.bundles,
                     &material.svid,
                 )?;
                 let event = Event::observed_at(parts.publisher.source(), decided_at, data);

@@ -7,11 +7,14 @@
 //!   bundle and the attestor's SPIFFE ID ([`verify`]).
 //! - `get NAMESPACE/NAME`: the stored attestation of a TaskRun ([`nats::get`]).
 //! - `tail`: attestation events as they are published ([`nats::tail`]).
+//! - `bundles export`: the trust bundle history, for `verify --bundle-history`, which checks
+//!   an attestation at its signing time against it ([`bundles`]).
 //!
 //! [`args`] is the command line, [`exit`] the exit codes and errors, [`render`] the output for
 //! people. The binary (`main.rs`) only parses, runs [`run`] and exits with its code.
 
 pub mod args;
+pub mod bundles;
 pub mod exit;
 pub mod inputs;
 pub mod nats;
@@ -37,5 +40,8 @@ pub async fn run(
         Command::Verify(args) => verify::verify(args, out),
         Command::Get(args) => nats::get(&cli.nats, args, out).await,
         Command::Tail(args) => nats::tail(&cli.nats, args, out, status, stop).await,
+        Command::Bundles(args::BundlesCommand::Export(args)) => {
+            bundles::export(&cli.nats, args, out).await
+        }
     }
 }

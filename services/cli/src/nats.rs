@@ -18,7 +18,7 @@ use crate::render::{event_line, write_event};
 /// The client name the command connects with.
 const CLIENT_NAME: &str = "countersign-cli";
 
-async fn jetstream(
+pub(crate) async fn jetstream(
     nats: &NatsArgs,
 ) -> Result<(async_nats::jetstream::Context, Subjects), CliError> {
     let subjects = Subjects::new(&nats.prefix)

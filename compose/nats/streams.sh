@@ -4,7 +4,7 @@
 # creates its own durable consumer; the services' users may not create or change streams.
 set -eu
 N="nats --server nats://nats:4222 --creds /auth/admin.creds"
-for s in TASKRUNS:taskrun:taskruns REGISTRATIONS:registration:registrations ATTESTATIONS:attestation:attestations DEADLETTER:deadletter:deadletter; do
+for s in TASKRUNS:taskrun:taskruns REGISTRATIONS:registration:registrations ATTESTATIONS:attestation:attestations DEADLETTER:deadletter:deadletter TRUST:trust:trust; do
   name=${s%%:*}; rest=${s#*:}; root=${rest%%:*}; lower=${rest#*:}
   $N stream info "COUNTERSIGN_$name" >/dev/null 2>&1 || $N stream add "COUNTERSIGN_$name" \
     --subjects "countersign.$root.>" --description "Countersign $lower events" --storage file \

@@ -31,7 +31,7 @@ impl Default for BusConfig {
     }
 }
 
-/// The limits of the four streams.
+/// The limits of the five streams.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StreamsConfig {
@@ -43,6 +43,8 @@ pub struct StreamsConfig {
     pub attestations: StreamLimits,
     /// `{PREFIX}_DEADLETTER`: dead letters.
     pub deadletter: StreamLimits,
+    /// `{PREFIX}_TRUST`: trust bundle events.
+    pub trust: StreamLimits,
 }
 
 /// The limits of one stream (always file storage).

@@ -36,6 +36,9 @@ pub enum EventType {
     /// `dev.countersign.export.stored.v1`: a TaskRun's attestation is stored as a Sigstore
     /// bundle, with its SLSA VSAs.
     ExportStored,
+    /// `dev.countersign.trust.bundle-rotated.v1`: the SPIRE server published a trust bundle not
+    /// seen before (recorded in the bundle history).
+    TrustBundleRotated,
 }
 
 /// The families of event types; each has its own stream and subject root.
@@ -50,6 +53,8 @@ pub enum Family {
     /// The attestations in other tools' formats, published by the attestor (kept in the
     /// attestations stream, under their own subject root).
     Export,
+    /// Trust bundle history, published by the registrar.
+    Trust,
 }
 
 impl EventType {
@@ -65,6 +70,7 @@ impl EventType {
         EventType::AttestationVerified,
         EventType::AttestationRejected,
         EventType::ExportStored,
+        EventType::TrustBundleRotated,
     ];
 
     /// The type's position in [`EventType::ALL`].
@@ -86,6 +92,7 @@ impl EventType {
             EventType::AttestationVerified => "dev.countersign.attestation.verified.v1",
             EventType::AttestationRejected => "dev.countersign.attestation.rejected.v1",
             EventType::ExportStored => "dev.countersign.export.stored.v1",
+            EventType::TrustBundleRotated => "dev.countersign.trust.bundle-rotated.v1",
         }
     }
 
@@ -100,6 +107,7 @@ impl EventType {
             EventType::EntryRegistered | EventType::EntryReleased => Family::Registration,
             EventType::AttestationVerified | EventType::AttestationRejected => Family::Attestation,
             EventType::ExportStored => Family::Export,
+            EventType::TrustBundleRotated => Family::Trust,
         }
     }
 
@@ -116,6 +124,7 @@ impl EventType {
             EventType::AttestationVerified => "verified",
             EventType::AttestationRejected => "rejected",
             EventType::ExportStored => "stored",
+            EventType::TrustBundleRotated => "bundle-rotated",
         }
     }
 
@@ -144,15 +153,17 @@ impl Family {
         Family::Registration,
         Family::Attestation,
         Family::Export,
+        Family::Trust,
     ];
 
-    /// The family's subject token (`taskrun`, `registration`, `attestation`).
+    /// The family's subject token (`taskrun`, `registration`, `attestation`, `trust`).
     pub const fn as_str(self) -> &'static str {
         match self {
             Family::TaskRun => "taskrun",
             Family::Registration => "registration",
             Family::Attestation => "attestation",
             Family::Export => "export",
+            Family::Trust => "trust",
         }
     }
 

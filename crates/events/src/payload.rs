@@ -12,6 +12,7 @@ use serde::de::DeserializeOwned;
 use crate::data::{
     AttestationRejected, AttestationVerified, EntryRegistered, EntryReleased, ExportStored,
     StepCompleted, TaskRunCreated, TaskRunDeleted, TaskRunFinished, TaskRunScheduled,
+    TrustBundleRotated,
 };
 use crate::event_type::EventType;
 use crate::subject::{SubjectError, Subjects};
@@ -236,6 +237,8 @@ event_family! {
         AttestationRejected(AttestationRejected),
         /// `dev.countersign.export.stored.v1`
         ExportStored(ExportStored),
+        /// `dev.countersign.trust.bundle-rotated.v1`
+        TrustBundleRotated(TrustBundleRotated),
     }
 }
 

@@ -16,6 +16,7 @@ use schemars::{JsonSchema, Schema};
 use crate::data::{
     AttestationRejected, AttestationVerified, EntryRegistered, EntryReleased, ExportStored,
     StepCompleted, TaskRunCreated, TaskRunDeleted, TaskRunFinished, TaskRunScheduled,
+    TrustBundleRotated,
 };
 use crate::event::Event;
 use crate::event_type::EventType;
@@ -48,6 +49,7 @@ pub fn data_schema(event_type: EventType) -> serde_json::Value {
         EventType::AttestationVerified => root_schema::<AttestationVerified>(),
         EventType::AttestationRejected => root_schema::<AttestationRejected>(),
         EventType::ExportStored => root_schema::<ExportStored>(),
+        EventType::TrustBundleRotated => root_schema::<TrustBundleRotated>(),
     }
     .to_value();
     if let Some(object) = schema.as_object_mut() {

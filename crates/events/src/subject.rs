@@ -171,7 +171,7 @@ pub fn is_valid_literal_token(token: &str) -> bool {
 
 // === the streams ===
 
-/// The four streams of the bus.
+/// The five streams of the bus.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum StreamKind {
     /// `{PREFIX}_TASKRUNS`: `{p}.taskrun.>`.
@@ -182,15 +182,18 @@ pub enum StreamKind {
     Attestations,
     /// `{PREFIX}_DEADLETTER`: `{p}.deadletter.>`.
     DeadLetter,
+    /// `{PREFIX}_TRUST`: `{p}.trust.>`.
+    Trust,
 }
 
 impl StreamKind {
     /// Every stream, in a stable order.
-    pub const ALL: [StreamKind; 4] = [
+    pub const ALL: [StreamKind; 5] = [
         StreamKind::TaskRuns,
         StreamKind::Registrations,
         StreamKind::Attestations,
         StreamKind::DeadLetter,
+        StreamKind::Trust,
     ];
 
     /// The stream that holds the events of a family.
@@ -199,6 +202,7 @@ impl StreamKind {
             Family::TaskRun => StreamKind::TaskRuns,
             Family::Registration => StreamKind::Registrations,
             Family::Attestation | Family::Export => StreamKind::Attestations,
+            Family::Trust => StreamKind::Trust,
         }
     }
 
@@ -208,6 +212,7 @@ impl StreamKind {
             StreamKind::Registrations => "REGISTRATIONS",
             StreamKind::Attestations => "ATTESTATIONS",
             StreamKind::DeadLetter => "DEADLETTER",
+            StreamKind::Trust => "TRUST",
         }
     }
 
@@ -217,6 +222,7 @@ impl StreamKind {
             StreamKind::Registrations => "registration",
             StreamKind::Attestations => "attestation",
             StreamKind::DeadLetter => "deadletter",
+            StreamKind::Trust => "trust",
         }
     }
 }
@@ -279,6 +285,11 @@ pub enum ParsedSubject {
     },
     /// A dead-letter subject.
     DeadLetter { consumer: String },
+    /// A trust bundle subject.
+    Trust {
+        event_type: EventType,
+        trust_domain: String,
+    },
 }
 
 impl Subjects {
@@ -472,6 +483,21 @@ impl Subjects {
         format!("{}.deadletter.>", self.prefix)
     }
 
+    /// The subject of a trust bundle event: `{p}.trust.{transition}.{trust domain}`.
+    pub fn for_trust_domain(
+        &self,
+        event_type: EventType,
+        trust_domain: &str,
+    ) -> Result<String, SubjectError> {
+        Ok(format!(
+            "{}.{}.{}.{}",
+            self.prefix,
+            Family::Trust.as_str(),
+            event_type.transition(),
+            encode_token(trust_domain, "trust_domain")?
+        ))
+    }
+
     /// Takes a concrete subject apart, decoding its tokens.
     pub fn parse(&self, subject: &str) -> Result<ParsedSubject, SubjectError> {
         let unrecognized = || SubjectError::Unrecognized {
@@ -486,9 +512,15 @@ impl Subjects {
             ["deadletter", consumer] => Ok(ParsedSubject::DeadLetter {
                 consumer: decode_token(consumer)?,
             }),
+            ["trust", transition, trust_domain] => Ok(ParsedSubject::Trust {
+                event_type: EventType::from_transition(Family::Trust, transition)
+                    .ok_or_else(unrecognized)?,
+                trust_domain: decode_token(trust_domain)?,
+            }),
             [family, transition, cluster, namespace, name] => {
                 let family = Family::ALL
                     .into_iter()
+                    .filter(|candidate| *candidate != Family::Trust)
                     .find(|candidate| candidate.as_str() == *family)
                     .ok_or_else(unrecognized)?;
                 let event_type =
@@ -793,7 +825,10 @@ mod tests {
     fn parse_inverts_the_builders() {
         let subjects = Subjects::default();
         let run = taskrun("prod cluster", "team-a", "build.v1_é");
-        for event_type in EventType::ALL {
+        for event_type in EventType::ALL
+            .into_iter()
+            .filter(|event_type| event_type.family() != Family::Trust)
+        {
             let subject = subjects.for_taskrun(event_type, &run).unwrap();
             assert_eq!(
                 subjects.parse(&subject).unwrap(),
@@ -814,6 +849,17 @@ mod tests {
                 event_type: EventType::EntryRegistered,
                 cluster: "prod".into(),
                 node: "n.1".into()
+            }
+        );
+        let trust = subjects
+            .for_trust_domain(EventType::TrustBundleRotated, "example.org")
+            .unwrap();
+        assert_eq!(trust, "countersign.trust.bundle-rotated.example_org");
+        assert_eq!(
+            subjects.parse(&trust).unwrap(),
+            ParsedSubject::Trust {
+                event_type: EventType::TrustBundleRotated,
+                trust_domain: "example.org".into()
             }
         );
         assert_eq!(

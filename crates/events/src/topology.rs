@@ -224,6 +224,7 @@ impl Bus {
             StreamKind::Registrations => self.config.streams.registrations,
             StreamKind::Attestations => self.config.streams.attestations,
             StreamKind::DeadLetter => self.config.streams.deadletter,
+            StreamKind::Trust => self.config.streams.trust,
         }
     }
 

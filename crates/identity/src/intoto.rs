@@ -179,6 +179,26 @@ pub struct TaskRunResultsPredicate {
     pub checks: Vec<CheckOutcome>,
     /// Times.
     pub times: PredicateTimes,
+    /// What an attestation needs to be verified long after its signer's SVID and CA are gone:
+    /// absent from attestations made before it existed (they still verify).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signing: Option<SigningContext>,
+}
+
+/// The signing context of an attestation: which trust bundles it was made under, and when, so
+/// a verifier can pick the bundle recorded for that time from the trust bundle history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SigningContext {
+    /// SHA-256 (hex) of the trust bundle set that verified the results (as
+    /// `trustBundleDigest`).
+    pub results_bundle_digest: String,
+    /// SHA-256 (hex) of the bundle of the attestor's own trust domain, the one that verifies
+    /// its SVID: its CAs' DER sorted bytewise, de-duplicated and concatenated (a bundle
+    /// history's record digest).
+    pub signer_bundle_digest: String,
+    /// When the attestation was signed, by the attestor's clock (as `times.verified`).
+    pub signed_at: DateTime<Utc>,
 }
 
 /// The subjects of a TaskRun-results statement: one per verified result (name, SHA-256 of the

@@ -56,6 +56,7 @@ fn setup() -> Setup {
             finished: Some(signing_time()),
             verified: time("2026-08-21T10:00:01Z"),
         },
+        signing: None,
     };
     let statement = taskrun_statement(predicate, verified.results());
     let attestor = ca.issue(&SvidSpec::workload(ATTESTOR_ID));

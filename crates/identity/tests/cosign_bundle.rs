@@ -52,6 +52,7 @@ fn statement(bundles: &TrustBundleSet) -> Statement<TaskRunResultsPredicate> {
             finished: Some(now),
             verified: now,
         },
+        signing: None,
     };
     Statement::new(
         vec![Subject::sha256(

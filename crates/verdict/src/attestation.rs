@@ -18,10 +18,12 @@ use countersign_identity::attestation::{AttestationSignError, SignedAttestation}
 use countersign_identity::crypto::Sha256Digest;
 use countersign_identity::dsse::{Envelope, EnvelopeSignature};
 use countersign_identity::intoto::{
-    PredicateTimes, TaskRunRef as PredicateTaskRun, TaskRunResultsPredicate, Verdict,
-    taskrun_statement,
+    PredicateTimes, SigningContext, TaskRunRef as PredicateTaskRun, TaskRunResultsPredicate,
+    Verdict, taskrun_statement,
 };
-use countersign_identity::svid::{SigningSvid, der_to_pem, pem_to_ders};
+use countersign_identity::svid::{SigningSvid, TrustBundleSet, der_to_pem, pem_to_ders};
+
+use crate::bundle_history::authorities_digest;
 
 use crate::decide::Decision;
 use crate::reason::VerifierReasonExt as _;
@@ -43,9 +45,40 @@ pub struct AttestationFacts<'a> {
 }
 
 /// Signs `decision` as an attestation with the attestor's `svid` and returns the event data.
+/// The attestation carries no signing context: prefer [`attest_in_context`].
 pub fn attest(
     decision: &Decision,
     facts: AttestationFacts<'_>,
+    svid: &SigningSvid,
+) -> Result<AttestationEvent, AttestationSignError> {
+    sign_attestation(decision, facts, None, svid)
+}
+
+/// As [`attest`], with the signing context in the predicate: the digest of the bundle that
+/// verified the results, the digest of the bundle of `svid`'s own trust domain in
+/// `signer_bundles` (the one that verifies the attestor's SVID, a bundle history's record
+/// digest) and the signing time (`facts.decided_at`). A verifier holding the trust bundle
+/// history then checks the attestation against the bundle recorded for that time.
+pub fn attest_in_context(
+    decision: &Decision,
+    facts: AttestationFacts<'_>,
+    signer_bundles: &TrustBundleSet,
+    svid: &SigningSvid,
+) -> Result<AttestationEvent, AttestationSignError> {
+    let signer_bundle_digest = authorities_digest(
+        signer_bundles
+            .authorities(svid.spiffe_id().trust_domain())
+            .unwrap_or_default()
+            .iter()
+            .map(Vec::as_slice),
+    );
+    sign_attestation(decision, facts, Some(signer_bundle_digest.to_hex()), svid)
+}
+
+fn sign_attestation(
+    decision: &Decision,
+    facts: AttestationFacts<'_>,
+    signer_bundle_digest: Option<String>,
     svid: &SigningSvid,
 ) -> Result<AttestationEvent, AttestationSignError> {
     let taskrun = facts.taskrun;
@@ -75,6 +108,11 @@ pub fn attest(
             Some(rejected.reason),
         ),
     };
+    let signing = signer_bundle_digest.map(|signer_bundle_digest| SigningContext {
+        results_bundle_digest: trust_bundle_digest.clone(),
+        signer_bundle_digest,
+        signed_at: facts.decided_at,
+    });
     let predicate = TaskRunResultsPredicate {
         taskrun: PredicateTaskRun {
             namespace: taskrun.namespace.clone(),
@@ -93,6 +131,7 @@ pub fn attest(
             finished: facts.finished,
             verified: facts.decided_at,
         },
+        signing,
     };
     let empty = std::collections::BTreeMap::new();
     let results = match decision {

@@ -35,7 +35,7 @@ use tracing::Instrument as _;
 use crate::annotate::{AnnotateError, Annotator};
 use crate::latency::latest_finish;
 use countersign_verdict::attestation::{
-    AttestationEventExt as _, AttestationFacts, attest, envelope_digest,
+    AttestationEventExt as _, AttestationFacts, attest_in_context, envelope_digest,
 };
 use countersign_verdict::decide::{Decision, RejectedDecision, decide, merged_results};
 use countersign_verdict::export::{ExportError, build_export};
@@ -304,7 +304,7 @@ impl Attestor {
                 let decision = self
                     .taskrun_decision(&finished, &policy, &material, decided_at)
                     .await?;
-                let data = attest(
+                let data = attest_in_context(
                     &decision,
                     AttestationFacts {
                         taskrun: &finished.taskrun,
@@ -313,6 +313,7 @@ impl Attestor {
                         decided_at,
                         current_bundle_digest: &material.bundle_digest,
                     },
+                    &material.bundles,
                     &material.svid,
                 )?;
                 let event = Event::observed_at(parts.publisher.source(), decided_at, data);

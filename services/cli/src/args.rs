@@ -74,6 +74,9 @@ pub enum Command {
     /// verify-blob-attestation` reads), with its SLSA VSAs, and optionally the Sigstore trusted
     /// root made from a SPIRE trust bundle.
     Export(ExportArgs),
+    /// The trust bundle history the registrar records (for `verify --bundle-history`).
+    #[command(subcommand)]
+    Bundles(BundlesCommand),
 }
 
 /// `export`.
@@ -96,6 +99,22 @@ pub struct ExportArgs {
     /// The trust domain of `--trust-bundle`.
     #[arg(long, value_name = "TD", env = "COUNTERSIGN_TRUST_DOMAIN")]
     pub trust_domain: Option<String>,
+}
+
+/// `bundles` subcommands.
+#[derive(Debug, Clone, Subcommand)]
+pub enum BundlesCommand {
+    /// Write every recorded trust bundle (the `<PREFIX>_TRUST_BUNDLES` bucket) to a file that
+    /// `verify --bundle-history` reads offline.
+    Export(BundlesExportArgs),
+}
+
+/// `bundles export`.
+#[derive(Debug, Clone, ClapArgs)]
+pub struct BundlesExportArgs {
+    /// Where to write the history (JSON). Default: standard output.
+    #[arg(long, short = 'o', value_name = "FILE")]
+    pub output: Option<PathBuf>,
 }
 
 /// `verify-results`.
@@ -127,8 +146,18 @@ pub struct VerifyArgs {
     #[arg(long, value_name = "FILE")]
     pub attestation: PathBuf,
     /// The trust bundle: PEM CA certificates.
+    #[arg(
+        long,
+        value_name = "FILE",
+        required_unless_present = "bundle_history",
+        conflicts_with = "bundle_history"
+    )]
+    pub bundle: Option<PathBuf>,
+    /// Instead of --bundle: a trust bundle history (`countersign bundles export`). The
+    /// attestation is checked at its signing time against the bundle recorded for that time,
+    /// and refused if the CA that issued the attestor's SVID was revoked since.
     #[arg(long, value_name = "FILE")]
-    pub bundle: PathBuf,
+    pub bundle_history: Option<PathBuf>,
     /// The SPIFFE ID the attestor must have (repeatable). Default:
     /// `spiffe://<--trust-domain>/countersign/attestor`; one of the two is required.
     #[arg(

@@ -9,11 +9,14 @@
 //! - `tail`: attestation events as they are published ([`nats::tail`]).
 //! - `export`: a stored attestation written as Sigstore bundle files, with its VSAs
 //!   ([`export`]).
+//! - `bundles export`: the trust bundle history, for `verify --bundle-history`, which checks
+//!   an attestation at its signing time against it ([`bundles`]).
 //!
 //! [`args`] is the command line, [`exit`] the exit codes and errors, [`render`] the output for
 //! people. The binary (`main.rs`) only parses, runs [`run`] and exits with its code.
 
 pub mod args;
+pub mod bundles;
 pub mod exit;
 pub mod export;
 pub mod inputs;
@@ -41,5 +44,8 @@ pub async fn run(
         Command::Get(args) => nats::get(&cli.nats, args, out).await,
         Command::Tail(args) => nats::tail(&cli.nats, args, out, status, stop).await,
         Command::Export(args) => export::export(&cli.nats, args, out).await,
+        Command::Bundles(args::BundlesCommand::Export(args)) => {
+            bundles::export(&cli.nats, args, out).await
+        }
     }
 }

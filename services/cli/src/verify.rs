@@ -1,4 +1,5 @@
-//! `countersign verify`: a signed attestation checked offline against a trust bundle and the
+//! `countersign verify`: a signed attestation checked offline against a trust bundle (or, with
+//! `--bundle-history`, at its signing time against the bundle history: [`crate::bundles`]) and the
 //! attestor's SPIFFE ID, by `countersign_identity`'s `AttestationVerifier`. The signer policy is
 //! never empty: `--attestor-id`, or the default `spiffe://<--trust-domain>/countersign/attestor`.
 //!
@@ -27,6 +28,7 @@ use countersign_verdict::reason::VerifierReasonExt as _;
 use serde_json::json;
 
 use crate::args::VerifyArgs;
+use crate::bundles;
 use crate::exit::{CliError, Outcome};
 use crate::inputs::{read_bundle, read_json, trust_domain};
 use crate::render::{checks_json, write_checks};
@@ -245,33 +247,53 @@ pub fn verify(args: &VerifyArgs, out: &mut dyn Write) -> Result<Outcome, CliErro
     let policy = signer_policy(args)?;
     let time = attestation_time(args)?;
     let given_trust_domain = args.trust_domain.as_deref().map(trust_domain).transpose()?;
-    let bundles = read_bundle(&args.bundle, given_trust_domain.as_ref())?;
-    let input = read_input(args)?;
-    let verified =
-        match AttestationVerifier::new(&bundles, &policy).verify(&input.attestation, time) {
-            Ok(verified) => verified,
-            Err(error) => {
-                let message = error_chain(&error);
-                if args.json {
-                    let document =
-                        json!({"valid": false, "error": failure_kind(&error), "message": message});
-                    writeln!(
-                        out,
-                        "{}",
-                        serde_json::to_string_pretty(&document).unwrap_or_default()
-                    )?;
-                } else {
-                    writeln!(
-                        out,
-                        "attestation INVALID ({}): {message}",
-                        failure_kind(&error)
-                    )?;
-                }
-                return Ok(Outcome::Rejected);
+    let (checked, signing_time) = match (&args.bundle_history, &args.bundle) {
+        (Some(path), _) => {
+            let history = bundles::read_history(path)?;
+            let input = read_input(args)?;
+            let checked = history.and_then(|history| {
+                bundles::verify_at_signing_time(&history, &input.attestation, &policy, failure_kind)
+            });
+            match checked {
+                Ok(verified) => (
+                    Ok((verified.attestation, input.event)),
+                    Some(verified.chain),
+                ),
+                Err(failure) => (Err((failure.kind, failure.message)), None),
             }
-        };
-    if let Some(mismatch) = input
-        .event
+        }
+        (None, Some(path)) => {
+            let bundles = read_bundle(path, given_trust_domain.as_ref())?;
+            let input = read_input(args)?;
+            let result = AttestationVerifier::new(&bundles, &policy)
+                .verify(&input.attestation, time)
+                .map(|verified| (verified, input.event))
+                .map_err(|error| (failure_kind(&error), error_chain(&error)));
+            (result, None)
+        }
+        (None, None) => {
+            return Err(CliError::Usage(
+                "give the trust bundle: --bundle FILE or --bundle-history FILE".to_owned(),
+            ));
+        }
+    };
+    let (verified, event) = match checked {
+        Ok(verified) => verified,
+        Err((kind, message)) => {
+            if args.json {
+                let document = json!({"valid": false, "error": kind, "message": message});
+                writeln!(
+                    out,
+                    "{}",
+                    serde_json::to_string_pretty(&document).unwrap_or_default()
+                )?;
+            } else {
+                writeln!(out, "attestation INVALID ({kind}): {message}")?;
+            }
+            return Ok(Outcome::Rejected);
+        }
+    };
+    if let Some(mismatch) = event
         .as_ref()
         .and_then(|event| event_mismatch(event, &verified))
     {
@@ -310,6 +332,12 @@ pub fn verify(args: &VerifyArgs, out: &mut dyn Write) -> Result<Outcome, CliErro
             "times": predicate.times,
             "checks": checks_json(&predicate.checks),
             "subjects": verified.statement().subjects(),
+            "signing": predicate.signing,
+            "signingBundle": signing_time.as_ref().map(|chain| json!({
+                "sequenceNumber": chain.sequence_number,
+                "bundleDigest": chain.bundle_digest,
+                "authority": chain.authority,
+            })),
         });
         writeln!(
             out,
@@ -346,6 +374,13 @@ pub fn verify(args: &VerifyArgs, out: &mut dyn Write) -> Result<Outcome, CliErro
             "payload:      sha256:{}",
             verified.payload_digest().to_hex()
         )?;
+        if let Some(chain) = &signing_time {
+            writeln!(
+                out,
+                "signed under: bundle {} (sha256:{}), CA sha256:{}",
+                chain.sequence_number, chain.bundle_digest, chain.authority
+            )?;
+        }
         write_checks(out, &predicate.checks)?;
         writeln!(out, "subjects:")?;
         for subject in verified.statement().subjects() {

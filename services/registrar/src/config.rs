@@ -68,6 +68,9 @@ pub struct RegistrarConfig {
     /// `[reconcile]`: the periodic comparison of SPIRE with the state.
     #[serde(default)]
     pub reconcile: ReconcileConfig,
+    /// `[bundle_history]`: recording every trust bundle SPIRE publishes.
+    #[serde(default)]
+    pub bundle_history: crate::bundle_history::BundleHistoryConfig,
 }
 
 /// `[spire]`: where the SPIRE server is and how identities are named. The first four keys are
@@ -299,6 +302,7 @@ impl ServiceConfig for RegistrarConfig {
 
     fn validate(&self) -> Result<(), ConfigError> {
         self.spire.node_alias_prefix()?;
+        self.bundle_history.validate()?;
         if self.spire.server_socket_path.is_none() {
             WorkloadEndpoint::new(self.spire.socket_path.clone())
                 .map_err(|error| ConfigError::invalid("spire.socket_path", error.to_string()))?;

@@ -20,6 +20,8 @@
 //! - [`reconcile`]: the periodic pass that deletes orphans, re-creates missing entries and
 //!   releases idle node aliases.
 //! - [`audit`]: the `registered` / `released` audit events.
+//! - [`bundle_history`]: the trust bundle history: every bundle SPIRE publishes, recorded
+//!   append-only and announced on `{p}.trust.bundle-rotated`.
 //! - [`connect`]: SPIRE over the admin socket or TCP with mTLS (NATS: `countersign_runtime::nats`).
 //! - [`metrics`]: the `countersign_registrar_*` metrics; [`latency`]: the end-to-end
 //!   `countersign_registration_latency_seconds` (pod scheduled → entry created).
@@ -27,6 +29,7 @@
 
 pub mod audit;
 pub mod batch;
+pub mod bundle_history;
 pub mod config;
 pub mod connect;
 pub mod entries;

@@ -7,10 +7,12 @@
 //! | `streams, consumer and state bucket bound` | the streams, the durable `registrar` consumer and the `{PREFIX}_REGISTRAR` bucket exist |
 //! | `spire server connected` | the SPIRE client was built (the admin socket, or TCP with the first SVID) |
 //! | `spire server reachable` | the SPIRE server answered an admin call (`CountEntries` by our hint) |
+//! | `bundle history bound` | the `{PREFIX}_TRUST_BUNDLES` bucket exists (when `[bundle_history] enabled`) |
 //!
 //! Tasks: the entry batcher, the consumer loop (`run_durable`: a shared durable consumer, N
 //! replicas split the work, bound again when the server lost it, and a failure binding cannot fix
-//! stops the service), the reconciler (one replica at a time, by lease) and the SPIRE probe.
+//! stops the service), the reconciler (one replica at a time, by lease), the SPIRE probe and the
+//! trust bundle recorder ([`crate::bundle_history`]).
 //! [`run`] returns at shutdown, after its tasks, once NATS is drained. On shutdown the
 //! consumer stops pulling and finishes the events in flight (their batched calls still go out),
 //! the reconciler finishes its pass, and the batcher ends when nothing can use it any more.
@@ -32,6 +34,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::audit::Audit;
+use crate::bundle_history::{BundleHistoryMetrics, BundleRecorder, history_bucket};
 use crate::config::{RegistrarConfig, StateConfig};
 use crate::connect::{ConnectSpireError, connect_spire};
 use crate::entries::EntryPlanner;
@@ -131,11 +134,17 @@ pub async fn run(ctx: Context<RegistrarConfig>) -> Result<(), StartError> {
         .latch("streams, consumer and state bucket bound");
     let spire_connected = ctx.readiness.latch("spire server connected");
     let spire_latch = ctx.readiness.latch("spire server reachable");
+    let history_latch = config
+        .bundle_history
+        .enabled
+        .then(|| ctx.readiness.latch("bundle history bound"));
+    let history_metrics = BundleHistoryMetrics::new();
     let metrics = RegistrarMetrics::new();
     let event_metrics = EventMetrics::new();
     ctx.metrics.with_registry(|registry| {
         metrics.register(registry);
         event_metrics.register(registry);
+        history_metrics.register(registry);
     });
 
     let Some(client) = ctx.connect_nats(&config.nats, nats_latch).await? else {
@@ -157,6 +166,25 @@ pub async fn run(ctx: Context<RegistrarConfig>) -> Result<(), StartError> {
         .await?
     else {
         return Ok(());
+    };
+
+    let recorder = match history_latch {
+        Some(latch) => {
+            let spec = history_bucket(&config.bundle_history);
+            let Some(store) = ctx
+                .startup(latch, SetupError::is_transient, || bus.ensure_kv(&spec))
+                .await?
+            else {
+                return Ok(());
+            };
+            Some(BundleRecorder::new(
+                spire.clone(),
+                countersign_events::kv::Bucket::new(store),
+                bus.publisher(EventSource::service(SERVICE_NAME)),
+                history_metrics,
+            ))
+        }
+        None => None,
     };
 
     let (registrar, batcher) = build_registrar(
@@ -181,6 +209,14 @@ pub async fn run(ctx: Context<RegistrarConfig>) -> Result<(), StartError> {
         }
         Ok(())
     });
+    if let Some(recorder) = recorder {
+        let interval = config.bundle_history.poll_interval;
+        let token = ctx.shutdown.token();
+        tasks.spawn(async move {
+            recorder.run(interval, token).await;
+            Ok(())
+        });
+    }
     let spec = ConsumerSpec::registrar(bus.subjects());
     let consuming = registrar.clone();
     let token = ctx.shutdown.token();

@@ -7,12 +7,14 @@
 //! - [`attestation`]: verification outcomes, published by the attestor.
 //! - [`export`]: the attestation in the formats other tools read (Sigstore bundle, SLSA VSAs),
 //!   announced by the attestor once stored.
+//! - [`trust`]: the trust bundle history, published by the registrar.
 
 pub mod attestation;
 pub mod common;
 pub mod export;
 pub mod lifecycle;
 pub mod registration;
+pub mod trust;
 
 pub use attestation::{
     AttestationRejected, AttestationVerified, DsseEnvelope, DsseSignature, ReasonCode,
@@ -28,3 +30,4 @@ pub use lifecycle::{
 pub use registration::{
     EntryKind, EntryRegistered, EntryReleased, RegistrationEntry, ReleaseReason,
 };
+pub use trust::{BundleAuthority, TrustBundleRotated};

@@ -43,7 +43,15 @@ fn channels(subjects: &Subjects) -> Vec<Channel> {
         let family = event_type.family().as_str();
         let transition = event_type.transition();
         let message = message_id(event_type);
-        if event_type.family() == Family::Registration {
+        if event_type.family() == Family::Trust {
+            channels.push(Channel {
+                id: message.clone(),
+                address: format!("{prefix}.{family}.{transition}.{{trust_domain}}"),
+                parameters: &["trust_domain"],
+                message,
+                description: format!("{event_type} events, one subject per trust domain."),
+            });
+        } else if event_type.family() == Family::Registration {
             channels.push(Channel {
                 id: format!("{message}Workload"),
                 address: format!(
@@ -93,6 +101,7 @@ fn parameter(name: &str) -> Value {
         "name" => "The TaskRun's name.",
         "node" => "The node's name.",
         "consumer" => "The durable consumer's name.",
+        "trust_domain" => "The SPIFFE trust domain.",
         _ => "",
     };
     json!({ "description": format!("{description} {TOKEN_RULE}") })
@@ -134,7 +143,7 @@ fn ce_headers(event_type: Option<EventType>) -> Value {
     }
     properties.insert(
         "ce-subject".into(),
-        header("<namespace>/<name> of the TaskRun, or _node/<node>."),
+        header("<namespace>/<name> of the TaskRun, _node/<node>, or _trust/<trust domain>."),
     );
     properties.insert(
         "ce-time".into(),
@@ -336,6 +345,7 @@ pub fn document() -> Value {
             Family::TaskRun => "watcher",
             Family::Registration => "registrar",
             Family::Attestation | Family::Export => "attestor",
+            Family::Trust => "registrar",
         };
         let (id, value) = operation(publisher, "send", channel);
         operations.insert(id, value);

@@ -49,13 +49,16 @@ pub struct Harness {
 impl Harness {
     /// Starts NATS and SPIRE (the agent stands for `node`).
     pub async fn start(node: &str) -> Harness {
-        let (nats, spire) = tokio::join!(
-            NatsServer::start(),
-            Spire::start(SpireOptions {
-                node_name: node.to_owned(),
-                ..SpireOptions::default()
-            })
-        );
+        Harness::start_with(SpireOptions {
+            node_name: node.to_owned(),
+            ..SpireOptions::default()
+        })
+        .await
+    }
+
+    /// Starts NATS and a SPIRE started with `options`.
+    pub async fn start_with(options: SpireOptions) -> Harness {
+        let (nats, spire) = tokio::join!(NatsServer::start(), Spire::start(options));
         let nats = nats.expect("nats-server starts");
         let spire = spire.expect("SPIRE starts");
         let bus = Bus::new(

@@ -1,0 +1,339 @@
+//! The real `countersign` binary with the trust bundle history: a real SPIRE server (short
+//! `ca_ttl`) rotates its CA with `spire-server localauthority x509`, each bundle it publishes is
+//! recorded in the history bucket of a real nats-server (as the registrar records them), and
+//! attestations signed with X509-SVIDs the server mints are checked by `countersign verify
+//! --bundle-history` against the file `countersign bundles export` wrote: at their signing time,
+//! offline, each refusal with its own reason.
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::time::Duration;
+
+use base64::Engine as _;
+use chrono::{DateTime, Utc};
+use countersign_cli::exit_code;
+use countersign_events::EventPayload as _;
+use countersign_events::data::TaskRunRef;
+use countersign_events::kv::Bucket;
+use countersign_identity::spiffe_id::TrustDomain;
+use countersign_identity::svid::{SigningSvid, TrustBundleSet};
+use countersign_test_support::nats::NatsServer;
+use countersign_test_support::peers;
+use countersign_test_support::spire::{Spire, SpireOptions};
+use countersign_verdict::attestation::{AttestationFacts, attest_in_context};
+use countersign_verdict::bundle_history::{BundleHistoryFile, BundleRecord};
+use countersign_verdict::decide::Decision;
+
+const COUNTERSIGN: &str = env!("CARGO_BIN_EXE_countersign");
+const ATTESTOR: &str = "spiffe://example.org/countersign/attestor";
+
+fn countersign(nats: &NatsServer, args: &[&str]) -> Output {
+    std::process::Command::new(COUNTERSIGN)
+        .args(["--nats-url", &nats.url()])
+        .args(args)
+        .env_remove("COUNTERSIGN_TRUST_DOMAIN")
+        .env_remove("COUNTERSIGN_ATTESTOR_ID")
+        .env_remove("COUNTERSIGN_PREFIX")
+        .output()
+        .expect("running countersign")
+}
+
+fn code(output: &Output) -> u8 {
+    u8::try_from(output.status.code().unwrap_or(-1)).unwrap_or(u8::MAX)
+}
+
+fn verify(nats: &NatsServer, attestation: &Path, history: &Path) -> (u8, serde_json::Value) {
+    let output = countersign(
+        nats,
+        &[
+            "verify",
+            "--attestation",
+            attestation.to_str().expect("UTF-8"),
+            "--bundle-history",
+            history.to_str().expect("UTF-8"),
+            "--trust-domain",
+            "example.org",
+            "--json",
+        ],
+    );
+    let document = serde_json::from_slice(&output.stdout).unwrap_or_else(|error| {
+        panic!(
+            "{error}: {}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        )
+    });
+    (code(&output), document)
+}
+
+async fn spire_server(spire: &Spire, args: &[&str]) -> serde_json::Value {
+    let socket = spire.server_socket_path().display().to_string();
+    let output = tokio::process::Command::new(&peers().spire_server.path)
+        .args(args)
+        .args(["-socketPath", &socket, "-output", "json"])
+        .output()
+        .await
+        .expect("running spire-server");
+    assert!(
+        output.status.success(),
+        "spire-server {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).expect("JSON")
+}
+
+fn base64_field(value: &serde_json::Value) -> Vec<u8> {
+    base64::engine::general_purpose::STANDARD
+        .decode(value.as_str().expect("base64 text"))
+        .expect("base64")
+}
+
+/// The server's bundle now: its sequence number and `(DER, tainted)` CAs.
+async fn bundle(spire: &Spire) -> (u64, Vec<(Vec<u8>, bool)>) {
+    let shown = spire_server(spire, &["bundle", "show"]).await;
+    let sequence = shown["sequence_number"]
+        .as_str()
+        .and_then(|text| text.parse().ok())
+        .or_else(|| shown["sequence_number"].as_u64())
+        .expect("a sequence number");
+    let authorities = shown["x509_authorities"]
+        .as_array()
+        .expect("authorities")
+        .iter()
+        .map(|authority| {
+            (
+                base64_field(&authority["asn1"]),
+                authority["tainted"].as_bool().unwrap_or(false),
+            )
+        })
+        .collect();
+    (sequence, authorities)
+}
+
+/// Records the server's current bundle, as the registrar does.
+async fn record(spire: &Spire, bucket: &Bucket<BundleRecord>) -> BundleRecord {
+    let (sequence, authorities) = bundle(spire).await;
+    let record = BundleRecord::new(
+        &TrustDomain::new("example.org").expect("a trust domain"),
+        sequence,
+        authorities,
+        Utc::now(),
+    )
+    .expect("a record");
+    bucket
+        .create(&record.key().expect("a key"), &record)
+        .await
+        .expect("recording");
+    record
+}
+
+/// An attestation event's data, signed with an SVID minted under the active CA.
+async fn attestation(spire: &Spire, dir: &Path, name: &str) -> PathBuf {
+    let minted = spire_server(spire, &["x509", "mint", "-spiffeID", ATTESTOR]).await;
+    let chain = minted[0]["x509_svid"]
+        .as_array()
+        .expect("a chain")
+        .iter()
+        .map(base64_field)
+        .collect();
+    let svid = SigningSvid::new(chain, &base64_field(&minted[0]["private_key"])).expect("an SVID");
+    let (_, authorities) = bundle(spire).await;
+    let mut bundles = TrustBundleSet::new();
+    bundles
+        .add_der(
+            TrustDomain::new("example.org").expect("a trust domain"),
+            authorities.into_iter().map(|(der, _)| der),
+        )
+        .expect("CAs");
+    let taskrun = TaskRunRef {
+        cluster: "test".to_owned(),
+        namespace: "default".to_owned(),
+        name: name.to_owned(),
+        uid: format!("uid-{name}"),
+    };
+    let decided_at: DateTime<Utc> = Utc::now();
+    let event = attest_in_context(
+        &Decision::NoResults,
+        AttestationFacts {
+            taskrun: &taskrun,
+            created: decided_at,
+            finished: Some(decided_at),
+            decided_at,
+            current_bundle_digest: &bundles.digest().to_hex(),
+        },
+        &bundles,
+        &svid,
+    )
+    .expect("signing");
+    let path = dir.join(format!("{name}.json"));
+    std::fs::write(&path, event.to_json().expect("serializes")).expect("writing");
+    path
+}
+
+fn write_history(dir: &Path, name: &str, records: Vec<BundleRecord>) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(
+        &path,
+        serde_json::to_vec(&BundleHistoryFile::new(records)).expect("serializes"),
+    )
+    .expect("writing");
+    path
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn attestations_verify_at_their_signing_time_from_the_exported_history() {
+    let (nats, spire) = tokio::join!(
+        NatsServer::start(),
+        Spire::start(SpireOptions {
+            ca_ttl: Some(Duration::from_secs(600)),
+            default_x509_svid_ttl: Some(Duration::from_secs(60)),
+            ..SpireOptions::default()
+        })
+    );
+    let (nats, spire) = (nats.expect("nats-server"), spire.expect("SPIRE"));
+    let jetstream = async_nats::jetstream::new(nats.client().await);
+    let store = jetstream
+        .create_key_value(async_nats::jetstream::kv::Config {
+            bucket: "COUNTERSIGN_TRUST_BUNDLES".to_owned(),
+            history: 64,
+            ..Default::default()
+        })
+        .await
+        .expect("the history bucket");
+    let bucket: Bucket<BundleRecord> = Bucket::new(store);
+    let dir = tempfile::tempdir().expect("a temporary directory");
+
+    let first = record(&spire, &bucket).await;
+    let under_first = attestation(&spire, dir.path(), "under-first").await;
+    // A rotation: the next CA prepared (a new bundle), then activated.
+    spire_server(&spire, &["localauthority", "x509", "prepare"]).await;
+    let second = record(&spire, &bucket).await;
+    let shown = spire_server(&spire, &["localauthority", "x509", "show"]).await;
+    let prepared = shown["prepared"]["authority_id"]
+        .as_str()
+        .expect("prepared")
+        .to_owned();
+    spire_server(
+        &spire,
+        &[
+            "localauthority",
+            "x509",
+            "activate",
+            "-authorityID",
+            &prepared,
+        ],
+    )
+    .await;
+    let under_second = attestation(&spire, dir.path(), "under-second").await;
+
+    // Exported before any revocation: both verify, each against the bundle of its time.
+    let export = dir.path().join("bundles.json");
+    let output = countersign(
+        &nats,
+        &[
+            "bundles",
+            "export",
+            "--output",
+            export.to_str().expect("UTF-8"),
+        ],
+    );
+    assert_eq!(
+        code(&output),
+        exit_code::OK,
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    for (attestation, expected) in [(&under_first, &first), (&under_second, &second)] {
+        let (status, document) = verify(&nats, attestation, &export);
+        assert_eq!(status, exit_code::OK, "{document}");
+        assert_eq!(
+            document["signingBundle"]["sequenceNumber"],
+            expected.sequence_number
+        );
+        assert_eq!(document["signingBundle"]["bundleDigest"], expected.digest);
+        assert_eq!(document["signing"]["signerBundleDigest"], expected.digest);
+    }
+
+    // The first CA tainted, then revoked: its attestation is refused, the other still verifies.
+    let old =
+        spire_server(&spire, &["localauthority", "x509", "show"]).await["old"]["authority_id"]
+            .as_str()
+            .expect("an old authority")
+            .to_owned();
+    spire_server(
+        &spire,
+        &["localauthority", "x509", "taint", "-authorityID", &old],
+    )
+    .await;
+    let tainted = record(&spire, &bucket).await;
+    spire_server(
+        &spire,
+        &["localauthority", "x509", "revoke", "-authorityID", &old],
+    )
+    .await;
+    let removed = record(&spire, &bucket).await;
+    assert!(removed.sequence_number > tainted.sequence_number);
+    let output = countersign(
+        &nats,
+        &[
+            "bundles",
+            "export",
+            "--output",
+            export.to_str().expect("UTF-8"),
+        ],
+    );
+    assert_eq!(code(&output), exit_code::OK);
+    let (status, document) = verify(&nats, &under_first, &export);
+    assert_eq!(status, exit_code::REJECTED);
+    assert_eq!(document["error"], "authority_revoked", "{document}");
+    let (status, document) = verify(&nats, &under_second, &export);
+    assert_eq!(status, exit_code::OK, "{document}");
+
+    // A history that disagrees with itself.
+    let forged = BundleRecord {
+        authorities: first.authorities.clone(),
+        digest: first.digest.clone(),
+        ..second.clone()
+    };
+    let conflicting = write_history(
+        dir.path(),
+        "conflict.json",
+        vec![first.clone(), second.clone(), forged],
+    );
+    let (status, document) = verify(&nats, &under_second, &conflicting);
+    assert_eq!(status, exit_code::REJECTED);
+    assert_eq!(document["error"], "history_conflict", "{document}");
+
+    // No bundle recorded for the signing time.
+    let late = BundleRecord {
+        first_seen: Utc::now() + chrono::TimeDelta::days(1),
+        ..removed.clone()
+    };
+    let too_late = write_history(dir.path(), "late.json", vec![late]);
+    let (status, document) = verify(&nats, &under_second, &too_late);
+    assert_eq!(status, exit_code::REJECTED);
+    assert_eq!(document["error"], "no_bundle_at_time", "{document}");
+
+    // The bundle of that time does not hold the CA: the chain does not verify at that time.
+    let only_first = write_history(dir.path(), "first.json", vec![first.clone()]);
+    let (status, document) = verify(&nats, &under_second, &only_first);
+    assert_eq!(status, exit_code::REJECTED);
+    assert_eq!(document["error"], "chain_invalid_at_time", "{document}");
+
+    // A malformed history is bad input.
+    let malformed = dir.path().join("malformed.json");
+    std::fs::write(&malformed, b"{\"version\": 1}").expect("writing");
+    let output = countersign(
+        &nats,
+        &[
+            "verify",
+            "--attestation",
+            under_second.to_str().expect("UTF-8"),
+            "--bundle-history",
+            malformed.to_str().expect("UTF-8"),
+            "--trust-domain",
+            "example.org",
+        ],
+    );
+    assert_eq!(code(&output), exit_code::BAD_INPUT);
+}

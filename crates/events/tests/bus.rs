@@ -15,10 +15,10 @@ use chrono::{TimeZone, Utc};
 use countersign_events::data::*;
 use countersign_events::{
     AnyEvent, AttestationEvent, Bus, BusConfig, ConsumeOutcome, ConsumerConfig, ConsumerSpec,
-    DeadLetter, Delivery, DurableConsumer, Event, EventMetrics, EventPayload, EventSource,
-    EventType, Family, HandlerError, LifecycleEvent, Published, Publisher, RegistrationEvent,
-    StreamKind, StreamSetup, run_consumer, schema,
+    Delivery, DurableConsumer, Event, EventMetrics, EventPayload, EventSource, EventType, Family,
+    HandlerError, LifecycleEvent, RegistrationEvent, StreamKind, StreamSetup, run_consumer, schema,
 };
+use countersign_test_support::bus::{message_count, publish_checked, wait_dead_letters};
 use countersign_test_support::nats::{NatsOptions, NatsServer};
 use countersign_test_support::wait;
 use tokio::sync::mpsc;
@@ -288,46 +288,6 @@ fn spec(bus: &Bus, name: &str, stream: StreamKind, family: Family) -> ConsumerSp
     }
 }
 
-/// Validates an event against its committed schema, then publishes it.
-async fn publish_checked<T: EventPayload>(publisher: &Publisher, event: &Event<T>) -> Published {
-    schema::validate_event(event).expect("the event matches its committed schema");
-    publisher.publish(event).await.expect("publishing")
-}
-
-async fn stream_messages(bus: &Bus, kind: StreamKind) -> u64 {
-    let mut stream = bus
-        .jetstream()
-        .get_stream(bus.subjects().stream_name(kind))
-        .await
-        .expect("the stream");
-    stream.info().await.expect("stream info").state.messages
-}
-
-/// Waits for `count` dead letters and returns them, in order.
-async fn dead_letters(bus: &Bus, count: u64) -> Vec<DeadLetter> {
-    wait::until_true("dead letters", TIMEOUT, || async {
-        stream_messages(bus, StreamKind::DeadLetter).await >= count
-    })
-    .await
-    .expect("dead letters arrive");
-    let stream = bus
-        .jetstream()
-        .get_stream(bus.subjects().stream_name(StreamKind::DeadLetter))
-        .await
-        .expect("the dead-letter stream");
-    let mut letters = Vec::new();
-    for sequence in 1..=count {
-        let message = stream
-            .get_raw_message(sequence)
-            .await
-            .expect("a dead letter");
-        letters.push(
-            DeadLetter::from_parts(&message.headers, message.payload).expect("dead-letter headers"),
-        );
-    }
-    letters
-}
-
 /// Waits until the consumer has nothing pending or unacknowledged.
 async fn settled(consumer: &DurableConsumer) {
     let inner = consumer.inner().clone();
@@ -415,7 +375,7 @@ async fn every_event_type_round_trips_through_the_stream() {
             .expect("the consumer task")
             .expect("the consumer stops cleanly");
     }
-    assert_eq!(stream_messages(bus, StreamKind::DeadLetter).await, 0);
+    assert_eq!(message_count(bus, StreamKind::DeadLetter).await, 0);
 
     // The family enums decode their own types (the trust family has one type and no enum).
     let family_types: BTreeSet<EventType> = EventType::ALL
@@ -509,7 +469,7 @@ async fn every_event_type_round_trips_through_the_stream() {
     results.1.expect("registration consumer");
     results.2.expect("attestation consumer");
     assert_eq!(seen, family_types);
-    assert_eq!(stream_messages(bus, StreamKind::DeadLetter).await, 0);
+    assert_eq!(message_count(bus, StreamKind::DeadLetter).await, 0);
 }
 
 #[tokio::test]
@@ -528,10 +488,10 @@ async fn a_second_publish_of_the_same_event_is_dropped_as_a_duplicate() {
     assert!(!first.duplicate);
     assert!(second.duplicate);
     assert_eq!(second.sequence, first.sequence);
-    assert_eq!(stream_messages(bus, StreamKind::TaskRuns).await, 1);
+    assert_eq!(message_count(bus, StreamKind::TaskRuns).await, 1);
     let other = publish_checked(&publisher, &publisher.event(deleted("other"))).await;
     assert!(!other.duplicate);
-    assert_eq!(stream_messages(bus, StreamKind::TaskRuns).await, 2);
+    assert_eq!(message_count(bus, StreamKind::TaskRuns).await, 2);
 }
 
 #[tokio::test]
@@ -584,7 +544,7 @@ async fn a_transient_failure_is_nakked_and_redelivered() {
         setup.metrics.consumed_count("flaky", ConsumeOutcome::Ack),
         1
     );
-    assert_eq!(stream_messages(bus, StreamKind::DeadLetter).await, 0);
+    assert_eq!(message_count(bus, StreamKind::DeadLetter).await, 0);
 }
 
 #[tokio::test]
@@ -648,7 +608,7 @@ async fn a_transient_failure_with_its_own_delay_is_not_redelivered_before_it() {
         setup.metrics.consumed_count("patient", ConsumeOutcome::Nak),
         1
     );
-    assert_eq!(stream_messages(bus, StreamKind::DeadLetter).await, 0);
+    assert_eq!(message_count(bus, StreamKind::DeadLetter).await, 0);
 }
 
 #[tokio::test]
@@ -688,12 +648,12 @@ async fn poison_is_dead_lettered_exactly_once_with_its_reason_then_terminated() 
             .await
         }
     });
-    let letters = dead_letters(bus, 1).await;
+    let letters = wait_dead_letters(bus, 1).await;
     settled(&consumer).await;
     shutdown.cancel();
     run.await.expect("the consumer task").expect("a clean stop");
 
-    assert_eq!(stream_messages(bus, StreamKind::DeadLetter).await, 1);
+    assert_eq!(message_count(bus, StreamKind::DeadLetter).await, 1);
     assert_eq!(calls.load(Ordering::SeqCst), 1);
     let letter = &letters[0];
     assert_eq!(letter.reason, "rejected");
@@ -760,14 +720,14 @@ async fn a_transient_failure_on_the_last_delivery_is_dead_lettered_as_retries_ex
             .await
         }
     });
-    let letters = dead_letters(bus, 1).await;
+    let letters = wait_dead_letters(bus, 1).await;
     settled(&consumer).await;
     shutdown.cancel();
     run.await.expect("the consumer task").expect("a clean stop");
     assert_eq!(letters[0].reason, "retries_exhausted");
     assert_eq!(letters[0].deliveries, 2);
     assert_eq!(attempts.load(Ordering::SeqCst), 2);
-    assert_eq!(stream_messages(bus, StreamKind::DeadLetter).await, 1);
+    assert_eq!(message_count(bus, StreamKind::DeadLetter).await, 1);
 }
 
 /// A message published by hand on a TaskRun subject.
@@ -921,7 +881,7 @@ async fn malformed_input_is_dead_lettered_with_its_own_reason_and_other_modes_ar
     accepted.sort_by(|left, right| left.id.cmp(&right.id));
     assert_eq!(accepted, vec![plain, structured]);
 
-    let letters = dead_letters(bus, expected.len() as u64).await;
+    let letters = wait_dead_letters(bus, expected.len() as u64).await;
     settled(&consumer).await;
     shutdown.cancel();
     run.await
@@ -937,7 +897,7 @@ async fn malformed_input_is_dead_lettered_with_its_own_reason_and_other_modes_ar
         assert!(!letter.detail.is_empty());
     }
     assert_eq!(
-        stream_messages(bus, StreamKind::DeadLetter).await,
+        message_count(bus, StreamKind::DeadLetter).await,
         expected.len() as u64
     );
 }
@@ -1335,5 +1295,5 @@ async fn two_replicas_on_one_durable_consumer_split_the_work() {
         per_replica.iter().all(|count| *count > 0),
         "both replicas handled messages: {per_replica:?}"
     );
-    assert_eq!(stream_messages(&setup.bus, StreamKind::DeadLetter).await, 0);
+    assert_eq!(message_count(&setup.bus, StreamKind::DeadLetter).await, 0);
 }

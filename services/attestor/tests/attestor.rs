@@ -68,9 +68,8 @@ fn rejected_reason(event: &Event<AttestationEvent>) -> ReasonCode {
 async fn signed_results_are_verified_step_by_step_and_attested_once() {
     let nats = NatsServer::start().await.unwrap();
     let spire = spire_with_attestor(SpireOptions::default()).await;
-    let bus = TestBus::connect(&nats).await;
-    let attestor =
-        RunningAttestor::start(attestor_config(&nats.url(), &spire.agent_endpoint(), "")).await;
+    let bus = TestBus::connect(&nats, "watcher").await;
+    let attestor = start_attestor(attestor_config(&nats.url(), &spire.agent_endpoint(), "")).await;
     attestor.wait_ready().await;
 
     let taskrun = taskrun("build-push-run-x7k2p");
@@ -98,9 +97,9 @@ async fn signed_results_are_verified_step_by_step_and_attested_once() {
         bus.step_completed(step_completed(&finished, record)).await;
     }
     wait::until_true("both step verdicts", TIMEOUT, || async {
-        attestor.metrics().contains(
-            "countersign_attestor_step_verdicts_total{verdict=\"verified\",reason=\"none\"} 2",
-        )
+        attestor.metric(
+            "countersign_attestor_step_verdicts_total{verdict=\"verified\",reason=\"none\"}",
+        ) == 2.0
     })
     .await
     .unwrap();
@@ -139,15 +138,14 @@ async fn signed_results_are_verified_step_by_step_and_attested_once() {
         .unwrap()
         .unwrap();
     assert_eq!(indexed.uid, taskrun.uid);
-    assert!(
-        attestor.metrics().contains(
-            "countersign_attestor_verdicts_total{verdict=\"verified\",reason=\"none\"} 1"
-        )
-    );
-    assert!(
+    assert_eq!(
         attestor
-            .metrics()
-            .contains("countersign_attestor_verification_duration_seconds_count 1")
+            .metric("countersign_attestor_verdicts_total{verdict=\"verified\",reason=\"none\"}"),
+        1.0
+    );
+    assert_eq!(
+        attestor.metric("countersign_attestor_verification_duration_seconds_count"),
+        1.0
     );
     assert!(
         attestor
@@ -158,8 +156,8 @@ async fn signed_results_are_verified_step_by_step_and_attested_once() {
     // Publishing the same finished event again changes nothing.
     let mut again = finished.clone();
     again.message = "observed twice".into();
-    bus.watcher
-        .publish(&Event::new(bus.watcher.source(), again))
+    bus.publisher
+        .publish(&Event::new(bus.publisher.source(), again))
         .await
         .unwrap();
     assert_eq!(bus.published(&taskrun).await.len(), 1);
@@ -182,9 +180,8 @@ struct Case {
 async fn each_check_rejects_with_its_own_reason() {
     let nats = NatsServer::start().await.unwrap();
     let spire = spire_with_attestor(SpireOptions::default()).await;
-    let bus = TestBus::connect(&nats).await;
-    let attestor =
-        RunningAttestor::start(attestor_config(&nats.url(), &spire.agent_endpoint(), "")).await;
+    let bus = TestBus::connect(&nats, "watcher").await;
+    let attestor = start_attestor(attestor_config(&nats.url(), &spire.agent_endpoint(), "")).await;
     attestor.wait_ready().await;
 
     let created = Utc::now() - TimeDelta::seconds(2);
@@ -414,9 +411,12 @@ async fn each_check_rejects_with_its_own_reason() {
             );
         }
     }
-    assert!(attestor.metrics().contains(
-        "countersign_attestor_verdicts_total{verdict=\"rejected\",reason=\"signature_invalid\"} 2"
-    ));
+    assert_eq!(
+        attestor.metric(
+            "countersign_attestor_verdicts_total{verdict=\"rejected\",reason=\"signature_invalid\"}"
+        ),
+        2.0
+    );
 
     // A Task that declares no results and a TaskRun that wrote none: its own verdict.
     let quiet = taskrun("no-results");
@@ -461,9 +461,8 @@ async fn svids_of_another_ca_and_another_trust_domain_are_rejected() {
     );
     let other_ca = other_ca.unwrap();
     let other_domain = other_domain.unwrap();
-    let bus = TestBus::connect(&nats).await;
-    let attestor =
-        RunningAttestor::start(attestor_config(&nats.url(), &ours.agent_endpoint(), "")).await;
+    let bus = TestBus::connect(&nats, "watcher").await;
+    let attestor = start_attestor(attestor_config(&nats.url(), &ours.agent_endpoint(), "")).await;
     attestor.wait_ready().await;
     let created = Utc::now() - TimeDelta::seconds(2);
 
@@ -510,7 +509,7 @@ async fn svids_of_another_ca_and_another_trust_domain_are_rejected() {
 async fn redelivery_and_two_replicas_give_one_attestation() {
     let nats = NatsServer::start().await.unwrap();
     let spire = spire_with_attestor(SpireOptions::default()).await;
-    let bus = TestBus::connect(&nats).await;
+    let bus = TestBus::connect(&nats, "watcher").await;
     let taskrun = taskrun("contended");
     let created = Utc::now() - TimeDelta::seconds(2);
     let pod = Pod::register(&spire, &taskrun_id(&taskrun.name)).await;
@@ -550,7 +549,7 @@ async fn redelivery_and_two_replicas_give_one_attestation() {
     // The same transition observed again past the duplicate window: a second message with
     // the same content (published without a message id, so JetStream keeps both).
     let (headers, body) =
-        countersign_events::encode(&Event::new(bus.watcher.source(), event.clone())).unwrap();
+        countersign_events::encode(&Event::new(bus.publisher.source(), event.clone())).unwrap();
     let subject = bus
         .bus
         .subjects()
@@ -567,25 +566,16 @@ async fn redelivery_and_two_replicas_give_one_attestation() {
     }
 
     // Two replicas on the same durable consumer.
-    let first = RunningAttestor::start(config.clone()).await;
-    let second = RunningAttestor::start(config).await;
+    let first = start_attestor(config.clone()).await;
+    let second = start_attestor(config).await;
     first.wait_ready().await;
     second.wait_ready().await;
 
     let stored = bus.attestation(&taskrun.uid).await;
     // Every copy is handled (the redelivered one after the ack wait), and all converge.
     let handled = |attestor: &RunningAttestor| {
-        attestor
-            .metrics()
-            .lines()
-            .find(|line| {
-                line.starts_with(
-                    "countersign_events_consumed_total{consumer=\"attestor\",outcome=\"ack\"}",
-                )
-            })
-            .and_then(|line| line.rsplit(' ').next())
-            .and_then(|count| count.parse::<u64>().ok())
-            .unwrap_or(0)
+        attestor.metric("countersign_events_consumed_total{consumer=\"attestor\",outcome=\"ack\"}")
+            as u64
     };
     wait::until_true("every copy acknowledged", TIMEOUT, || async {
         handled(&first) + handled(&second) >= 4
@@ -597,12 +587,11 @@ async fn redelivery_and_two_replicas_give_one_attestation() {
     assert_eq!(published[0].data, stored.data);
     check_attestation(&bus, &spire, &stored).await;
     let verdicts = |attestor: &RunningAttestor| {
-        attestor
-            .metrics()
-            .lines()
-            .filter(|line| line.starts_with("countersign_attestor_verdicts_total"))
-            .filter_map(|line| line.rsplit(' ').next()?.parse::<u64>().ok())
-            .sum::<u64>()
+        countersign_test_support::metrics::sum(
+            &attestor.metrics(),
+            "countersign_attestor_verdicts_total",
+            &[],
+        ) as u64
     };
     assert_eq!(
         verdicts(&first) + verdicts(&second),
@@ -617,9 +606,8 @@ async fn redelivery_and_two_replicas_give_one_attestation() {
 async fn the_released_tekton_shape_is_verified_through_the_attestor() {
     let nats = NatsServer::start().await.unwrap();
     let spire = spire_with_attestor(SpireOptions::default()).await;
-    let bus = TestBus::connect(&nats).await;
-    let attestor =
-        RunningAttestor::start(attestor_config(&nats.url(), &spire.agent_endpoint(), "")).await;
+    let bus = TestBus::connect(&nats, "watcher").await;
+    let attestor = start_attestor(attestor_config(&nats.url(), &spire.agent_endpoint(), "")).await;
     attestor.wait_ready().await;
 
     let pod = Pod::register(&spire, &taskrun_id("build-push-run-x7k2p")).await;
@@ -650,12 +638,11 @@ async fn readiness_waits_for_the_svid_and_malformed_events_are_dead_lettered() {
     let nats = NatsServer::start().await.unwrap();
     // No entry for the attestor yet.
     let spire = Spire::start(SpireOptions::default()).await.unwrap();
-    let bus = TestBus::connect(&nats).await;
-    let attestor =
-        RunningAttestor::start(attestor_config(&nats.url(), &spire.agent_endpoint(), "")).await;
+    let bus = TestBus::connect(&nats, "watcher").await;
+    let attestor = start_attestor(attestor_config(&nats.url(), &spire.agent_endpoint(), "")).await;
     wait::until_true("NATS and the topology", TIMEOUT, || async {
         matches!(
-            attestor.ctx.readiness.status(),
+            attestor.context.readiness.status(),
             countersign_runtime::health::ReadinessStatus::Pending(ref pending)
                 if pending == &["first SVID and trust bundle received".to_owned()]
         )
@@ -723,12 +710,12 @@ async fn the_optional_annotation_marks_the_taskrun_and_never_a_recreated_one() {
 
     let nats = NatsServer::start().await.unwrap();
     let spire = spire_with_attestor(SpireOptions::default()).await;
-    let bus = TestBus::connect(&nats).await;
+    let bus = TestBus::connect(&nats, "watcher").await;
     let extra = format!(
         "[annotate]\nenabled = true\nkubeconfig = \"{}\"\n",
         kube.kubeconfig_path().display()
     );
-    let attestor = RunningAttestor::start(attestor_config(
+    let attestor = start_attestor(attestor_config(
         &nats.url(),
         &spire.agent_endpoint(),
         &extra,
@@ -789,9 +776,7 @@ async fn the_optional_annotation_marks_the_taskrun_and_never_a_recreated_one() {
     let event = bus.attestation(&other.uid).await;
     assert_eq!(rejected_reason(&event), ReasonCode::UnsignedResults);
     wait::until_true("both finished events handled", TIMEOUT, || async {
-        attestor
-            .metrics()
-            .contains("countersign_attestor_verification_duration_seconds_count 2")
+        attestor.metric("countersign_attestor_verification_duration_seconds_count") == 2.0
     })
     .await
     .unwrap();
@@ -830,9 +815,8 @@ async fn a_rotated_trust_bundle_is_used_without_a_restart() {
         ..SpireOptions::default()
     })
     .await;
-    let bus = TestBus::connect(&nats).await;
-    let attestor =
-        RunningAttestor::start(attestor_config(&nats.url(), &spire.agent_endpoint(), "")).await;
+    let bus = TestBus::connect(&nats, "watcher").await;
+    let attestor = start_attestor(attestor_config(&nats.url(), &spire.agent_endpoint(), "")).await;
     attestor.wait_ready().await;
     let mut original = TrustBundleSet::new();
     original
@@ -841,9 +825,7 @@ async fn a_rotated_trust_bundle_is_used_without_a_restart() {
 
     // The agent sends the bundle with the next CA; the running attestor takes it.
     wait::until_true("the rotated bundle in the attestor", TIMEOUT, || async {
-        attestor
-            .metrics()
-            .contains("countersign_attestor_trust_bundle_authorities 2")
+        attestor.metric("countersign_attestor_trust_bundle_authorities") == 2.0
     })
     .await
     .unwrap();

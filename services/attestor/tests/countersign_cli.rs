@@ -48,9 +48,8 @@ fn text(bytes: &[u8]) -> String {
 async fn a_signed_taskrun_is_attested_and_countersign_gets_and_verifies_it() {
     let nats = NatsServer::start().await.unwrap();
     let spire = spire_with_attestor(SpireOptions::default()).await;
-    let bus = TestBus::connect(&nats).await;
-    let attestor =
-        RunningAttestor::start(attestor_config(&nats.url(), &spire.agent_endpoint(), "")).await;
+    let bus = TestBus::connect(&nats, "watcher").await;
+    let attestor = start_attestor(attestor_config(&nats.url(), &spire.agent_endpoint(), "")).await;
     attestor.wait_ready().await;
 
     let taskrun = taskrun("release-build");
@@ -157,9 +156,8 @@ async fn a_signed_taskrun_is_attested_and_countersign_gets_and_verifies_it() {
 async fn tail_json_follows_attestations_as_they_are_published() {
     let nats = NatsServer::start().await.unwrap();
     let spire = spire_with_attestor(SpireOptions::default()).await;
-    let bus = TestBus::connect(&nats).await;
-    let attestor =
-        RunningAttestor::start(attestor_config(&nats.url(), &spire.agent_endpoint(), "")).await;
+    let bus = TestBus::connect(&nats, "watcher").await;
+    let attestor = start_attestor(attestor_config(&nats.url(), &spire.agent_endpoint(), "")).await;
     attestor.wait_ready().await;
 
     // A live tail, waiting for the next two attestations.

@@ -30,12 +30,7 @@ fn entry(id: &str, spiffe_id: &str, selector: &str) -> Entry {
 fn series(registry: &Registry, name: &str) -> f64 {
     let mut text = String::new();
     prometheus_client::encoding::text::encode(&mut text, registry).expect("encoded");
-    text.lines()
-        .find_map(|line| {
-            let (series, value) = line.rsplit_once(' ')?;
-            (series == name).then(|| value.parse().ok()).flatten()
-        })
-        .unwrap_or(0.0)
+    countersign_test_support::metrics::value(&text, name)
 }
 
 #[tokio::test]

@@ -20,8 +20,8 @@ use countersign_test_support::wait;
 use tokio::sync::Notify;
 
 use support::{
-    Bench, Receiver, Relay, Reply, TIMEOUT, deliveries, metric_value, quick_sink, rejected,
-    unused_address, verified,
+    Bench, Receiver, Reply, TIMEOUT, deliveries, quick_sink, rejected, start_relay,
+    start_relay_with_env, unused_address, verified,
 };
 
 fn ids(requests: &[support::Received]) -> BTreeSet<String> {
@@ -42,7 +42,7 @@ async fn delivers_in_binary_mode_with_every_attribute_and_configured_headers() {
         token.display()
     );
     let env = Environment::new().with("RELAY_TEST_KEY", "key-123");
-    let relay = Relay::start_with_env(&bench.nats, &sinks, env).await;
+    let relay = start_relay_with_env(&bench.nats, &sinks, env).await;
 
     let mut event = verified("team-a", "build-1");
     event.traceparent = Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into());
@@ -139,7 +139,7 @@ async fn delivers_in_binary_mode_with_every_attribute_and_configured_headers() {
         .await
         .expect("the metrics");
     assert_eq!(
-        metric_value(&scraped, &deliveries("listener", "delivered")),
+        countersign_test_support::metrics::value(&scraped, &deliveries("listener", "delivered")),
         1.0
     );
     assert!(matches!(relay.stop().await, RunOutcome::Drained { .. }));
@@ -150,7 +150,7 @@ async fn a_503_is_retried_and_the_event_is_acked_once_after_the_2xx() {
     let bench = Bench::start().await;
     let receiver = Receiver::start().await;
     receiver.script([Reply::status(503).body("warming up")]);
-    let relay = Relay::start(&bench.nats, &quick_sink("broker", &receiver.url("/"), 5)).await;
+    let relay = start_relay(&bench.nats, &quick_sink("broker", &receiver.url("/"), 5)).await;
 
     let event = verified("team-a", "build-2");
     let published = bench.publish(&event).await;
@@ -191,7 +191,7 @@ async fn a_retry_after_from_the_sink_is_honoured() {
          max_backoff = \"5s\"\n",
         receiver.url("/")
     );
-    let relay = Relay::start(&bench.nats, &sink).await;
+    let relay = start_relay(&bench.nats, &sink).await;
 
     let published = bench.publish(&verified("team-a", "build-3")).await;
     let requests = receiver.wait_for(2).await;
@@ -216,7 +216,7 @@ async fn a_sink_that_does_not_answer_in_time_is_retried() {
          initial_backoff = \"50ms\"\nmax_backoff = \"200ms\"\n",
         receiver.url("/")
     );
-    let relay = Relay::start(&bench.nats, &sink).await;
+    let relay = start_relay(&bench.nats, &sink).await;
 
     let event = verified("team-a", "hung");
     let published = bench.publish(&event).await;
@@ -235,7 +235,7 @@ async fn retries_exhausted_are_dead_lettered_with_the_reason() {
     let bench = Bench::start().await;
     let receiver = Receiver::start().await;
     receiver.answer_by_default(Reply::status(503).body("down for maintenance"));
-    let relay = Relay::start(&bench.nats, &quick_sink("broker", &receiver.url("/"), 3)).await;
+    let relay = start_relay(&bench.nats, &quick_sink("broker", &receiver.url("/"), 3)).await;
 
     let event = rejected("team-a", "build-4");
     let published = bench.publish(&event).await;
@@ -274,7 +274,7 @@ async fn a_permanent_400_is_dead_lettered_at_once_with_the_status_and_body() {
     let bench = Bench::start().await;
     let receiver = Receiver::start().await;
     receiver.answer_by_default(Reply::status(400).body("{\"error\":\"unknown event type\"}"));
-    let relay = Relay::start(&bench.nats, &quick_sink("broker", &receiver.url("/"), 10)).await;
+    let relay = start_relay(&bench.nats, &quick_sink("broker", &receiver.url("/"), 10)).await;
 
     let event = verified("team-a", "build-5");
     let published = bench.publish(&event).await;
@@ -308,7 +308,7 @@ async fn a_permanent_400_is_dead_lettered_at_once_with_the_status_and_body() {
 async fn a_receiver_that_is_down_gets_everything_once_it_is_back() {
     let bench = Bench::start().await;
     let address = unused_address();
-    let relay = Relay::start(
+    let relay = start_relay(
         &bench.nats,
         &quick_sink("listener", &format!("http://{address}/hook"), 1000),
     )
@@ -348,7 +348,7 @@ async fn filters_decide_which_sink_gets_which_event() {
         quick_sink("team-b", &receiver.url("/team-b"), 5),
         quick_sink("team-a-rejections", &receiver.url("/team-a-rejections"), 5),
     );
-    let relay = Relay::start(&bench.nats, &sinks).await;
+    let relay = start_relay(&bench.nats, &sinks).await;
 
     let verified_a = verified("team-a", "v");
     let rejected_a = rejected("team-a", "r");
@@ -404,7 +404,7 @@ async fn a_failing_sink_does_not_hold_up_another() {
         quick_sink("healthy", &healthy.url("/"), 1000),
         quick_sink("failing", &failing.url("/"), 1000)
     );
-    let relay = Relay::start(&bench.nats, &sinks).await;
+    let relay = start_relay(&bench.nats, &sinks).await;
 
     let mut expected = BTreeSet::new();
     let mut last = 0;
@@ -443,8 +443,8 @@ async fn replicas_share_a_sink_and_deliver_each_event_once() {
     let bench = Bench::start().await;
     let receiver = Receiver::start().await;
     let sinks = quick_sink("broker", &receiver.url("/"), 5);
-    let first = Relay::start(&bench.nats, &sinks).await;
-    let second = Relay::start(&bench.nats, &sinks).await;
+    let first = start_relay(&bench.nats, &sinks).await;
+    let second = start_relay(&bench.nats, &sinks).await;
 
     let mut expected = BTreeSet::new();
     let mut last = 0;
@@ -468,7 +468,7 @@ async fn shutdown_lets_the_delivery_in_flight_finish_and_acks_it() {
     let receiver = Receiver::start().await;
     let release = Arc::new(Notify::new());
     receiver.script([Reply::status(202).held_until(release.clone())]);
-    let mut relay = Relay::start(&bench.nats, &quick_sink("broker", &receiver.url("/"), 5)).await;
+    let mut relay = start_relay(&bench.nats, &quick_sink("broker", &receiver.url("/"), 5)).await;
 
     let published = bench.publish(&verified("team-a", "slow")).await;
     receiver.wait_for(1).await;

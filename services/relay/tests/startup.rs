@@ -9,24 +9,17 @@ use countersign_runtime::config::{Environment, ServiceConfig, parse_config};
 use countersign_runtime::health::ReadinessStatus;
 use countersign_runtime::nats::NatsConnectError;
 use countersign_runtime::service::ServiceError;
-use countersign_runtime::{Context, RunOutcome, run_service};
+use countersign_runtime::{Context, RunOutcome};
 use countersign_test_support::nats::NatsServer;
+use countersign_test_support::service::RunningService;
 use countersign_test_support::wait;
-use tokio::net::TcpListener;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 
 /// How long any one condition may take.
 const TIMEOUT: Duration = Duration::from_secs(30);
 
-/// The relay with `[nats]` body `nats` and one sink that is never called (no event is published).
-async fn start_relay(
-    nats: &str,
-) -> (
-    Context<RelayConfig>,
-    oneshot::Sender<()>,
-    JoinHandle<RunOutcome>,
-) {
+/// The relay with `[nats]` body `nats` and one sink that is never called (no event is published),
+/// started without waiting for readiness.
+async fn start_relay(nats: &str) -> RunningService<RelayConfig> {
     let text = format!(
         "[admin]\nlisten = \"127.0.0.1:0\"\n[nats]\n{nats}\n\
          [[sinks]]\nname = \"idle\"\nurl = \"http://127.0.0.1:9/\"\n"
@@ -34,28 +27,15 @@ async fn start_relay(
     let config: RelayConfig = parse_config(&text, &Environment::new()).expect("a valid config");
     config.validate().expect("a valid config");
     let grace_period = config.shutdown.grace_period;
-    let context = Context::new("relay", config);
-    let listener = TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("binding the admin listener");
-    let (stop, stopped) = oneshot::channel::<()>();
-    let running = tokio::spawn(run_service(
-        context.clone(),
-        listener,
-        grace_period,
-        async move {
-            let _ = stopped.await;
-        },
-        run,
-    ));
-    (context, stop, running)
+    RunningService::start(Context::new("relay", config), grace_period, run).await
 }
 
 #[tokio::test]
 async fn waits_for_nats_at_start_up_and_is_ready_once_it_is_up() {
     let mut server = NatsServer::start().await.expect("starting nats-server");
     server.stop();
-    let (context, stop, running) = start_relay(&format!("url = \"{}\"", server.url())).await;
+    let relay = start_relay(&format!("url = \"{}\"", server.url())).await;
+    let context = &relay.context;
 
     wait::until_true("readiness waits on NATS", TIMEOUT, || async {
         matches!(
@@ -66,7 +46,7 @@ async fn waits_for_nats_at_start_up_and_is_ready_once_it_is_up() {
     .await
     .expect("the relay takes its NATS latch");
     assert!(
-        !running.is_finished(),
+        !relay.is_finished(),
         "the relay keeps waiting instead of exiting"
     );
 
@@ -76,11 +56,7 @@ async fn waits_for_nats_at_start_up_and_is_ready_once_it_is_up() {
         .expect("the relay becomes ready once NATS is up");
     assert_eq!(status, ReadinessStatus::Ready);
 
-    let _ = stop.send(());
-    let outcome = tokio::time::timeout(TIMEOUT, running)
-        .await
-        .expect("the relay stops in time")
-        .expect("the relay task");
+    let outcome = relay.stop().await;
     assert!(matches!(outcome, RunOutcome::Drained { .. }), "{outcome:?}");
 }
 
@@ -91,17 +67,15 @@ async fn an_unreadable_credentials_file_stops_the_relay_at_once() {
         .expect("a temporary directory")
         .path()
         .join("relay.creds");
-    let (context, _stop, running) = start_relay(&format!(
+    let relay = start_relay(&format!(
         "url = \"{}\"\ncredentials_file = \"{}\"",
         server.url(),
         missing.display()
     ))
     .await;
 
-    let outcome = tokio::time::timeout(TIMEOUT, running)
-        .await
-        .expect("the relay ends without being stopped")
-        .expect("the relay task");
+    let readiness = relay.context.readiness.clone();
+    let outcome = relay.wait_finished().await;
     let RunOutcome::Failed(ServiceError::Returned(error)) = outcome else {
         panic!("expected the relay to fail, got {outcome:?}");
     };
@@ -115,5 +89,5 @@ async fn an_unreadable_credentials_file_stops_the_relay_at_once() {
         ),
         "{error:?}"
     );
-    assert!(!context.readiness.status().is_ready());
+    assert!(!readiness.status().is_ready());
 }

@@ -11,18 +11,30 @@
 //! - [`kube`]: [`kube::KubeApiserver`], etcd and kube-apiserver with RBAC, certificates and the
 //!   Tekton TaskRun CRD.
 //! - [`jaeger`]: [`jaeger::Jaeger`], the trace store the services export OTLP to.
+//!
+//! And what the services' tests share about Countersign itself:
+//!
+//! - [`service`]: [`service::RunningService`], a service run in-process on the runtime's skeleton.
+//! - [`bus`]: [`bus::TestBus`], the test's side of the bus: a publisher and readers of streams,
+//!   dead letters and consumers.
+//! - [`metrics`]: reads a Prometheus text exposition (one series, or a sum over labels).
+//! - [`workspace`]: this workspace's binaries, built into the running test's target directory.
 
+pub mod bus;
 pub mod images;
 pub mod jaeger;
 pub mod kube;
+pub mod metrics;
 pub mod nats;
 pub mod node;
 pub mod ports;
 pub mod process;
 pub mod spiffe_csi;
+pub mod service;
 pub mod spire;
 pub mod tekton;
 pub mod wait;
+pub mod workspace;
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;

@@ -8,26 +8,16 @@
 //!
 //! The progress output is captured and shown only when the test fails.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use countersign_events::data::ReasonCode;
 use countersign_system_tests::demo::{Attested, Binaries, Demo, Reporter, error_lines};
-
-/// `<target>`, from this test's own path `<target>/<profile>/deps/<test>`, so the binaries are
-/// built (or found up to date) where cargo builds this test.
-fn target_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("the test executable's path");
-    exe.ancestors()
-        .nth(3)
-        .expect("tests run from <target>/<profile>/deps")
-        .to_owned()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_honest_taskrun_is_verified_and_the_tampered_one_rejected_with_signature_invalid() {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let root = countersign_test_support::repo_root();
-    let target = target_dir();
+    let target = countersign_test_support::workspace::target_dir();
     let binaries = tokio::task::spawn_blocking(move || {
         Binaries::build(&cargo, Path::new(&root), Some(&target))
     })

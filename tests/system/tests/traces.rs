@@ -7,7 +7,7 @@
 //! published with a traceparent must show up in that trace as a consumer span with an error
 //! status that says it was dead-lettered.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use async_nats::HeaderMap;
@@ -22,15 +22,6 @@ use countersign_test_support::jaeger::Jaeger;
 /// How long the spans of a trace may take to reach the store (the services export in batches,
 /// every 5 s by default).
 const TRACE_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// `<target>`, from this test's own path `<target>/<profile>/deps/<test>`.
-fn target_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("the test executable's path");
-    exe.ancestors()
-        .nth(3)
-        .expect("tests run from <target>/<profile>/deps")
-        .to_owned()
-}
 
 /// The consumer span of `service` that handled an event of `event_type`.
 fn handled<'a>(
@@ -52,7 +43,7 @@ async fn one_taskrun_is_one_trace_across_the_services_and_a_dead_letter_carries_
         .unwrap_or_else(|error| panic!("jaeger did not start: {error}"));
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let root = countersign_test_support::repo_root();
-    let target = target_dir();
+    let target = countersign_test_support::workspace::target_dir();
     let binaries = tokio::task::spawn_blocking(move || {
         Binaries::build(&cargo, Path::new(&root), Some(&target))
     })

@@ -1,15 +1,13 @@
 //! Test support of the attestor's integration tests (its own, and the `countersign` command run
-//! against it): real nats-server and SPIRE, the attestor run
-//! in-process on the runtime's skeleton, TaskRun "pods" that sign with the real
-//! `countersign-signer` binary as workloads of the real agent, and the watcher's events built by
-//! hand.
+//! against it): real nats-server and SPIRE, the attestor run in-process (the shared
+//! `RunningService`), the bus as the watcher and subscribers see it (the shared `TestBus`),
+//! TaskRun "pods" that sign with the real `countersign-signer` binary as workloads of the real
+//! agent, and the watcher's events built by hand.
 
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::sync::{Mutex, OnceLock};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -18,14 +16,12 @@ use countersign_events::data::{
     Outcome, PodRef, ResultType, StepCompleted, StepRecord, TaskRunFinished, TaskRunRef,
     TaskRunResult, TerminationEntry,
 };
-use countersign_events::{
-    AttestationEvent, Bus, BusConfig, DecodeLimits, Event, EventMetrics, EventSource, Family,
-    Publisher, StreamKind,
-};
+use countersign_events::{AttestationEvent, DecodeLimits, Event, Family, StreamKind};
 use countersign_identity::tekton::{TerminationMessage, is_signing_key};
+use countersign_runtime::Context;
 use countersign_runtime::config::{Environment, ServiceConfig, parse_config};
-use countersign_runtime::{Context, RunOutcome, run_service};
-use countersign_test_support::nats::NatsServer;
+pub use countersign_test_support::bus::TestBus;
+use countersign_test_support::service::RunningService;
 use countersign_test_support::spire::{Spire, SpireOptions, test_process_selectors};
 use countersign_test_support::wait;
 use countersign_verdict::store::AttestationStore;
@@ -51,54 +47,17 @@ pub const FIXTURE_RESULTS: [(&str, &str); 4] = [
 
 // === workspace binaries ===
 
-/// A binary of this workspace (`countersign-signer`, `countersign`), built if needed into this
-/// test's own target directory and profile. Cargo does not hold its lock while tests run, so
-/// building here is safe; when the binary is up to date this is a no-op.
-pub fn workspace_binary(package: &str, binary: &str) -> PathBuf {
-    static BUILT: OnceLock<Mutex<BTreeMap<String, PathBuf>>> = OnceLock::new();
-    let built = BUILT.get_or_init(|| Mutex::new(BTreeMap::new()));
-    let mut built = built
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
-    if let Some(path) = built.get(binary) {
-        return path.clone();
-    }
-    // <target>/<profile>/deps/<this test>
-    let exe = std::env::current_exe().expect("the test executable's path");
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("tests run from <target>/<profile>/deps");
-    let target_dir = profile_dir.parent().expect("a target directory");
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let mut command = std::process::Command::new(cargo);
-    command
-        .current_dir(countersign_test_support::repo_root())
-        .args(["build", "--quiet", "--package", package, "--bin", binary])
-        .arg("--target-dir")
-        .arg(target_dir);
-    if profile_dir
-        .file_name()
-        .is_some_and(|name| name == "release")
-    {
-        command.arg("--release");
-    }
-    let status = command.status().expect("running cargo build");
-    assert!(status.success(), "building {binary} failed ({status})");
-    let path = profile_dir.join(binary);
-    assert!(path.exists(), "{} was not built", path.display());
-    built.insert(binary.to_owned(), path.clone());
-    path
-}
-
 /// The `countersign-signer` binary.
 pub fn signer_binary() -> PathBuf {
-    workspace_binary("countersign-signer", "countersign-signer")
+    countersign_test_support::workspace::workspace_binary(
+        "countersign-signer",
+        "countersign-signer",
+    )
 }
 
 /// The `countersign` binary.
 pub fn cli_binary() -> PathBuf {
-    workspace_binary("countersign-cli", "countersign")
+    countersign_test_support::workspace::workspace_binary("countersign-cli", "countersign")
 }
 
 // === peers ===
@@ -136,123 +95,62 @@ pub fn attestor_config(nats_url: &str, agent_endpoint: &str, extra: &str) -> Att
 }
 
 /// An attestor running in-process on the runtime's skeleton, on a free admin port.
-pub struct RunningAttestor {
-    /// Its context (readiness, metrics).
-    pub ctx: Context<AttestorConfig>,
-    /// Its admin address.
-    pub admin: SocketAddr,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<RunOutcome>,
-}
+pub type RunningAttestor = RunningService<AttestorConfig>;
 
-impl RunningAttestor {
-    /// Starts one.
-    pub async fn start(config: AttestorConfig) -> RunningAttestor {
-        let ctx = Context::new("attestor", config);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("a free port");
-        let admin = listener.local_addr().expect("the admin address");
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(run_service(
-            ctx.clone(),
-            listener,
-            Duration::from_secs(10),
-            async {
-                let _ = stopped.await;
-            },
-            run,
-        ));
-        RunningAttestor {
-            ctx,
-            admin,
-            stop: Some(stop),
-            task,
-        }
-    }
-
-    /// Waits until `/readyz` would say ready. (A readiness with no latch yet is ready, so first
-    /// wait until the service has started: its metrics are registered right after its latches
-    /// are taken.)
-    pub async fn wait_ready(&self) {
-        wait::until_true("the attestor to start", TIMEOUT, || async {
-            self.metrics()
-                .contains("countersign_attestor_trust_bundle_authorities")
-        })
-        .await
-        .expect("the attestor starts");
-        tokio::time::timeout(TIMEOUT, self.ctx.readiness.wait_ready())
-            .await
-            .unwrap_or_else(|_| {
-                panic!(
-                    "the attestor did not become ready: {}",
-                    self.ctx.readiness.status()
-                )
-            });
-    }
-
-    /// The `/metrics` text.
-    pub fn metrics(&self) -> String {
-        self.ctx.metrics.encode()
-    }
-
-    /// Stops it and returns how it ended.
-    pub async fn stop(mut self) -> RunOutcome {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        (&mut self.task).await.expect("the attestor task")
-    }
-}
-
-impl Drop for RunningAttestor {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-    }
+/// Starts an attestor (not waiting for readiness).
+pub async fn start_attestor(config: AttestorConfig) -> RunningAttestor {
+    RunningService::start(
+        Context::new("attestor", config),
+        Duration::from_secs(10),
+        run,
+    )
+    .await
 }
 
 // === the bus, as the watcher and subscribers see it ===
 
-/// The test's side of the bus: publishes the watcher's events, reads attestations.
-pub struct TestBus {
-    pub bus: Bus,
-    pub watcher: Publisher,
+/// The test's side of the bus (a [`TestBus`] publishing as the watcher), as the attestor's
+/// tests use it: publishes the watcher's events, reads attestations.
+pub trait AttestorBus {
+    /// Publishes a finished event.
+    async fn finished(&self, data: TaskRunFinished);
+
+    /// Publishes a step-completed event.
+    async fn step_completed(&self, data: StepCompleted);
+
+    /// The attestations bucket (once the attestor has created it).
+    async fn store(&self) -> AttestationStore;
+
+    /// Waits for TaskRun `uid`'s attestation in the KV bucket.
+    async fn attestation(&self, uid: &str) -> Event<AttestationEvent>;
+
+    /// Every attestation event in the stream about `taskrun`, in order.
+    async fn published(&self, taskrun: &TaskRunRef) -> Vec<Event<AttestationEvent>>;
+
+    /// Waits until the stream holds `count` attestation events about `taskrun`, and returns them.
+    async fn wait_published(
+        &self,
+        taskrun: &TaskRunRef,
+        count: usize,
+    ) -> Vec<Event<AttestationEvent>>;
 }
 
-impl TestBus {
-    /// Connects and creates the streams (as the watcher would at start-up).
-    pub async fn connect(nats: &NatsServer) -> TestBus {
-        let bus = Bus::new(
-            nats.client().await,
-            BusConfig::default(),
-            EventMetrics::new(),
-        )
-        .expect("the default prefix");
-        bus.ensure_streams().await.expect("the streams");
-        let watcher = bus.publisher(EventSource::service("watcher"));
-        TestBus { bus, watcher }
-    }
-
-    /// Publishes a finished event.
-    pub async fn finished(&self, data: TaskRunFinished) {
-        self.watcher
+impl AttestorBus for TestBus {
+    async fn finished(&self, data: TaskRunFinished) {
+        self.publisher
             .publish_data(data)
             .await
             .expect("publishing finished");
     }
 
-    /// Publishes a step-completed event.
-    pub async fn step_completed(&self, data: StepCompleted) {
-        self.watcher
+    async fn step_completed(&self, data: StepCompleted) {
+        self.publisher
             .publish_data(data)
             .await
             .expect("publishing step-completed");
     }
 
-    /// The attestations bucket (once the attestor has created it).
-    pub async fn store(&self) -> AttestationStore {
+    async fn store(&self) -> AttestationStore {
         wait::until("the attestation buckets", TIMEOUT, || async {
             AttestationStore::open(self.bus.jetstream(), self.bus.subjects())
                 .await
@@ -262,8 +160,7 @@ impl TestBus {
         .expect("the attestation buckets exist")
     }
 
-    /// Waits for TaskRun `uid`'s attestation in the KV bucket.
-    pub async fn attestation(&self, uid: &str) -> Event<AttestationEvent> {
+    async fn attestation(&self, uid: &str) -> Event<AttestationEvent> {
         let store = self.store().await;
         wait::until(&format!("the attestation of {uid}"), TIMEOUT, || async {
             store.get(uid).await.ok().flatten()
@@ -272,8 +169,7 @@ impl TestBus {
         .expect("an attestation")
     }
 
-    /// Every attestation event in the stream about `taskrun`, in order.
-    pub async fn published(&self, taskrun: &TaskRunRef) -> Vec<Event<AttestationEvent>> {
+    async fn published(&self, taskrun: &TaskRunRef) -> Vec<Event<AttestationEvent>> {
         let stream = self
             .bus
             .jetstream()
@@ -313,8 +209,7 @@ impl TestBus {
         events
     }
 
-    /// Waits until the stream holds `count` attestation events about `taskrun`, and returns them.
-    pub async fn wait_published(
+    async fn wait_published(
         &self,
         taskrun: &TaskRunRef,
         count: usize,

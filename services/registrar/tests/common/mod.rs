@@ -1,33 +1,29 @@
 //! The registrar's test harness: a real nats-server and a real SPIRE (server + join-token agent
-//! aliased as `spiffe://example.org/tekton-node/<node>`) per test, registrars run in-process on
-//! the runtime skeleton (`run_service`), events published as the watcher would, and readers of
-//! SPIRE, the state bucket and the streams.
+//! aliased as `spiffe://example.org/tekton-node/<node>`) per test, registrars run in-process (the
+//! shared `RunningService`), events published as the watcher would (the shared `TestBus`), and
+//! readers of SPIRE and the streams.
 
 #![allow(dead_code, reason = "each test binary uses a part of the harness")]
 
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use async_nats::HeaderMap;
-use bytes::Bytes;
 use chrono::Utc;
 use countersign_events::data::Outcome;
 use countersign_events::data::{
     PodRef, TaskRunDeleted, TaskRunFinished, TaskRunRef, TaskRunScheduled,
 };
 use countersign_events::{
-    Bus, BusConfig, DeadLetter, Event, EventMetrics, EventPayload, EventSource, Publisher,
-    RegistrationEvent, StreamKind, decode, encode, schema,
+    DeadLetter, Event, EventPayload, RegistrationEvent, StreamKind, decode, encode, schema,
 };
 use countersign_registrar::RegistrarConfig;
+use countersign_runtime::Context;
 use countersign_runtime::config::{Environment, parse_config};
-use countersign_runtime::{Context, RunOutcome, run_service};
 use countersign_spire_api::{Entry, EntryFilter, SpiffeId, SpireServerClient};
+use countersign_test_support::bus::TestBus;
 use countersign_test_support::nats::NatsServer;
+use countersign_test_support::service::RunningService;
 use countersign_test_support::spire::{Spire, SpireOptions};
-use countersign_test_support::wait;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 
 /// How long a condition may take in these tests.
 pub const TIMEOUT: Duration = Duration::from_secs(60);
@@ -40,8 +36,8 @@ pub const HINT: &str = "countersign";
 pub struct Harness {
     pub nats: NatsServer,
     pub spire: Spire,
-    pub bus: Bus,
-    pub watcher: Publisher,
+    /// The bus, publishing as the watcher.
+    pub bus: TestBus,
     pub admin: SpireServerClient,
     pub cluster: String,
 }
@@ -61,14 +57,7 @@ impl Harness {
         let (nats, spire) = tokio::join!(NatsServer::start(), Spire::start(options));
         let nats = nats.expect("nats-server starts");
         let spire = spire.expect("SPIRE starts");
-        let bus = Bus::new(
-            nats.client().await,
-            BusConfig::default(),
-            EventMetrics::new(),
-        )
-        .expect("the default prefix is valid");
-        bus.ensure_streams().await.expect("streams");
-        let watcher = bus.publisher(EventSource::service("watcher"));
+        let bus = TestBus::connect(&nats, "watcher").await;
         let admin = SpireServerClient::connect_unix(spire.server_socket_path())
             .await
             .expect("the admin socket");
@@ -76,7 +65,6 @@ impl Harness {
             nats,
             spire,
             bus,
-            watcher,
             admin,
             cluster: "test-cluster".to_owned(),
         }
@@ -100,8 +88,13 @@ impl Harness {
 
     /// Starts a registrar in-process and waits until it is ready.
     pub async fn start_registrar(&self, config: RegistrarConfig) -> RunningRegistrar {
-        let running = RunningRegistrar::spawn(config).await;
-        running.ready().await;
+        let running = RunningService::start(
+            Context::new("registrar", config),
+            Duration::from_secs(30),
+            countersign_registrar::run,
+        )
+        .await;
+        running.wait_ready().await;
         running
     }
 
@@ -156,25 +149,20 @@ impl Harness {
 
     /// Publishes an event as the watcher does (checked against its schema, deduplicated by id).
     pub async fn publish<T: EventPayload>(&self, data: T) -> u64 {
-        let event = self.watcher.event(data);
-        schema::validate_event(&event).expect("the event matches its schema");
-        self.watcher
-            .publish(&event)
-            .await
-            .expect("published")
-            .sequence
+        self.bus.publish(data).await.sequence
     }
 
     /// Publishes an event again without `Nats-Msg-Id`, so the stream keeps the repeat: what a
     /// redelivery or a second observation past the duplicate window looks like.
     pub async fn publish_again<T: EventPayload>(&self, data: T) -> u64 {
-        let event = self.watcher.event(data);
+        let event = self.bus.publisher.event(data);
         let subject = event
             .data
             .nats_subject(self.bus.subjects())
             .expect("a subject");
         let (headers, body) = encode(&event).expect("encoded");
         self.bus
+            .bus
             .jetstream()
             .publish_with_headers(subject, headers, body)
             .await
@@ -216,61 +204,24 @@ impl Harness {
     /// Waits until the registrar consumer has every message up to `sequence` settled and nothing
     /// pending or waiting for redelivery.
     pub async fn wait_consumed(&self, sequence: u64) {
-        let stream = self.bus.subjects().stream_name(StreamKind::TaskRuns);
-        wait::until_true("the registrar to settle every event", TIMEOUT * 2, || {
-            let jetstream = self.bus.jetstream().clone();
-            let stream = stream.clone();
-            async move {
-                let Ok(stream) = jetstream.get_stream(&stream).await else {
-                    return false;
-                };
-                let Ok(mut consumer) = stream
-                    .get_consumer::<async_nats::jetstream::consumer::pull::Config>("registrar")
-                    .await
-                else {
-                    return false;
-                };
-                let Ok(info) = consumer.info().await else {
-                    return false;
-                };
-                info.num_pending == 0
-                    && info.num_ack_pending == 0
-                    && info.ack_floor.stream_sequence >= sequence
-            }
-        })
-        .await
-        .expect("every event is settled");
-    }
-
-    /// Every message of a stream, in order.
-    pub async fn stream_messages(&self, kind: StreamKind) -> Vec<(HeaderMap, Bytes)> {
-        let mut stream = self
-            .bus
-            .jetstream()
-            .get_stream(self.bus.subjects().stream_name(kind))
-            .await
-            .expect("the stream");
-        let state = stream.info().await.expect("stream info").state.clone();
-        let mut messages = Vec::new();
-        if state.messages == 0 {
-            return messages;
-        }
-        for sequence in state.first_sequence..=state.last_sequence {
-            if let Ok(message) = stream.get_raw_message(sequence).await {
-                messages.push((message.headers, message.payload));
-            }
-        }
-        messages
+        self.bus
+            .wait_consumer_settled(StreamKind::TaskRuns, "registrar", sequence)
+            .await;
     }
 
     /// Every registration audit event, decoded, each checked against its committed schema.
     pub async fn audit_events(&self) -> Vec<Event<RegistrationEvent>> {
-        self.stream_messages(StreamKind::Registrations)
+        self.bus
+            .stream_messages(StreamKind::Registrations)
             .await
             .into_iter()
-            .map(|(headers, body)| {
-                let event: Event<RegistrationEvent> =
-                    decode(Some(&headers), &body, &Default::default()).expect("an audit event");
+            .map(|message| {
+                let event: Event<RegistrationEvent> = decode(
+                    Some(&message.headers),
+                    &message.payload,
+                    &Default::default(),
+                )
+                .expect("an audit event");
                 schema::validate_event(&event).expect("the audit event matches its schema");
                 event
             })
@@ -279,11 +230,7 @@ impl Harness {
 
     /// Every dead letter of the registrar.
     pub async fn dead_letters(&self) -> Vec<DeadLetter> {
-        self.stream_messages(StreamKind::DeadLetter)
-            .await
-            .into_iter()
-            .filter_map(|(headers, body)| DeadLetter::from_parts(&headers, body))
-            .collect()
+        self.bus.dead_letters().await
     }
 }
 
@@ -327,85 +274,4 @@ pub fn toml_string(text: &str) -> String {
 }
 
 /// A registrar running in-process.
-pub struct RunningRegistrar {
-    pub ctx: Context<RegistrarConfig>,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<RunOutcome>>,
-}
-
-impl RunningRegistrar {
-    /// Starts one (not waiting for readiness).
-    pub async fn spawn(config: RegistrarConfig) -> RunningRegistrar {
-        let ctx = Context::new("registrar", config);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("an admin port");
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(run_service(
-            ctx.clone(),
-            listener,
-            Duration::from_secs(30),
-            async {
-                let _ = stopped.await;
-            },
-            countersign_registrar::run,
-        ));
-        RunningRegistrar {
-            ctx,
-            stop: Some(stop),
-            task: Some(task),
-        }
-    }
-
-    /// Waits until every readiness latch is released.
-    pub async fn ready(&self) {
-        tokio::time::timeout(TIMEOUT, self.ctx.readiness.wait_ready())
-            .await
-            .unwrap_or_else(|_| {
-                panic!(
-                    "the registrar is not ready: {}",
-                    self.ctx.readiness.status()
-                )
-            });
-    }
-
-    /// Stops it (as SIGTERM would) and returns how it ended.
-    pub async fn stop(mut self) -> RunOutcome {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        let task = self.task.take().expect("running");
-        tokio::time::timeout(TIMEOUT, task)
-            .await
-            .expect("the registrar stops in time")
-            .expect("the registrar does not panic")
-    }
-
-    /// Stops it and asserts that the drain completed.
-    pub async fn stop_drained(self) {
-        let outcome = self.stop().await;
-        assert!(
-            matches!(outcome, RunOutcome::Drained { .. }),
-            "the registrar did not drain: {outcome:?}"
-        );
-    }
-
-    /// The value of a metric line (`name{labels}`), 0 when absent.
-    pub fn metric(&self, series: &str) -> f64 {
-        let text = self.ctx.metrics.encode();
-        text.lines()
-            .find_map(|line| {
-                let (name, value) = line.rsplit_once(' ')?;
-                (name == series).then(|| value.parse().ok()).flatten()
-            })
-            .unwrap_or(0.0)
-    }
-}
-
-impl Drop for RunningRegistrar {
-    fn drop(&mut self) {
-        if let Some(task) = &self.task {
-            task.abort();
-        }
-    }
-}
+pub type RunningRegistrar = RunningService<RegistrarConfig>;

@@ -1,6 +1,7 @@
 //! What the relay's integration tests share: a real HTTP CloudEvents receiver (axum on
 //! `127.0.0.1`) whose answers a test scripts, the relay service run in-process on a real
-//! nats-server, attestation event fixtures, and readers for consumers, dead letters and metrics.
+//! nats-server (the shared `RunningService` and `TestBus` of `countersign-test-support`), and
+//! attestation event fixtures.
 
 #![allow(dead_code)] // Each test binary uses a different part.
 
@@ -20,15 +21,13 @@ use countersign_events::data::{
     AttestationRejected, AttestationVerified, DsseEnvelope, DsseSignature, ReasonCode,
     ResultSubject, SignedAttestation, TaskRunRef, Verdict,
 };
-use countersign_events::{
-    AttestationEvent, Bus, BusConfig, DeadLetter, Event, EventMetrics, EventSource, Published,
-    Publisher, StreamKind, schema,
-};
+use countersign_events::{AttestationEvent, DeadLetter, Event, EventSource, Published, StreamKind};
 use countersign_relay::{RelayConfig, run};
+use countersign_runtime::Context;
 use countersign_runtime::config::{Environment, ServiceConfig, parse_config};
-use countersign_runtime::health::ReadinessStatus;
-use countersign_runtime::{Context, RunOutcome, run_service};
+use countersign_test_support::bus::TestBus;
 use countersign_test_support::nats::NatsServer;
+use countersign_test_support::service::RunningService;
 use countersign_test_support::wait;
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, oneshot};
@@ -253,37 +252,25 @@ pub fn unused_address() -> SocketAddr {
 /// A nats-server, the streams, and a publisher of attestation events.
 pub struct Bench {
     pub nats: NatsServer,
-    pub bus: Bus,
-    pub publisher: Publisher,
+    pub bus: TestBus,
 }
 
 impl Bench {
     pub async fn start() -> Bench {
         let nats = NatsServer::start().await.expect("starting nats-server");
-        let bus = Bus::new(
-            nats.client().await,
-            BusConfig::default(),
-            EventMetrics::new(),
-        )
-        .expect("the default prefix");
-        bus.ensure_streams().await.expect("creating the streams");
-        let publisher = bus.publisher(EventSource::service("attestor"));
-        Bench {
-            nats,
-            bus,
-            publisher,
-        }
+        let bus = TestBus::connect(&nats, "attestor").await;
+        Bench { nats, bus }
     }
 
     /// Validates the event against its committed schema and publishes it.
     pub async fn publish(&self, event: &Event<AttestationEvent>) -> Published {
-        schema::validate_event(event).expect("the event matches its schema");
-        self.publisher.publish(event).await.expect("publishing")
+        self.bus.publish_event(event).await
     }
 
     /// The durable consumer of a sink.
     pub async fn consumer(&self, sink: &str) -> PullConsumer {
         let stream = self
+            .bus
             .bus
             .jetstream()
             .get_stream(self.bus.subjects().stream_name(StreamKind::Attestations))
@@ -298,159 +285,49 @@ impl Bench {
     /// Waits until the sink's consumer has nothing pending or unacknowledged, and its ack floor
     /// is at `last_sequence` (the last message its filter subjects take).
     pub async fn settled(&self, sink: &str, last_sequence: u64) {
-        wait::until_true(
-            &format!("consumer relay-{sink} to settle up to {last_sequence}"),
-            TIMEOUT,
-            || async {
-                let mut consumer = self.consumer(sink).await;
-                let info = consumer.info().await.expect("consumer info");
-                info.num_pending == 0
-                    && info.num_ack_pending == 0
-                    && info.ack_floor.stream_sequence >= last_sequence
-            },
-        )
-        .await
-        .expect("the consumer settles");
+        self.bus
+            .wait_consumer_settled(
+                StreamKind::Attestations,
+                &format!("relay-{sink}"),
+                last_sequence,
+            )
+            .await;
     }
 
     /// How many dead letters are stored.
     pub async fn dead_letter_count(&self) -> u64 {
-        let mut stream = self
-            .bus
-            .jetstream()
-            .get_stream(self.bus.subjects().stream_name(StreamKind::DeadLetter))
-            .await
-            .expect("the dead-letter stream");
-        stream.info().await.expect("stream info").state.messages
+        self.bus.message_count(StreamKind::DeadLetter).await
     }
 
     /// Waits for `count` dead letters and returns them in order.
     pub async fn dead_letters(&self, count: u64) -> Vec<DeadLetter> {
-        wait::until_true(&format!("{count} dead letters"), TIMEOUT, || async {
-            self.dead_letter_count().await >= count
-        })
-        .await
-        .expect("the dead letters arrive");
-        let stream = self
-            .bus
-            .jetstream()
-            .get_stream(self.bus.subjects().stream_name(StreamKind::DeadLetter))
-            .await
-            .expect("the dead-letter stream");
-        let mut letters = Vec::new();
-        for sequence in 1..=count {
-            let message = stream
-                .get_raw_message(sequence)
-                .await
-                .expect("a dead letter");
-            letters.push(
-                DeadLetter::from_parts(&message.headers, message.payload)
-                    .expect("dead-letter headers"),
-            );
-        }
-        letters
+        self.bus.wait_dead_letters(count).await
     }
 }
 
 // === the relay ===
 
 /// The relay service, running in-process on a real admin listener.
-pub struct Relay {
-    pub context: Context<RelayConfig>,
-    pub admin: SocketAddr,
-    stop: Option<oneshot::Sender<()>>,
-    running: Option<JoinHandle<RunOutcome>>,
+pub type Relay = RunningService<RelayConfig>;
+
+/// Starts the relay on `nats` with `sinks` (TOML `[[sinks]]` tables) and waits until ready.
+pub async fn start_relay(nats: &NatsServer, sinks: &str) -> Relay {
+    start_relay_with_env(nats, sinks, Environment::new()).await
 }
 
-impl Relay {
-    /// Starts the relay on `nats` with `sinks` (TOML `[[sinks]]` tables) and waits until ready.
-    pub async fn start(nats: &NatsServer, sinks: &str) -> Relay {
-        Relay::start_with_env(nats, sinks, Environment::new()).await
-    }
-
-    /// Like [`Relay::start`], with `env` for headers configured `from_env`.
-    pub async fn start_with_env(nats: &NatsServer, sinks: &str, env: Environment) -> Relay {
-        let text = format!(
-            "[admin]\nlisten = \"127.0.0.1:0\"\n[shutdown]\ngrace_period = \"20s\"\n[nats]\nurl = \"{}\"\n{sinks}",
-            nats.url()
-        );
-        let config: RelayConfig = parse_config(&text, &Environment::new()).expect("a valid config");
-        config.validate().expect("a valid config");
-        let grace_period = config.shutdown.grace_period;
-        let context = Context::new("relay", config).with_environment(env);
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("binding the admin listener");
-        let admin = listener.local_addr().expect("the admin address");
-        let (stop, stopped) = oneshot::channel::<()>();
-        let running = tokio::spawn(run_service(
-            context.clone(),
-            listener,
-            grace_period,
-            async move {
-                let _ = stopped.await;
-            },
-            run,
-        ));
-        let relay = Relay {
-            context,
-            admin,
-            stop: Some(stop),
-            running: Some(running),
-        };
-        let status = tokio::time::timeout(TIMEOUT, relay.context.readiness.wait_ready())
-            .await
-            .expect("the relay becomes ready in time");
-        assert_eq!(status, ReadinessStatus::Ready);
-        relay
-    }
-
-    /// The value of one series in `/metrics` (0 when absent), e.g.
-    /// `countersign_relay_deliveries_total{sink="a",outcome="delivered"}`.
-    pub fn metric(&self, series: &str) -> f64 {
-        metric_value(&self.context.metrics.encode(), series)
-    }
-
-    /// Asks the relay to stop (as SIGTERM would), without waiting.
-    pub fn request_stop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-    }
-
-    /// Whether the relay has stopped.
-    pub fn is_finished(&self) -> bool {
-        self.running
-            .as_ref()
-            .is_none_or(|running| running.is_finished())
-    }
-
-    /// Stops the relay and returns how it ended.
-    pub async fn stop(mut self) -> RunOutcome {
-        self.request_stop();
-        let running = self.running.take().expect("the relay is running");
-        tokio::time::timeout(TIMEOUT, running)
-            .await
-            .expect("the relay stops in time")
-            .expect("the relay task")
-    }
-}
-
-impl Drop for Relay {
-    fn drop(&mut self) {
-        if let Some(running) = self.running.take() {
-            running.abort();
-        }
-    }
-}
-
-/// The value of `series` in an OpenMetrics text (0 when absent).
-pub fn metric_value(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
-        .and_then(|value| value.split_whitespace().next())
-        .and_then(|value| value.parse().ok())
-        .unwrap_or(0.0)
+/// Like [`start_relay`], with `env` for headers configured `from_env`.
+pub async fn start_relay_with_env(nats: &NatsServer, sinks: &str, env: Environment) -> Relay {
+    let text = format!(
+        "[admin]\nlisten = \"127.0.0.1:0\"\n[shutdown]\ngrace_period = \"20s\"\n[nats]\nurl = \"{}\"\n{sinks}",
+        nats.url()
+    );
+    let config: RelayConfig = parse_config(&text, &Environment::new()).expect("a valid config");
+    config.validate().expect("a valid config");
+    let grace_period = config.shutdown.grace_period;
+    let context = Context::new("relay", config).with_environment(env);
+    let relay = RunningService::start(context, grace_period, run).await;
+    relay.wait_ready().await;
+    relay
 }
 
 /// `countersign_relay_deliveries_total{sink="<sink>",outcome="<outcome>"}`.

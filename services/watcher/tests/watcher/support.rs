@@ -3,7 +3,6 @@
 //! events on the bus, decoded and checked against their schemas; TaskRuns and pods driven through
 //! the API the way Tekton and the kubelet would.
 
-use std::collections::BTreeMap;
 use std::process::{ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -575,7 +574,7 @@ impl Watcher {
 
     /// The sum of the samples of `name` whose labels include `labels`.
     pub async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        sum_metric(&self.metrics().await, name, labels)
+        countersign_test_support::metrics::sum(&self.metrics().await, name, labels)
     }
 
     /// Waits until metric `name` with `labels` is at least `value`.
@@ -654,36 +653,6 @@ fn log_text(log: &Mutex<Vec<String>>) -> String {
     let lines = log.lock().expect("log lock");
     let start = lines.len().saturating_sub(80);
     lines[start..].join("\n")
-}
-
-/// The sum of the samples of metric `name` (exact name, `_total` included) whose labels include
-/// every pair of `labels`.
-pub fn sum_metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    text.lines()
-        .filter(|line| !line.starts_with('#'))
-        .filter_map(|line| {
-            let (series, value) = line.rsplit_once(' ')?;
-            let (series_name, series_labels) = match series.split_once('{') {
-                Some((series_name, rest)) => (series_name, rest.trim_end_matches('}')),
-                None => (series, ""),
-            };
-            if series_name != name {
-                return None;
-            }
-            let present: BTreeMap<&str, &str> = series_labels
-                .split(',')
-                .filter_map(|pair| {
-                    let (key, value) = pair.split_once('=')?;
-                    Some((key, value.trim_matches('"')))
-                })
-                .collect();
-            labels
-                .iter()
-                .all(|(key, value)| present.get(key) == Some(value))
-                .then(|| value.parse::<f64>().ok())
-                .flatten()
-        })
-        .sum()
 }
 
 /// The transitions of `events` in order, as `(taskrun name, transition)`.

@@ -365,15 +365,11 @@ pub fn load(cli: &ContainerCli, archive: &Path, image: &WrittenImage) -> Result<
     Ok(())
 }
 
-/// `entries` with a [`ImageEntry::Directory`] (mode 0755) before them for every parent directory
-/// not already listed, each once, in order.
+/// `entries` with a [`ImageEntry::Directory`] (mode 0755) for every parent directory not listed
+/// before it, each once, just before the first entry inside it (a directory listed later keeps
+/// its entry, which sets its mode).
 pub fn with_parent_directories(entries: Vec<ImageEntry>) -> Vec<ImageEntry> {
     let mut seen = std::collections::BTreeSet::new();
-    for entry in &entries {
-        if let ImageEntry::Directory { path, .. } = entry {
-            seen.insert(path.trim_end_matches('/').to_owned());
-        }
-    }
     let mut out = Vec::new();
     for entry in entries {
         let path = match &entry {

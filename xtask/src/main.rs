@@ -8,6 +8,7 @@
 //! - `schemas`: regenerate `schemas/` from the event types in `crates/events`;
 //! - `bench`: build the benchmarks in release and run one case or all, writing a report;
 //! - `demo`: the whole system on one machine, end to end, against the real peers;
+//! - `chaos`: the same system under SIGKILLs and restarts, 1,000 TaskRuns, checked at the end;
 //!
 //! It needs nothing but cargo (and Go, to build the peers the first time), and is small to
 //! build: the demo, the benchmarks and the schema generator are binaries of their own crates
@@ -15,6 +16,7 @@
 
 mod bench;
 mod cargo;
+mod chaos;
 mod demo;
 mod peers;
 mod schemas;
@@ -49,6 +51,10 @@ enum Task {
     /// through the API server (one honest, one tampered with), every event shown as it happens.
     /// Exits non-zero unless the verdicts are the expected ones.
     Demo(demo::Args),
+    /// The demo's system under faults: TaskRuns in waves while every service, nats-server and
+    /// spire-server are killed and started again; exits non-zero unless every TaskRun is
+    /// attested once with the right verdict and nothing is stale or dead-lettered.
+    Chaos(chaos::Args),
 }
 
 fn main() -> ExitCode {
@@ -60,6 +66,7 @@ fn main() -> ExitCode {
         Task::Schemas(args) => schemas::run(args),
         Task::Bench(args) => bench::run(args),
         Task::Demo(args) => demo::run(args),
+        Task::Chaos(args) => chaos::run(args),
     };
     match result {
         Ok(code) => code,

@@ -9,6 +9,7 @@
 //! - `bench`: build the benchmarks in release and run one case or all, writing a report;
 //! - `demo`: the whole system on one machine, end to end, against the real peers;
 //! - `images`: build every image the manifests and the Compose file name, into podman or docker;
+//! - `chaos`: the same system under SIGKILLs and restarts, 1,000 TaskRuns, checked at the end;
 //!
 //! It needs nothing but cargo (and Go, to build the peers the first time), and is small to
 //! build: the demo, the benchmarks and the schema generator are binaries of their own crates
@@ -16,6 +17,7 @@
 
 mod bench;
 mod cargo;
+mod chaos;
 mod demo;
 mod images;
 mod peers;
@@ -54,6 +56,10 @@ enum Task {
     /// Build every image the manifests and compose/compose.yaml name (the services', NATS,
     /// nats-box, SPIRE) without a registry, and load them into podman or docker.
     Images(images::Args),
+    /// The demo's system under faults: TaskRuns in waves while every service, nats-server and
+    /// spire-server are killed and started again; exits non-zero unless every TaskRun is
+    /// attested once with the right verdict and nothing is stale or dead-lettered.
+    Chaos(chaos::Args),
 }
 
 fn main() -> ExitCode {
@@ -66,6 +72,7 @@ fn main() -> ExitCode {
         Task::Bench(args) => bench::run(args),
         Task::Demo(args) => demo::run(args),
         Task::Images(args) => images::run(args),
+        Task::Chaos(args) => chaos::run(args),
     };
     match result {
         Ok(code) => code,

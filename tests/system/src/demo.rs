@@ -15,10 +15,12 @@
 //! - [`binaries`]: building the six binaries and finding them;
 //! - [`report`]: the progress output;
 //! - [`services`]: a service process and its readiness;
-//! - [`scenario`]: the TaskRuns and what is expected of them.
+//! - [`scenario`]: the TaskRuns and what is expected of them;
+//! - [`chaos`]: the same system under faults (`cargo xtask chaos`, `tests/chaos.rs`).
 
 pub mod binaries;
 pub mod bus;
+pub mod chaos;
 pub mod cluster;
 pub mod configs;
 pub mod report;

@@ -48,7 +48,7 @@ const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
 pub const VERDICT_ANNOTATION: &str = "countersign.dev/verdict";
 
 /// What each step of the fixture's Task writes (the fixture's own values).
-const STEP_RESULTS: [(&str, &[(&str, &str)]); 2] = [
+pub const STEP_RESULTS: [(&str, &[(&str, &str)]); 2] = [
     (
         "clone",
         &[("commit", "9f3e2c1a7b4d5e6f8091a2b3c4d5e6f708192a3b")],

@@ -433,6 +433,47 @@ async fn relay_consumes_attestations_and_cannot_publish_them() {
 }
 
 #[tokio::test]
+async fn gate_watches_the_attestations_bucket_and_writes_nothing() {
+    let setup = set_up().await;
+    let attestor = user(&setup, "attestor").await;
+    use_bucket(&bus(&attestor), "attestations").await;
+    let mut gate = user(&setup, "gate").await;
+    let jetstream = async_nats::jetstream::new(gate.client.clone());
+    let store = jetstream
+        .get_key_value("COUNTERSIGN_ATTESTATIONS")
+        .await
+        .expect("the gate opens the attestations bucket");
+    store
+        .status()
+        .await
+        .expect("the gate reads the bucket's status");
+    let mut watch = store
+        .watch_with_history(">")
+        .await
+        .expect("the gate watches the bucket");
+    let entry = tokio::time::timeout(ANSWER_TIMEOUT, watch.next())
+        .await
+        .expect("the stored attestation arrives in time")
+        .expect("the watch goes on")
+        .expect("a readable entry");
+    assert_eq!(entry.key, "key");
+    assert_publish_refused(
+        &setup,
+        &mut gate,
+        "$KV.COUNTERSIGN_ATTESTATIONS.forged",
+        "$JS.API.STREAM.INFO.KV_COUNTERSIGN_ATTESTATIONS",
+    )
+    .await;
+    assert_publish_refused(
+        &setup,
+        &mut gate,
+        "countersign.attestation.verified.prod.ci.forged",
+        "$JS.API.STREAM.INFO.KV_COUNTERSIGN_ATTESTATIONS",
+    )
+    .await;
+}
+
+#[tokio::test]
 async fn reader_reads_attestations_and_publishes_nothing() {
     let setup = set_up().await;
     let mut reader = user(&setup, "reader").await;

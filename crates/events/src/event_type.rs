@@ -59,7 +59,7 @@ pub enum Family {
 
 impl EventType {
     /// Every type, in a stable order.
-    pub const ALL: [EventType; 10] = [
+    pub const ALL: [EventType; 11] = [
         EventType::TaskRunCreated,
         EventType::TaskRunScheduled,
         EventType::StepCompleted,
@@ -148,7 +148,7 @@ impl EventType {
 
 impl Family {
     /// Every family, in a stable order.
-    pub const ALL: [Family; 4] = [
+    pub const ALL: [Family; 5] = [
         Family::TaskRun,
         Family::Registration,
         Family::Attestation,

@@ -216,9 +216,9 @@ fn write_trust_bundle(dir: &Path, spire: &Spire) -> String {
 async fn cosign_and_slsa_verifier_accept_what_the_running_attestor_exports_and_refuse_the_rest() {
     let nats = NatsServer::start().await.unwrap();
     let spire = spire_with_code_signing().await;
-    let bus = TestBus::connect(&nats).await;
+    let bus = TestBus::connect(&nats, "watcher").await;
     let attestor =
-        RunningAttestor::start(attestor_config(&nats.url(), &spire.agent_endpoint(), "")).await;
+        start_attestor(attestor_config(&nats.url(), &spire.agent_endpoint(), "")).await;
     attestor.wait_ready().await;
     let dir = tempfile::tempdir().unwrap();
     let trust_bundle = write_trust_bundle(dir.path(), &spire);

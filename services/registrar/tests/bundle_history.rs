@@ -194,6 +194,7 @@ async fn rotation_up_to(events: &mut Subscriber, sequence_number: u64) -> TrustB
 async fn export(harness: &Harness, dir: &std::path::Path) -> std::path::PathBuf {
     let store = harness
         .bus
+        .bus
         .ensure_kv(&history_bucket(&Default::default()))
         .await
         .expect("the history bucket");
@@ -357,6 +358,7 @@ async fn a_different_ca_set_under_a_recorded_sequence_number_is_refused() {
     let harness = start().await;
     let store = harness
         .bus
+        .bus
         .ensure_kv(&history_bucket(&Default::default()))
         .await
         .expect("the history bucket");
@@ -364,7 +366,7 @@ async fn a_different_ca_set_under_a_recorded_sequence_number_is_refused() {
     let mut recorder = BundleRecorder::new(
         harness.admin.clone(),
         bucket.clone(),
-        harness.bus.publisher(EventSource::service("registrar")),
+        harness.bus.bus.publisher(EventSource::service("registrar")),
         BundleHistoryMetrics::new(),
     );
     let Recorded::New(first) = recorder.record_current().await.expect("recording") else {

@@ -75,6 +75,7 @@ pub fn attestation_event(
             finished: Some(now),
             verified: now,
         },
+        signing: None,
     };
     let subjects: Vec<Subject> = if signed_results.is_empty() || rejected.is_some() {
         vec![Subject {

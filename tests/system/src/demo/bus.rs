@@ -266,6 +266,20 @@ pub fn describe(event: &Event<AnyEvent>) -> String {
                 .unwrap_or_default(),
             data.message
         ),
+        AnyEvent::ExportStored(data) => format!(
+            "{}/{}: Sigstore bundle {} and {} VSA(s)",
+            data.taskrun.namespace,
+            data.taskrun.name,
+            data.bundle_key,
+            data.vsas.len()
+        ),
+        AnyEvent::TrustBundleRotated(data) => format!(
+            "{} bundle {} ({} CA(s), {} revoked)",
+            data.trust_domain,
+            data.sequence_number,
+            data.authorities.len(),
+            data.revoked_authorities.len()
+        ),
     };
     format!("{label:<24} {detail}")
 }

@@ -217,8 +217,7 @@ async fn cosign_and_slsa_verifier_accept_what_the_running_attestor_exports_and_r
     let nats = NatsServer::start().await.unwrap();
     let spire = spire_with_code_signing().await;
     let bus = TestBus::connect(&nats, "watcher").await;
-    let attestor =
-        start_attestor(attestor_config(&nats.url(), &spire.agent_endpoint(), "")).await;
+    let attestor = start_attestor(attestor_config(&nats.url(), &spire.agent_endpoint(), "")).await;
     attestor.wait_ready().await;
     let dir = tempfile::tempdir().unwrap();
     let trust_bundle = write_trust_bundle(dir.path(), &spire);

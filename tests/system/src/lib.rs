@@ -25,8 +25,8 @@
 pub mod compose;
 pub mod demo;
 pub mod http;
-pub mod load;
 pub mod images;
+pub mod load;
 pub mod nack;
 pub mod nats_auth;
 pub mod promql;

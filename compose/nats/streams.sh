@@ -10,5 +10,5 @@ for s in TASKRUNS:taskrun:taskruns REGISTRATIONS:registration:registrations ATTE
     --subjects "countersign.$root.>" --description "Countersign $lower events" --storage file \
     --retention limits --discard old --max-age 336h --max-bytes 1073741824 --dupe-window 10m \
     --replicas 1 --max-msgs=-1 --max-msgs-per-subject=-1 --max-msg-size=-1 --no-allow-rollup \
-    --deny-delete=false --deny-purge=false --defaults
+    --no-deny-delete --no-deny-purge --defaults
 done

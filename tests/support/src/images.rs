@@ -659,7 +659,7 @@ mod tests {
                 "usr/local/ 755",
                 "usr/local/bin/ 755",
                 "usr/local/bin/a",
-                "usr/local 700",
+                "usr/local/ 700",
                 "usr/local/bin/b"
             ]
         );

@@ -215,7 +215,15 @@ impl PodmanEngine {
     /// (which must have `/bin/true`).
     pub fn can_run(&self, image: &str) -> Result<(), Unavailable> {
         self.cli
-            .run(&["run", "--rm", "--network", "none", image, "/bin/true"])
+            .run(&[
+                "run",
+                "--rm",
+                "--network",
+                "none",
+                "--entrypoint",
+                "/bin/true",
+                image,
+            ])
             .map(|_| ())
             .map_err(|error| Unavailable::CannotRun(countersign_test_support::error_lines(&error)))
     }

@@ -191,8 +191,15 @@ pub fn specs(programs: &Programs) -> Result<Vec<ImageSpec>, BuildError> {
         "usr/local/bin/nats",
         &programs.nats_cli,
     )?);
+    entries.push(ImageEntry::Directory {
+        path: "root".into(),
+        mode: 0o700,
+    });
     let mut spec = ImageSpec::new(name, with_parent_directories(entries), &[]);
     spec.cmd = vec!["sh".into()];
+    // natscli finds its contexts under the user's config directory: without cgo, from these.
+    spec.env.push("HOME=/root".into());
+    spec.env.push("USER=root".into());
     specs.push(spec);
 
     // SPIRE: `/opt/spire/bin/spire-<x> run` as the entrypoint, as the public images.

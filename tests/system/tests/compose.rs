@@ -180,7 +180,7 @@ fn compose_ok(project: &ComposeProject, args: &[&str]) -> String {
 /// The logs of the project's containers, for a failure message.
 fn logs(project: &ComposeProject) -> String {
     project
-        .run(&["logs", "--no-color", "--tail", "40"])
+        .run(&["logs", "--no-color", "--tail", "150"])
         .map(|run| run.output)
         .unwrap_or_default()
 }
@@ -360,6 +360,11 @@ fn compose_document() -> Value {
 fn mint(stack: &Stack, spiffe_id: &str, name: &str) -> SigningSvid {
     let server = stack.project.container("spire-server");
     let out = format!("/tmp/mint-{name}");
+    stack
+        .engine
+        .cli()
+        .run(&["exec", &server, "mkdir", "-p", &out])
+        .unwrap_or_else(|error| panic!("{}", error_lines(&error)));
     stack
         .engine
         .cli()

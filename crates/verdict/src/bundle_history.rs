@@ -538,7 +538,7 @@ impl BundleHistory {
                     && alone.verify_chain(leaf, intermediates, at).is_ok()
             })
             // The whole bundle verified, so one of its CAs did; fail closed all the same.
-            .ok_or_else(|| PointInTimeError::ChainInvalidAtTime {
+            .ok_or(PointInTimeError::ChainInvalidAtTime {
                 sequence_number: checked.record.sequence_number,
                 at,
                 source: ChainError::TimeOutOfRange,

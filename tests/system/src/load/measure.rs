@@ -72,6 +72,8 @@ struct TrackerState {
     by_uid: HashMap<String, Tracked>,
     /// Pod UID → TaskRun UID.
     pods: HashMap<String, String>,
+    /// `registered` events that arrived before the generator recorded their pod.
+    early: HashMap<String, Instant>,
 }
 
 /// A summary of what was tracked.
@@ -113,9 +115,15 @@ impl Tracker {
         let now = Instant::now();
         self.with(|state| {
             state.pods.insert(pod_uid.to_owned(), uid.to_owned());
+            let early = state.early.remove(pod_uid);
             let tracked = state.by_uid.entry(uid.to_owned()).or_default();
             tracked.lane = lane;
             tracked.scheduled = Some(now);
+            // Through the API server the entry can be registered before the call that created
+            // the pod returns here: then it took no longer than that call.
+            if let Some(registered) = early {
+                tracked.registered = Some(registered.max(now));
+            }
         });
     }
 
@@ -131,10 +139,13 @@ impl Tracker {
     /// A `registered` event for pod `pod_uid` arrived now.
     pub fn registered(&self, pod_uid: &str) {
         let now = Instant::now();
-        self.with(|state| {
-            if let Some(uid) = state.pods.get(pod_uid).cloned() {
+        self.with(|state| match state.pods.get(pod_uid).cloned() {
+            Some(uid) => {
                 let tracked = state.by_uid.entry(uid).or_default();
                 tracked.registered.get_or_insert(now);
+            }
+            None => {
+                state.early.entry(pod_uid.to_owned()).or_insert(now);
             }
         });
     }

@@ -6,19 +6,20 @@
 //! | `{PREFIX}_ATTESTATIONS` | `{uid}` | the attestation event, a structured-mode CloudEvent (JSON) |
 //! | `{PREFIX}_ATTESTATION_INDEX` | `{namespace}.{name}` | [`IndexEntry`]: the latest TaskRun of that name |
 //!
-//! Every key token is the events crate's subject token encoding ([`encode_token`]) with `~`
+//! Every key token is [`kv::key_token`]: the events crate's subject token encoding with `~`
 //! written `=` (KV keys allow `[-/_=.A-Za-z0-9]`; the encoding never produces `=`), so any
-//! Kubernetes name gives one valid key and distinct names give distinct keys.
+//! Kubernetes name gives one valid key and distinct names give distinct keys. Both buckets are
+//! read and written through [`kv::Bucket`]: an attestation is stored as its structured-mode
+//! CloudEvent, an index entry as JSON.
 //!
 //! An attestation is written with create-if-absent: the first writer wins, and a loser reads
 //! and uses the stored one ([`Created::AlreadyExisted`]), so the event published and the KV
 //! record are always the same.
 
-use async_nats::jetstream::context::{Context, KeyValueError};
-use async_nats::jetstream::kv::{self, CreateErrorKind, Operation, UpdateErrorKind};
+use async_nats::jetstream::context::Context;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use countersign_events::subject::encode_token;
+use countersign_events::kv::{self, Bucket, Change, Key, KvError};
 use countersign_events::{
     AttestationEvent, Bus, Event, KvConfig, KvSpec, SetupError, SubjectError, Subjects,
 };
@@ -29,28 +30,16 @@ pub const ATTESTATIONS_BUCKET: &str = "attestations";
 /// The name index bucket's name after the prefix.
 pub const INDEX_BUCKET: &str = "attestation_index";
 
-/// How many times an index update is retried when another writer got there first.
-const INDEX_ATTEMPTS: usize = 16;
-
 // === keys ===
 
-/// One key token: [`encode_token`] with `~` written `=`.
-pub fn key_token(value: &str, field: &'static str) -> Result<String, SubjectError> {
-    Ok(encode_token(value, field)?.replace('~', "="))
-}
-
 /// The attestations bucket key of a TaskRun UID.
-pub fn attestation_key(uid: &str) -> Result<String, SubjectError> {
-    key_token(uid, "TaskRun UID")
+pub fn attestation_key(uid: &str) -> Result<Key, KvError> {
+    Key::tokens([(uid, "TaskRun UID")])
 }
 
 /// The index key of a TaskRun name: `{namespace}.{name}`.
-pub fn index_key(namespace: &str, name: &str) -> Result<String, SubjectError> {
-    Ok(format!(
-        "{}.{}",
-        key_token(namespace, "namespace")?,
-        key_token(name, "name")?
-    ))
+pub fn index_key(namespace: &str, name: &str) -> Result<Key, KvError> {
+    Key::tokens([(namespace, "namespace"), (name, "name")])
 }
 
 // === bucket declarations ===
@@ -98,16 +87,6 @@ pub enum StoredDecodeError {
     Event(#[source] countersign_events::DecodeError),
 }
 
-/// An attestation event as stored: a structured-mode CloudEvent (JSON).
-pub fn encode_stored(
-    event: &Event<AttestationEvent>,
-) -> Result<Bytes, countersign_events::EncodeError> {
-    let cloudevent = event.to_cloudevent()?;
-    serde_json::to_vec(&cloudevent)
-        .map(Bytes::from)
-        .map_err(countersign_events::EncodeError::Data)
-}
-
 /// Reads a stored attestation event.
 pub fn decode_stored(bytes: &[u8]) -> Result<Event<AttestationEvent>, StoredDecodeError> {
     let cloudevent: cloudevents::Event =
@@ -120,55 +99,25 @@ pub fn decode_stored(bytes: &[u8]) -> Result<Event<AttestationEvent>, StoredDeco
 /// Why a bucket operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// A key could not be built.
-    #[error("building a key")]
+    /// A bucket name could not be built from the prefix.
+    #[error("building a bucket name")]
     Key(#[from] SubjectError),
     /// A bucket could not be created or updated at start-up.
     #[error("creating the KV buckets")]
     Setup(#[from] SetupError),
-    /// A bucket the command reads does not exist.
-    #[error("opening KV bucket {bucket}")]
-    Bind {
+    /// A bucket could not be opened, read or written.
+    #[error(transparent)]
+    Kv(#[from] KvError),
+    /// An attestation event could not be made a CloudEvent.
+    #[error("encoding a value for {bucket}")]
+    Encode {
         /// The bucket.
         bucket: String,
         /// Why.
         #[source]
-        source: KeyValueError,
+        source: countersign_events::EncodeError,
     },
-    /// Reading a key failed.
-    #[error("reading {key} from {bucket}")]
-    Read {
-        /// The bucket.
-        bucket: String,
-        /// The key.
-        key: String,
-        /// Why.
-        #[source]
-        source: kv::EntryError,
-    },
-    /// Creating a key failed (other than "it exists").
-    #[error("writing {key} to {bucket}")]
-    Create {
-        /// The bucket.
-        bucket: String,
-        /// The key.
-        key: String,
-        /// Why.
-        #[source]
-        source: kv::CreateError,
-    },
-    /// Updating a key failed (other than "someone else updated it").
-    #[error("updating {key} in {bucket}")]
-    Update {
-        /// The bucket.
-        bucket: String,
-        /// The key.
-        key: String,
-        /// Why.
-        #[source]
-        source: kv::UpdateError,
-    },
-    /// A value is not what the attestor writes.
+    /// A stored value is JSON, but not what the attestor writes.
     #[error("{key} in {bucket} holds an unreadable value")]
     Corrupt {
         /// The bucket.
@@ -178,31 +127,6 @@ pub enum StoreError {
         /// Why.
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
-    },
-    /// A value could not be encoded.
-    #[error("encoding a value for {bucket}")]
-    Encode {
-        /// The bucket.
-        bucket: String,
-        /// Why.
-        #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
-    },
-    /// Other writers kept updating the key.
-    #[error("{key} in {bucket} kept changing under us")]
-    Contention {
-        /// The bucket.
-        bucket: String,
-        /// The key.
-        key: String,
-    },
-    /// The key was just created by another writer and is not readable yet.
-    #[error("{key} in {bucket} exists but could not be read back")]
-    Vanished {
-        /// The bucket.
-        bucket: String,
-        /// The key.
-        key: String,
     },
 }
 
@@ -226,23 +150,15 @@ impl StoreError {
     pub fn kind(&self) -> StoreErrorKind {
         match self {
             StoreError::Key(_) => StoreErrorKind::Key,
-            StoreError::Bind { source, .. }
-                if matches!(
-                    source.kind(),
-                    async_nats::jetstream::context::KeyValueErrorKind::GetBucket
-                ) =>
-            {
-                StoreErrorKind::MissingBucket
+            StoreError::Kv(error) if error.is_missing_bucket() => StoreErrorKind::MissingBucket,
+            StoreError::Kv(KvError::Key(_) | KvError::InvalidKey { .. }) => StoreErrorKind::Key,
+            StoreError::Kv(KvError::Corrupt { .. }) | StoreError::Corrupt { .. } => {
+                StoreErrorKind::Corrupt
             }
-            StoreError::Corrupt { .. } => StoreErrorKind::Corrupt,
-            StoreError::Encode { .. } => StoreErrorKind::Encode,
-            StoreError::Setup(_)
-            | StoreError::Bind { .. }
-            | StoreError::Read { .. }
-            | StoreError::Create { .. }
-            | StoreError::Update { .. }
-            | StoreError::Contention { .. }
-            | StoreError::Vanished { .. } => StoreErrorKind::Unavailable,
+            StoreError::Kv(KvError::Serialize { .. }) | StoreError::Encode { .. } => {
+                StoreErrorKind::Encode
+            }
+            StoreError::Setup(_) | StoreError::Kv(_) => StoreErrorKind::Unavailable,
         }
     }
 
@@ -284,10 +200,9 @@ pub enum IndexUpdate {
 /// The attestations bucket and the name index.
 #[derive(Debug, Clone)]
 pub struct AttestationStore {
-    attestations: kv::Store,
-    attestations_bucket: String,
-    index: kv::Store,
-    index_bucket: String,
+    /// Attestations as structured-mode CloudEvents.
+    attestations: Bucket<cloudevents::Event>,
+    index: Bucket<IndexEntry>,
 }
 
 impl AttestationStore {
@@ -300,10 +215,8 @@ impl AttestationStore {
         let attestations = bus.ensure_kv(&attestations_spec(attestations)).await?;
         let index = bus.ensure_kv(&index_spec(index)).await?;
         Ok(AttestationStore {
-            attestations_bucket: bus.subjects().kv_bucket_name(ATTESTATIONS_BUCKET)?,
-            attestations,
-            index_bucket: bus.subjects().kv_bucket_name(INDEX_BUCKET)?,
-            index,
+            attestations: Bucket::new(attestations),
+            index: Bucket::new(index),
         })
     }
 
@@ -313,64 +226,27 @@ impl AttestationStore {
         jetstream: &Context,
         subjects: &Subjects,
     ) -> Result<AttestationStore, StoreError> {
-        let attestations_bucket = subjects.kv_bucket_name(ATTESTATIONS_BUCKET)?;
-        let index_bucket = subjects.kv_bucket_name(INDEX_BUCKET)?;
-        let attestations = jetstream
-            .get_key_value(&attestations_bucket)
-            .await
-            .map_err(|source| StoreError::Bind {
-                bucket: attestations_bucket.clone(),
-                source,
-            })?;
-        let index = jetstream
-            .get_key_value(&index_bucket)
-            .await
-            .map_err(|source| StoreError::Bind {
-                bucket: index_bucket.clone(),
-                source,
-            })?;
+        let attestations =
+            Bucket::open(jetstream, &subjects.kv_bucket_name(ATTESTATIONS_BUCKET)?).await?;
+        let index = Bucket::open(jetstream, &subjects.kv_bucket_name(INDEX_BUCKET)?).await?;
         Ok(AttestationStore {
             attestations,
-            attestations_bucket,
             index,
-            index_bucket,
         })
     }
 
     /// The attestation of TaskRun `uid`, if one was stored.
     pub async fn get(&self, uid: &str) -> Result<Option<Event<AttestationEvent>>, StoreError> {
         let key = attestation_key(uid)?;
-        let bytes = self
-            .attestations
-            .get(key.as_str())
-            .await
-            .map_err(|source| StoreError::Read {
-                bucket: self.attestations_bucket.clone(),
-                key: key.clone(),
-                source,
-            })?;
-        bytes
-            .map(|bytes| {
-                decode_stored(&bytes).map_err(|source| StoreError::Corrupt {
-                    bucket: self.attestations_bucket.clone(),
-                    key: key.clone(),
-                    source: Box::new(source),
-                })
-            })
+        let stored = self.attestations.get(&key).await?.value;
+        stored
+            .map(|cloudevent| self.attestation_of(&key, cloudevent))
             .transpose()
     }
 
     /// The raw stored JSON of TaskRun `uid`'s attestation (for `countersign get --json`).
     pub async fn get_raw(&self, uid: &str) -> Result<Option<Bytes>, StoreError> {
-        let key = attestation_key(uid)?;
-        self.attestations
-            .get(key.as_str())
-            .await
-            .map_err(|source| StoreError::Read {
-                bucket: self.attestations_bucket.clone(),
-                key,
-                source,
-            })
+        Ok(self.attestations.get_raw(&attestation_key(uid)?).await?)
     }
 
     /// Stores `event` as TaskRun `uid`'s attestation unless one exists; then returns that one.
@@ -380,26 +256,15 @@ impl AttestationStore {
         event: &Event<AttestationEvent>,
     ) -> Result<Created, StoreError> {
         let key = attestation_key(uid)?;
-        let bytes = encode_stored(event).map_err(|source| StoreError::Encode {
-            bucket: self.attestations_bucket.clone(),
-            source: Box::new(source),
+        let cloudevent = event.to_cloudevent().map_err(|source| StoreError::Encode {
+            bucket: self.attestations.name().to_owned(),
+            source,
         })?;
-        match self.attestations.create(key.as_str(), bytes).await {
-            Ok(_) => Ok(Created::Stored),
-            Err(error) if error.kind() == CreateErrorKind::AlreadyExists => {
-                match self.get(uid).await? {
-                    Some(existing) => Ok(Created::AlreadyExisted(Box::new(existing))),
-                    None => Err(StoreError::Vanished {
-                        bucket: self.attestations_bucket.clone(),
-                        key,
-                    }),
-                }
-            }
-            Err(source) => Err(StoreError::Create {
-                bucket: self.attestations_bucket.clone(),
-                key,
-                source,
-            }),
+        match self.attestations.create(&key, &cloudevent).await? {
+            kv::Created::Stored(_) => Ok(Created::Stored),
+            kv::Created::AlreadyExisted(existing) => Ok(Created::AlreadyExisted(Box::new(
+                self.attestation_of(&key, existing)?,
+            ))),
         }
     }
 
@@ -409,25 +274,7 @@ impl AttestationStore {
         namespace: &str,
         name: &str,
     ) -> Result<Option<IndexEntry>, StoreError> {
-        let key = index_key(namespace, name)?;
-        let bytes = self
-            .index
-            .get(key.as_str())
-            .await
-            .map_err(|source| StoreError::Read {
-                bucket: self.index_bucket.clone(),
-                key: key.clone(),
-                source,
-            })?;
-        bytes
-            .map(|bytes| {
-                serde_json::from_slice(&bytes).map_err(|source| StoreError::Corrupt {
-                    bucket: self.index_bucket.clone(),
-                    key: key.clone(),
-                    source: Box::new(source),
-                })
-            })
-            .transpose()
+        Ok(self.index.get(&index_key(namespace, name)?).await?.value)
     }
 
     /// Makes the index name `entry` for `namespace/name` unless it names a TaskRun created later
@@ -439,71 +286,33 @@ impl AttestationStore {
         entry: &IndexEntry,
     ) -> Result<IndexUpdate, StoreError> {
         let key = index_key(namespace, name)?;
-        let bytes: Bytes = serde_json::to_vec(entry)
-            .map_err(|source| StoreError::Encode {
-                bucket: self.index_bucket.clone(),
-                source: Box::new(source),
-            })?
-            .into();
-        for conflicts in 0..INDEX_ATTEMPTS {
-            let current =
-                self.index
-                    .entry(key.as_str())
-                    .await
-                    .map_err(|source| StoreError::Read {
-                        bucket: self.index_bucket.clone(),
-                        key: key.clone(),
-                        source,
-                    })?;
-            let written = match current {
-                Some(current) if current.operation == Operation::Put => {
-                    let stored: IndexEntry =
-                        serde_json::from_slice(&current.value).map_err(|source| {
-                            StoreError::Corrupt {
-                                bucket: self.index_bucket.clone(),
-                                key: key.clone(),
-                                source: Box::new(source),
-                            }
-                        })?;
-                    if stored.uid == entry.uid || stored.created_at > entry.created_at {
-                        return Ok(IndexUpdate::Kept { conflicts });
-                    }
-                    match self
-                        .index
-                        .update(key.as_str(), bytes.clone(), current.revision)
-                        .await
-                    {
-                        Ok(_) => true,
-                        Err(error) if error.kind() == UpdateErrorKind::WrongLastRevision => false,
-                        Err(source) => {
-                            return Err(StoreError::Update {
-                                bucket: self.index_bucket.clone(),
-                                key,
-                                source,
-                            });
-                        }
-                    }
+        let modified = self
+            .index
+            .modify(&key, |current| match current.value {
+                Some(stored) if stored.uid == entry.uid || stored.created_at > entry.created_at => {
+                    Change::Keep(())
                 }
-                // Absent, or deleted: create (which also takes a deleted key).
-                _ => match self.index.create(key.as_str(), bytes.clone()).await {
-                    Ok(_) => true,
-                    Err(error) if error.kind() == CreateErrorKind::AlreadyExists => false,
-                    Err(source) => {
-                        return Err(StoreError::Create {
-                            bucket: self.index_bucket.clone(),
-                            key,
-                            source,
-                        });
-                    }
-                },
-            };
-            if written {
-                return Ok(IndexUpdate::Updated { conflicts });
-            }
-        }
-        Err(StoreError::Contention {
-            bucket: self.index_bucket.clone(),
-            key,
+                // Absent, deleted, or an older TaskRun of that name.
+                _ => Change::Write(entry.clone(), ()),
+            })
+            .await?;
+        let conflicts = modified.conflicts;
+        Ok(match modified.written {
+            Some(_) => IndexUpdate::Updated { conflicts },
+            None => IndexUpdate::Kept { conflicts },
+        })
+    }
+
+    /// The attestation event a stored CloudEvent holds.
+    fn attestation_of(
+        &self,
+        key: &Key,
+        cloudevent: cloudevents::Event,
+    ) -> Result<Event<AttestationEvent>, StoreError> {
+        Event::from_cloudevent(cloudevent).map_err(|source| StoreError::Corrupt {
+            bucket: self.attestations.name().to_owned(),
+            key: key.to_string(),
+            source: Box::new(StoredDecodeError::Event(source)),
         })
     }
 }
@@ -525,14 +334,17 @@ mod tests {
         let names = ["build.1", "build_1", "build~1", "ünïcode", "a b", "x"];
         let keys: Vec<String> = names
             .iter()
-            .map(|name| index_key("team-a", name).unwrap())
+            .map(|name| index_key("team-a", name).unwrap().to_string())
             .collect();
         for key in &keys {
             assert!(valid(key), "{key}");
         }
         let distinct: std::collections::BTreeSet<&String> = keys.iter().collect();
         assert_eq!(distinct.len(), names.len());
-        assert_eq!(index_key("default", "run.1").unwrap(), "default.run_1");
+        assert_eq!(
+            index_key("default", "run.1").unwrap().as_str(),
+            "default.run_1"
+        );
         assert!(attestation_key("").is_err());
     }
 }

@@ -6,25 +6,24 @@
 //! |---|---|---|
 //! | `{PREFIX}_STEP_VERDICTS` | `{uid}.{pod uid}.{step}` | [`StepVerdict`] |
 //!
-//! Key tokens are encoded as the public buckets' ([`key_token`]).
+//! Key tokens are encoded as the public buckets' ([`kv::key_token`]), read and written through
+//! [`kv::Bucket`].
 
-use async_nats::jetstream::kv::{self, CreateErrorKind};
-use bytes::Bytes;
-use countersign_events::{Bus, KvConfig, KvSpec, SubjectError};
+use countersign_events::kv::{self, Bucket, Key, KvError};
+use countersign_events::{Bus, KvConfig, KvSpec};
 use countersign_verdict::steps::StepVerdict;
-use countersign_verdict::store::{StoreError, key_token};
+use countersign_verdict::store::StoreError;
 
 /// The step verdicts bucket's name after the prefix.
 pub const STEP_VERDICTS_BUCKET: &str = "step_verdicts";
 
 /// The step verdicts key: `{uid}.{pod uid}.{step}`.
-pub fn step_key(uid: &str, pod_uid: &str, step: &str) -> Result<String, SubjectError> {
-    Ok(format!(
-        "{}.{}.{}",
-        key_token(uid, "TaskRun UID")?,
-        key_token(pod_uid, "pod UID")?,
-        key_token(step, "step name")?
-    ))
+pub fn step_key(uid: &str, pod_uid: &str, step: &str) -> Result<Key, KvError> {
+    Key::tokens([
+        (uid, "TaskRun UID"),
+        (pod_uid, "pod UID"),
+        (step, "step name"),
+    ])
 }
 
 /// The declaration of the step verdicts bucket.
@@ -39,8 +38,7 @@ pub fn step_verdicts_spec(config: &KvConfig) -> KvSpec {
 /// The step verdicts bucket.
 #[derive(Debug, Clone)]
 pub struct StepStore {
-    steps: kv::Store,
-    bucket: String,
+    steps: Bucket<StepVerdict>,
 }
 
 /// How [`StepStore::record`] ended.
@@ -56,8 +54,7 @@ impl StepStore {
     /// Creates or updates the bucket.
     pub async fn ensure(bus: &Bus, config: &KvConfig) -> Result<StepStore, StoreError> {
         Ok(StepStore {
-            steps: bus.ensure_kv(&step_verdicts_spec(config)).await?,
-            bucket: bus.subjects().kv_bucket_name(STEP_VERDICTS_BUCKET)?,
+            steps: Bucket::new(bus.ensure_kv(&step_verdicts_spec(config)).await?),
         })
     }
 
@@ -68,25 +65,7 @@ impl StepStore {
         pod_uid: &str,
         step: &str,
     ) -> Result<Option<StepVerdict>, StoreError> {
-        let key = step_key(uid, pod_uid, step)?;
-        let bytes = self
-            .steps
-            .get(key.as_str())
-            .await
-            .map_err(|source| StoreError::Read {
-                bucket: self.bucket.clone(),
-                key: key.clone(),
-                source,
-            })?;
-        bytes
-            .map(|bytes| {
-                serde_json::from_slice(&bytes).map_err(|source| StoreError::Corrupt {
-                    bucket: self.bucket.clone(),
-                    key: key.clone(),
-                    source: Box::new(source),
-                })
-            })
-            .transpose()
+        Ok(self.steps.get(&step_key(uid, pod_uid, step)?).await?.value)
     }
 
     /// Records a step's verdict unless one is recorded (first writer wins).
@@ -97,29 +76,12 @@ impl StepStore {
         verdict: &StepVerdict,
     ) -> Result<StepRecorded, StoreError> {
         let key = step_key(uid, pod_uid, &verdict.step)?;
-        let bytes: Bytes = serde_json::to_vec(verdict)
-            .map_err(|source| StoreError::Encode {
-                bucket: self.bucket.clone(),
-                source: Box::new(source),
-            })?
-            .into();
-        match self.steps.create(key.as_str(), bytes).await {
-            Ok(_) => Ok(StepRecorded::Stored),
-            Err(error) if error.kind() == CreateErrorKind::AlreadyExists => {
-                match self.get(uid, pod_uid, &verdict.step).await? {
-                    Some(existing) => Ok(StepRecorded::AlreadyRecorded(Box::new(existing))),
-                    None => Err(StoreError::Vanished {
-                        bucket: self.bucket.clone(),
-                        key,
-                    }),
-                }
+        Ok(match self.steps.create(&key, verdict).await? {
+            kv::Created::Stored(_) => StepRecorded::Stored,
+            kv::Created::AlreadyExisted(existing) => {
+                StepRecorded::AlreadyRecorded(Box::new(existing))
             }
-            Err(source) => Err(StoreError::Create {
-                bucket: self.bucket.clone(),
-                key,
-                source,
-            }),
-        }
+        })
     }
 }
 
@@ -129,7 +91,7 @@ mod tests {
 
     #[test]
     fn step_keys_are_valid_kv_keys() {
-        let key = step_key("uid-1", "pod-1", "step~x").unwrap();
+        let key = step_key("uid-1", "pod-1", "step~x").unwrap().to_string();
         assert!(
             key.bytes()
                 .all(|byte| byte.is_ascii_alphanumeric() || b"-/_=.".contains(&byte)),

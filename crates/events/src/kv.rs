@@ -398,6 +398,23 @@ impl<T> Bucket<T> {
             .map_err(|source| self.read_error(key, source))
     }
 
+    /// Stores `bytes` under `key` as they are unless the key holds a value (the first writer
+    /// wins); whether ours was stored. For values kept byte for byte (a signed bundle's JSON).
+    pub async fn create_raw(&self, key: &Key, bytes: Bytes) -> Result<bool, KvError> {
+        match self.store.create(key.as_str(), bytes).await {
+            Ok(_) => Ok(true),
+            Err(error) if error.kind() == CreateErrorKind::AlreadyExists => Ok(false),
+            Err(error) if error.kind() == CreateErrorKind::InvalidKey => Err(KvError::InvalidKey {
+                key: key.to_string(),
+            }),
+            Err(source) => Err(KvError::Create {
+                bucket: self.store.name.clone(),
+                key: key.to_string(),
+                source,
+            }),
+        }
+    }
+
     /// Purges `key`, leaving a marker that expires after `ttl` (the bucket must allow markers,
     /// `limit_markers`).
     pub async fn purge_with_ttl(&self, key: &Key, ttl: Duration) -> Result<(), KvError> {

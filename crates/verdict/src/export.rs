@@ -24,7 +24,7 @@ use countersign_events::data::{
     AttestationVerified, ExportStored, ExportedArtifact, ExportedVerdict, ExportedVsa, TaskRunRef,
     TaskRunResult, VsaResult,
 };
-use countersign_events::{AttestationEvent, Event, SubjectError};
+use countersign_events::{AttestationEvent, Event};
 use countersign_identity::attestation::AttestationSignError;
 use countersign_identity::crypto::Sha256Digest;
 use countersign_identity::intoto::{Statement, Subject, Verdict};
@@ -77,7 +77,7 @@ pub enum ExportError {
     Sign(#[from] AttestationSignError),
     /// A key could not be built.
     #[error("building a key")]
-    Key(#[from] SubjectError),
+    Key(#[from] countersign_events::kv::KvError),
 }
 
 impl ExportError {

@@ -8,19 +8,19 @@
 //! | `{PREFIX}_EXPORTS` | `{uid}.attestation` | the results attestation as a Sigstore bundle v0.3 (JSON) |
 //! | `{PREFIX}_EXPORTS` | `{uid}.vsa.{n}` | VSA `n` as a Sigstore bundle v0.3: `0` the TaskRun's, then one per artifact |
 //!
-//! Keys use the attestations bucket's token encoding ([`key_token`]). Every value is written
+//! Keys use the attestations bucket's token encoding ([`kv::key_token`]). Every value is written
 //! create-if-absent: the bundles first, the manifest last, so a manifest names only bundles that
 //! are stored, and a replica that retries keeps what the first writer stored. Values are bounded
 //! by what the attestor writes (one bundle is a few KiB; at most `1 + MAX_ARTIFACTS` VSAs per
 //! TaskRun) and the bucket by its `max_bytes`.
 
 use async_nats::jetstream::context::Context;
-use async_nats::jetstream::kv::{self, CreateErrorKind};
 use bytes::Bytes;
 use countersign_events::data::ExportStored;
-use countersign_events::{Bus, Event, KvConfig, KvSpec, SubjectError, Subjects};
+use countersign_events::kv::{self, Bucket, Key, KvError};
+use countersign_events::{Bus, Event, KvConfig, KvSpec, Subjects};
 
-use crate::store::{StoreError, key_token};
+use crate::store::StoreError;
 
 /// The exports bucket's name after the prefix.
 pub const EXPORTS_BUCKET: &str = "exports";
@@ -29,18 +29,25 @@ pub const EXPORTS_BUCKET: &str = "exports";
 pub const MAX_EXPORT_VALUE_BYTES: usize = 1024 * 1024;
 
 /// The manifest key of TaskRun `uid`.
-pub fn manifest_key(uid: &str) -> Result<String, SubjectError> {
-    key_token(uid, "TaskRun UID")
+pub fn manifest_key(uid: &str) -> Result<String, KvError> {
+    uid_key(uid).map(|key| key.as_str().to_owned())
 }
 
 /// The key of TaskRun `uid`'s results attestation bundle: `{uid}.attestation`.
-pub fn bundle_key(uid: &str) -> Result<String, SubjectError> {
-    Ok(format!("{}.attestation", key_token(uid, "TaskRun UID")?))
+pub fn bundle_key(uid: &str) -> Result<String, KvError> {
+    Ok(uid_key(uid)?.with_raw("attestation")?.as_str().to_owned())
 }
 
 /// The key of TaskRun `uid`'s VSA number `index`: `{uid}.vsa.{index}`.
-pub fn vsa_key(uid: &str, index: usize) -> Result<String, SubjectError> {
-    Ok(format!("{}.vsa.{index}", key_token(uid, "TaskRun UID")?))
+pub fn vsa_key(uid: &str, index: usize) -> Result<String, KvError> {
+    Ok(uid_key(uid)?
+        .with_raw(&format!("vsa.{index}"))?
+        .as_str()
+        .to_owned())
+}
+
+fn uid_key(uid: &str) -> Result<Key, KvError> {
+    Key::tokens([(uid, "TaskRun UID")])
 }
 
 /// The declaration of the exports bucket.
@@ -62,47 +69,34 @@ pub enum ManifestCreated {
     AlreadyExisted(Box<Event<ExportStored>>),
 }
 
-/// The exports bucket.
+/// The exports bucket: manifests as structured-mode CloudEvents, bundles as the JSON the
+/// attestor made (stored byte for byte).
 #[derive(Debug, Clone)]
 pub struct ExportStore {
-    exports: kv::Store,
-    bucket: String,
+    manifests: Bucket<cloudevents::Event>,
 }
 
 impl ExportStore {
     /// Creates or updates the bucket (the attestor, at start-up).
     pub async fn ensure(bus: &Bus, config: &KvConfig) -> Result<ExportStore, StoreError> {
+        let store = bus.ensure_kv(&exports_spec(config)).await?;
         Ok(ExportStore {
-            exports: bus.ensure_kv(&exports_spec(config)).await?,
-            bucket: bus.subjects().kv_bucket_name(EXPORTS_BUCKET)?,
+            manifests: Bucket::new(store),
         })
     }
 
     /// Binds the existing bucket (a reader, which never creates it).
     pub async fn open(jetstream: &Context, subjects: &Subjects) -> Result<ExportStore, StoreError> {
-        let bucket = subjects.kv_bucket_name(EXPORTS_BUCKET)?;
-        let exports =
-            jetstream
-                .get_key_value(&bucket)
-                .await
-                .map_err(|source| StoreError::Bind {
-                    bucket: bucket.clone(),
-                    source,
-                })?;
-        Ok(ExportStore { exports, bucket })
+        let bucket = Bucket::open(jetstream, &subjects.kv_bucket_name(EXPORTS_BUCKET)?).await?;
+        Ok(ExportStore { manifests: bucket })
     }
 
     /// Stores a bundle under `key` unless the key holds one (the first writer's stays).
     pub async fn put_bundle(&self, key: &str, json: Vec<u8>) -> Result<(), StoreError> {
-        match self.exports.create(key, Bytes::from(json)).await {
-            Ok(_) => Ok(()),
-            Err(error) if error.kind() == CreateErrorKind::AlreadyExists => Ok(()),
-            Err(source) => Err(StoreError::Create {
-                bucket: self.bucket.clone(),
-                key: key.to_owned(),
-                source,
-            }),
-        }
+        self.manifests
+            .create_raw(&Key::raw(key)?, Bytes::from(json))
+            .await?;
+        Ok(())
     }
 
     /// Stores `event` as TaskRun `uid`'s manifest unless one exists; then returns that one.
@@ -111,75 +105,60 @@ impl ExportStore {
         uid: &str,
         event: &Event<ExportStored>,
     ) -> Result<ManifestCreated, StoreError> {
-        let key = manifest_key(uid)?;
-        let bytes = event
-            .to_cloudevent()
-            .map_err(|source| Box::new(source) as Box<dyn std::error::Error + Send + Sync>)
-            .and_then(|cloudevent| {
-                serde_json::to_vec(&cloudevent).map_err(|source| Box::new(source) as _)
-            })
-            .map_err(|source| StoreError::Encode {
-                bucket: self.bucket.clone(),
-                source,
-            })?;
-        match self.exports.create(key.as_str(), Bytes::from(bytes)).await {
-            Ok(_) => Ok(ManifestCreated::Stored),
-            Err(error) if error.kind() == CreateErrorKind::AlreadyExists => {
-                match self.manifest(uid).await? {
-                    Some(existing) => Ok(ManifestCreated::AlreadyExisted(Box::new(existing))),
-                    None => Err(StoreError::Vanished {
-                        bucket: self.bucket.clone(),
-                        key,
-                    }),
-                }
-            }
-            Err(source) => Err(StoreError::Create {
-                bucket: self.bucket.clone(),
-                key,
-                source,
-            }),
+        let key = uid_key(uid)?;
+        let cloudevent = event.to_cloudevent().map_err(|source| StoreError::Encode {
+            bucket: self.manifests.name().to_owned(),
+            source,
+        })?;
+        match self.manifests.create(&key, &cloudevent).await? {
+            kv::Created::Stored(_) => Ok(ManifestCreated::Stored),
+            kv::Created::AlreadyExisted(existing) => Ok(ManifestCreated::AlreadyExisted(Box::new(
+                self.manifest_of(&key, existing)?,
+            ))),
         }
     }
 
     /// TaskRun `uid`'s manifest, if its export is stored.
     pub async fn manifest(&self, uid: &str) -> Result<Option<Event<ExportStored>>, StoreError> {
-        let key = manifest_key(uid)?;
+        let key = uid_key(uid)?;
         self.value(&key)
             .await?
             .map(|bytes| {
                 serde_json::from_slice::<cloudevents::Event>(&bytes)
-                    .map_err(|source| Box::new(source) as Box<dyn std::error::Error + Send + Sync>)
-                    .and_then(|cloudevent| {
-                        Event::from_cloudevent(cloudevent).map_err(|source| Box::new(source) as _)
-                    })
                     .map_err(|source| StoreError::Corrupt {
-                        bucket: self.bucket.clone(),
-                        key: key.clone(),
-                        source,
+                        bucket: self.manifests.name().to_owned(),
+                        key: key.to_string(),
+                        source: Box::new(source),
                     })
+                    .and_then(|cloudevent| self.manifest_of(&key, cloudevent))
             })
             .transpose()
     }
 
     /// The bundle JSON stored under `key` (a key a manifest names), if any.
     pub async fn bundle(&self, key: &str) -> Result<Option<Bytes>, StoreError> {
-        self.value(key).await
+        self.value(&Key::raw(key)?).await
     }
 
-    async fn value(&self, key: &str) -> Result<Option<Bytes>, StoreError> {
-        let bytes = self
-            .exports
-            .get(key)
-            .await
-            .map_err(|source| StoreError::Read {
-                bucket: self.bucket.clone(),
-                key: key.to_owned(),
-                source,
-            })?;
-        match bytes {
+    /// The export event a stored manifest holds.
+    fn manifest_of(
+        &self,
+        key: &Key,
+        cloudevent: cloudevents::Event,
+    ) -> Result<Event<ExportStored>, StoreError> {
+        Event::from_cloudevent(cloudevent).map_err(|source| StoreError::Corrupt {
+            bucket: self.manifests.name().to_owned(),
+            key: key.to_string(),
+            source: Box::new(source),
+        })
+    }
+
+    /// The stored bytes of `key`, refused past [`MAX_EXPORT_VALUE_BYTES`].
+    async fn value(&self, key: &Key) -> Result<Option<Bytes>, StoreError> {
+        match self.manifests.get_raw(key).await? {
             Some(bytes) if bytes.len() > MAX_EXPORT_VALUE_BYTES => Err(StoreError::Corrupt {
-                bucket: self.bucket.clone(),
-                key: key.to_owned(),
+                bucket: self.manifests.name().to_owned(),
+                key: key.to_string(),
                 source: format!("{} bytes, more than {MAX_EXPORT_VALUE_BYTES}", bytes.len()).into(),
             }),
             other => Ok(other),

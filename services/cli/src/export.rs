@@ -153,9 +153,11 @@ async fn stored_bundle(
         .bundle(key)
         .await?
         .map(|bytes| bytes.to_vec())
-        .ok_or_else(|| StoreError::Vanished {
-            bucket: bucket.to_owned(),
-            key: key.to_owned(),
+        .ok_or_else(|| {
+            StoreError::Kv(countersign_events::kv::KvError::Vanished {
+                bucket: bucket.to_owned(),
+                key: key.to_owned(),
+            })
         })
 }
 

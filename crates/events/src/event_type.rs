@@ -33,6 +33,12 @@ pub enum EventType {
     AttestationVerified,
     /// `dev.countersign.attestation.rejected.v1`: a TaskRun's results failed verification.
     AttestationRejected,
+    /// `dev.countersign.gate.allowed.v1`: the gate admitted an object it checked.
+    GateAllowed,
+    /// `dev.countersign.gate.denied.v1`: the gate denied an object (`enforce`).
+    GateDenied,
+    /// `dev.countersign.gate.warned.v1`: the gate admitted an object with warnings (`warn`).
+    GateWarned,
 }
 
 /// The families of event types; each has its own stream and subject root.
@@ -44,11 +50,13 @@ pub enum Family {
     Registration,
     /// Verification outcomes, published by the attestor.
     Attestation,
+    /// `gate`: admission decisions, published by the gate.
+    Gate,
 }
 
 impl EventType {
     /// Every type, in a stable order.
-    pub const ALL: [EventType; 9] = [
+    pub const ALL: [EventType; 12] = [
         EventType::TaskRunCreated,
         EventType::TaskRunScheduled,
         EventType::StepCompleted,
@@ -58,6 +66,9 @@ impl EventType {
         EventType::EntryReleased,
         EventType::AttestationVerified,
         EventType::AttestationRejected,
+        EventType::GateAllowed,
+        EventType::GateDenied,
+        EventType::GateWarned,
     ];
 
     /// The type's position in [`EventType::ALL`].
@@ -78,6 +89,9 @@ impl EventType {
             EventType::EntryReleased => "dev.countersign.registration.released.v1",
             EventType::AttestationVerified => "dev.countersign.attestation.verified.v1",
             EventType::AttestationRejected => "dev.countersign.attestation.rejected.v1",
+            EventType::GateAllowed => "dev.countersign.gate.allowed.v1",
+            EventType::GateDenied => "dev.countersign.gate.denied.v1",
+            EventType::GateWarned => "dev.countersign.gate.warned.v1",
         }
     }
 
@@ -91,6 +105,7 @@ impl EventType {
             | EventType::TaskRunDeleted => Family::TaskRun,
             EventType::EntryRegistered | EventType::EntryReleased => Family::Registration,
             EventType::AttestationVerified | EventType::AttestationRejected => Family::Attestation,
+            EventType::GateAllowed | EventType::GateDenied | EventType::GateWarned => Family::Gate,
         }
     }
 
@@ -106,6 +121,9 @@ impl EventType {
             EventType::EntryReleased => "released",
             EventType::AttestationVerified => "verified",
             EventType::AttestationRejected => "rejected",
+            EventType::GateAllowed => "allowed",
+            EventType::GateDenied => "denied",
+            EventType::GateWarned => "warned",
         }
     }
 
@@ -129,7 +147,12 @@ impl EventType {
 
 impl Family {
     /// Every family, in a stable order.
-    pub const ALL: [Family; 3] = [Family::TaskRun, Family::Registration, Family::Attestation];
+    pub const ALL: [Family; 4] = [
+        Family::TaskRun,
+        Family::Registration,
+        Family::Attestation,
+        Family::Gate,
+    ];
 
     /// The family's subject token (`taskrun`, `registration`, `attestation`).
     pub const fn as_str(self) -> &'static str {
@@ -137,6 +160,7 @@ impl Family {
             Family::TaskRun => "taskrun",
             Family::Registration => "registration",
             Family::Attestation => "attestation",
+            Family::Gate => "gate",
         }
     }
 

@@ -10,8 +10,9 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::data::{
-    AttestationRejected, AttestationVerified, EntryRegistered, EntryReleased, StepCompleted,
-    TaskRunCreated, TaskRunDeleted, TaskRunFinished, TaskRunScheduled,
+    AttestationRejected, AttestationVerified, EntryRegistered, EntryReleased, GateAllowed,
+    GateDenied, GateWarned, StepCompleted, TaskRunCreated, TaskRunDeleted, TaskRunFinished,
+    TaskRunScheduled,
 };
 use crate::event_type::EventType;
 use crate::subject::{SubjectError, Subjects};
@@ -234,6 +235,24 @@ event_family! {
         AttestationVerified(AttestationVerified),
         /// `dev.countersign.attestation.rejected.v1`
         AttestationRejected(AttestationRejected),
+        /// `dev.countersign.gate.allowed.v1`
+        GateAllowed(GateAllowed),
+        /// `dev.countersign.gate.denied.v1`
+        GateDenied(GateDenied),
+        /// `dev.countersign.gate.warned.v1`
+        GateWarned(GateWarned),
+    }
+}
+
+event_family! {
+    /// Any gate decision.
+    GateDecisionEvent {
+        /// `dev.countersign.gate.allowed.v1`
+        Allowed(GateAllowed),
+        /// `dev.countersign.gate.denied.v1`
+        Denied(GateDenied),
+        /// `dev.countersign.gate.warned.v1`
+        Warned(GateWarned),
     }
 }
 

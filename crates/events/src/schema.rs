@@ -14,8 +14,9 @@ use schemars::generate::SchemaSettings;
 use schemars::{JsonSchema, Schema};
 
 use crate::data::{
-    AttestationRejected, AttestationVerified, EntryRegistered, EntryReleased, StepCompleted,
-    TaskRunCreated, TaskRunDeleted, TaskRunFinished, TaskRunScheduled,
+    AttestationRejected, AttestationVerified, EntryRegistered, EntryReleased, GateAllowed,
+    GateDenied, GateWarned, StepCompleted, TaskRunCreated, TaskRunDeleted, TaskRunFinished,
+    TaskRunScheduled,
 };
 use crate::event::Event;
 use crate::event_type::EventType;
@@ -47,6 +48,9 @@ pub fn data_schema(event_type: EventType) -> serde_json::Value {
         EventType::EntryReleased => root_schema::<EntryReleased>(),
         EventType::AttestationVerified => root_schema::<AttestationVerified>(),
         EventType::AttestationRejected => root_schema::<AttestationRejected>(),
+        EventType::GateAllowed => root_schema::<GateAllowed>(),
+        EventType::GateDenied => root_schema::<GateDenied>(),
+        EventType::GateWarned => root_schema::<GateWarned>(),
     }
     .to_value();
     if let Some(object) = schema.as_object_mut() {

@@ -8,6 +8,7 @@
 //! | `{p}.registration.{registered\|released}.{cluster}.{namespace}.{name}` (workload entries) | registrar |
 //! | `{p}.registration.{registered\|released}.{cluster}._node.{node}` (node alias entries) | registrar |
 //! | `{p}.attestation.{verified\|rejected}.{cluster}.{namespace}.{name}` | attestor |
+//! | `{p}.gate.{allowed\|denied\|warned}.{cluster}.{namespace}.{name}` (admission decisions, TaskRuns and Pods) | gate |
 //! | `{p}.deadletter.{consumer}` | every consumer |
 //!
 //! Every variable token is encoded by [`encode_token`]: `[A-Za-z0-9-]` pass through, `.` becomes
@@ -177,7 +178,8 @@ pub enum StreamKind {
     TaskRuns,
     /// `{PREFIX}_REGISTRATIONS`: `{p}.registration.>`.
     Registrations,
-    /// `{PREFIX}_ATTESTATIONS`: `{p}.attestation.>`.
+    /// `{PREFIX}_ATTESTATIONS`: `{p}.attestation.>` and `{p}.gate.>` (the verdicts, and the gate's
+    /// decisions that enforce them: one audit trail, no fifth stream).
     Attestations,
     /// `{PREFIX}_DEADLETTER`: `{p}.deadletter.>`.
     DeadLetter,
@@ -197,7 +199,7 @@ impl StreamKind {
         match family {
             Family::TaskRun => StreamKind::TaskRuns,
             Family::Registration => StreamKind::Registrations,
-            Family::Attestation => StreamKind::Attestations,
+            Family::Attestation | Family::Gate => StreamKind::Attestations,
         }
     }
 
@@ -307,9 +309,33 @@ impl Subjects {
         format!("{}_{}", self.prefix.to_ascii_uppercase(), kind.suffix())
     }
 
-    /// The subjects a stream captures: `{p}.{root}.>`.
+    /// The subjects a stream captures: `{p}.{root}.>`, and for `{PREFIX}_ATTESTATIONS` also
+    /// `{p}.gate.>` (the gate's decisions).
     pub fn stream_subjects(&self, kind: StreamKind) -> Vec<String> {
-        vec![format!("{}.{}.>", self.prefix, kind.root())]
+        let mut subjects = vec![format!("{}.{}.>", self.prefix, kind.root())];
+        if kind == StreamKind::Attestations {
+            subjects.push(self.family_events(Family::Gate));
+        }
+        subjects
+    }
+
+    /// The subject of a gate decision about an object: `{p}.gate.{decision}.{cluster}.{namespace}.{name}`.
+    pub fn for_gate_decision(
+        &self,
+        event_type: EventType,
+        cluster: &str,
+        namespace: &str,
+        name: &str,
+    ) -> Result<String, SubjectError> {
+        Ok(format!(
+            "{}.{}.{}.{}.{}.{}",
+            self.prefix,
+            event_type.family().as_str(),
+            event_type.transition(),
+            encode_token(cluster, "cluster")?,
+            namespace_token(namespace)?,
+            encode_token(name, "name")?,
+        ))
     }
 
     /// The name of a KV bucket: `{PREFIX}_{NAME}` (both upper-cased). `name` is `[A-Za-z0-9_-]`.

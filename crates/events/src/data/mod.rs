@@ -5,9 +5,11 @@
 //! - [`lifecycle`]: TaskRun lifecycle events, published by the watcher.
 //! - [`registration`]: SPIRE registration audit events, published by the registrar.
 //! - [`attestation`]: verification outcomes, published by the attestor.
+//! - [`gate`]: admission decisions, published by the gate.
 
 pub mod attestation;
 pub mod common;
+pub mod gate;
 pub mod lifecycle;
 pub mod registration;
 
@@ -18,6 +20,7 @@ pub use attestation::{
 pub use common::{
     Outcome, PodRef, ResultType, StepRecord, TaskRunRef, TaskRunResult, TerminationEntry,
 };
+pub use gate::{AdmittedKind, GateAllowed, GateDenial, GateDenied, GateModeSnapshot, GateWarned};
 pub use lifecycle::{
     Oversized, StepCompleted, TaskRunCreated, TaskRunDeleted, TaskRunFinished, TaskRunScheduled,
 };

@@ -336,6 +336,7 @@ pub fn document() -> Value {
             Family::TaskRun => "watcher",
             Family::Registration => "registrar",
             Family::Attestation => "attestor",
+            Family::Gate => "gate",
         };
         let (id, value) = operation(publisher, "send", channel);
         operations.insert(id, value);

@@ -3,6 +3,7 @@
 
 mod attestor;
 mod events;
+mod gate;
 mod registrar;
 mod watcher;
 
@@ -27,7 +28,13 @@ pub struct Case {
 }
 
 /// Every case, in the order `cargo xtask bench` runs them.
-pub const CASES: &[Case] = &[events::CASE, watcher::CASE, registrar::CASE, attestor::CASE];
+pub const CASES: &[Case] = &[
+    events::CASE,
+    watcher::CASE,
+    registrar::CASE,
+    attestor::CASE,
+    gate::CASE,
+];
 
 /// The case called `name`.
 pub fn find(name: &str) -> Option<&'static Case> {

@@ -504,18 +504,23 @@ async fn run(options: Options) -> anyhow::Result<CaseReport> {
         }))
         .unwrap_or_default()
     };
-    let first: Value = client
-        .post(&url)
-        .header("content-type", "application/json")
-        .body(review(0))
-        .send()
-        .await?
-        .json()
-        .await?;
-    anyhow::ensure!(
-        first["response"]["allowed"] == true,
-        "the gate does not admit the downstream TaskRun: {first}"
-    );
+    // Readiness can be read before the gate has registered its latches: wait for the answer.
+    wait::until(
+        "the gate admits the downstream TaskRun",
+        PHASE_TIMEOUT,
+        || {
+            let request = client
+                .post(&url)
+                .header("content-type", "application/json")
+                .body(review(0));
+            async move {
+                let answer: Value = request.send().await.ok()?.json().await.ok()?;
+                (answer["response"]["allowed"] == true).then_some(())
+            }
+        },
+    )
+    .await
+    .context("the gate never admits the downstream TaskRun")?;
     eprintln!("gate: {requests} admission reviews at {rate}/s");
     let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / rate as f64));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);

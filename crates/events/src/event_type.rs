@@ -39,6 +39,12 @@ pub enum EventType {
     /// `dev.countersign.trust.bundle-rotated.v1`: the SPIRE server published a trust bundle not
     /// seen before (recorded in the bundle history).
     TrustBundleRotated,
+    /// `dev.countersign.gate.allowed.v1`: the gate admitted an object it checked.
+    GateAllowed,
+    /// `dev.countersign.gate.denied.v1`: the gate denied an object (`enforce`).
+    GateDenied,
+    /// `dev.countersign.gate.warned.v1`: the gate admitted an object with warnings (`warn`).
+    GateWarned,
 }
 
 /// The families of event types; each has its own stream and subject root.
@@ -55,11 +61,13 @@ pub enum Family {
     Export,
     /// Trust bundle history, published by the registrar.
     Trust,
+    /// `gate`: admission decisions, published by the gate.
+    Gate,
 }
 
 impl EventType {
     /// Every type, in a stable order.
-    pub const ALL: [EventType; 11] = [
+    pub const ALL: [EventType; 14] = [
         EventType::TaskRunCreated,
         EventType::TaskRunScheduled,
         EventType::StepCompleted,
@@ -71,6 +79,9 @@ impl EventType {
         EventType::AttestationRejected,
         EventType::ExportStored,
         EventType::TrustBundleRotated,
+        EventType::GateAllowed,
+        EventType::GateDenied,
+        EventType::GateWarned,
     ];
 
     /// The type's position in [`EventType::ALL`].
@@ -93,6 +104,9 @@ impl EventType {
             EventType::AttestationRejected => "dev.countersign.attestation.rejected.v1",
             EventType::ExportStored => "dev.countersign.export.stored.v1",
             EventType::TrustBundleRotated => "dev.countersign.trust.bundle-rotated.v1",
+            EventType::GateAllowed => "dev.countersign.gate.allowed.v1",
+            EventType::GateDenied => "dev.countersign.gate.denied.v1",
+            EventType::GateWarned => "dev.countersign.gate.warned.v1",
         }
     }
 
@@ -108,6 +122,7 @@ impl EventType {
             EventType::AttestationVerified | EventType::AttestationRejected => Family::Attestation,
             EventType::ExportStored => Family::Export,
             EventType::TrustBundleRotated => Family::Trust,
+            EventType::GateAllowed | EventType::GateDenied | EventType::GateWarned => Family::Gate,
         }
     }
 
@@ -125,6 +140,9 @@ impl EventType {
             EventType::AttestationRejected => "rejected",
             EventType::ExportStored => "stored",
             EventType::TrustBundleRotated => "bundle-rotated",
+            EventType::GateAllowed => "allowed",
+            EventType::GateDenied => "denied",
+            EventType::GateWarned => "warned",
         }
     }
 
@@ -148,12 +166,13 @@ impl EventType {
 
 impl Family {
     /// Every family, in a stable order.
-    pub const ALL: [Family; 5] = [
+    pub const ALL: [Family; 6] = [
         Family::TaskRun,
         Family::Registration,
         Family::Attestation,
         Family::Export,
         Family::Trust,
+        Family::Gate,
     ];
 
     /// The family's subject token (`taskrun`, `registration`, `attestation`, `trust`).
@@ -164,6 +183,7 @@ impl Family {
             Family::Attestation => "attestation",
             Family::Export => "export",
             Family::Trust => "trust",
+            Family::Gate => "gate",
         }
     }
 

@@ -74,7 +74,8 @@ pub use event::{EncodeError, Event, EventSource};
 pub use event_type::{EventType, Family};
 pub use metrics::{ConsumeOutcome, EventMetrics, PublishOutcome};
 pub use payload::{
-    AnyEvent, AttestationEvent, EventData, EventPayload, LifecycleEvent, RegistrationEvent,
+    AnyEvent, AttestationEvent, EventData, EventPayload, GateDecisionEvent, LifecycleEvent,
+    RegistrationEvent,
 };
 pub use publish::{PublishError, Published, Publisher};
 pub use subject::{ParsedSubject, RegistrationAction, StreamKind, SubjectError, Subjects};

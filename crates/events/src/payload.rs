@@ -11,8 +11,8 @@ use serde::de::DeserializeOwned;
 
 use crate::data::{
     AttestationRejected, AttestationVerified, EntryRegistered, EntryReleased, ExportStored,
-    StepCompleted, TaskRunCreated, TaskRunDeleted, TaskRunFinished, TaskRunScheduled,
-    TrustBundleRotated,
+    GateAllowed, GateDenied, GateWarned, StepCompleted, TaskRunCreated, TaskRunDeleted,
+    TaskRunFinished, TaskRunScheduled, TrustBundleRotated,
 };
 use crate::event_type::EventType;
 use crate::subject::{SubjectError, Subjects};
@@ -239,6 +239,24 @@ event_family! {
         ExportStored(ExportStored),
         /// `dev.countersign.trust.bundle-rotated.v1`
         TrustBundleRotated(TrustBundleRotated),
+        /// `dev.countersign.gate.allowed.v1`
+        GateAllowed(GateAllowed),
+        /// `dev.countersign.gate.denied.v1`
+        GateDenied(GateDenied),
+        /// `dev.countersign.gate.warned.v1`
+        GateWarned(GateWarned),
+    }
+}
+
+event_family! {
+    /// Any gate decision.
+    GateDecisionEvent {
+        /// `dev.countersign.gate.allowed.v1`
+        Allowed(GateAllowed),
+        /// `dev.countersign.gate.denied.v1`
+        Denied(GateDenied),
+        /// `dev.countersign.gate.warned.v1`
+        Warned(GateWarned),
     }
 }
 

@@ -15,8 +15,8 @@ use schemars::{JsonSchema, Schema};
 
 use crate::data::{
     AttestationRejected, AttestationVerified, EntryRegistered, EntryReleased, ExportStored,
-    StepCompleted, TaskRunCreated, TaskRunDeleted, TaskRunFinished, TaskRunScheduled,
-    TrustBundleRotated,
+    GateAllowed, GateDenied, GateWarned, StepCompleted, TaskRunCreated, TaskRunDeleted,
+    TaskRunFinished, TaskRunScheduled, TrustBundleRotated,
 };
 use crate::event::Event;
 use crate::event_type::EventType;
@@ -50,6 +50,9 @@ pub fn data_schema(event_type: EventType) -> serde_json::Value {
         EventType::AttestationRejected => root_schema::<AttestationRejected>(),
         EventType::ExportStored => root_schema::<ExportStored>(),
         EventType::TrustBundleRotated => root_schema::<TrustBundleRotated>(),
+        EventType::GateAllowed => root_schema::<GateAllowed>(),
+        EventType::GateDenied => root_schema::<GateDenied>(),
+        EventType::GateWarned => root_schema::<GateWarned>(),
     }
     .to_value();
     if let Some(object) = schema.as_object_mut() {

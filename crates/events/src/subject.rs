@@ -9,6 +9,7 @@
 //! | `{p}.registration.{registered\|released}.{cluster}._node.{node}` (node alias entries) | registrar |
 //! | `{p}.attestation.{verified\|rejected}.{cluster}.{namespace}.{name}` | attestor |
 //! | `{p}.export.stored.{cluster}.{namespace}.{name}` | attestor |
+//! | `{p}.gate.{allowed\|denied\|warned}.{cluster}.{namespace}.{name}` (admission decisions, TaskRuns and Pods) | gate |
 //! | `{p}.deadletter.{consumer}` | every consumer |
 //!
 //! Every variable token is encoded by [`encode_token`]: `[A-Za-z0-9-]` pass through, `.` becomes
@@ -178,7 +179,8 @@ pub enum StreamKind {
     TaskRuns,
     /// `{PREFIX}_REGISTRATIONS`: `{p}.registration.>`.
     Registrations,
-    /// `{PREFIX}_ATTESTATIONS`: `{p}.attestation.>`.
+    /// `{PREFIX}_ATTESTATIONS`: `{p}.attestation.>` and `{p}.gate.>` (the verdicts, and the gate's
+    /// decisions that enforce them: one audit trail, no fifth stream).
     Attestations,
     /// `{PREFIX}_DEADLETTER`: `{p}.deadletter.>`.
     DeadLetter,
@@ -201,7 +203,7 @@ impl StreamKind {
         match family {
             Family::TaskRun => StreamKind::TaskRuns,
             Family::Registration => StreamKind::Registrations,
-            Family::Attestation | Family::Export => StreamKind::Attestations,
+            Family::Attestation | Family::Export | Family::Gate => StreamKind::Attestations,
             Family::Trust => StreamKind::Trust,
         }
     }
@@ -320,13 +322,33 @@ impl Subjects {
     }
 
     /// The subjects a stream captures: `{p}.{root}.>` of each family it holds (the attestations
-    /// stream also holds `{p}.export.>`).
+    /// stream also holds `{p}.export.>` and `{p}.gate.>`, the gate's decisions).
     pub fn stream_subjects(&self, kind: StreamKind) -> Vec<String> {
         let mut subjects = vec![format!("{}.{}.>", self.prefix, kind.root())];
         if kind == StreamKind::Attestations {
             subjects.push(self.family_events(Family::Export));
+            subjects.push(self.family_events(Family::Gate));
         }
         subjects
+    }
+
+    /// The subject of a gate decision about an object: `{p}.gate.{decision}.{cluster}.{namespace}.{name}`.
+    pub fn for_gate_decision(
+        &self,
+        event_type: EventType,
+        cluster: &str,
+        namespace: &str,
+        name: &str,
+    ) -> Result<String, SubjectError> {
+        Ok(format!(
+            "{}.{}.{}.{}.{}.{}",
+            self.prefix,
+            event_type.family().as_str(),
+            event_type.transition(),
+            encode_token(cluster, "cluster")?,
+            namespace_token(namespace)?,
+            encode_token(name, "name")?,
+        ))
     }
 
     /// The name of a KV bucket: `{PREFIX}_{NAME}` (both upper-cased). `name` is `[A-Za-z0-9_-]`.

@@ -46,6 +46,25 @@ pub struct GateConfig {
     /// `[kubernetes]`: where the API server is.
     #[serde(default)]
     pub kubernetes: KubernetesConfig,
+    /// `[cluster]`: the cluster's name in decision events and their subjects.
+    #[serde(default)]
+    pub cluster: ClusterConfig,
+}
+
+/// `[cluster]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// The cluster's name, as the watcher's `cluster.name`. Default `default`.
+    pub name: String,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            name: "default".to_owned(),
+        }
+    }
 }
 
 /// `[webhook]`.
@@ -157,6 +176,9 @@ impl ServiceConfig for GateConfig {
                 "webhook.max_body_bytes",
                 "at least 4096",
             ));
+        }
+        if self.cluster.name.is_empty() || self.cluster.name.len() > 253 {
+            return Err(ConfigError::invalid("cluster.name", "1 to 253 bytes"));
         }
         if self.webhook.reload_interval.is_zero() {
             return Err(ConfigError::invalid(

@@ -21,6 +21,8 @@
 //! - [`cluster`]: PipelineRuns, TaskRuns (with the artifact-digest index) and namespaces, from
 //!   Kubernetes watches.
 //! - [`webhook`]: the AdmissionReview handler and the namespace modes (`enforce`, `warn`, `off`).
+//! - [`decisions`]: each checked admission as an event on the bus (`{p}.gate.<decision>`), from a
+//!   bounded queue, off the answer's path.
 //! - [`api`]: `GET /v1/verdicts/{namespace}/{taskrun}` and `GET /v1/digests/{digest}`.
 //! - [`tls`]: the HTTPS server, its certificate reloaded when its files change.
 //! - [`config`], [`metrics`], [`service`]: [`run`].
@@ -29,6 +31,7 @@ pub mod api;
 pub mod cluster;
 pub mod config;
 pub mod decide;
+pub mod decisions;
 pub mod expression;
 pub mod metrics;
 pub mod pipeline;

@@ -27,6 +27,7 @@ struct OutcomeLabels {
 pub struct GateMetrics {
     admissions: Family<OutcomeLabels, Counter>,
     duration: Histogram,
+    decision_events: Family<OutcomeLabels, Counter>,
     /// Attestations in the replica.
     pub replica_size: Gauge,
 }
@@ -44,6 +45,7 @@ impl GateMetrics {
             admissions: Family::default(),
             // 0.1 ms to ~3.3 s.
             duration: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
+            decision_events: Family::default(),
             replica_size: Gauge::default(),
         }
     }
@@ -66,6 +68,18 @@ impl GateMetrics {
             "Attestations in the gate's replica",
             self.replica_size.clone(),
         );
+        registry.register(
+            "countersign_gate_decision_events",
+            "Decision events by outcome: published, dropped (queue full), failed (publish error)",
+            self.decision_events.clone(),
+        );
+    }
+
+    /// Counts one decision event: `published`, `dropped` or `failed`.
+    pub fn decision_event(&self, outcome: &'static str) {
+        self.decision_events
+            .get_or_create(&OutcomeLabels { outcome })
+            .inc();
     }
 
     /// Counts one review.

@@ -193,9 +193,7 @@ impl Replica {
             .keys()
             .find(|uid| {
                 countersign_verdict::store::attestation_key(uid)
-                    .ok()
-                    .as_deref()
-                    == Some(key)
+                    .is_ok_and(|candidate| candidate.as_str() == key)
             })
             .cloned()
     }

@@ -12,7 +12,7 @@
 
 use std::sync::Arc;
 
-use countersign_events::{SubjectError, Subjects};
+use countersign_events::{Bus, EventMetrics, EventSource, SubjectError, Subjects};
 use countersign_runtime::nats::NatsConnectError;
 use countersign_runtime::{Context, error_chain};
 use countersign_verdict::store::{ATTESTATIONS_BUCKET, attestation_key, decode_stored};
@@ -26,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cluster::{Cache, namespace_resource, pipelinerun_resource, taskrun_resource};
 use crate::config::GateConfig;
+use crate::decisions::{DecisionEvents, publish_decisions};
 use crate::metrics::GateMetrics;
 use crate::replica::{Replica, VerdictRecord};
 use crate::tls::{LoadCertificateError, ReloadingCertificate, serve_https};
@@ -146,8 +147,16 @@ pub async fn run(ctx: Context<GateConfig>) -> Result<(), RunError> {
     let nats_latch = ctx.readiness.latch("nats connected");
     let replica_latch = ctx.readiness.latch("attestations replicated");
     let metrics = GateMetrics::new();
-    ctx.metrics
-        .with_registry(|registry| metrics.register(registry));
+    let bus_metrics = EventMetrics::new();
+    ctx.metrics.with_registry(|registry| {
+        bus_metrics.register(registry);
+        metrics.register(registry);
+    });
+    let (decisions, decision_queue) = DecisionEvents::channel(
+        &config.cluster.name,
+        crate::decisions::QUEUE_CAPACITY,
+        metrics.clone(),
+    );
 
     let certificate =
         ReloadingCertificate::load(&config.webhook.cert_file, &config.webhook.key_file)?;
@@ -166,6 +175,7 @@ pub async fn run(ctx: Context<GateConfig>) -> Result<(), RunError> {
         mode_label: Arc::from(config.policy.mode_label.as_str()),
         default_mode: config.policy.default_mode,
         metrics: metrics.clone(),
+        decisions,
     });
 
     let mut tasks: JoinSet<Result<(), RunError>> = JoinSet::new();
@@ -240,6 +250,15 @@ pub async fn run(ctx: Context<GateConfig>) -> Result<(), RunError> {
         return ctx.run_until_shutdown(None, tasks).await;
     };
     let jetstream = async_nats::jetstream::new(nats.clone());
+    {
+        let bus = Bus::new(nats.clone(), config.bus.clone(), bus_metrics)?;
+        let publisher = bus.publisher(EventSource::service(SERVICE_NAME));
+        let (metrics, token) = (metrics.clone(), token.clone());
+        tasks.spawn(async move {
+            publish_decisions(decision_queue, publisher, metrics, token).await;
+            Ok(())
+        });
+    }
     {
         let ctx = ctx.clone();
         let gate = Arc::clone(&gate);
@@ -355,7 +374,9 @@ fn apply_entry(replica: &Replica, entry: &async_nats::jetstream::kv::Entry) {
         Operation::Put => match decode_stored(&entry.value) {
             Ok(event) => match VerdictRecord::from_event(&event) {
                 Ok(record) => {
-                    if attestation_key(&record.uid).ok().as_deref() == Some(entry.key.as_str()) {
+                    if attestation_key(&record.uid)
+                        .is_ok_and(|key| key.as_str() == entry.key.as_str())
+                    {
                         replica.insert(record);
                     } else {
                         tracing::warn!(key = %entry.key, uid = %record.uid, "an attestation stored under another TaskRun's key is ignored");

@@ -20,6 +20,7 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
+use countersign_events::data::{AdmittedKind, GateDenial, GateModeSnapshot};
 use countersign_identity::intoto::Verdict;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -27,6 +28,7 @@ use tokio::time::Instant;
 
 use crate::cluster::{Cache, GateMode, NamespaceEntry, TaskRunEntry};
 use crate::decide::{AttestedUpstream, Decision, Denial, DenyCode, Planned, Upstream, plan};
+use crate::decisions::{CheckedAdmission, DecisionEvents};
 use crate::metrics::GateMetrics;
 use crate::pipeline::{PipelineRunView, TaskRunAdmission};
 use crate::pod::{POD_POLICY_LABEL, PodPolicy, Producer, decide_pod, pod_images};
@@ -56,6 +58,8 @@ pub struct Gate {
     pub default_mode: GateMode,
     /// Metrics.
     pub metrics: GateMetrics,
+    /// Where each checked decision goes (the bus, through a bounded queue).
+    pub decisions: DecisionEvents,
 }
 
 /// The part of an `AdmissionReview` the gate reads.
@@ -71,6 +75,8 @@ struct AdmissionReview {
 #[serde(rename_all = "camelCase")]
 struct AdmissionRequest {
     uid: String,
+    #[serde(default)]
+    name: Option<String>,
     #[serde(default)]
     namespace: Option<String>,
     operation: String,
@@ -151,9 +157,11 @@ async fn review_pod(State(gate): State<Arc<Gate>>, body: axum::body::Bytes) -> R
         Ok(request) => request,
         Err(refused) => return refused.into_response(),
     };
-    let (outcome, answer) = gate.judge_pod(&request);
+    let (outcome, answer, denials) = gate.judge_pod(&request);
     gate.metrics.observe(outcome, started.elapsed());
-    Json(response_json(&request.uid, &answer)).into_response()
+    let response = Json(response_json(&request.uid, &answer)).into_response();
+    gate.record(AdmittedKind::Pod, &request, outcome, denials);
+    response
 }
 
 async fn review_taskrun(State(gate): State<Arc<Gate>>, body: axum::body::Bytes) -> Response {
@@ -162,9 +170,11 @@ async fn review_taskrun(State(gate): State<Arc<Gate>>, body: axum::body::Bytes) 
         Ok(request) => request,
         Err(refused) => return refused.into_response(),
     };
-    let (outcome, answer) = gate.judge_taskrun(&request).await;
+    let (outcome, answer, denials) = gate.judge_taskrun(&request).await;
     gate.metrics.observe(outcome, started.elapsed());
-    Json(response_json(&request.uid, &answer)).into_response()
+    let response = Json(response_json(&request.uid, &answer)).into_response();
+    gate.record(AdmittedKind::TaskRun, &request, outcome, denials);
+    response
 }
 
 fn response_json(uid: &str, answer: &Answer) -> Value {
@@ -236,18 +246,27 @@ impl Gate {
             .collect()
     }
 
-    fn judge_pod(&self, request: &AdmissionRequest) -> (Outcome, Answer) {
+    fn judge_pod(&self, request: &AdmissionRequest) -> (Outcome, Answer, Vec<GateDenial>) {
         let namespace = request.namespace.clone().unwrap_or_default();
         let policy = self.pod_policy(&namespace);
         let mode = self.mode(&namespace);
         if policy == PodPolicy::Off || mode == GateMode::Off || request.operation == "DELETE" {
-            return (Outcome::Skipped, Answer::Allow);
+            return (Outcome::Skipped, Answer::Allow, Vec::new());
         }
         let images = request.object.as_ref().map(pod_images).unwrap_or_default();
         let denials = decide_pod(&images, policy, |digest| self.producers(digest));
         if denials.is_empty() {
-            return (Outcome::Admitted, Answer::Allow);
+            return (Outcome::Admitted, Answer::Allow, Vec::new());
         }
+        let events = denials
+            .iter()
+            .map(|denial| GateDenial {
+                code: denial.code.as_str().to_owned(),
+                message: denial.message.clone(),
+                upstream_taskrun: None,
+                result: None,
+            })
+            .collect();
         let lines: Vec<String> = denials
             .iter()
             .map(|denial| {
@@ -259,19 +278,22 @@ impl Gate {
             })
             .collect();
         match mode {
-            GateMode::Warn => (Outcome::Warned, Answer::AllowWithWarnings(lines)),
-            _ => (Outcome::Denied, Answer::Deny(lines.join("; "))),
+            GateMode::Warn => (Outcome::Warned, Answer::AllowWithWarnings(lines), events),
+            _ => (Outcome::Denied, Answer::Deny(lines.join("; ")), events),
         }
     }
 
-    async fn judge_taskrun(&self, request: &AdmissionRequest) -> (Outcome, Answer) {
+    async fn judge_taskrun(
+        &self,
+        request: &AdmissionRequest,
+    ) -> (Outcome, Answer, Vec<GateDenial>) {
         if request.operation != "CREATE" {
-            return (Outcome::Skipped, Answer::Allow);
+            return (Outcome::Skipped, Answer::Allow, Vec::new());
         }
         let namespace = request.namespace.clone().unwrap_or_default();
         let mode = self.mode(&namespace);
         if mode == GateMode::Off {
-            return (Outcome::Skipped, Answer::Allow);
+            return (Outcome::Skipped, Answer::Allow, Vec::new());
         }
         let decision = match request.object.as_ref().map(TaskRunAdmission::from_json) {
             Some(Ok(mut taskrun)) => {
@@ -289,12 +311,24 @@ impl Gate {
                 message: "the admitted object is not a tekton.dev/v1 TaskRun".to_owned(),
             }])),
         };
+        let events = |denials: &[Denial]| -> Vec<GateDenial> {
+            denials
+                .iter()
+                .map(|denial| GateDenial {
+                    code: denial.code.to_string(),
+                    message: denial.message.clone(),
+                    upstream_taskrun: denial.upstream_taskrun.clone(),
+                    result: denial.result.clone(),
+                })
+                .collect()
+        };
         match (decision, mode) {
-            (None, _) => (Outcome::Skipped, Answer::Allow),
-            (Some(Decision::Allowed { .. }), _) => (Outcome::Admitted, Answer::Allow),
+            (None, _) => (Outcome::Skipped, Answer::Allow, Vec::new()),
+            (Some(Decision::Allowed { .. }), _) => (Outcome::Admitted, Answer::Allow, Vec::new()),
             (Some(Decision::Denied(denials)), GateMode::Warn) => (
                 Outcome::Warned,
                 Answer::AllowWithWarnings(denials.iter().map(denial_line).collect()),
+                events(&denials),
             ),
             (Some(Decision::Denied(denials)), _) => {
                 for denial in &denials {
@@ -309,9 +343,48 @@ impl Gate {
                             .collect::<Vec<_>>()
                             .join("; "),
                     ),
+                    events(&denials),
                 )
             }
         }
+    }
+
+    /// Queues the decision event of a checked review (nothing for a skipped one), without waiting.
+    fn record(
+        &self,
+        kind: AdmittedKind,
+        request: &AdmissionRequest,
+        outcome: Outcome,
+        denials: Vec<GateDenial>,
+    ) {
+        if outcome == Outcome::Skipped {
+            return;
+        }
+        let namespace = request.namespace.clone().unwrap_or_default();
+        let name = request
+            .object
+            .as_ref()
+            .and_then(|object| object.pointer("/metadata/name"))
+            .and_then(Value::as_str)
+            .or(request.name.as_deref())
+            .filter(|name| !name.is_empty())
+            .unwrap_or(&request.uid)
+            .to_owned();
+        let mode = match self.mode(&namespace) {
+            GateMode::Warn => GateModeSnapshot::Warn,
+            _ => GateModeSnapshot::Enforce,
+        };
+        self.decisions.record(
+            outcome,
+            CheckedAdmission {
+                kind,
+                namespace,
+                name,
+                request_uid: request.uid.clone(),
+                mode,
+                denials,
+            },
+        );
     }
 
     /// The decision on `taskrun`; `None` when there is nothing to check.
@@ -429,6 +502,7 @@ mod tests {
             mode_label: Arc::from("countersign.dev/gate"),
             default_mode,
             metrics: GateMetrics::new(),
+            decisions: DecisionEvents::disabled(GateMetrics::new()),
         })
     }
 

@@ -9,7 +9,9 @@
 //!   arrives are each denied with their own message;
 //! - in a namespace labelled `warn`, a forged value is admitted with an admission warning;
 //! - with the gate down, the API server denies (fail closed);
-//! - the verdict API answers what the webhook knows.
+//! - the verdict API answers what the webhook knows;
+//! - every checked decision is an event on the bus (`{p}.gate.{allowed|denied|warned}.…`), stored
+//!   in the attestations stream.
 
 mod gate_support;
 
@@ -17,7 +19,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use base64::Engine as _;
-use countersign_events::{Bus, BusConfig, EventMetrics, KvConfig};
+use countersign_events::{
+    Bus, BusConfig, EventMetrics, EventType, KvConfig, ParsedSubject, StreamKind,
+};
 use countersign_gate::decide::signed_digest;
 use countersign_gate::substitution::ParamValue;
 use countersign_identity::tekton::ReasonCode;
@@ -26,6 +30,7 @@ use countersign_test_support::kube::{KubeApiserver, taskrun_resource};
 use countersign_test_support::nats::NatsServer;
 use countersign_test_support::{fixtures_dir, unique_name, wait};
 use countersign_verdict::store::AttestationStore;
+use futures::StreamExt as _;
 use gate_support::{RunningGate, WebhookTls, attestation_event};
 use kube::Api;
 use kube::api::{DynamicObject, Patch, PatchParams, PostParams};
@@ -277,6 +282,13 @@ async fn the_gate_admits_only_signed_values_and_fails_closed() {
     let store = AttestationStore::ensure(&bus, &KvConfig::default(), &KvConfig::default())
         .await
         .expect("creating the attestation buckets");
+    bus.ensure_streams().await.expect("creating the streams");
+    let mut decisions = nats
+        .client()
+        .await
+        .subscribe(format!("{prefix}.gate.>"))
+        .await
+        .expect("subscribing to the gate's decisions");
 
     let tls = WebhookTls::new();
     let mut gate = RunningGate::start(
@@ -392,6 +404,61 @@ async fn the_gate_admits_only_signed_values_and_fails_closed() {
         "{:?}",
         warned_answer.warnings
     );
+
+    // Each checked decision is on the bus: its type in the subject, its denials in the data.
+    let mut seen: Vec<(EventType, String, Value)> = Vec::new();
+    let wanted = |seen: &[(EventType, String, Value)]| {
+        [
+            (
+                EventType::GateDenied,
+                enforced.as_str(),
+                "upstream_rejected",
+            ),
+            (EventType::GateDenied, enforced.as_str(), "value_differs"),
+            (EventType::GateDenied, enforced.as_str(), "verdict_missing"),
+            (EventType::GateWarned, warned.as_str(), "value_differs"),
+        ]
+        .iter()
+        .all(|(event_type, namespace, code)| {
+            seen.iter().any(|(seen_type, seen_namespace, data)| {
+                seen_type == event_type
+                    && seen_namespace == namespace
+                    && data["denials"][0]["code"] == *code
+            })
+        }) && seen.iter().any(|(event_type, namespace, data)| {
+            *event_type == EventType::GateAllowed
+                && namespace == &enforced
+                && data["denials"].as_array().is_some_and(Vec::is_empty)
+        })
+    };
+    let mut last_subject = String::new();
+    tokio::time::timeout(TIMEOUT, async {
+        while !wanted(&seen) {
+            let message = decisions.next().await.expect("the subscription stays open");
+            let Ok(ParsedSubject::TaskRun {
+                event_type,
+                namespace,
+                ..
+            }) = bus.subjects().parse(&message.subject)
+            else {
+                panic!("not a gate decision subject: {}", message.subject);
+            };
+            let data: Value = serde_json::from_slice(&message.payload).expect("JSON data");
+            last_subject = message.subject.to_string();
+            seen.push((event_type, namespace, data));
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("the decision events arrive: {seen:?}"));
+    let stored = bus
+        .jetstream()
+        .get_stream(bus.subjects().stream_name(StreamKind::Attestations))
+        .await
+        .expect("the attestations stream")
+        .get_last_raw_message_by_subject(&last_subject)
+        .await
+        .expect("the decision is stored in the attestations stream");
+    assert_eq!(stored.subject.as_str(), last_subject);
 
     // The verdict API answers from the same memory.
     let api = http_client(HttpClientOptions::new().timeout(Duration::from_secs(5))).unwrap();

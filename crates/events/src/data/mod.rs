@@ -8,10 +8,12 @@
 //! - [`export`]: the attestation in the formats other tools read (Sigstore bundle, SLSA VSAs),
 //!   announced by the attestor once stored.
 //! - [`trust`]: the trust bundle history, published by the registrar.
+//! - [`gate`]: admission decisions, published by the gate.
 
 pub mod attestation;
 pub mod common;
 pub mod export;
+pub mod gate;
 pub mod lifecycle;
 pub mod registration;
 pub mod trust;
@@ -24,6 +26,7 @@ pub use common::{
     Outcome, PodRef, ResultType, StepRecord, TaskRunRef, TaskRunResult, TerminationEntry,
 };
 pub use export::{ExportStored, ExportedArtifact, ExportedVerdict, ExportedVsa, VsaResult};
+pub use gate::{AdmittedKind, GateAllowed, GateDenial, GateDenied, GateModeSnapshot, GateWarned};
 pub use lifecycle::{
     Oversized, StepCompleted, TaskRunCreated, TaskRunDeleted, TaskRunFinished, TaskRunScheduled,
 };

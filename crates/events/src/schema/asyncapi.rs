@@ -346,6 +346,7 @@ pub fn document() -> Value {
             Family::Registration => "registrar",
             Family::Attestation | Family::Export => "attestor",
             Family::Trust => "registrar",
+            Family::Gate => "gate",
         };
         let (id, value) = operation(publisher, "send", channel);
         operations.insert(id, value);

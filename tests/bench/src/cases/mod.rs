@@ -3,6 +3,7 @@
 
 mod attestor;
 mod events;
+mod gate;
 mod registrar;
 mod system;
 mod tekton;
@@ -36,6 +37,7 @@ pub const CASES: &[Case] = &[
     attestor::CASE,
     system::CASE,
     tekton::CASE,
+    gate::CASE,
 ];
 
 /// The case called `name`.

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use countersign_events::data::{
-    EntryKind, Outcome, ReleaseReason, StepRecord, TerminationEntry, Verdict,
+    EntryKind, GateDenial, Outcome, ReleaseReason, StepRecord, TerminationEntry, Verdict,
 };
 use countersign_events::deadletter::{CODE, CONSUMER, REASON};
 use countersign_events::{AnyEvent, DecodeLimits, Event, ParsedSubject, Subjects};
@@ -273,6 +273,12 @@ pub fn describe(event: &Event<AnyEvent>) -> String {
             data.bundle_key,
             data.vsas.len()
         ),
+        AnyEvent::GateAllowed(data) => format!(
+            "{}/{} ({:?}) admitted",
+            data.namespace, data.name, data.kind
+        ),
+        AnyEvent::GateDenied(data) => gate_denials(&data.namespace, &data.name, &data.denials),
+        AnyEvent::GateWarned(data) => gate_denials(&data.namespace, &data.name, &data.denials),
         AnyEvent::TrustBundleRotated(data) => format!(
             "{} bundle {} ({} CA(s), {} revoked)",
             data.trust_domain,
@@ -282,6 +288,12 @@ pub fn describe(event: &Event<AnyEvent>) -> String {
         ),
     };
     format!("{label:<24} {detail}")
+}
+
+/// A gate decision that denied (or, in `warn`, would have denied): the object and the codes.
+fn gate_denials(namespace: &str, name: &str, denials: &[GateDenial]) -> String {
+    let codes: Vec<&str> = denials.iter().map(|denial| denial.code.as_str()).collect();
+    format!("{namespace}/{name}: {}", codes.join(", "))
 }
 
 /// Whether a termination-message key is signing material rather than a result.

@@ -356,6 +356,8 @@ impl Attestor {
                 .metrics
                 .attestation_published(latest_finish(completed_at, observed_at), Utc::now());
         }
+        // Received → published, as documented: the exports and the annotation come after.
+        parts.metrics.verification_took(started.elapsed());
         self.export(&event, &finished).await?;
 
         if let Some(annotator) = &parts.annotator {
@@ -370,7 +372,6 @@ impl Attestor {
                 )
                 .await?;
         }
-        parts.metrics.verification_took(started.elapsed());
         Ok(())
     }
 

@@ -211,7 +211,7 @@ async fn dev_overlay_is_accepted() {
             render::describe(deployment)
         );
     }
-    assert!(rendered.of_kind("Stream").count() == 4);
+    assert_eq!(rendered.of_kind("Stream").count(), 5);
     assert!(rendered.of_kind("ScaledObject").next().is_none());
 }
 

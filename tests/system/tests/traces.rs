@@ -158,8 +158,23 @@ async fn one_taskrun_is_one_trace_across_the_services_and_a_dead_letter_carries_
     assert_eq!(publisher.operation, "publish_transitions", "{tree}");
     assert!(registered.follows_from.is_empty(), "{tree}");
     // watcher → attestor → relay.
-    let attested = handled(&trace, "attestor", EventType::TaskRunFinished.as_str())
-        .unwrap_or_else(|| panic!("no attestor span for taskrun.finished in\n{tree}"));
+    // The live lane's span, the one that attested: the backlog lane's consumer sees the same
+    // event and acks it unhandled, in a span of its own.
+    let attested = trace
+        .spans
+        .iter()
+        .find(|span| {
+            span.service == "attestor"
+                && span.operation == "handle_event"
+                && span.tag("ce.type") == Some(EventType::TaskRunFinished.as_str())
+                && trace.spans.iter().any(|child| {
+                    child.operation == "attest_taskrun"
+                        && trace
+                            .parent_of(child)
+                            .is_some_and(|parent| parent.span_id == span.span_id)
+                })
+        })
+        .unwrap_or_else(|| panic!("no attestor span attesting taskrun.finished in\n{tree}"));
     let publisher = trace
         .parent_of(attested)
         .unwrap_or_else(|| panic!("the attestor's span has no parent in the trace\n{tree}"));

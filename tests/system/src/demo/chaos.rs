@@ -895,14 +895,14 @@ async fn check_attestations(
         "an attestation of every TaskRun",
         SETTLE_TIMEOUT,
         || async {
-            stream_state(jetstream, &stream_name)
+            attestation_messages(jetstream, &stream_name)
                 .await
-                .is_some_and(|(messages, _)| messages >= wanted)
+                .is_ok_and(|messages| messages.len() as u64 >= wanted)
         },
     )
     .await;
     let mut by_uid: BTreeMap<String, Vec<(AttestationEvent, SystemTime)>> = BTreeMap::new();
-    for message in read_stream(jetstream, &stream_name).await? {
+    for message in attestation_messages(jetstream, &stream_name).await? {
         let stored_at = stored_at(&message);
         let Ok(event) = decode::<AttestationEvent>(
             Some(&message.headers),
@@ -1062,6 +1062,18 @@ async fn read_stream(
             messages.push(message);
         }
     }
+    Ok(messages)
+}
+
+/// The messages of the attestations stream that are attestations (it also keeps the exports
+/// and the gate's decisions, under their own subject roots).
+async fn attestation_messages(
+    jetstream: &async_nats::jetstream::Context,
+    stream_name: &str,
+) -> Result<Vec<StreamMessage>, ChaosError> {
+    let root = format!("{PREFIX}.attestation.");
+    let mut messages = read_stream(jetstream, stream_name).await?;
+    messages.retain(|message| message.subject.as_str().starts_with(&root));
     Ok(messages)
 }
 

@@ -265,18 +265,29 @@ impl LoadSystem {
     /// How many attestation events the attestation stream holds (JetStream keeps one per
     /// `Nats-Msg-Id`; a second attestation of a TaskRun would be a second message).
     pub async fn attestations_in_stream(&self) -> Result<u64, LoadError> {
+        use futures::TryStreamExt as _;
         let jetstream = self.nats.jetstream().await;
         let subjects = countersign_events::Subjects::new(PREFIX)
             .map_err(|source| LoadError::drive("the bus prefix", source))?;
-        let mut stream = jetstream
+        let stream = jetstream
             .get_stream(subjects.stream_name(countersign_events::StreamKind::Attestations))
             .await
             .map_err(|source| LoadError::drive("reading the attestation stream", source))?;
-        let info = stream
-            .info()
+        // The stream also keeps the exports and the gate's decisions: count attestations only.
+        let filter = subjects.family_events(countersign_events::Family::Attestation);
+        let mut per_subject = stream
+            .info_with_subjects(filter)
             .await
             .map_err(|source| LoadError::drive("reading the attestation stream", source))?;
-        Ok(info.state.messages)
+        let mut messages = 0;
+        while let Some((_, count)) = per_subject
+            .try_next()
+            .await
+            .map_err(|source| LoadError::drive("reading the attestation stream", source))?
+        {
+            messages += count as u64;
+        }
+        Ok(messages)
     }
 
     /// The `/metrics` text of every replica of `kind`.

@@ -114,6 +114,8 @@ impl VerdictRecord {
 #[derive(Debug, Default)]
 struct Records {
     by_uid: HashMap<String, Arc<VerdictRecord>>,
+    /// Attestations-bucket key → UID, for a KV delete (which names the key only).
+    by_key: HashMap<String, String>,
     /// `(namespace, name)` → the UID attested latest.
     by_name: HashMap<(String, String), String>,
     /// UIDs requests are waiting for.
@@ -153,6 +155,11 @@ impl Replica {
         if newer {
             records.by_name.insert(name, record.uid.clone());
         }
+        if let Ok(key) = countersign_verdict::store::attestation_key(&record.uid) {
+            records
+                .by_key
+                .insert(key.as_str().to_owned(), record.uid.clone());
+        }
         records
             .by_uid
             .insert(record.uid.clone(), Arc::clone(&record));
@@ -165,6 +172,9 @@ impl Replica {
     pub fn remove(&self, uid: &str) {
         let mut records = self.lock();
         if let Some(record) = records.by_uid.remove(uid) {
+            if let Ok(key) = countersign_verdict::store::attestation_key(uid) {
+                records.by_key.remove(key.as_str());
+            }
             let name = (record.namespace.clone(), record.name.clone());
             if records.by_name.get(&name).map(String::as_str) == Some(uid) {
                 records.by_name.remove(&name);
@@ -188,14 +198,7 @@ impl Replica {
 
     /// The UID whose attestations-bucket key is `key` (for a KV delete).
     pub fn uid_for_key(&self, key: &str) -> Option<String> {
-        self.lock()
-            .by_uid
-            .keys()
-            .find(|uid| {
-                countersign_verdict::store::attestation_key(uid)
-                    .is_ok_and(|candidate| candidate.as_str() == key)
-            })
-            .cloned()
+        self.lock().by_key.get(key).cloned()
     }
 
     /// How many attestations the replica holds.

@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 
 #[derive(Debug, clap::Args)]
-pub struct Args {
+pub(crate) struct Args {
     /// The case to run (`events`, ...); all cases when absent.
     case: Option<String>,
     /// Options for the benchmark binary, e.g. `-- --events 5000`.
@@ -25,7 +25,7 @@ const SERVICE_PACKAGES: [&str; 4] = [
     "countersign-relay",
 ];
 
-pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
     crate::peers::ensure()?;
     if args.case.as_deref().is_none_or(|case| case == "system") {
         let mut build = crate::cargo::command(&["build", "--release", "--bins"])?;

@@ -8,7 +8,7 @@ use std::process::Command;
 use anyhow::Context as _;
 
 /// The repository root.
-pub fn repo_root() -> anyhow::Result<PathBuf> {
+pub(crate) fn repo_root() -> anyhow::Result<PathBuf> {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .map(Path::to_owned)
@@ -16,7 +16,7 @@ pub fn repo_root() -> anyhow::Result<PathBuf> {
 }
 
 /// `cargo <args>` in the repository root.
-pub fn command(args: &[&str]) -> anyhow::Result<Command> {
+pub(crate) fn command(args: &[&str]) -> anyhow::Result<Command> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut command = Command::new(cargo);
     command.current_dir(repo_root()?).args(args);
@@ -25,7 +25,7 @@ pub fn command(args: &[&str]) -> anyhow::Result<Command> {
 
 /// Replaces this process with `command` (so Ctrl-C reaches the command alone, and what it
 /// prints and its exit status are the task's). Returns only when it could not be started.
-pub fn exec(mut command: Command) -> anyhow::Error {
+pub(crate) fn exec(mut command: Command) -> anyhow::Error {
     use std::os::unix::process::CommandExt as _;
     let error = command.exec();
     anyhow::Error::new(error).context(format!("running {command:?}"))

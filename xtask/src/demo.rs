@@ -11,7 +11,7 @@
 use std::process::ExitCode;
 
 #[derive(Debug, clap::Args)]
-pub struct Args {
+pub(crate) struct Args {
     /// Keep everything running after the scenario (and print how to look at it) until Ctrl-C.
     #[arg(long)]
     keep_running: bool,
@@ -25,7 +25,7 @@ pub struct Args {
     simulated: bool,
 }
 
-pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
     let peers = crate::peers::ensure()?;
     for binary in peers.iter() {
         eprintln!(

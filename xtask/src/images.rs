@@ -9,7 +9,7 @@
 use std::process::ExitCode;
 
 #[derive(Debug, clap::Args)]
-pub struct Args {
+pub(crate) struct Args {
     /// Build the services in cargo's dev profile (faster to build, larger images).
     #[arg(long, conflicts_with = "dockerfiles")]
     debug: bool,
@@ -19,7 +19,7 @@ pub struct Args {
     dockerfiles: bool,
 }
 
-pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
     if !args.dockerfiles {
         crate::peers::ensure()?;
     }

@@ -6,12 +6,12 @@ use anyhow::Context as _;
 use countersign_peers::Peers;
 
 /// Builds missing peers, printing progress on stderr.
-pub fn ensure() -> anyhow::Result<Peers> {
+pub(crate) fn ensure() -> anyhow::Result<Peers> {
     countersign_peers::ensure(&mut |progress| eprintln!("peers: {progress}"))
         .context("the real test peers are not available")
 }
 
-pub fn run() -> anyhow::Result<ExitCode> {
+pub(crate) fn run() -> anyhow::Result<ExitCode> {
     let go = countersign_peers::go_version().ok();
     let peers = ensure()?;
     println!("cache: {}", countersign_peers::cache_root()?.display());

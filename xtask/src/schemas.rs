@@ -8,13 +8,13 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 
 #[derive(Debug, clap::Args)]
-pub struct Args {
+pub(crate) struct Args {
     /// Only check that the committed files are up to date.
     #[arg(long)]
     check: bool,
 }
 
-pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
     let mut command = crate::cargo::command(&[
         "run",
         "--package",

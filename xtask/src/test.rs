@@ -11,7 +11,7 @@ use std::time::Instant;
 use anyhow::Context as _;
 
 #[derive(Debug, clap::Args)]
-pub struct Args {
+pub(crate) struct Args {
     /// Extra arguments for `cargo test`, e.g. `-p countersign-events` (only that package instead
     /// of the whole workspace) or a test-name filter.
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -57,7 +57,7 @@ impl Summary {
     }
 }
 
-pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
     let untidy = crate::tidy::check()?;
     if !untidy.is_empty() {

@@ -15,7 +15,7 @@ use serde_json::Value;
 
 /// One service depending on another.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ServiceDependency {
+pub(crate) struct ServiceDependency {
     /// The service that depends.
     pub service: String,
     /// The service it depends on.
@@ -37,7 +37,7 @@ impl std::fmt::Display for ServiceDependency {
 
 /// The service-on-service dependencies in `cargo metadata --format-version 1 --no-deps` output
 /// of the workspace rooted at `root`, sorted.
-pub fn service_dependencies(metadata: &Value, root: &Path) -> Vec<ServiceDependency> {
+pub(crate) fn service_dependencies(metadata: &Value, root: &Path) -> Vec<ServiceDependency> {
     let services_dir = root.join("services");
     let packages = metadata["packages"]
         .as_array()
@@ -87,7 +87,7 @@ pub fn service_dependencies(metadata: &Value, root: &Path) -> Vec<ServiceDepende
 }
 
 /// Reads the workspace's metadata and returns what is untidy, one message each.
-pub fn check() -> anyhow::Result<Vec<String>> {
+pub(crate) fn check() -> anyhow::Result<Vec<String>> {
     let root = crate::cargo::repo_root()?;
     let output = crate::cargo::command(&["metadata", "--format-version", "1", "--no-deps"])?
         .output()
@@ -107,7 +107,7 @@ pub fn check() -> anyhow::Result<Vec<String>> {
         .collect())
 }
 
-pub fn run() -> anyhow::Result<ExitCode> {
+pub(crate) fn run() -> anyhow::Result<ExitCode> {
     let problems = check()?;
     if problems.is_empty() {
         eprintln!("tidy: ok");

@@ -175,7 +175,7 @@ mod duration_list {
 
     use serde::{Deserialize, Deserializer, Serializer};
 
-    pub fn serialize<S: Serializer>(
+    pub(super) fn serialize<S: Serializer>(
         durations: &[Duration],
         serializer: S,
     ) -> Result<S::Ok, S::Error> {
@@ -186,7 +186,7 @@ mod duration_list {
         )
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
         deserializer: D,
     ) -> Result<Vec<Duration>, D::Error> {
         Vec::<String>::deserialize(deserializer)?

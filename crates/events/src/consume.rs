@@ -347,7 +347,19 @@ struct Shared {
 }
 
 const ERROR_BACKOFF_MIN: Duration = Duration::from_millis(100);
-const ERROR_BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// At most this long between pulls while they fail: a consumer's leader is elected within a
+/// few seconds, and a pull a second costs the server nothing.
+const ERROR_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// How long one pull request waits on the server. On a JetStream cluster a pull request lives on
+/// the consumer's leader: when the leader moves (a node lost, an election), the request is gone
+/// and nothing more arrives until the client gives it up, which with the client's defaults (30 s
+/// expiry, 15 s heartbeat) stalled a consumer for half a minute per lost request. Short requests
+/// and heartbeats bound that stall to about two heartbeats.
+const PULL_EXPIRES: Duration = Duration::from_secs(5);
+/// The server's idle heartbeat on a pull request; two missed mean the request was lost, and a
+/// new one is sent (see [`PULL_EXPIRES`]).
+const PULL_HEARTBEAT: Duration = Duration::from_secs(1);
 
 /// Runs `handler` on the events of `consumer` until `shutdown` is cancelled (then returns
 /// `Ok` once the handlers in flight are settled) or the server ends the pull for good.
@@ -380,6 +392,8 @@ where
             .consumer
             .stream()
             .max_messages_per_batch(concurrency)
+            .expires(PULL_EXPIRES)
+            .heartbeat(PULL_HEARTBEAT)
             .messages()
             .await
             .map_err(|source| ConsumeError::Pull {
@@ -429,13 +443,30 @@ where
                     });
                     break;
                 }
-                _ => {
-                    tracing::warn!(consumer = %shared.name, %error, "pulling messages failed; retrying");
+                // Anything else is worth another pull after a pause. When the request itself is
+                // gone (its consumer had no leader to take it, during an election, or lost it when
+                // the leader moved: missed heartbeats), the client would wait for it to expire, so
+                // a new one is sent.
+                kind => {
+                    let lost = matches!(
+                        kind,
+                        MessagesErrorKind::NoResponders | MessagesErrorKind::MissingHeartbeat
+                    );
+                    tracing::warn!(consumer = %shared.name, %error, lost, retry_in = ?error_backoff, "pulling messages failed; retrying");
                     tokio::select! {
                         () = &mut cancelled => break,
                         () = tokio::time::sleep(error_backoff) => {}
                     }
                     error_backoff = (error_backoff * 2).min(ERROR_BACKOFF_MAX);
+                    if lost {
+                        messages = match pull().await {
+                            Ok(messages) => messages,
+                            Err(error) => {
+                                failure = Some(error);
+                                break;
+                            }
+                        };
+                    }
                 }
             },
             None => {

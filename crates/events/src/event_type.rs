@@ -45,6 +45,9 @@ pub enum EventType {
     GateDenied,
     /// `dev.countersign.gate.warned.v1`: the gate admitted an object with warnings (`warn`).
     GateWarned,
+    /// `dev.countersign.attestation.revoked.v1`: a stored attestation's signing chain was issued
+    /// under a CA that SPIRE revoked since; it no longer verifies.
+    AttestationRevoked,
 }
 
 /// The families of event types; each has its own stream and subject root.
@@ -67,7 +70,7 @@ pub enum Family {
 
 impl EventType {
     /// Every type, in a stable order.
-    pub const ALL: [EventType; 14] = [
+    pub const ALL: [EventType; 15] = [
         EventType::TaskRunCreated,
         EventType::TaskRunScheduled,
         EventType::StepCompleted,
@@ -82,6 +85,7 @@ impl EventType {
         EventType::GateAllowed,
         EventType::GateDenied,
         EventType::GateWarned,
+        EventType::AttestationRevoked,
     ];
 
     /// The type's position in [`EventType::ALL`].
@@ -107,6 +111,7 @@ impl EventType {
             EventType::GateAllowed => "dev.countersign.gate.allowed.v1",
             EventType::GateDenied => "dev.countersign.gate.denied.v1",
             EventType::GateWarned => "dev.countersign.gate.warned.v1",
+            EventType::AttestationRevoked => "dev.countersign.attestation.revoked.v1",
         }
     }
 
@@ -119,7 +124,9 @@ impl EventType {
             | EventType::TaskRunFinished
             | EventType::TaskRunDeleted => Family::TaskRun,
             EventType::EntryRegistered | EventType::EntryReleased => Family::Registration,
-            EventType::AttestationVerified | EventType::AttestationRejected => Family::Attestation,
+            EventType::AttestationVerified
+            | EventType::AttestationRejected
+            | EventType::AttestationRevoked => Family::Attestation,
             EventType::ExportStored => Family::Export,
             EventType::TrustBundleRotated => Family::Trust,
             EventType::GateAllowed | EventType::GateDenied | EventType::GateWarned => Family::Gate,
@@ -143,6 +150,7 @@ impl EventType {
             EventType::GateAllowed => "allowed",
             EventType::GateDenied => "denied",
             EventType::GateWarned => "warned",
+            EventType::AttestationRevoked => "revoked",
         }
     }
 

@@ -10,9 +10,9 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::data::{
-    AttestationRejected, AttestationVerified, EntryRegistered, EntryReleased, ExportStored,
-    GateAllowed, GateDenied, GateWarned, StepCompleted, TaskRunCreated, TaskRunDeleted,
-    TaskRunFinished, TaskRunScheduled, TrustBundleRotated,
+    AttestationRejected, AttestationRevoked, AttestationVerified, EntryRegistered, EntryReleased,
+    ExportStored, GateAllowed, GateDenied, GateWarned, StepCompleted, TaskRunCreated,
+    TaskRunDeleted, TaskRunFinished, TaskRunScheduled, TrustBundleRotated,
 };
 use crate::event_type::EventType;
 use crate::subject::{SubjectError, Subjects};
@@ -211,6 +211,8 @@ event_family! {
         Verified(AttestationVerified),
         /// `dev.countersign.attestation.rejected.v1`
         Rejected(AttestationRejected),
+        /// `dev.countersign.attestation.revoked.v1`
+        Revoked(AttestationRevoked),
     }
 }
 
@@ -245,6 +247,8 @@ event_family! {
         GateDenied(GateDenied),
         /// `dev.countersign.gate.warned.v1`
         GateWarned(GateWarned),
+        /// `dev.countersign.attestation.revoked.v1`
+        AttestationRevoked(AttestationRevoked),
     }
 }
 

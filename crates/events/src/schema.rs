@@ -14,9 +14,9 @@ use schemars::generate::SchemaSettings;
 use schemars::{JsonSchema, Schema};
 
 use crate::data::{
-    AttestationRejected, AttestationVerified, EntryRegistered, EntryReleased, ExportStored,
-    GateAllowed, GateDenied, GateWarned, StepCompleted, TaskRunCreated, TaskRunDeleted,
-    TaskRunFinished, TaskRunScheduled, TrustBundleRotated,
+    AttestationRejected, AttestationRevoked, AttestationVerified, EntryRegistered, EntryReleased,
+    ExportStored, GateAllowed, GateDenied, GateWarned, StepCompleted, TaskRunCreated,
+    TaskRunDeleted, TaskRunFinished, TaskRunScheduled, TrustBundleRotated,
 };
 use crate::event::Event;
 use crate::event_type::EventType;
@@ -48,6 +48,7 @@ pub fn data_schema(event_type: EventType) -> serde_json::Value {
         EventType::EntryReleased => root_schema::<EntryReleased>(),
         EventType::AttestationVerified => root_schema::<AttestationVerified>(),
         EventType::AttestationRejected => root_schema::<AttestationRejected>(),
+        EventType::AttestationRevoked => root_schema::<AttestationRevoked>(),
         EventType::ExportStored => root_schema::<ExportStored>(),
         EventType::TrustBundleRotated => root_schema::<TrustBundleRotated>(),
         EventType::GateAllowed => root_schema::<GateAllowed>(),

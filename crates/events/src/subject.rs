@@ -7,7 +7,7 @@
 //! | `{p}.taskrun.{created\|scheduled\|step-completed\|finished\|deleted}.{cluster}.{namespace}.{name}` | watcher |
 //! | `{p}.registration.{registered\|released}.{cluster}.{namespace}.{name}` (workload entries) | registrar |
 //! | `{p}.registration.{registered\|released}.{cluster}._node.{node}` (node alias entries) | registrar |
-//! | `{p}.attestation.{verified\|rejected}.{cluster}.{namespace}.{name}` | attestor |
+//! | `{p}.attestation.{verified\|rejected\|revoked}.{cluster}.{namespace}.{name}` | attestor |
 //! | `{p}.export.stored.{cluster}.{namespace}.{name}` | attestor |
 //! | `{p}.gate.{allowed\|denied\|warned}.{cluster}.{namespace}.{name}` (admission decisions, TaskRuns and Pods) | gate |
 //! | `{p}.deadletter.{consumer}` | every consumer |

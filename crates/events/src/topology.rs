@@ -63,6 +63,39 @@ impl ConsumerSpec {
         }
     }
 
+    /// The attestor's backlog lane: the attestor's subjects under its own durable name, for
+    /// TaskRuns published long after they finished (each lane acks the other's events
+    /// unhandled).
+    pub fn attestor_backlog(subjects: &Subjects) -> ConsumerSpec {
+        ConsumerSpec {
+            name: "attestor-backlog".into(),
+            description: "attests TaskRuns published long after they finished, throttled".into(),
+            ..ConsumerSpec::attestor(subjects)
+        }
+    }
+
+    /// The attestor's revocations: bundle-rotated events on the trust stream, to revoke the
+    /// stored attestations signed under a CA SPIRE revoked.
+    pub fn attestor_revocations(subjects: &Subjects) -> ConsumerSpec {
+        ConsumerSpec {
+            name: "attestor-revocations".into(),
+            stream: StreamKind::Trust,
+            filter_subjects: vec![subjects.events_of_type(EventType::TrustBundleRotated)],
+            description: "revokes stored attestations signed under a CA SPIRE revoked".into(),
+        }
+    }
+
+    /// The exporter: every `export.stored` event.
+    pub fn exporter(subjects: &Subjects) -> ConsumerSpec {
+        ConsumerSpec {
+            name: "exporter".into(),
+            stream: StreamKind::Attestations,
+            filter_subjects: vec![subjects.events_of_type(EventType::ExportStored)],
+            description: "attaches exported bundles to images in OCI registries as referrers"
+                .into(),
+        }
+    }
+
     /// The relay: every attestation event.
     pub fn relay(subjects: &Subjects) -> ConsumerSpec {
         ConsumerSpec {

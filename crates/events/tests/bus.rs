@@ -102,6 +102,7 @@ fn attestation() -> SignedAttestation {
             }],
         },
         certificates: vec!["-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n".into()],
+        rfc3161_timestamps: Vec::new(),
     }
 }
 
@@ -206,6 +207,17 @@ fn samples() -> Vec<AnyEvent> {
             spiffe_id: Some(spiffe_id("other")),
             attestation: attestation(),
             attested_at: time(31),
+        }),
+        AnyEvent::AttestationRevoked(AttestationRevoked {
+            taskrun: taskrun(name),
+            trust_domain: "example.org".into(),
+            authority: "ef".repeat(32),
+            how: RevocationKind::Removed,
+            sequence_number: 7,
+            chains: vec![SigningChain::Signer],
+            attestation: attestation(),
+            attested_at: time(30),
+            revoked_at: time(40),
         }),
         AnyEvent::ExportStored(ExportStored {
             taskrun: taskrun(name),

@@ -199,6 +199,13 @@ pub struct SigningContext {
     pub signer_bundle_digest: String,
     /// When the attestation was signed, by the attestor's clock (as `times.verified`).
     pub signed_at: DateTime<Utc>,
+    /// SHA-256 (hex) of the CA that issued the results' SVID, when results were verified: what
+    /// a revocation of that CA is matched against.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub results_authority: Option<String>,
+    /// SHA-256 (hex) of the CA that issued the attestor's own SVID.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signer_authority: Option<String>,
 }
 
 /// The subjects of a TaskRun-results statement: one per verified result (name, SHA-256 of the

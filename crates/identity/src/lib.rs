@@ -14,6 +14,8 @@
 //!   and the Sigstore trusted root made from a SPIRE trust bundle.
 //! * [`vsa`]: SLSA Verification Summary Attestations, and the artifact digests a TaskRun's
 //!   results name by Tekton Chains' type hints.
+//! * [`timestamp`]: RFC 3161 timestamps from a timestamp authority: the request, and the
+//!   fail-closed verification of a response or stored token against the TSA's chain.
 //! * [`workload`]: the SPIFFE Workload API (current SVID and bundles, kept current; a signer's
 //!   fetch with retry).
 //!
@@ -29,5 +31,6 @@ pub mod sigstore_bundle;
 pub mod spiffe_id;
 pub mod svid;
 pub mod tekton;
+pub mod timestamp;
 pub mod vsa;
 pub mod workload;

@@ -14,10 +14,14 @@
 //! v0.3 carries one leaf `certificate`. When the signer's SVID chain has intermediates (SPIRE
 //! under an upstream authority) the bundle carries `x509CertificateChain` instead (leaf, then the
 //! intermediates, never a self-signed root), which sigstore-go accepts only when asked to
-//! (`cosign … --allow-certificate-chain`). There are no transparency-log entries and no signed
-//! timestamps: the signer's identity is its SPIFFE ID in the leaf's URI SAN, its trust the SPIRE
-//! bundle, and verifiers check the certificate at the current time (attestor SVIDs are short
-//! lived, so an unmodified cosign accepts a bundle only while its SVID is valid).
+//! (`cosign … --allow-certificate-chain`). There are no transparency-log entries: the signer's
+//! identity is its SPIFFE ID in the leaf's URI SAN, its trust the SPIRE bundle. Without a signed
+//! timestamp, verifiers check the certificate at the current time (attestor SVIDs are short
+//! lived, so an unmodified cosign accepts such a bundle only while its SVID is valid). When the
+//! attestor has a timestamp authority, the bundle carries its RFC 3161 response (a DER
+//! `TimeStampResp`, as sigstore-go reads it) over the envelope's signature in `verificationMaterial.timestampVerificationData.rfc3161Timestamps[].signedTimestamp`
+//! (see [`crate::timestamp`]), and a verifier that trusts that authority checks the certificate at
+//! the token's `genTime` instead.
 //!
 //! sigstore-go (inside cosign and policy-controller) also requires the code-signing extended key
 //! usage of the signing certificate. SPIRE's X509-SVIDs carry server and client auth only, so
@@ -27,10 +31,15 @@
 //!
 //! Parsing is parse-then-check ([`SigstoreBundle::from_json`]): the size is bounded, the media
 //! type must be v0.3, the content must be a DSSE envelope with exactly one signature, the
-//! verification material must be certificates that parse, and evidence we cannot check
-//! (transparency-log entries, timestamps, a bare public key) is refused rather than ignored. A
-//! parsed bundle is not yet verified: [`SigstoreBundle::to_attestation`] gives the form that
-//! [`crate::attestation::AttestationVerifier`] checks.
+//! verification material must be certificates that parse, at most [`MAX_BUNDLE_TIMESTAMPS`]
+//! RFC 3161 timestamps (DER `TimeStampResp`s) of at most
+//! [`crate::timestamp::MAX_TIMESTAMP_RESPONSE_BYTES`] each are kept (unverified:
+//! [`SigstoreBundle::timestamps`]), and evidence we cannot check (transparency-log
+//! entries, a bare public key) is refused rather than ignored. A parsed bundle is not yet
+//! verified: [`SigstoreBundle::to_attestation`] gives the form that
+//! [`crate::attestation::AttestationVerifier`] checks, and
+//! [`crate::timestamp::verify_stored_response`] checks a timestamp over
+//! [`SigstoreBundle::signature_bytes`].
 
 use base64::Engine as _;
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -40,6 +49,7 @@ use crate::attestation::SignedAttestation;
 use crate::dsse::Envelope;
 use crate::spiffe_id::TrustDomain;
 use crate::svid::{BundleError, TrustBundleSet, der_to_pem, pem_to_ders};
+use crate::timestamp::TimestampAuthorityChain;
 
 /// The media type of a Sigstore bundle v0.3 (JSON).
 pub const SIGSTORE_BUNDLE_V03_MEDIA_TYPE: &str = "application/vnd.dev.sigstore.bundle.v0.3+json";
@@ -54,6 +64,9 @@ pub const MAX_BUNDLE_BYTES: usize = 4 * 1024 * 1024;
 /// The most certificates a bundle may carry (leaf and intermediates).
 pub const MAX_BUNDLE_CERTIFICATES: usize = 8;
 
+/// The most RFC 3161 timestamp tokens a bundle may carry.
+pub const MAX_BUNDLE_TIMESTAMPS: usize = 4;
+
 /// A Sigstore bundle v0.3 holding a DSSE envelope and the signer's certificates; parsed and
 /// shape-checked, not yet verified.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,6 +74,9 @@ pub struct SigstoreBundle {
     envelope: Envelope,
     leaf: Vec<u8>,
     intermediates: Vec<Vec<u8>>,
+    /// RFC 3161 timestamps (DER `TimeStampResp`) over the envelope's signature; not verified
+    /// here.
+    timestamps: Vec<Vec<u8>>,
 }
 
 /// Why a bundle could not be built.
@@ -97,6 +113,14 @@ pub enum BundleBuildError {
         /// How many there are.
         found: usize,
     },
+    /// More than [`MAX_BUNDLE_TIMESTAMPS`] timestamps, or one larger than a token may be.
+    #[error(
+        "{found} timestamps (at most {MAX_BUNDLE_TIMESTAMPS}), or one over the token size bound"
+    )]
+    Timestamps {
+        /// How many there are.
+        found: usize,
+    },
 }
 
 /// Why a bundle was refused when read.
@@ -123,8 +147,8 @@ pub enum BundleParseError {
     /// The verification material is a public key, or both a certificate and a chain.
     #[error("verification material is not one certificate or one certificate chain")]
     UnsupportedVerificationMaterial,
-    /// Transparency-log entries or signed timestamps, which we do not check.
-    #[error("bundle carries transparency-log entries or timestamps, which are not checked here")]
+    /// Transparency-log entries, which we do not check.
+    #[error("bundle carries transparency-log entries, which are not checked here")]
     UnsupportedEvidence,
     /// The bundle's certificates are unusable.
     #[error(transparent)]
@@ -158,7 +182,24 @@ impl SigstoreBundle {
             envelope,
             leaf,
             intermediates,
+            timestamps: Vec::new(),
         })
+    }
+
+    /// The same bundle carrying `tokens`: RFC 3161 timestamps (DER `TimeStampResp`) over the
+    /// envelope's signature.
+    pub fn with_timestamps(mut self, tokens: Vec<Vec<u8>>) -> Result<Self, BundleBuildError> {
+        if tokens.len() > MAX_BUNDLE_TIMESTAMPS
+            || tokens
+                .iter()
+                .any(|token| token.len() > crate::timestamp::MAX_TIMESTAMP_RESPONSE_BYTES)
+        {
+            return Err(BundleBuildError::Timestamps {
+                found: tokens.len(),
+            });
+        }
+        self.timestamps = tokens;
+        Ok(self)
     }
 
     /// The bundle form of a signed attestation: its envelope and its chain, less any
@@ -192,13 +233,18 @@ impl SigstoreBundle {
             _ => return Err(BundleParseError::NotDsse),
         };
         let material = wire.verification_material;
-        if !material.tlog_entries.is_empty()
-            || material
-                .timestamp_verification_data
-                .is_some_and(|data| !data.rfc3161_timestamps.is_empty())
-        {
+        if !material.tlog_entries.is_empty() {
             return Err(BundleParseError::UnsupportedEvidence);
         }
+        let timestamps: Vec<Vec<u8>> = material
+            .timestamp_verification_data
+            .map(|data| {
+                data.rfc3161_timestamps
+                    .into_iter()
+                    .map(|timestamp| timestamp.signed_timestamp)
+                    .collect()
+            })
+            .unwrap_or_default();
         let chain = match (
             material.certificate,
             material.x509_certificate_chain,
@@ -212,7 +258,7 @@ impl SigstoreBundle {
                 .collect(),
             _ => return Err(BundleParseError::UnsupportedVerificationMaterial),
         };
-        Ok(Self::new(envelope, chain)?)
+        Ok(Self::new(envelope, chain)?.with_timestamps(timestamps)?)
     }
 
     /// The bundle JSON.
@@ -236,7 +282,17 @@ impl SigstoreBundle {
                 x509_certificate_chain: chain_field,
                 public_key: None,
                 tlog_entries: Vec::new(),
-                timestamp_verification_data: None,
+                timestamp_verification_data: (!self.timestamps.is_empty()).then(|| {
+                    wire::TimestampVerificationData {
+                        rfc3161_timestamps: self
+                            .timestamps
+                            .iter()
+                            .map(|token| wire::Rfc3161Timestamp {
+                                signed_timestamp: token.clone(),
+                            })
+                            .collect(),
+                    }
+                }),
             },
             dsse_envelope: Some(self.envelope.clone()),
             message_signature: None,
@@ -258,6 +314,21 @@ impl SigstoreBundle {
     /// Intermediate CA certificates (DER), leaf side first; usually none.
     pub fn intermediates_der(&self) -> &[Vec<u8>] {
         &self.intermediates
+    }
+
+    /// The RFC 3161 timestamps (DER `TimeStampResp`) the bundle carries, unverified.
+    pub fn timestamps(&self) -> &[Vec<u8>] {
+        &self.timestamps
+    }
+
+    /// The bytes a timestamp covers: the envelope's one signature (what Sigstore timestamps).
+    pub fn signature_bytes(&self) -> &[u8] {
+        // `new` checked there is exactly one signature.
+        self.envelope
+            .signatures()
+            .first()
+            .map(|signature| signature.sig.as_slice())
+            .unwrap_or_default()
     }
 
     /// The attestation form, for [`crate::attestation::AttestationVerifier`].
@@ -310,61 +381,107 @@ pub fn trusted_root_json(
     bundles: &TrustBundleSet,
     trust_domain: &TrustDomain,
 ) -> Result<Vec<u8>, TrustedRootError> {
+    trusted_root(bundles, trust_domain, None)
+}
+
+/// As [`trusted_root_json`], with one timestamp authority: the RFC 3161 TSA whose chain is
+/// `timestamp_authority` (signer first, root last, as it serves it), so that `cosign …
+/// --use-signed-timestamps` checks a bundle's signed timestamp and the signing certificate at
+/// its time.
+pub fn trusted_root_json_with_timestamp_authority(
+    bundles: &TrustBundleSet,
+    trust_domain: &TrustDomain,
+    timestamp_authority: &TimestampAuthorityChain,
+) -> Result<Vec<u8>, TrustedRootError> {
+    trusted_root(bundles, trust_domain, Some(timestamp_authority))
+}
+
+fn trusted_root(
+    bundles: &TrustBundleSet,
+    trust_domain: &TrustDomain,
+    timestamp_authority: Option<&TimestampAuthorityChain>,
+) -> Result<Vec<u8>, TrustedRootError> {
     let authorities =
         bundles
             .authorities(trust_domain)
             .ok_or_else(|| TrustedRootError::TrustDomainUnknown {
                 trust_domain: trust_domain.clone(),
             })?;
+    let uri = format!("spiffe://{}", trust_domain.as_str());
     let certificate_authorities = authorities
         .iter()
         .enumerate()
-        .map(|(index, der)| {
-            let (_, certificate) = x509_parser::parse_x509_certificate(der)
-                .map_err(|_| TrustedRootError::CertificateInvalid { index })?;
-            let not_before =
-                DateTime::<Utc>::from_timestamp(certificate.validity().not_before.timestamp(), 0)
-                    .ok_or(TrustedRootError::CertificateInvalid { index })?;
-            let common_name = certificate
-                .subject()
-                .iter_common_name()
-                .next()
-                .and_then(|name| name.as_str().ok())
-                .unwrap_or_default()
-                .to_owned();
-            let organization = certificate
-                .subject()
-                .iter_organization()
-                .next()
-                .and_then(|name| name.as_str().ok())
-                .unwrap_or_default()
-                .to_owned();
-            Ok(wire::CertificateAuthority {
-                subject: wire::DistinguishedName {
-                    organization,
-                    common_name,
-                },
-                uri: format!("spiffe://{}", trust_domain.as_str()),
-                cert_chain: wire::CertificateChain {
-                    certificates: vec![wire::Certificate {
-                        raw_bytes: der.clone(),
-                    }],
-                },
-                valid_for: wire::TimeRange {
-                    start: not_before.to_rfc3339_opts(SecondsFormat::Secs, true),
-                },
-            })
-        })
+        .map(|(index, der)| authority_entry(index, std::slice::from_ref(der), &uri))
         .collect::<Result<Vec<_>, TrustedRootError>>()?;
+    let timestamp_authorities = timestamp_authority
+        .map(|chain| {
+            authority_entry(
+                0,
+                chain.certificates_der(),
+                "countersign:timestamp-authority",
+            )
+        })
+        .transpose()?
+        .into_iter()
+        .collect();
     let root = wire::TrustedRoot {
         media_type: SIGSTORE_TRUSTED_ROOT_MEDIA_TYPE.to_owned(),
         tlogs: Vec::new(),
         certificate_authorities,
         ctlogs: Vec::new(),
-        timestamp_authorities: Vec::new(),
+        timestamp_authorities,
     };
     // Serialising plain structs of strings and byte vectors cannot fail.
     Ok(serde_json::to_vec_pretty(&root).unwrap_or_default())
+}
+
+/// One authority of a trusted root: `chain` (its first certificate names it and starts its
+/// validity), at `uri`.
+fn authority_entry(
+    index: usize,
+    chain: &[Vec<u8>],
+    uri: &str,
+) -> Result<wire::CertificateAuthority, TrustedRootError> {
+    let first = chain
+        .first()
+        .ok_or(TrustedRootError::CertificateInvalid { index })?;
+    let (_, certificate) = x509_parser::parse_x509_certificate(first)
+        .map_err(|_| TrustedRootError::CertificateInvalid { index })?;
+    let not_before =
+        DateTime::<Utc>::from_timestamp(certificate.validity().not_before.timestamp(), 0)
+            .ok_or(TrustedRootError::CertificateInvalid { index })?;
+    let common_name = certificate
+        .subject()
+        .iter_common_name()
+        .next()
+        .and_then(|name| name.as_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let organization = certificate
+        .subject()
+        .iter_organization()
+        .next()
+        .and_then(|name| name.as_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    Ok(wire::CertificateAuthority {
+        subject: wire::DistinguishedName {
+            organization,
+            common_name,
+        },
+        uri: uri.to_owned(),
+        cert_chain: wire::CertificateChain {
+            certificates: chain
+                .iter()
+                .map(|der| wire::Certificate {
+                    raw_bytes: der.clone(),
+                })
+                .collect(),
+        },
+        valid_for: wire::TimeRange {
+            start: not_before.to_rfc3339_opts(SecondsFormat::Secs, true),
+        },
+    })
 }
 
 /// The JSON shapes (protobuf JSON: camelCase names, bytes as standard base64).
@@ -403,7 +520,14 @@ mod wire {
     #[serde(rename_all = "camelCase", deny_unknown_fields)]
     pub(super) struct TimestampVerificationData {
         #[serde(default)]
-        pub rfc3161_timestamps: Vec<serde_json::Value>,
+        pub rfc3161_timestamps: Vec<Rfc3161Timestamp>,
+    }
+
+    #[derive(Serialize, Deserialize)]
+    #[serde(rename_all = "camelCase", deny_unknown_fields)]
+    pub(super) struct Rfc3161Timestamp {
+        #[serde(with = "base64_bytes")]
+        pub signed_timestamp: Vec<u8>,
     }
 
     #[derive(Serialize, Deserialize)]
@@ -427,7 +551,7 @@ mod wire {
         pub tlogs: Vec<serde_json::Value>,
         pub certificate_authorities: Vec<CertificateAuthority>,
         pub ctlogs: Vec<serde_json::Value>,
-        pub timestamp_authorities: Vec<serde_json::Value>,
+        pub timestamp_authorities: Vec<CertificateAuthority>,
     }
 
     #[derive(Serialize)]

@@ -6,6 +6,9 @@
 //! certificate; SPIRE's X509-SVIDs carry only server and client auth. So the accepted case uses
 //! an SVID-shaped certificate with code signing added, and the real SPIRE SVID is shown refused
 //! for exactly that reason (while our own verifier accepts the same bundle).
+//!
+//! With an RFC 3161 timestamp from the real timestamp authority in the bundle and that authority
+//! in the trusted root (`timestampAuthorities`), cosign checks it with `--use-signed-timestamps`.
 
 mod interop;
 
@@ -21,11 +24,15 @@ use countersign_identity::intoto::{
     PredicateTimes, Statement, Subject, TASKRUN_RESULTS_PREDICATE_TYPE, TaskRunRef,
     TaskRunResultsPredicate, Verdict as TaskRunVerdict,
 };
-use countersign_identity::sigstore_bundle::{SigstoreBundle, trusted_root_json};
+use countersign_identity::sigstore_bundle::{
+    SigstoreBundle, trusted_root_json, trusted_root_json_with_timestamp_authority,
+};
 use countersign_identity::spiffe_id::{SpiffeId, TrustDomain};
 use countersign_identity::svid::{SigningSvid, TrustBundleSet};
+use countersign_identity::timestamp::{TimestampAuthorityChain, TimestampRequest, verify_response};
 use countersign_peers::Peer;
 use countersign_test_support::spire::{Spire, SpireOptions};
+use countersign_test_support::timestamp_authority::TimestampAuthority;
 use interop::*;
 
 /// The result the statement names, and the blob cosign checks it against.
@@ -81,6 +88,23 @@ impl Case {
         .unwrap();
         std::fs::write(dir.path().join("blob"), RESULT_VALUE).unwrap();
         Self { dir }
+    }
+
+    /// A case whose trusted root also names the timestamp authority of `chain`.
+    fn with_timestamp_authority(
+        bundles: &TrustBundleSet,
+        bundle: &SigstoreBundle,
+        chain: &TimestampAuthorityChain,
+    ) -> Self {
+        let case = Self::new(bundles, bundle);
+        let root = trusted_root_json_with_timestamp_authority(
+            bundles,
+            &TrustDomain::new(TRUST_DOMAIN).unwrap(),
+            chain,
+        )
+        .unwrap();
+        std::fs::write(case.dir.path().join("trusted_root.json"), root).unwrap();
+        case
     }
 
     fn path(&self, name: &str) -> String {
@@ -142,6 +166,48 @@ fn cosign_accepts_our_bundle() {
     let verdict = case.cosign(ATTESTOR_ID);
     assert!(verdict.success, "{verdict:?}");
     assert!(verdict.stderr.contains("Verified OK"), "{verdict:?}");
+}
+
+/// The bundle with a signed timestamp from the real timestamp authority over its signature, and
+/// that authority in the trusted root: cosign checks the timestamp (`--use-signed-timestamps`)
+/// and accepts; with another authority in the trusted root, or without a timestamp, it refuses.
+#[tokio::test]
+async fn cosign_accepts_our_bundle_with_a_signed_timestamp() {
+    let (authority, other) = tokio::join!(TimestampAuthority::start(), TimestampAuthority::start());
+    let (authority, other) = (authority.unwrap(), other.unwrap());
+    let chain = TimestampAuthorityChain::from_pem(authority.chain_pem()).unwrap();
+    let other_chain = TimestampAuthorityChain::from_pem(other.chain_pem()).unwrap();
+    let ca = NowCa::new();
+    let bundles = ca.bundles();
+    let attestor = ca.issue(ATTESTOR_ID, &CODE_SIGNING_EXTENDED_KEY_USAGES);
+    let bundle = signed_bundle(&attestor, &bundles);
+    let request = TimestampRequest::new(bundle.signature_bytes()).unwrap();
+    let (status, response) = authority.post_request(request.der()).await.unwrap();
+    assert_eq!(status, 200);
+    let token = verify_response(&response, &request, &chain)
+        .unwrap()
+        .into_response_der();
+    let stamped = bundle.clone().with_timestamps(vec![token]).unwrap();
+
+    let verdict = Case::with_timestamp_authority(&bundles, &stamped, &chain)
+        .cosign_with(ATTESTOR_ID, &["--use-signed-timestamps"]);
+    assert!(verdict.success, "{verdict:?}");
+    assert!(verdict.stderr.contains("Verified OK"), "{verdict:?}");
+
+    let verdict = Case::with_timestamp_authority(&bundles, &stamped, &other_chain)
+        .cosign_with(ATTESTOR_ID, &["--use-signed-timestamps"]);
+    assert_refused(
+        &verdict,
+        "Error: failed to verify timestamps: threshold not met for verified signed timestamps: 0 < 1; error: unable to verify signed timestamps: certificate embedded in the TSR does not match the provided TSA certificate",
+    );
+
+    let verdict = Case::with_timestamp_authority(&bundles, &bundle, &chain)
+        .cosign_with(ATTESTOR_ID, &["--use-signed-timestamps"]);
+    // (cosign's own message, `%!w(<nil>)` and all.)
+    assert_refused(
+        &verdict,
+        "Error: failed to verify timestamps: threshold not met for verified signed timestamps: 0 < 1; error: %!w(<nil>)",
+    );
 }
 
 #[test]

@@ -150,12 +150,33 @@ fn each_refusal_has_its_reason() {
         edit(&|json| json["verificationMaterial"]["tlogEntries"] = json!([{"logIndex": "1"}])),
         Err(BundleParseError::UnsupportedEvidence)
     ));
+    // RFC 3161 timestamps are kept (unverified: checking them needs the TSA's chain), within
+    // their bounds.
+    let stamped = edit(&|json| {
+        json["verificationMaterial"]["timestampVerificationData"] =
+            json!({"rfc3161Timestamps": [{"signedTimestamp": "AAEC"}]})
+    })
+    .unwrap();
+    assert_eq!(stamped.timestamps(), [vec![0u8, 1, 2]]);
+    assert_eq!(
+        json_of(&stamped)["verificationMaterial"]["timestampVerificationData"],
+        json!({"rfc3161Timestamps": [{"signedTimestamp": "AAEC"}]})
+    );
     assert!(matches!(
         edit(
             &|json| json["verificationMaterial"]["timestampVerificationData"] =
-                json!({"rfc3161Timestamps": [{"signedTimestamp": "AA=="}]})
+                json!({"rfc3161Timestamps": vec![json!({"signedTimestamp": "AA=="}); 5]})
         ),
-        Err(BundleParseError::UnsupportedEvidence)
+        Err(BundleParseError::Content(BundleBuildError::Timestamps {
+            found: 5
+        }))
+    ));
+    assert!(matches!(
+        edit(
+            &|json| json["verificationMaterial"]["timestampVerificationData"] =
+                json!({"rfc3161Timestamps": [{"signedTimestamp": "AA==", "other": 1}]})
+        ),
+        Err(BundleParseError::Malformed(_))
     ));
     // Empty evidence lists, as protobuf JSON writers may emit them, are fine.
     assert!(

@@ -135,6 +135,42 @@ pub enum HttpClientError {
     },
 }
 
+/// Why a response body could not be read whole by [`read_body_bounded`].
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    /// The body (its `Content-Length`, or what arrived) is over the limit.
+    #[error("the body is larger than {limit} bytes")]
+    TooLarge {
+        /// The limit.
+        limit: usize,
+    },
+    /// The connection failed while the body was read.
+    #[error("reading the body")]
+    Read(#[source] reqwest::Error),
+}
+
+/// Reads `response`'s body, refusing one over `limit` bytes: at once when its `Content-Length`
+/// says so, else as soon as the chunks received pass it (nothing past the limit is buffered).
+pub async fn read_body_bounded(
+    mut response: reqwest::Response,
+    limit: usize,
+) -> Result<Vec<u8>, BodyError> {
+    if response
+        .content_length()
+        .is_some_and(|length| length > limit as u64)
+    {
+        return Err(BodyError::TooLarge { limit });
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(BodyError::Read)? {
+        if body.len() + chunk.len() > limit {
+            return Err(BodyError::TooLarge { limit });
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
 /// A `reqwest::Client` using rustls with ring; see [`http_client_builder`] to set more options.
 pub fn http_client(options: HttpClientOptions) -> Result<reqwest::Client, HttpClientError> {
     http_client_builder(options)?

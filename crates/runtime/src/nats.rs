@@ -14,7 +14,7 @@
 //! | `user`, `password` | none | user and password; both or neither, and not with `credentials_file` |
 //! | `name` | `countersign-<service>` | the connection name the server shows |
 //! | `connect_timeout` | `5s` | how long one connection attempt may take |
-//! | `request_timeout` | `10s` | how long a request may wait for its answer (a PubAck, a KV write) |
+//! | `request_timeout` | `5s` | how long a request may wait for its answer (a PubAck, a KV write; as nats.go's JetStream default). On a cluster, a request to a stream whose leader just died goes unanswered: this is how long the retry waits |
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -95,7 +95,7 @@ impl NatsConfig {
     }
 
     const fn default_request_timeout() -> Duration {
-        Duration::from_secs(10)
+        Duration::from_secs(5)
     }
 
     /// A config for `url` with every other key at its default.
@@ -337,7 +337,7 @@ mod tests {
         let nats = parse("").unwrap();
         assert_eq!(nats.url, "nats://127.0.0.1:4222");
         assert_eq!(nats.connect_timeout, Duration::from_secs(5));
-        assert_eq!(nats.request_timeout, Duration::from_secs(10));
+        assert_eq!(nats.request_timeout, Duration::from_secs(5));
         assert!(nats.validate("nats").is_ok());
     }
 

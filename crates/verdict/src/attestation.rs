@@ -21,9 +21,9 @@ use countersign_identity::intoto::{
     PredicateTimes, SigningContext, TaskRunRef as PredicateTaskRun, TaskRunResultsPredicate,
     Verdict, taskrun_statement,
 };
-use countersign_identity::svid::{SigningSvid, TrustBundleSet, der_to_pem, pem_to_ders};
+use countersign_identity::svid::{SigningSvid, SvidLeaf, TrustBundleSet, der_to_pem, pem_to_ders};
 
-use crate::bundle_history::authorities_digest;
+use crate::bundle_history::{authorities_digest, issuing_authority};
 
 use crate::decide::Decision;
 use crate::reason::VerifierReasonExt as _;
@@ -72,13 +72,30 @@ pub fn attest_in_context(
             .iter()
             .map(Vec::as_slice),
     );
-    sign_attestation(decision, facts, Some(signer_bundle_digest.to_hex()), svid)
+    let signer_authority = svid
+        .chain()
+        .split_first()
+        .and_then(|(leaf, intermediates)| {
+            let leaf = SvidLeaf::from_der(leaf).ok()?;
+            issuing_authority(signer_bundles, &leaf, intermediates, facts.decided_at)
+        });
+    let signer = SignerContext {
+        bundle_digest: signer_bundle_digest.to_hex(),
+        authority: signer_authority,
+    };
+    sign_attestation(decision, facts, Some(signer), svid)
+}
+
+/// What the signing context says of the attestor's own SVID.
+struct SignerContext {
+    bundle_digest: String,
+    authority: Option<String>,
 }
 
 fn sign_attestation(
     decision: &Decision,
     facts: AttestationFacts<'_>,
-    signer_bundle_digest: Option<String>,
+    signer: Option<SignerContext>,
     svid: &SigningSvid,
 ) -> Result<AttestationEvent, AttestationSignError> {
     let taskrun = facts.taskrun;
@@ -108,10 +125,16 @@ fn sign_attestation(
             Some(rejected.reason),
         ),
     };
-    let signing = signer_bundle_digest.map(|signer_bundle_digest| SigningContext {
+    let results_authority = match decision {
+        Decision::Verified(verified) => verified.signer.issuing_authority.clone(),
+        Decision::NoResults | Decision::Rejected(_) => None,
+    };
+    let signing = signer.map(|signer| SigningContext {
         results_bundle_digest: trust_bundle_digest.clone(),
-        signer_bundle_digest,
+        signer_bundle_digest: signer.bundle_digest,
         signed_at: facts.decided_at,
+        results_authority,
+        signer_authority: signer.authority,
     });
     let predicate = TaskRunResultsPredicate {
         taskrun: PredicateTaskRun {
@@ -198,6 +221,7 @@ pub fn to_event_attestation(signed: &SignedAttestation, svid: &SigningSvid) -> E
                 .collect(),
         },
         certificates: svid.chain().iter().map(|der| der_to_pem(der)).collect(),
+        rfc3161_timestamps: Vec::new(),
     }
 }
 
@@ -268,6 +292,39 @@ pub fn from_event_attestation(
     })
 }
 
+/// The RFC 3161 timestamps (DER `TimeStampResp`) an event's attestation carries, unverified
+/// (see `countersign_identity::timestamp::verify_stored_response`).
+pub fn event_timestamps(attestation: &EventAttestation) -> Result<Vec<Vec<u8>>, FromEventError> {
+    attestation
+        .rfc3161_timestamps
+        .iter()
+        .map(|token| {
+            decode_base64(token).map_err(|source| FromEventError::Base64 {
+                field: "rfc3161Timestamps[]",
+                source,
+            })
+        })
+        .collect()
+}
+
+/// The bytes a timestamp of an event's attestation covers: its envelope's first signature
+/// (what a Sigstore bundle's timestamp covers). `None` when the envelope has no signature.
+pub fn timestamped_bytes(
+    attestation: &EventAttestation,
+) -> Result<Option<Vec<u8>>, FromEventError> {
+    attestation
+        .envelope
+        .signatures
+        .first()
+        .map(|signature| {
+            decode_base64(&signature.sig).map_err(|source| FromEventError::Base64 {
+                field: "envelope.signatures[].sig",
+                source,
+            })
+        })
+        .transpose()
+}
+
 /// Standard base64, the URL-safe alphabet accepted too (as the DSSE specification asks).
 fn decode_base64(text: &str) -> Result<Vec<u8>, base64::DecodeError> {
     base64::engine::general_purpose::STANDARD
@@ -286,7 +343,8 @@ pub fn envelope_digest(envelope: &DsseEnvelope) -> Sha256Digest {
 /// [`AttestationEvent`], which cannot name `countersign_identity`'s types; the plain readers,
 /// `taskrun()`, `attestation()`, `attested_at()`, are its own methods).
 pub trait AttestationEventExt {
-    /// The verdict: `verified` and `no_results` are both `verified` events.
+    /// The verdict: `verified` and `no_results` are both `verified` events; a revocation is
+    /// `rejected` (its attestation no longer verifies).
     fn verdict(&self) -> Verdict;
 
     /// The attestation in the verifier's form (see [`from_event_attestation`]).
@@ -300,7 +358,8 @@ impl AttestationEventExt for AttestationEvent {
                 EventVerdict::Verified => Verdict::Verified,
                 EventVerdict::NoResults => Verdict::NoResults,
             },
-            AttestationEvent::Rejected(_) => Verdict::Rejected,
+            // A revoked attestation no longer verifies, whatever it said.
+            AttestationEvent::Rejected(_) | AttestationEvent::Revoked(_) => Verdict::Rejected,
         }
     }
 

@@ -254,6 +254,30 @@ pub fn record_key(trust_domain: &str, sequence_number: u64) -> Result<Key, KvErr
         .with_raw(&format!("{sequence_number:020}"))
 }
 
+/// SHA-256 (hex) of the CA of `bundles` that issued `leaf` (with `intermediates`): the one that
+/// alone verifies the chain at `at`, clamped into the leaf's validity. `None` when none does.
+/// What an attestation records so a later revocation of that CA finds it.
+pub fn issuing_authority(
+    bundles: &TrustBundleSet,
+    leaf: &SvidLeaf,
+    intermediates: &[Vec<u8>],
+    at: DateTime<Utc>,
+) -> Option<String> {
+    let trust_domain = leaf.spiffe_id().trust_domain();
+    let at = at.clamp(leaf.not_before(), leaf.not_after());
+    bundles
+        .authorities(trust_domain)?
+        .iter()
+        .find(|authority| {
+            let mut alone = TrustBundleSet::new();
+            alone
+                .add_der(trust_domain.clone(), [authority.to_vec()])
+                .is_ok()
+                && alone.verify_chain(leaf, intermediates, at).is_ok()
+        })
+        .map(|authority| Sha256Digest::of(authority).to_hex())
+}
+
 fn certificate_not_after(der: &[u8]) -> Option<DateTime<Utc>> {
     let (rest, certificate) = X509Certificate::from_der(der).ok()?;
     if !rest.is_empty() {

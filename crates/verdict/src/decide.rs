@@ -285,6 +285,7 @@ mod tests {
                 spiffe_id: "spiffe://example.org/ns/default/taskrun/run".into(),
                 svid_fingerprint: format!("fp-{name}"),
                 signed_at: Utc::now(),
+                issuing_authority: None,
                 results: results
                     .iter()
                     .map(|(key, raw)| ((*key).to_owned(), value(raw)))

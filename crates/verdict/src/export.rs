@@ -7,7 +7,8 @@
 //! Everything is built from the stored attestation event (the one the attestor published) and
 //! the `finished` event's results, so a replica that retries builds the same export:
 //!
-//! * the results bundle is the stored attestation's envelope and chain, unchanged;
+//! * the results bundle is the stored attestation's envelope and chain, unchanged, with its
+//!   RFC 3161 timestamps when it has any;
 //! * every VSA says `timeVerified` = the attestation's `attestedAt`, `inputAttestations` = the
 //!   results attestation (by the SHA-256 of its DSSE payload), `policy` = [`POLICY_URI`];
 //! * the TaskRun's VSA has the results attestation's subjects (the verified results by digest, or
@@ -36,7 +37,7 @@ use countersign_identity::vsa::{
     VsaVerifier, artifact_vsa, find_artifacts, sign_vsa, vsa_statement,
 };
 
-use crate::attestation::{AttestationEventExt as _, FromEventError};
+use crate::attestation::{AttestationEventExt as _, FromEventError, event_timestamps};
 use crate::export_store::{bundle_key, vsa_key};
 
 /// The policy every VSA names: Countersign's TaskRun-results rule.
@@ -106,7 +107,10 @@ pub fn build_export(
     let taskrun = data.taskrun();
     let verdict = data.verdict();
     let signed = data.signed_attestation()?;
-    let results_bundle = SigstoreBundle::from_attestation(&signed)?;
+    // The attestation's timestamps cover its signature, so they travel in its bundle (the
+    // VSAs are signatures of their own, without one).
+    let results_bundle = SigstoreBundle::from_attestation(&signed)?
+        .with_timestamps(event_timestamps(data.attestation())?)?;
     let results_key = bundle_key(&taskrun.uid)?;
     let facts = VsaFacts {
         verifier: VsaVerifier {
@@ -205,7 +209,7 @@ fn taskrun_subjects(attestation: &Event<AttestationEvent>, taskrun: &TaskRunRef)
                 digest: BTreeMap::from([("sha256".to_owned(), subject.sha256.clone())]),
             })
             .collect(),
-        AttestationEvent::Rejected(_) => Vec::new(),
+        AttestationEvent::Rejected(_) | AttestationEvent::Revoked(_) => Vec::new(),
     };
     if !attested.is_empty() {
         return attested;

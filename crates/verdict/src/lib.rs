@@ -17,6 +17,8 @@
 //!   back for an offline check.
 //! - [`bundle_history`]: the trust bundle history (every bundle SPIRE published, by sequence
 //!   number) and the point-in-time check of a chain at its signing time against it.
+//! - [`revocation`]: which stored attestations a revoked CA reaches (by the CAs their signing
+//!   context names), and the `attestation.revoked` event that says so.
 //! - [`store`]: the public KV layout of attestations (attestations by TaskRun UID, the name
 //!   index): keys, reading, and the attestor's create-if-absent write.
 //! - [`export`]: a stored attestation in the formats other tools read (its Sigstore bundle, and
@@ -29,6 +31,7 @@ pub mod decide;
 pub mod export;
 pub mod export_store;
 pub mod reason;
+pub mod revocation;
 pub mod snapshot;
 pub mod steps;
 pub mod store;

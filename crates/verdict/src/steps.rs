@@ -11,7 +11,9 @@ use chrono::{DateTime, Utc};
 use countersign_error_report::error_chain;
 use countersign_identity::crypto::Sha256Digest;
 use countersign_identity::intoto::Verdict;
-use countersign_identity::svid::SvidLeaf;
+use countersign_identity::svid::{SvidLeaf, TrustBundleSet, pem_to_ders};
+
+use crate::bundle_history::issuing_authority;
 use countersign_identity::tekton::{
     Check, CheckOutcome, KEY_SVID, ReasonCode, ResultType, ResultsVerifier, TerminationEntry,
     TerminationMessage, VerifiedValue, canonical, checks_for_failure,
@@ -82,6 +84,10 @@ pub struct VerifiedStep {
     pub svid_fingerprint: String,
     /// When the results were written (the step's finish time).
     pub signed_at: DateTime<Utc>,
+    /// SHA-256 (hex) of the CA that issued the signing SVID (absent in verdicts recorded before
+    /// it was kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuing_authority: Option<String>,
     /// The verified results by name.
     pub results: BTreeMap<String, VerifiedValue>,
     /// The checks, in order.
@@ -159,6 +165,11 @@ pub fn verify_step(
                     spiffe_id: verified.spiffe_id().to_string(),
                     svid_fingerprint: verified.svid_fingerprint().to_hex(),
                     signed_at: verified.signed_at(),
+                    issuing_authority: results_authority(
+                        verifier.bundles(),
+                        step.entries,
+                        verified.signed_at(),
+                    ),
                     results: verified.results().clone(),
                     checks: verified.checks().to_vec(),
                 }),
@@ -179,6 +190,21 @@ pub fn verify_step(
         decided_at,
         outcome,
     }
+}
+
+/// The CA of `bundles` that issued the step's SVID (its `SVID` entry: the leaf, then any
+/// intermediates), at `signed_at`.
+fn results_authority(
+    bundles: &TrustBundleSet,
+    entries: &BTreeMap<String, String>,
+    signed_at: DateTime<Utc>,
+) -> Option<String> {
+    let mut certificates = pem_to_ders(&canonical(entries.get(KEY_SVID)?))
+        .ok()?
+        .into_iter();
+    let leaf = SvidLeaf::from_der(&certificates.next()?).ok()?;
+    let intermediates: Vec<Vec<u8>> = certificates.collect();
+    issuing_authority(bundles, &leaf, &intermediates, signed_at)
 }
 
 fn rejected_without_verifier(
@@ -204,7 +230,6 @@ fn rejected_without_verifier(
 #[cfg(test)]
 mod tests {
     use countersign_identity::spiffe_id::SpiffeId;
-    use countersign_identity::svid::TrustBundleSet;
     use countersign_identity::tekton::{Freshness, Outcome, ResultsPolicy};
 
     use super::*;

@@ -4,6 +4,7 @@
 //! | bucket | key | value |
 //! |---|---|---|
 //! | `{PREFIX}_ATTESTATIONS` | `{uid}` | the attestation event, a structured-mode CloudEvent (JSON) |
+//! | `{PREFIX}_ATTESTATIONS` | `{uid}.revoked` | its `attestation.revoked` event, once a CA that issued one of its signing chains was revoked |
 //! | `{PREFIX}_ATTESTATION_INDEX` | `{namespace}.{name}` | [`IndexEntry`]: the latest TaskRun of that name |
 //!
 //! Every key token is [`kv::key_token`]: the events crate's subject token encoding with `~`
@@ -14,7 +15,9 @@
 //!
 //! An attestation is written with create-if-absent: the first writer wins, and a loser reads
 //! and uses the stored one ([`Created::AlreadyExisted`]), so the event published and the KV
-//! record are always the same.
+//! record are always the same. It is never changed afterwards: a revocation is a second key
+//! beside it, also written create-if-absent, which every reader checks
+//! ([`AttestationStore::revocation`]).
 
 use async_nats::jetstream::context::Context;
 use bytes::Bytes;
@@ -35,6 +38,21 @@ pub const INDEX_BUCKET: &str = "attestation_index";
 /// The attestations bucket key of a TaskRun UID.
 pub fn attestation_key(uid: &str) -> Result<Key, KvError> {
     Key::tokens([(uid, "TaskRun UID")])
+}
+
+/// The last token of a revocation's key.
+pub const REVOKED_TOKEN: &str = "revoked";
+
+/// The attestations bucket key of TaskRun `uid`'s revocation: `{uid}.revoked`. A UID token
+/// never holds a `.`, so it never names an attestation.
+pub fn revocation_key(uid: &str) -> Result<Key, KvError> {
+    attestation_key(uid)?.with_raw(REVOKED_TOKEN)
+}
+
+/// Whether an attestations bucket key names a revocation (`{uid}.revoked`), not an attestation.
+pub fn is_revocation_key(key: &str) -> bool {
+    key.split_once('.')
+        .is_some_and(|(_, rest)| rest == REVOKED_TOKEN)
 }
 
 /// The index key of a TaskRun name: `{namespace}.{name}`.
@@ -237,11 +255,7 @@ impl AttestationStore {
 
     /// The attestation of TaskRun `uid`, if one was stored.
     pub async fn get(&self, uid: &str) -> Result<Option<Event<AttestationEvent>>, StoreError> {
-        let key = attestation_key(uid)?;
-        let stored = self.attestations.get(&key).await?.value;
-        stored
-            .map(|cloudevent| self.attestation_of(&key, cloudevent))
-            .transpose()
+        self.get_at(&attestation_key(uid)?).await
     }
 
     /// The raw stored JSON of TaskRun `uid`'s attestation (for `countersign get --json`).
@@ -255,17 +269,75 @@ impl AttestationStore {
         uid: &str,
         event: &Event<AttestationEvent>,
     ) -> Result<Created, StoreError> {
-        let key = attestation_key(uid)?;
+        self.create_at(&attestation_key(uid)?, event).await
+    }
+
+    /// Stores `event` under `key` unless something is stored there; then returns that.
+    async fn create_at(
+        &self,
+        key: &Key,
+        event: &Event<AttestationEvent>,
+    ) -> Result<Created, StoreError> {
         let cloudevent = event.to_cloudevent().map_err(|source| StoreError::Encode {
             bucket: self.attestations.name().to_owned(),
             source,
         })?;
-        match self.attestations.create(&key, &cloudevent).await? {
+        match self.attestations.create(key, &cloudevent).await? {
             kv::Created::Stored(_) => Ok(Created::Stored),
             kv::Created::AlreadyExisted(existing) => Ok(Created::AlreadyExisted(Box::new(
-                self.attestation_of(&key, existing)?,
+                self.attestation_of(key, existing)?,
             ))),
         }
+    }
+
+    /// The revocation of TaskRun `uid`'s attestation (its `attestation.revoked` event), if a CA
+    /// that issued one of its signing chains was revoked.
+    pub async fn revocation(
+        &self,
+        uid: &str,
+    ) -> Result<Option<Event<AttestationEvent>>, StoreError> {
+        self.get_at(&revocation_key(uid)?).await
+    }
+
+    /// Records `event` (an `attestation.revoked` event) as the revocation of TaskRun `uid`'s
+    /// attestation unless one is recorded; `Created::AlreadyExisted` holds that one.
+    pub async fn record_revocation(
+        &self,
+        uid: &str,
+        event: &Event<AttestationEvent>,
+    ) -> Result<Created, StoreError> {
+        self.create_at(&revocation_key(uid)?, event).await
+    }
+
+    /// The key of every stored attestation (not of revocations), streamed by the server: what a
+    /// scan for a revoked CA walks. The keys alone are held (a UID each).
+    pub async fn attestation_keys(&self) -> Result<Vec<Key>, StoreError> {
+        let failed = |source: async_nats::Error| KvError::Snapshot {
+            bucket: self.attestations.name().to_owned(),
+            source,
+        };
+        let mut keys = self
+            .attestations
+            .store()
+            .keys()
+            .await
+            .map_err(|error| failed(error.into()))?;
+        let mut found = Vec::new();
+        while let Some(key) = futures::StreamExt::next(&mut keys).await {
+            let key = key.map_err(|error| failed(error.into()))?;
+            if !is_revocation_key(&key) {
+                found.push(Key::raw(key)?);
+            }
+        }
+        Ok(found)
+    }
+
+    /// The attestation stored under `key` (one of [`AttestationStore::attestation_keys`]).
+    pub async fn get_at(&self, key: &Key) -> Result<Option<Event<AttestationEvent>>, StoreError> {
+        let stored = self.attestations.get(key).await?.value;
+        stored
+            .map(|cloudevent| self.attestation_of(key, cloudevent))
+            .transpose()
     }
 
     /// The latest TaskRun named `namespace/name`, if any was attested.
@@ -346,5 +418,19 @@ mod tests {
             "default.run_1"
         );
         assert!(attestation_key("").is_err());
+    }
+
+    #[test]
+    fn a_revocation_key_sits_beside_its_attestation_and_never_names_one() {
+        let key = revocation_key("a_b-1").unwrap();
+        assert_eq!(
+            key.as_str(),
+            format!("{}.revoked", attestation_key("a_b-1").unwrap())
+        );
+        assert!(is_revocation_key(key.as_str()));
+        assert!(!is_revocation_key(
+            attestation_key("revoked").unwrap().as_str()
+        ));
+        assert!(!is_revocation_key("uid.other"));
     }
 }

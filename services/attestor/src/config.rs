@@ -55,6 +55,9 @@ pub struct AttestorConfig {
     /// `[backlog]`: the backlog lane (see [`crate::lane`]).
     #[serde(default)]
     pub backlog: BacklogConfig,
+    /// `[timestamp]`: the optional RFC 3161 timestamp authority (see [`crate::timestamp`]).
+    #[serde(default)]
+    pub timestamp: TimestampConfig,
 }
 
 impl ServiceConfig for AttestorConfig {
@@ -65,7 +68,80 @@ impl ServiceConfig for AttestorConfig {
             WorkloadEndpoint::new(socket.as_str())
                 .map_err(|error| ConfigError::invalid("spire.socket_path", error.to_string()))?;
         }
+        self.timestamp.validate()?;
         Ok(())
+    }
+}
+
+// === [timestamp] ===
+
+/// `[timestamp]`: an RFC 3161 timestamp authority that timestamps every attestation's signature.
+/// Off unless `url` is set; then `certificate_chain` is required, and an attestation is never
+/// published without its verified timestamp (a TSA that is down delays attestations).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimestampConfig {
+    /// Where `TimeStampReq`s are posted, e.g. `http://tsa:3000/api/v1/timestamp` (sigstore's
+    /// timestamp-authority). Default: none (no timestamps).
+    #[serde(default)]
+    pub url: Option<url::Url>,
+    /// The TSA's certificate chain (PEM: the signer, intermediates, the root), as its
+    /// `/api/v1/timestamp/certchain` serves it; responses are verified against its root.
+    /// Required with `url`.
+    #[serde(default)]
+    pub certificate_chain: Option<PathBuf>,
+    /// How long one request may take. Default `10s`.
+    #[serde(default = "TimestampConfig::default_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+impl TimestampConfig {
+    /// Ten seconds.
+    pub const fn default_timeout() -> Duration {
+        Duration::from_secs(10)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        match (&self.url, &self.certificate_chain) {
+            (Some(url), Some(_)) => {
+                if !matches!(url.scheme(), "http" | "https") {
+                    return Err(ConfigError::invalid(
+                        "timestamp.url",
+                        "the timestamp authority's URL must be http:// or https://",
+                    ));
+                }
+            }
+            (None, None) => {}
+            (Some(_), None) => {
+                return Err(ConfigError::invalid(
+                    "timestamp.certificate_chain",
+                    "a timestamp authority needs its certificate chain to verify its timestamps",
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError::invalid(
+                    "timestamp.url",
+                    "a certificate chain is set but no timestamp authority URL",
+                ));
+            }
+        }
+        if self.timeout.is_zero() {
+            return Err(ConfigError::invalid(
+                "timestamp.timeout",
+                "the timeout must be more than zero",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Default for TimestampConfig {
+    fn default() -> Self {
+        TimestampConfig {
+            url: None,
+            certificate_chain: None,
+            timeout: TimestampConfig::default_timeout(),
+        }
     }
 }
 
@@ -340,5 +416,38 @@ mod tests {
         }
         let tekton = parse("[spire]\nspire-trust-domain = \"prod.example\"\n").unwrap();
         assert_eq!(tekton.spire.trust_domain.as_str(), "prod.example");
+    }
+
+    #[test]
+    fn a_timestamp_authority_needs_its_chain_and_an_http_url() {
+        let config = parse("").unwrap();
+        assert_eq!(config.timestamp, TimestampConfig::default());
+        let config = parse(
+            "[timestamp]\nurl = \"http://127.0.0.1:3000/api/v1/timestamp\"\ncertificate_chain = \"/etc/tsa/chain.pem\"\ntimeout = \"3s\"\n",
+        )
+        .unwrap();
+        assert_eq!(config.timestamp.timeout, Duration::from_secs(3));
+        for (text, key) in [
+            (
+                "[timestamp]\nurl = \"http://tsa/api/v1/timestamp\"\n",
+                "timestamp.certificate_chain",
+            ),
+            (
+                "[timestamp]\ncertificate_chain = \"/c.pem\"\n",
+                "timestamp.url",
+            ),
+            (
+                "[timestamp]\nurl = \"ftp://tsa/\"\ncertificate_chain = \"/c.pem\"\n",
+                "timestamp.url",
+            ),
+            (
+                "[timestamp]\nurl = \"http://tsa/\"\ncertificate_chain = \"/c.pem\"\ntimeout = \"0s\"\n",
+                "timestamp.timeout",
+            ),
+        ] {
+            let error = parse(text).unwrap_err();
+            assert_eq!(error.kind(), ConfigErrorKind::InvalidValue, "{text}");
+            assert_eq!(error.key(), Some(key), "{text}");
+        }
     }
 }

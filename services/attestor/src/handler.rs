@@ -11,7 +11,8 @@
 //!   stream does not hold it yet) and, when enabled, annotate the TaskRun.
 //!
 //! Failures map onto the one ack rule: no SVID or bundle yet, NATS or KV unavailable, a failed
-//! patch are transient (nak, retried); an event that contradicts itself (a SPIFFE ID that is not
+//! patch, no verified timestamp from a configured timestamp authority are transient (nak,
+//! retried); an event that contradicts itself (a SPIFFE ID that is not
 //! its TaskRun's) or an unreadable stored record is poison (dead letter).
 
 use std::sync::Arc;
@@ -51,6 +52,7 @@ use countersign_verdict::store::{
 use crate::material::{Material, MaterialError, MaterialWatch};
 use crate::metrics::AttestorMetrics;
 use crate::store::{STEP_VERDICTS_BUCKET, StepRecorded, StepStore};
+use crate::timestamp::{TimestampFailure, Timestamper};
 
 /// Why an event could not be handled.
 #[derive(Debug, thiserror::Error)]
@@ -82,6 +84,9 @@ pub enum AttestError {
     /// The attestation could not be exported as a Sigstore bundle and VSAs.
     #[error("exporting the attestation")]
     Export(#[from] ExportError),
+    /// No verified timestamp from the configured timestamp authority (transient).
+    #[error("timestamping the attestation")]
+    Timestamp(#[from] TimestampFailure),
 }
 
 impl AttestError {
@@ -136,6 +141,8 @@ pub struct AttestorParts {
     pub clock_skew: std::time::Duration,
     /// The TaskRun annotator, when enabled.
     pub annotator: Option<Annotator>,
+    /// The timestamp authority's client, when `[timestamp]` names one.
+    pub timestamper: Option<Timestamper>,
     /// Metrics.
     pub metrics: AttestorMetrics,
 }
@@ -304,7 +311,7 @@ impl Attestor {
                 let decision = self
                     .taskrun_decision(&finished, &policy, &material, decided_at)
                     .await?;
-                let data = attest_in_context(
+                let mut data = attest_in_context(
                     &decision,
                     AttestationFacts {
                         taskrun: &finished.taskrun,
@@ -316,6 +323,11 @@ impl Attestor {
                     &material.bundles,
                     &material.svid,
                 )?;
+                // Before it is stored: an attestation is never kept or published without the
+                // timestamp a configured TSA owes it.
+                if let Some(timestamper) = &parts.timestamper {
+                    timestamper.stamp(&mut data).await?;
+                }
                 let event = Event::observed_at(parts.publisher.source(), decided_at, data);
                 match parts.attestations.create(uid, &event).await? {
                     Created::Stored => {

@@ -86,11 +86,7 @@ impl Default for BacklogConfig {
 
 /// The backlog lane's consumer: the attestor's subjects, its own durable name.
 pub fn backlog_spec(subjects: &Subjects) -> ConsumerSpec {
-    ConsumerSpec {
-        name: BACKLOG_CONSUMER.into(),
-        description: "attests TaskRuns published long after they finished, throttled".into(),
-        ..ConsumerSpec::attestor(subjects)
-    }
+    ConsumerSpec::attestor_backlog(subjects)
 }
 
 /// Which consumer handles an event.

@@ -10,18 +10,22 @@
 //! The map:
 //!
 //! - [`config`]: the configuration (`[nats]`, shared through `countersign_runtime::nats`,
-//!   `[bus]`, `[consumer]`, `[spire]`, `[store]`, `[annotate]`).
+//!   `[bus]`, `[consumer]`, `[spire]`, `[store]`, `[annotate]`, `[timestamp]`).
 //! - [`service`]: [`run`], start-up in order behind readiness latches, then the consumer.
 //! - [`handler`]: [`Attestor`], what each event does, and the ack rule's inputs.
 //! - [`lane`]: live runs first: the live and the throttled backlog consumer, and which
 //!   events each takes.
 //! - [`material`]: the attestor's SVID and the trust bundles, kept current.
 //! - [`store`]: its own KV bucket, the step verdicts.
+//! - [`revocation`]: re-verification when SPIRE revokes a CA: the stored attestations signed
+//!   under it get an `attestation.revoked` event and a `{uid}.revoked` record, once each.
 //!
 //! The rule itself (one step's verdict, the TaskRun's from its steps), signing the attestation
 //! and the public KV layout of attestations (attestations by UID, the name index) are
 //! `countersign_verdict`'s, shared with the `countersign` command and the gate.
 //! - [`annotate`]: the optional `countersign.dev/*` TaskRun annotations.
+//! - [`timestamp`]: the optional RFC 3161 timestamp of each attestation from a timestamp
+//!   authority (`[timestamp]`), verified before the attestation is stored.
 //! - [`metrics`] holds `countersign_attestor_*`, and [`latency`] the end-to-end
 //!   `countersign_attestation_latency_seconds`.
 //!
@@ -36,8 +40,10 @@ pub mod lane;
 pub mod latency;
 pub mod material;
 pub mod metrics;
+pub mod revocation;
 pub mod service;
 pub mod store;
+pub mod timestamp;
 
 pub use config::AttestorConfig;
 pub use handler::{AttestError, Attestor, AttestorParts};

@@ -10,6 +10,9 @@
 //! | `countersign_attestor_material_updates_total` | | SVID and bundle updates received from the Workload API |
 //! | `countersign_attestor_trust_bundle_authorities` | | CA certificates in the trust bundles in use |
 //! | `countersign_attestor_svid_expiry_timestamp_seconds` | | when the attestor's SVID expires |
+//! | `countersign_attestor_timestamps_total` | | RFC 3161 timestamps obtained and verified (`[timestamp]`) |
+//! | `countersign_attestor_timestamp_failures_total` | `reason` | timestamp requests that failed (the TaskRun is retried) |
+//! | `countersign_attestor_timestamp_duration_seconds` | | request to a verified timestamp |
 //!
 //! And, outside the prefix because it is the system's and not one service's,
 //! `countersign_attestation_latency_seconds` (TaskRun finished → attestation published,
@@ -40,6 +43,11 @@ struct BucketLabels {
     bucket: &'static str,
 }
 
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct FailureLabels {
+    reason: &'static str,
+}
+
 /// The attestor's metrics. Cloning is cheap and shares the values.
 #[derive(Debug, Clone)]
 pub struct AttestorMetrics {
@@ -51,6 +59,9 @@ pub struct AttestorMetrics {
     bundle_authorities: Gauge,
     svid_expiry: Gauge,
     attestation_latency: AttestationLatency,
+    timestamps: Counter,
+    timestamp_failures: Family<FailureLabels, Counter>,
+    timestamp_duration: Histogram,
 }
 
 impl Default for AttestorMetrics {
@@ -65,6 +76,10 @@ impl Default for AttestorMetrics {
             bundle_authorities: Gauge::default(),
             svid_expiry: Gauge::default(),
             attestation_latency: AttestationLatency::default(),
+            timestamps: Counter::default(),
+            timestamp_failures: Family::default(),
+            // 1 ms to about 16 s.
+            timestamp_duration: Histogram::new(exponential_buckets(0.001, 2.0, 15)),
         }
     }
 }
@@ -114,6 +129,41 @@ impl AttestorMetrics {
             "When the attestor's own SVID expires (Unix time)",
             self.svid_expiry.clone(),
         );
+        registry.register(
+            "timestamps",
+            "RFC 3161 timestamps obtained from the timestamp authority and verified",
+            self.timestamps.clone(),
+        );
+        registry.register(
+            "timestamp_failures",
+            "Timestamp requests that failed (the TaskRun is retried), by reason",
+            self.timestamp_failures.clone(),
+        );
+        registry.register(
+            "timestamp_duration_seconds",
+            "Time from a timestamp request to its verified response",
+            self.timestamp_duration.clone(),
+        );
+    }
+
+    /// Records a verified timestamp and how long it took.
+    pub fn timestamp_obtained(&self, elapsed: Duration) {
+        self.timestamps.inc();
+        self.timestamp_duration.observe(elapsed.as_secs_f64());
+    }
+
+    /// Counts a failed timestamp request (`reason`: one of a few fixed words).
+    pub fn timestamp_failed(&self, reason: &'static str) {
+        self.timestamp_failures
+            .get_or_create(&FailureLabels { reason })
+            .inc();
+    }
+
+    /// How many timestamp requests failed for `reason` (for tests).
+    pub fn timestamp_failure_count(&self, reason: &'static str) -> u64 {
+        self.timestamp_failures
+            .get_or_create(&FailureLabels { reason })
+            .get()
     }
 
     /// Records new material: how many CAs the bundles hold, when the SVID expires.

@@ -8,8 +8,11 @@
 //! 3. get the attestor's SVID and the trust bundles from the Workload API (retried), and keep
 //!    them current in a tracked task — latch `first SVID and trust bundle received`;
 //! 4. consume until shutdown (`run_durable`: bound again when the server lost the consumer),
-//!    finishing and settling the messages in flight; then drain NATS.
+//!    finishing and settling the messages in flight; then drain NATS. Beside the lifecycle
+//!    consumers, `attestor-revocations` takes the registrar's bundle-rotated events
+//!    ([`crate::revocation`]).
 
+use countersign_events::data::TrustBundleRotated;
 use countersign_events::{
     Bus, ConsumerSpec, Delivery, DurableError, Event, EventMetrics, EventSource, LifecycleEvent,
     SetupError, SubjectError, run_durable,
@@ -28,10 +31,12 @@ use crate::handler::{Attestor, AttestorParts};
 use crate::lane::{Lane, Throttle, backlog_spec, lane_of};
 use crate::material::{connect_with_retry as connect_workload_api, keep_current, material_channel};
 use crate::metrics::AttestorMetrics;
+use crate::revocation::{RevocationMetrics, Revoker};
 use countersign_verdict::export_store::ExportStore;
 use countersign_verdict::store::{AttestationStore, StoreError};
 
 use crate::store::StepStore;
+use crate::timestamp::{Timestamper, TimestamperSetupError};
 
 /// The service's name: in logs, the CloudEvent source (`/countersign/attestor`), the NATS client.
 pub const SERVICE_NAME: &str = "attestor";
@@ -45,6 +50,9 @@ pub enum RunError {
     /// The annotator could not be set up.
     #[error("setting up the TaskRun annotator")]
     Annotator(#[from] AnnotateError),
+    /// The timestamp authority's client could not be set up (its chain file).
+    #[error("setting up the timestamp authority client")]
+    Timestamper(#[from] TimestamperSetupError),
     /// NATS cannot be connected to, and retrying will not help (the credentials file).
     #[error(transparent)]
     Connect(#[from] NatsConnectError),
@@ -76,9 +84,11 @@ pub async fn run(ctx: Context<AttestorConfig>) -> Result<(), RunError> {
 
     let bus_metrics = EventMetrics::new();
     let metrics = AttestorMetrics::new();
+    let revocation_metrics = RevocationMetrics::new();
     ctx.metrics.with_registry(|registry| {
         bus_metrics.register(registry);
         metrics.register(registry);
+        revocation_metrics.register(registry);
     });
     let endpoint = config.spire.endpoint(spiffe_endpoint_socket)?;
     let trust_domain = config.spire.trust_domain.trust_domain().clone();
@@ -87,6 +97,7 @@ pub async fn run(ctx: Context<AttestorConfig>) -> Result<(), RunError> {
     } else {
         None
     };
+    let timestamper = Timestamper::from_config(&config.timestamp, metrics.clone())?;
     let token = ctx.shutdown.token();
 
     // 1. NATS.
@@ -114,6 +125,18 @@ pub async fn run(ctx: Context<AttestorConfig>) -> Result<(), RunError> {
         Backoff::startup(),
         SetupError::is_transient,
         || bus.ensure_consumer(&spec, &config.consumer),
+    )
+    .await?
+    else {
+        return Ok(());
+    };
+    let revocations = ConsumerSpec::attestor_revocations(bus.subjects());
+    let Some(revocations_consumer) = retry_transient(
+        "binding the attestor's revocations consumer",
+        &token,
+        Backoff::startup(),
+        SetupError::is_transient,
+        || bus.ensure_consumer(&revocations, &config.consumer),
     )
     .await?
     else {
@@ -193,6 +216,11 @@ pub async fn run(ctx: Context<AttestorConfig>) -> Result<(), RunError> {
     );
 
     // 4. Consume.
+    let revoker = Revoker::new(
+        attestations.clone(),
+        bus.publisher(EventSource::service(SERVICE_NAME)),
+        revocation_metrics,
+    );
     let attestor = Attestor::new(AttestorParts {
         publisher: bus.publisher(EventSource::service(SERVICE_NAME)),
         subjects: bus.subjects().clone(),
@@ -204,9 +232,26 @@ pub async fn run(ctx: Context<AttestorConfig>) -> Result<(), RunError> {
         trust_domain,
         clock_skew: config.spire.clock_skew,
         annotator,
+        timestamper,
         metrics,
     });
     let mut tasks = JoinSet::new();
+    let revocations_handler = move |event: Event<TrustBundleRotated>, delivery: Delivery| {
+        let revoker = revoker.clone();
+        async move { revoker.handle(event, delivery).await }
+    };
+    let (revocations_bus, revocations_token) = (bus.clone(), token.clone());
+    tasks.spawn(async move {
+        run_durable(
+            &revocations_bus,
+            &revocations,
+            revocations_consumer,
+            revocations_handler,
+            revocations_token,
+        )
+        .await?;
+        Ok(())
+    });
     let after = config.backlog.after;
     match backlog {
         None => {

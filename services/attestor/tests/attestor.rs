@@ -61,6 +61,7 @@ fn rejected_reason(event: &Event<AttestationEvent>) -> ReasonCode {
         AttestationEvent::Verified(verified) => {
             panic!("expected a rejection, got {:?}", verified.verdict)
         }
+        AttestationEvent::Revoked(_) => panic!("expected a rejection, got a revocation"),
     }
 }
 

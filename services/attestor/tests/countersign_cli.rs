@@ -17,10 +17,10 @@ use tokio::io::AsyncBufReadExt as _;
 /// The `countersign` command's documented exit codes (`countersign --help`,
 /// `countersign_cli::exit_code`): its contract, so written out here.
 mod exit_code {
-    pub const OK: u8 = 0;
-    pub const REJECTED: u8 = 1;
-    pub const NOT_FOUND: u8 = 3;
-    pub const UNAVAILABLE: u8 = 69;
+    pub(super) const OK: u8 = 0;
+    pub(super) const REJECTED: u8 = 1;
+    pub(super) const NOT_FOUND: u8 = 3;
+    pub(super) const UNAVAILABLE: u8 = 69;
 }
 
 async fn countersign(nats_url: &str, args: &[&str]) -> Output {

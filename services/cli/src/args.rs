@@ -99,6 +99,11 @@ pub struct ExportArgs {
     /// The trust domain of `--trust-bundle`.
     #[arg(long, value_name = "TD", env = "COUNTERSIGN_TRUST_DOMAIN")]
     pub trust_domain: Option<String>,
+    /// Also name this RFC 3161 timestamp authority (its PEM chain, as its
+    /// `/api/v1/timestamp/certchain` serves it) in `trusted_root.json`, for `cosign …
+    /// --use-signed-timestamps`.
+    #[arg(long, value_name = "FILE", requires = "trust_bundle")]
+    pub timestamp_authority_chain: Option<PathBuf>,
 }
 
 /// `bundles` subcommands.
@@ -149,15 +154,21 @@ pub struct VerifyArgs {
     #[arg(
         long,
         value_name = "FILE",
-        required_unless_present = "bundle_history",
-        conflicts_with = "bundle_history"
+        required_unless_present_any = ["bundle_history", "bundle_history_from_nats"],
+        conflicts_with_all = ["bundle_history", "bundle_history_from_nats"]
     )]
     pub bundle: Option<PathBuf>,
     /// Instead of --bundle: a trust bundle history (`countersign bundles export`). The
     /// attestation is checked at its signing time against the bundle recorded for that time,
     /// and refused if the CA that issued the attestor's SVID was revoked since.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", conflicts_with = "bundle_history_from_nats")]
     pub bundle_history: Option<PathBuf>,
+    /// Instead of --bundle-history FILE: read the history from the `<PREFIX>_TRUST_BUNDLES`
+    /// bucket over NATS (`--nats-url`), and also refuse an attestation the attestor marked
+    /// revoked in the attestations bucket (`authority_revoked`). Offline (a file) is the
+    /// default; this flag is the only thing that makes `verify` connect.
+    #[arg(long)]
+    pub bundle_history_from_nats: bool,
     /// The SPIFFE ID the attestor must have (repeatable). Default:
     /// `spiffe://<--trust-domain>/countersign/attestor`; one of the two is required.
     #[arg(
@@ -178,6 +189,14 @@ pub struct VerifyArgs {
     /// Exit with status 1 unless the attested verdict is `verified`.
     #[arg(long)]
     pub require_verified: bool,
+    /// The RFC 3161 timestamp authority's certificate chain (PEM, as its
+    /// `/api/v1/timestamp/certchain` serves it). The attestation must then carry a timestamp
+    /// token over its signature from that authority (`timestamp_missing`, `timestamp_invalid`
+    /// otherwise), and the token's genTime is its signing time: the attestor's SVID and chain
+    /// are checked then (unless `--at` names another time). Without it, a token the attestation
+    /// carries is neither checked nor used.
+    #[arg(long, value_name = "FILE")]
+    pub timestamp_authority_chain: Option<PathBuf>,
     /// Print the statement summary as JSON.
     #[arg(long)]
     pub json: bool,

@@ -1,12 +1,15 @@
 //! The trust bundle history in the command: `countersign bundles export` writes the history the
 //! registrar records (`{PREFIX}_TRUST_BUNDLES`) to a file, and `countersign verify
 //! --bundle-history FILE` checks an attestation at its signing time against the bundle
-//! recorded for that time, offline, with no live SPIRE ([`verify_at_signing_time`]):
+//! recorded for that time, offline, with no live SPIRE ([`verify_at_signing_time`]);
+//! `--bundle-history-from-nats` reads the same history from the bucket instead
+//! ([`read_history_from_bucket`]):
 //!
 //! 1. the history file reads and agrees with itself (a different CA set under one sequence
 //!    number is `history_conflict`);
-//! 2. the bundle recorded for the attestation's signing time (its signed `times.verified`, and
-//!    the signer bundle digest of its signing context when it has one) exists
+//! 2. the bundle recorded for the attestation's signing time (its signed `times.verified`, or
+//!    the genTime of its verified RFC 3161 timestamp with `--timestamp-authority-chain`, and the
+//!    signer bundle digest of its signing context when it has one) exists
 //!    (`no_bundle_at_time`);
 //! 3. the attestation verifies against that bundle (the checks of `verify`, with the same
 //!    reason names), its SVID valid at the signing time;
@@ -92,10 +95,61 @@ pub fn read_history(path: &Path) -> Result<Result<BundleHistory, PointInTimeFail
     }
 }
 
-/// The point-in-time check of the module docs (steps 2 to 4).
+/// Reads the history from the `{PREFIX}_TRUST_BUNDLES` bucket (what `bundles export` writes to
+/// a file), with the same outcomes as [`read_history`].
+pub async fn read_history_from_bucket(
+    jetstream: &async_nats::jetstream::Context,
+    subjects: &countersign_events::Subjects,
+) -> Result<Result<BundleHistory, PointInTimeFailure>, CliError> {
+    let records = read_records(jetstream, subjects).await?;
+    match BundleHistory::new(records) {
+        Ok(history) => Ok(Ok(history)),
+        Err(error @ HistoryError::Conflict { .. }) => {
+            Ok(Err(PointInTimeFailure::new("history_conflict", &error)))
+        }
+        Err(error) => Err(CliError::Stream {
+            stream: subjects
+                .kv_bucket_name(BUCKET)
+                .unwrap_or_else(|_| BUCKET.to_owned()),
+            source: Box::new(error),
+        }),
+    }
+}
+
+/// Every record of the `{PREFIX}_TRUST_BUNDLES` bucket.
+async fn read_records(
+    jetstream: &async_nats::jetstream::Context,
+    subjects: &countersign_events::Subjects,
+) -> Result<Vec<BundleRecord>, CliError> {
+    let name = subjects
+        .kv_bucket_name(BUCKET)
+        .map_err(|error| CliError::Usage(error.to_string()))?;
+    let unavailable = |source: Box<dyn std::error::Error + Send + Sync>| CliError::Stream {
+        stream: name.clone(),
+        source,
+    };
+    let bucket: Bucket<BundleRecord> = Bucket::open(jetstream, &name)
+        .await
+        .map_err(|error| unavailable(Box::new(error)))?;
+    Ok(bucket
+        .snapshot(None)
+        .await
+        .map_err(|error| unavailable(Box::new(error)))?
+        .into_iter()
+        .filter_map(|entry| match entry.value {
+            SnapshotValue::Value(record) => Some(record),
+            SnapshotValue::Deleted | SnapshotValue::Corrupt(_) => None,
+        })
+        .collect())
+}
+
+/// The point-in-time check of the module docs (steps 2 to 4). `timestamped_at` is the genTime of
+/// the attestation's verified timestamp, when it has one: the signing time then, instead of the
+/// attestor's own claim.
 pub fn verify_at_signing_time(
     history: &BundleHistory,
     attestation: &SignedAttestation,
+    timestamped_at: Option<DateTime<Utc>>,
     policy: &SignerPolicy,
     failure_kind: fn(&AttestationVerifyError) -> &'static str,
 ) -> Result<VerifiedAtSigningTime, PointInTimeFailure> {
@@ -113,8 +167,13 @@ pub fn verify_at_signing_time(
     let intermediates: Vec<Vec<u8>> = certificates.collect();
     let leaf = SvidLeaf::from_der(&leaf_der)
         .map_err(|error| refused(AttestationVerifyError::SignerSvidInvalid(error)))?;
-    let (signed_at, claimed_digest) = claimed_signing_context(attestation)
+    let (claimed_at, claimed_digest) = claimed_signing_context(attestation)
         .ok_or_else(|| refused(AttestationVerifyError::NotAStatement(None)))?;
+    let signed_at = timestamped_at.unwrap_or(claimed_at);
+    let verification_time = match timestamped_at {
+        Some(time) => AttestationTime::At(time),
+        None => AttestationTime::ClaimedVerificationTime,
+    };
 
     // 2. The bundle recorded for the signing time.
     let (_, bundle) = history
@@ -128,7 +187,7 @@ pub fn verify_at_signing_time(
     // 3. The attestation against it (this authenticates the signing time). A chain that does
     //    not verify against the bundle of its time is refused as such.
     let verified = AttestationVerifier::new(bundle, policy)
-        .verify(attestation, AttestationTime::ClaimedVerificationTime)
+        .verify(attestation, verification_time)
         .map_err(|error| match error {
             AttestationVerifyError::ChainInvalid(_) => {
                 PointInTimeFailure::new("chain_invalid_at_time", &error)
@@ -180,26 +239,7 @@ pub async fn export(
     out: &mut dyn Write,
 ) -> Result<Outcome, CliError> {
     let (jetstream, subjects) = crate::nats::jetstream(nats).await?;
-    let name = subjects
-        .kv_bucket_name(BUCKET)
-        .map_err(|error| CliError::Usage(error.to_string()))?;
-    let unavailable = |source: Box<dyn std::error::Error + Send + Sync>| CliError::Stream {
-        stream: name.clone(),
-        source,
-    };
-    let bucket: Bucket<BundleRecord> = Bucket::open(&jetstream, &name)
-        .await
-        .map_err(|error| unavailable(Box::new(error)))?;
-    let records: Vec<BundleRecord> = bucket
-        .snapshot(None)
-        .await
-        .map_err(|error| unavailable(Box::new(error)))?
-        .into_iter()
-        .filter_map(|entry| match entry.value {
-            SnapshotValue::Value(record) => Some(record),
-            SnapshotValue::Deleted | SnapshotValue::Corrupt(_) => None,
-        })
-        .collect();
+    let records = read_records(&jetstream, &subjects).await?;
     let count = records.len();
     let file = BundleHistoryFile::new(records);
     let json = serde_json::to_string_pretty(&file).map_err(std::io::Error::other)?;

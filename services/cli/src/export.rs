@@ -6,7 +6,8 @@
 //!   per artifact, as the attestor stored them in `{PREFIX}_EXPORTS`;
 //! - `export.json`: the export's manifest (which VSA is about which artifact);
 //! - with `--trust-bundle`, `trusted_root.json`: cosign's `--trusted-root` made from a SPIRE
-//!   trust bundle.
+//!   trust bundle (and with `--timestamp-authority-chain`, naming that RFC 3161 timestamp
+//!   authority too, for `cosign … --use-signed-timestamps`).
 //!
 //! An attestation stored before exports existed (no manifest) is still written as its bundle,
 //! made here from the stored envelope and chain; it has no VSAs. Nothing read is trusted: the
@@ -16,7 +17,9 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use countersign_events::AttestationEvent;
-use countersign_identity::sigstore_bundle::{SigstoreBundle, trusted_root_json};
+use countersign_identity::sigstore_bundle::{
+    SigstoreBundle, trusted_root_json, trusted_root_json_with_timestamp_authority,
+};
 use countersign_runtime::error_chain;
 use countersign_verdict::attestation::AttestationEventExt as _;
 use countersign_verdict::export_store::{EXPORTS_BUCKET, ExportStore};
@@ -24,7 +27,7 @@ use countersign_verdict::store::{AttestationStore, StoreError, StoreErrorKind};
 
 use crate::args::{ExportArgs, NatsArgs};
 use crate::exit::{CliError, Outcome};
-use crate::inputs::{read_bundle, trust_domain};
+use crate::inputs::{read_bundle, read_timestamp_authority_chain, trust_domain};
 use crate::nats::jetstream;
 
 /// The results attestation's file name.
@@ -49,12 +52,18 @@ pub async fn export(
         (Some(path), Some(text)) => {
             let trust_domain = trust_domain(text)?;
             let bundles = read_bundle(path, Some(&trust_domain))?;
-            Some(trusted_root_json(&bundles, &trust_domain).map_err(|error| {
-                CliError::BadInput {
-                    path: path.clone(),
-                    expected: "a PEM trust bundle",
-                    reason: error_chain(&error),
-                }
+            let root = match &args.timestamp_authority_chain {
+                Some(chain_path) => trusted_root_json_with_timestamp_authority(
+                    &bundles,
+                    &trust_domain,
+                    &read_timestamp_authority_chain(chain_path)?,
+                ),
+                None => trusted_root_json(&bundles, &trust_domain),
+            };
+            Some(root.map_err(|error| CliError::BadInput {
+                path: path.clone(),
+                expected: "a PEM trust bundle",
+                reason: error_chain(&error),
             })?)
         }
         _ => None,

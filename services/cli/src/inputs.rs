@@ -1,4 +1,4 @@
-//! Reading the input files: JSON documents, trust bundles. Each is read up to a size limit, so a
+//! Reading the input files: JSON documents, trust bundles, a timestamp authority's chain. Each is read up to a size limit, so a
 //! path to `/dev/zero`, a FIFO or a huge file is refused instead of filling memory.
 
 use std::path::Path;
@@ -7,6 +7,7 @@ use countersign_runtime::bounded_read::{ReadFileError, read_to_string_bounded};
 
 use countersign_identity::spiffe_id::TrustDomain;
 use countersign_identity::svid::{BundleError, TrustBundleSet};
+use countersign_identity::timestamp::TimestampAuthorityChain;
 
 use crate::exit::CliError;
 
@@ -71,4 +72,19 @@ pub fn read_bundle(
         },
     })?;
     Ok(bundles)
+}
+
+/// The largest timestamp authority chain read (1 MiB).
+pub const MAX_CHAIN_BYTES: u64 = 1024 * 1024;
+
+/// Reads a timestamp authority's PEM certificate chain (as its `/api/v1/timestamp/certchain`
+/// serves it).
+pub fn read_timestamp_authority_chain(path: &Path) -> Result<TimestampAuthorityChain, CliError> {
+    const EXPECTED: &str = "a timestamp authority's PEM certificate chain";
+    let pem = read_text(path, MAX_CHAIN_BYTES, EXPECTED)?;
+    TimestampAuthorityChain::from_pem(&pem).map_err(|error| CliError::BadInput {
+        path: path.to_owned(),
+        expected: EXPECTED,
+        reason: countersign_runtime::error_chain(&error),
+    })
 }

@@ -40,6 +40,9 @@ pub async fn run(
 ) -> Result<Outcome, CliError> {
     match &cli.command {
         Command::VerifyResults(args) => verify_results::verify_results(args, out),
+        Command::Verify(args) if args.bundle_history_from_nats => {
+            verify::verify_from_nats(&cli.nats, args, out).await
+        }
         Command::Verify(args) => verify::verify(args, out),
         Command::Get(args) => nats::get(&cli.nats, args, out).await,
         Command::Tail(args) => nats::tail(&cli.nats, args, out, status, stop).await,

@@ -13,7 +13,7 @@ use futures::StreamExt as _;
 
 use crate::args::{GetArgs, NatsArgs, TailArgs};
 use crate::exit::{CliError, Outcome};
-use crate::render::{event_line, write_event};
+use crate::render::{event_line, write_event, write_revocation};
 
 /// The client name the command connects with.
 const CLIENT_NAME: &str = "countersign-cli";
@@ -70,6 +70,27 @@ pub async fn get(
         if format!("{}/{}", stored.namespace, stored.name) != *taskrun {
             return Err(CliError::NotFound(format!("{what} named {taskrun}")));
         }
+    }
+    // A revoked attestation is refused: the revocation is shown (with `--json`, its event,
+    // which holds the attestation) and the exit code is that of a rejection.
+    if let Some(revocation) = store.revocation(&uid).await? {
+        if args.json {
+            let cloudevent = revocation.to_cloudevent().map_err(|error| {
+                CliError::Store(StoreError::Encode {
+                    bucket: "attestations".to_owned(),
+                    source: error,
+                })
+            })?;
+            writeln!(
+                out,
+                "{}",
+                serde_json::to_string(&cloudevent).unwrap_or_default()
+            )?;
+        } else {
+            write_event(out, &event)?;
+            write_revocation(out, &revocation)?;
+        }
+        return Ok(Outcome::Rejected);
     }
     if args.json {
         out.write_all(&raw)?;

@@ -82,7 +82,42 @@ pub fn event_line(event: &Event<AttestationEvent>) -> String {
                 .unwrap_or_default(),
             rejected.message
         ),
+        AttestationEvent::Revoked(revoked) => format!(
+            "{head}  revoked: CA sha256:{} {} (bundle {})",
+            revoked.authority,
+            revocation_kind(revoked.how),
+            revoked.sequence_number
+        ),
     }
+}
+
+/// How a CA was revoked, in words.
+fn revocation_kind(how: countersign_events::data::RevocationKind) -> &'static str {
+    match how {
+        countersign_events::data::RevocationKind::Tainted => "tainted",
+        countersign_events::data::RevocationKind::Removed => "removed",
+    }
+}
+
+/// The revocation of a stored attestation (for `get`, after [`write_event`]).
+pub fn write_revocation(
+    out: &mut dyn Write,
+    revoked: &Event<AttestationEvent>,
+) -> std::io::Result<()> {
+    if let Some(revocation) = revoked.data.revocation() {
+        writeln!(
+            out,
+            "REVOKED (authority_revoked): the CA sha256:{} of {} was {} in bundle {}, at {}",
+            revocation.authority,
+            revocation.trust_domain,
+            revocation_kind(revocation.how),
+            revocation.sequence_number,
+            revocation
+                .revoked_at
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        )?;
+    }
+    Ok(())
 }
 
 /// A readable summary of an attestation event (for `get`).
@@ -127,6 +162,15 @@ pub fn write_event(out: &mut dyn Write, event: &Event<AttestationEvent>) -> std:
                 writeln!(out, "svid id:     {id}")?;
             }
             writeln!(out, "message:     {}", rejected.message)?;
+        }
+        AttestationEvent::Revoked(revoked) => {
+            writeln!(
+                out,
+                "revoked:     CA sha256:{} {} (bundle {})",
+                revoked.authority,
+                revocation_kind(revoked.how),
+                revoked.sequence_number
+            )?;
         }
     }
     let digest = envelope_digest(&event.data.attestation().envelope);

@@ -1,6 +1,9 @@
 //! `countersign verify`: a signed attestation checked offline against a trust bundle (or, with
 //! `--bundle-history`, at its signing time against the bundle history: [`crate::bundles`]) and the
-//! attestor's SPIFFE ID, by `countersign_identity`'s `AttestationVerifier`. The signer policy is
+//! attestor's SPIFFE ID, by `countersign_identity`'s `AttestationVerifier`. With
+//! `--bundle-history-from-nats` the history comes from the bucket instead, and an attestation the
+//! attestor marked revoked is refused (`authority_revoked`); an `attestation.revoked` event given
+//! as input is refused the same way. The signer policy is
 //! never empty: `--attestor-id`, or the default `spiffe://<--trust-domain>/countersign/attestor`.
 //!
 //! When the input is an attestation event (its data, or the whole CloudEvent), the event's own
@@ -9,28 +12,45 @@
 //!
 //! A Sigstore bundle (`countersign export`'s `attestation.sigstore.json`, or one `cosign` reads)
 //! is read as one too: its envelope and certificates are checked exactly as an event's.
+//!
+//! With `--timestamp-authority-chain`, the attestation must carry an RFC 3161 timestamp over its
+//! signature (an event's `rfc3161Timestamps`, a bundle's `signedTimestamp`) from that authority:
+//! every token it carries is verified (`countersign_identity::timestamp`), none is
+//! `timestamp_missing`, a bad one `timestamp_invalid`, and the first token's genTime becomes the
+//! signing time (of the SVID's validity, and of the bundle history's point-in-time check). Without
+//! the flag, tokens are not read: unauthenticated, they change nothing, and the signing time is
+//! the attestor's signed claim as before.
 
 use std::io::Write;
 
 use chrono::{DateTime, Utc};
 use countersign_events::data::{SignedAttestation as EventAttestation, Verdict as EventVerdict};
-use countersign_events::{AttestationEvent, EventPayload as _, EventType};
+use countersign_events::{AttestationEvent, Event, EventPayload as _, EventType};
 use countersign_identity::attestation::{
     AttestationTime, AttestationVerifier, AttestationVerifyError, SignedAttestation, SignerPolicy,
     VerifiedAttestation,
 };
+use countersign_identity::crypto::Sha256Digest;
+use countersign_identity::intoto::Statement;
 use countersign_identity::sigstore_bundle::SigstoreBundle;
 use countersign_identity::spiffe_id::SpiffeId;
+use countersign_identity::timestamp::{
+    TimestampAuthorityChain, VerifiedTimestamp, verify_stored_response,
+};
 use countersign_runtime::error_chain;
 use countersign_verdict::Verdict;
-use countersign_verdict::attestation::{AttestationEventExt as _, from_event_attestation};
+use countersign_verdict::attestation::{
+    AttestationEventExt as _, event_timestamps, from_event_attestation,
+};
+use countersign_verdict::bundle_history::BundleHistory;
 use countersign_verdict::reason::VerifierReasonExt as _;
+use countersign_verdict::store::{AttestationStore, StoreErrorKind};
 use serde_json::json;
 
-use crate::args::VerifyArgs;
+use crate::args::{NatsArgs, VerifyArgs};
 use crate::bundles;
 use crate::exit::{CliError, Outcome};
-use crate::inputs::{read_bundle, read_json, trust_domain};
+use crate::inputs::{read_bundle, read_json, read_timestamp_authority_chain, trust_domain};
 use crate::render::{checks_json, write_checks};
 
 /// What the file held.
@@ -39,6 +59,8 @@ struct Input {
     attestation: SignedAttestation,
     /// The event's data, when the file was an event.
     event: Option<AttestationEvent>,
+    /// The RFC 3161 timestamp tokens it carries (DER), unverified.
+    timestamps: Vec<Vec<u8>>,
 }
 
 fn bad_input(args: &VerifyArgs, reason: impl Into<String>) -> CliError {
@@ -52,9 +74,11 @@ fn bad_input(args: &VerifyArgs, reason: impl Into<String>) -> CliError {
 fn read_input(args: &VerifyArgs) -> Result<Input, CliError> {
     let mut document = read_json(&args.attestation, "a signed attestation")?;
     if is_sigstore_bundle(&document) {
+        let bundle = read_sigstore_bundle(args, &document)?;
         return Ok(Input {
-            attestation: read_sigstore_bundle(args, &document)?,
+            attestation: bundle.to_attestation(),
             event: None,
+            timestamps: bundle.timestamps().to_vec(),
         });
     }
     // A whole structured CloudEvent: its type and data.
@@ -82,26 +106,70 @@ fn read_input(args: &VerifyArgs) -> Result<Input, CliError> {
         let attestation = event
             .signed_attestation()
             .map_err(|error| bad_input(args, error.to_string()))?;
+        let timestamps = event_timestamps(event.attestation())
+            .map_err(|error| bad_input(args, error.to_string()))?;
         return Ok(Input {
             attestation,
             event: Some(event),
+            timestamps,
         });
     }
     // A bare SignedAttestation: certificates as a list (the event contract) or one PEM text.
-    let attestation = if document
+    let (attestation, timestamps) = if document
         .get("certificates")
         .is_some_and(serde_json::Value::is_array)
     {
         let event: EventAttestation =
             serde_json::from_value(document).map_err(|error| bad_input(args, error.to_string()))?;
-        from_event_attestation(&event).map_err(|error| bad_input(args, error.to_string()))?
+        (
+            from_event_attestation(&event).map_err(|error| bad_input(args, error.to_string()))?,
+            event_timestamps(&event).map_err(|error| bad_input(args, error.to_string()))?,
+        )
     } else {
-        serde_json::from_value(document).map_err(|error| bad_input(args, error.to_string()))?
+        (
+            serde_json::from_value(document).map_err(|error| bad_input(args, error.to_string()))?,
+            Vec::new(),
+        )
     };
     Ok(Input {
         attestation,
         event: None,
+        timestamps,
     })
+}
+
+/// Every token `input` carries, verified over its signature with `chain`; the first one's
+/// genTime. Refused as `timestamp_missing` or `timestamp_invalid` (kind, message).
+fn verified_timestamp(
+    input: &Input,
+    chain: &TimestampAuthorityChain,
+) -> Result<VerifiedTimestamp, (&'static str, String)> {
+    let signature = input
+        .attestation
+        .envelope
+        .signatures()
+        .first()
+        .map(|signature| signature.sig.as_slice())
+        .ok_or((
+            "timestamp_missing",
+            "the attestation has no signature".to_owned(),
+        ))?;
+    if input.timestamps.is_empty() {
+        return Err((
+            "timestamp_missing",
+            "the attestation carries no RFC 3161 timestamp, and --timestamp-authority-chain \
+             requires one"
+                .to_owned(),
+        ));
+    }
+    // Every token must verify; the first one's time is the signing time.
+    let mut verified = input
+        .timestamps
+        .iter()
+        .map(|token| verify_stored_response(token, signature, chain))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|error| ("timestamp_invalid", error_chain(&error)))?;
+    Ok(verified.swap_remove(0))
 }
 
 /// Whether a JSON document is a Sigstore bundle (by its media type).
@@ -119,11 +187,9 @@ const SIGSTORE_BUNDLE_MEDIA_TYPE_PREFIX: &str = "application/vnd.dev.sigstore.bu
 fn read_sigstore_bundle(
     args: &VerifyArgs,
     document: &serde_json::Value,
-) -> Result<SignedAttestation, CliError> {
+) -> Result<SigstoreBundle, CliError> {
     let json = serde_json::to_vec(document).map_err(|error| bad_input(args, error.to_string()))?;
-    SigstoreBundle::from_json(&json)
-        .map(|bundle| bundle.to_attestation())
-        .map_err(|error| bad_input(args, error_chain(&error)))
+    SigstoreBundle::from_json(&json).map_err(|error| bad_input(args, error_chain(&error)))
 }
 
 fn signer_policy(args: &VerifyArgs) -> Result<SignerPolicy, CliError> {
@@ -239,41 +305,144 @@ fn event_mismatch(event: &AttestationEvent, verified: &VerifiedAttestation) -> O
             }
             None
         }
+        // A revocation never verifies.
+        AttestationEvent::Revoked(revoked) => Some(format!(
+            "the attestation was revoked: the CA sha256:{} that issued its signing chain was revoked in bundle {}",
+            revoked.authority, revoked.sequence_number
+        )),
     }
 }
 
-/// Runs `verify`.
+/// Runs `verify` offline: against `--bundle` or `--bundle-history FILE`.
 pub fn verify(args: &VerifyArgs, out: &mut dyn Write) -> Result<Outcome, CliError> {
+    let history = args
+        .bundle_history
+        .as_deref()
+        .map(bundles::read_history)
+        .transpose()?;
+    verify_with(args, history, None, out)
+}
+
+/// Runs `verify --bundle-history-from-nats`: the history from the `{PREFIX}_TRUST_BUNDLES`
+/// bucket, and the attestor's revocation mark of the attestation's TaskRun, if any, from the
+/// attestations bucket (a verified attestation that is marked is refused, `authority_revoked`).
+pub async fn verify_from_nats(
+    nats: &NatsArgs,
+    args: &VerifyArgs,
+    out: &mut dyn Write,
+) -> Result<Outcome, CliError> {
+    let (jetstream, subjects) = crate::nats::jetstream(nats).await?;
+    let history = bundles::read_history_from_bucket(&jetstream, &subjects).await?;
+    // The TaskRun the attestation claims, unverified: only to look its mark up; the mark counts
+    // only if it names the payload that then verifies.
+    let claimed_uid = read_input(args)
+        .ok()
+        .and_then(|input| claimed_taskrun_uid(&input.attestation));
+    let revocation = match claimed_uid {
+        Some(uid) => match AttestationStore::open(&jetstream, &subjects).await {
+            Ok(store) => store.revocation(&uid).await?,
+            // No attestations bucket: nothing was attested here, so nothing was revoked.
+            Err(error) if error.kind() == StoreErrorKind::MissingBucket => None,
+            Err(error) => return Err(error.into()),
+        },
+        None => None,
+    };
+    verify_with(args, Some(history), revocation, out)
+}
+
+/// The TaskRun UID an attestation's statement names, read without checking the signature.
+fn claimed_taskrun_uid(attestation: &SignedAttestation) -> Option<String> {
+    let statement: Statement<serde_json::Value> =
+        serde_json::from_slice(attestation.envelope.unverified_payload()).ok()?;
+    statement
+        .predicate()
+        .pointer("/taskrun/uid")
+        .and_then(serde_json::Value::as_str)
+        .map(str::to_owned)
+}
+
+/// Whether `revocation` (a stored `attestation.revoked` event) revokes `verified`: it names
+/// the same TaskRun and carries the same signed payload.
+fn revokes(revocation: &Event<AttestationEvent>, verified: &VerifiedAttestation) -> bool {
+    let Some(revoked) = revocation.data.revocation() else {
+        return false;
+    };
+    revoked.taskrun.uid == verified.predicate().taskrun.uid
+        && from_event_attestation(&revoked.attestation).is_ok_and(|attestation| {
+            Sha256Digest::of(attestation.envelope.unverified_payload()) == verified.payload_digest()
+        })
+}
+
+fn verify_with(
+    args: &VerifyArgs,
+    history: Option<Result<BundleHistory, bundles::PointInTimeFailure>>,
+    revocation: Option<Event<AttestationEvent>>,
+    out: &mut dyn Write,
+) -> Result<Outcome, CliError> {
     let policy = signer_policy(args)?;
     let time = attestation_time(args)?;
     let given_trust_domain = args.trust_domain.as_deref().map(trust_domain).transpose()?;
-    let (checked, signing_time) = match (&args.bundle_history, &args.bundle) {
-        (Some(path), _) => {
-            let history = bundles::read_history(path)?;
+    let authority = args
+        .timestamp_authority_chain
+        .as_deref()
+        .map(read_timestamp_authority_chain)
+        .transpose()?;
+    // The timestamp, when an authority is given: checked first, as its genTime is the time the
+    // rest is checked at. Refused like any other check (not an input error).
+    let timestamp = |input: &Input| match &authority {
+        Some(chain) => verified_timestamp(input, chain).map(Some),
+        None => Ok(None),
+    };
+    let mut timestamped = None;
+    let (checked, signing_time) = match (history, &args.bundle) {
+        (Some(history), _) => {
             let input = read_input(args)?;
-            let checked = history.and_then(|history| {
-                bundles::verify_at_signing_time(&history, &input.attestation, &policy, failure_kind)
+            let checked = timestamp(&input).and_then(|stamp| {
+                let timestamped_at = stamp.as_ref().map(VerifiedTimestamp::gen_time);
+                timestamped = stamp;
+                history
+                    .and_then(|history| {
+                        bundles::verify_at_signing_time(
+                            &history,
+                            &input.attestation,
+                            timestamped_at,
+                            &policy,
+                            failure_kind,
+                        )
+                    })
+                    .map_err(|failure| (failure.kind, failure.message))
             });
             match checked {
                 Ok(verified) => (
                     Ok((verified.attestation, input.event)),
                     Some(verified.chain),
                 ),
-                Err(failure) => (Err((failure.kind, failure.message)), None),
+                Err(failure) => (Err(failure), None),
             }
         }
         (None, Some(path)) => {
             let bundles = read_bundle(path, given_trust_domain.as_ref())?;
             let input = read_input(args)?;
-            let result = AttestationVerifier::new(&bundles, &policy)
-                .verify(&input.attestation, time)
-                .map(|verified| (verified, input.event))
-                .map_err(|error| (failure_kind(&error), error_chain(&error)));
+            let result = timestamp(&input).and_then(|stamp| {
+                // The timestamp's genTime replaces the attestor's claimed time; an explicit
+                // `--at` still wins.
+                let time = match (&stamp, args.at.as_str()) {
+                    (Some(stamp), "claimed") => AttestationTime::At(stamp.gen_time()),
+                    _ => time,
+                };
+                timestamped = stamp;
+                AttestationVerifier::new(&bundles, &policy)
+                    .verify(&input.attestation, time)
+                    .map(|verified| (verified, input.event))
+                    .map_err(|error| (failure_kind(&error), error_chain(&error)))
+            });
             (result, None)
         }
         (None, None) => {
             return Err(CliError::Usage(
-                "give the trust bundle: --bundle FILE or --bundle-history FILE".to_owned(),
+                "give the trust bundle: --bundle FILE, --bundle-history FILE or \
+                 --bundle-history-from-nats"
+                    .to_owned(),
             ));
         }
     };
@@ -297,15 +466,49 @@ pub fn verify(args: &VerifyArgs, out: &mut dyn Write) -> Result<Outcome, CliErro
         .as_ref()
         .and_then(|event| event_mismatch(event, &verified))
     {
+        // An `attestation.revoked` event: its attestation was signed under a CA revoked since.
+        let kind = if event
+            .as_ref()
+            .is_some_and(|event| event.revocation().is_some())
+        {
+            "authority_revoked"
+        } else {
+            "event_mismatch"
+        };
         if args.json {
-            let document = json!({"valid": false, "error": "event_mismatch", "message": mismatch});
+            let document = json!({"valid": false, "error": kind, "message": mismatch});
             writeln!(
                 out,
                 "{}",
                 serde_json::to_string_pretty(&document).unwrap_or_default()
             )?;
         } else {
-            writeln!(out, "attestation INVALID (event_mismatch): {mismatch}")?;
+            writeln!(out, "attestation INVALID ({kind}): {mismatch}")?;
+        }
+        return Ok(Outcome::Rejected);
+    }
+
+    if let Some(revocation) = revocation.filter(|revocation| revokes(revocation, &verified)) {
+        let message = revocation
+            .data
+            .revocation()
+            .map(|revoked| {
+                format!(
+                    "the attestor revoked it: the CA sha256:{} that issued its signing chain was revoked in bundle {}",
+                    revoked.authority, revoked.sequence_number
+                )
+            })
+            .unwrap_or_default();
+        if args.json {
+            let document =
+                json!({"valid": false, "error": "authority_revoked", "message": message});
+            writeln!(
+                out,
+                "{}",
+                serde_json::to_string_pretty(&document).unwrap_or_default()
+            )?;
+        } else {
+            writeln!(out, "attestation INVALID (authority_revoked): {message}")?;
         }
         return Ok(Outcome::Rejected);
     }
@@ -333,6 +536,9 @@ pub fn verify(args: &VerifyArgs, out: &mut dyn Write) -> Result<Outcome, CliErro
             "checks": checks_json(&predicate.checks),
             "subjects": verified.statement().subjects(),
             "signing": predicate.signing,
+            "timestamp": timestamped.as_ref().map(|stamp| json!({
+                "genTime": stamp.gen_time(),
+            })),
             "signingBundle": signing_time.as_ref().map(|chain| json!({
                 "sequenceNumber": chain.sequence_number,
                 "bundleDigest": chain.bundle_digest,
@@ -374,6 +580,15 @@ pub fn verify(args: &VerifyArgs, out: &mut dyn Write) -> Result<Outcome, CliErro
             "payload:      sha256:{}",
             verified.payload_digest().to_hex()
         )?;
+        if let Some(stamp) = &timestamped {
+            writeln!(
+                out,
+                "timestamped:  {} (RFC 3161, by the given timestamp authority)",
+                stamp
+                    .gen_time()
+                    .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+            )?;
+        }
         if let Some(chain) = &signing_time {
             writeln!(
                 out,

@@ -3,7 +3,9 @@
 //! recorded in the history bucket of a real nats-server (as the registrar records them), and
 //! attestations signed with X509-SVIDs the server mints are checked by `countersign verify
 //! --bundle-history` against the file `countersign bundles export` wrote: at their signing time,
-//! offline, each refusal with its own reason.
+//! offline, each refusal with its own reason; and by `countersign verify
+//! --bundle-history-from-nats` against the bucket itself, which also refuses, as `get` does, an
+//! attestation the attestor marked revoked.
 
 use std::path::{Path, PathBuf};
 use std::process::Output;
@@ -23,6 +25,8 @@ use countersign_test_support::spire::{Spire, SpireOptions};
 use countersign_verdict::attestation::{AttestationFacts, attest_in_context};
 use countersign_verdict::bundle_history::{BundleHistoryFile, BundleRecord};
 use countersign_verdict::decide::Decision;
+use countersign_verdict::revocation::{RevokedAuthority, revocation_event};
+use countersign_verdict::store::AttestationStore;
 
 const COUNTERSIGN: &str = env!("CARGO_BIN_EXE_countersign");
 const ATTESTOR: &str = "spiffe://example.org/countersign/attestor";
@@ -51,6 +55,30 @@ fn verify(nats: &NatsServer, attestation: &Path, history: &Path) -> (u8, serde_j
             attestation.to_str().expect("UTF-8"),
             "--bundle-history",
             history.to_str().expect("UTF-8"),
+            "--trust-domain",
+            "example.org",
+            "--json",
+        ],
+    );
+    let document = serde_json::from_slice(&output.stdout).unwrap_or_else(|error| {
+        panic!(
+            "{error}: {}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        )
+    });
+    (code(&output), document)
+}
+
+/// `verify --bundle-history-from-nats`: the history from the bucket, not a file.
+fn verify_from_nats(nats: &NatsServer, attestation: &Path) -> (u8, serde_json::Value) {
+    let output = countersign(
+        nats,
+        &[
+            "verify",
+            "--attestation",
+            attestation.to_str().expect("UTF-8"),
+            "--bundle-history-from-nats",
             "--trust-domain",
             "example.org",
             "--json",
@@ -246,6 +274,13 @@ async fn attestations_verify_at_their_signing_time_from_the_exported_history() {
     for (attestation, expected) in [(&under_first, &first), (&under_second, &second)] {
         let (status, document) = verify(&nats, attestation, &export);
         assert_eq!(status, exit_code::OK, "{document}");
+        // The same from the bucket itself.
+        let (from_nats, from_nats_document) = verify_from_nats(&nats, attestation);
+        assert_eq!(from_nats, exit_code::OK, "{from_nats_document}");
+        assert_eq!(
+            from_nats_document["signingBundle"],
+            document["signingBundle"]
+        );
         assert_eq!(
             document["signingBundle"]["sequenceNumber"],
             expected.sequence_number
@@ -286,6 +321,70 @@ async fn attestations_verify_at_their_signing_time_from_the_exported_history() {
     let (status, document) = verify(&nats, &under_first, &export);
     assert_eq!(status, exit_code::REJECTED);
     assert_eq!(document["error"], "authority_revoked", "{document}");
+    let (status, document) = verify(&nats, &under_second, &export);
+    assert_eq!(status, exit_code::OK, "{document}");
+    let (status, document) = verify_from_nats(&nats, &under_first);
+    assert_eq!(status, exit_code::REJECTED);
+    assert_eq!(document["error"], "authority_revoked", "{document}");
+    let (status, document) = verify_from_nats(&nats, &under_second);
+    assert_eq!(status, exit_code::OK, "{document}");
+
+    // The attestor's revocation mark (what it writes under `{uid}.revoked`) makes `get` and
+    // `verify --bundle-history-from-nats` refuse the attestation, `authority_revoked`.
+    let bus = countersign_events::Bus::new(
+        nats.client().await,
+        countersign_events::BusConfig::default(),
+        countersign_events::EventMetrics::new(),
+    )
+    .expect("a bus");
+    let store = AttestationStore::ensure(
+        &bus,
+        &countersign_events::KvConfig::default(),
+        &countersign_events::KvConfig::default(),
+    )
+    .await
+    .expect("the attestation buckets");
+    let source = countersign_events::EventSource::service("attestor");
+    let stored: countersign_events::AttestationEvent =
+        countersign_events::AttestationEvent::from_json(
+            countersign_events::EventType::AttestationVerified,
+            &std::fs::read(&under_second).expect("the attestation"),
+        )
+        .expect("attestation data");
+    let stored = countersign_events::Event::new(&source, stored);
+    store
+        .create("uid-under-second", &stored)
+        .await
+        .expect("stored");
+    let output = countersign(&nats, &["get", "--uid", "uid-under-second"]);
+    assert_eq!(code(&output), exit_code::OK);
+    let revoked = revocation_event(
+        &stored.data,
+        &RevokedAuthority {
+            trust_domain: "example.org".to_owned(),
+            authority: "ab".repeat(32),
+            how: countersign_events::data::RevocationKind::Tainted,
+            sequence_number: removed.sequence_number,
+        },
+        vec![countersign_events::data::SigningChain::Results],
+        Utc::now(),
+    );
+    let revoked = countersign_events::Event::new(
+        &source,
+        countersign_events::AttestationEvent::Revoked(revoked),
+    );
+    store
+        .record_revocation("uid-under-second", &revoked)
+        .await
+        .expect("marked");
+    let output = countersign(&nats, &["get", "--uid", "uid-under-second", "--json"]);
+    assert_eq!(code(&output), exit_code::REJECTED);
+    let printed: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON");
+    assert_eq!(printed["type"], "dev.countersign.attestation.revoked.v1");
+    let (status, document) = verify_from_nats(&nats, &under_second);
+    assert_eq!(status, exit_code::REJECTED);
+    assert_eq!(document["error"], "authority_revoked", "{document}");
+    // The offline check from the file knows nothing of the mark.
     let (status, document) = verify(&nats, &under_second, &export);
     assert_eq!(status, exit_code::OK, "{document}");
 
@@ -336,4 +435,149 @@ async fn attestations_verify_at_their_signing_time_from_the_exported_history() {
         ],
     );
     assert_eq!(code(&output), exit_code::BAD_INPUT);
+}
+
+/// With `--timestamp-authority-chain`, the genTime of the attestation's RFC 3161 timestamp (from
+/// the real timestamp authority) is its signing time, for `--bundle` and `--bundle-history`
+/// alike: an attestation whose signed claim of time lies outside its SVID's validity is refused
+/// without the flag and verifies with it, at the TSA's time and against the bundle recorded then.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_verified_timestamp_is_the_signing_time() {
+    use countersign_identity::timestamp::{
+        TimestampAuthorityChain, TimestampRequest, verify_response,
+    };
+    use countersign_test_support::timestamp_authority::TimestampAuthority;
+    use countersign_verdict::attestation::timestamped_bytes;
+
+    let (nats, spire, authority) = tokio::join!(
+        NatsServer::start(),
+        Spire::start(SpireOptions::default()),
+        TimestampAuthority::start()
+    );
+    let (nats, spire, authority) = (
+        nats.expect("nats-server"),
+        spire.expect("SPIRE"),
+        authority.expect("the timestamp authority"),
+    );
+    let jetstream = async_nats::jetstream::new(nats.client().await);
+    let store = jetstream
+        .create_key_value(async_nats::jetstream::kv::Config {
+            bucket: "COUNTERSIGN_TRUST_BUNDLES".to_owned(),
+            history: 64,
+            ..Default::default()
+        })
+        .await
+        .expect("the history bucket");
+    let bucket: Bucket<BundleRecord> = Bucket::new(store);
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let recorded = record(&spire, &bucket).await;
+
+    // Signed now, but claiming a decision a year from now, when its SVID has long expired.
+    let minted = spire_server(&spire, &["x509", "mint", "-spiffeID", ATTESTOR]).await;
+    let chain = minted[0]["x509_svid"]
+        .as_array()
+        .expect("a chain")
+        .iter()
+        .map(base64_field)
+        .collect();
+    let svid = SigningSvid::new(chain, &base64_field(&minted[0]["private_key"])).expect("an SVID");
+    let (_, authorities) = bundle(&spire).await;
+    let mut bundles = TrustBundleSet::new();
+    bundles
+        .add_der(
+            TrustDomain::new("example.org").expect("a trust domain"),
+            authorities.into_iter().map(|(der, _)| der),
+        )
+        .expect("CAs");
+    let taskrun = TaskRunRef {
+        cluster: "test".to_owned(),
+        namespace: "default".to_owned(),
+        name: "stamped".to_owned(),
+        uid: "uid-stamped".to_owned(),
+    };
+    let claimed: DateTime<Utc> = Utc::now() + chrono::TimeDelta::days(365);
+    let mut event = attest_in_context(
+        &Decision::NoResults,
+        AttestationFacts {
+            taskrun: &taskrun,
+            created: claimed,
+            finished: Some(claimed),
+            decided_at: claimed,
+            current_bundle_digest: &bundles.digest().to_hex(),
+        },
+        &bundles,
+        &svid,
+    )
+    .expect("signing");
+    let signature = timestamped_bytes(event.attestation())
+        .expect("base64")
+        .expect("a signature");
+    let request = TimestampRequest::new(&signature).expect("a request");
+    let (status, response) = authority
+        .post_request(request.der())
+        .await
+        .expect("the TSA answers");
+    assert_eq!(status, 200);
+    let chain = TimestampAuthorityChain::from_pem(authority.chain_pem()).expect("a chain");
+    let stamp = verify_response(&response, &request, &chain).expect("a verified timestamp");
+    event
+        .attestation_mut()
+        .rfc3161_timestamps
+        .push(base64::engine::general_purpose::STANDARD.encode(stamp.response_der()));
+    let attestation = dir.path().join("stamped.json");
+    std::fs::write(&attestation, event.to_json().expect("serializes")).expect("writing");
+    let bundle_file = dir.path().join("bundle.pem");
+    std::fs::write(&bundle_file, spire.bundle_pem()).expect("writing");
+    let history = dir.path().join("bundles.json");
+    let output = countersign(
+        &nats,
+        &[
+            "bundles",
+            "export",
+            "--output",
+            history.to_str().expect("UTF-8"),
+        ],
+    );
+    assert_eq!(code(&output), exit_code::OK);
+
+    let chain_path = authority.chain_path();
+    let run = |source: [&str; 2], with_chain: bool| {
+        let mut args = vec![
+            "verify",
+            "--attestation",
+            attestation.to_str().expect("UTF-8"),
+            source[0],
+            source[1],
+            "--trust-domain",
+            "example.org",
+            "--json",
+        ];
+        if with_chain {
+            args.extend([
+                "--timestamp-authority-chain",
+                chain_path.to_str().expect("UTF-8"),
+            ]);
+        }
+        let output = countersign(&nats, &args);
+        let document: serde_json::Value =
+            serde_json::from_slice(&output.stdout).expect("JSON output");
+        (code(&output), document)
+    };
+    for source in [
+        ["--bundle", bundle_file.to_str().expect("UTF-8")],
+        ["--bundle-history", history.to_str().expect("UTF-8")],
+    ] {
+        let (status, document) = run(source, false);
+        assert_eq!(status, exit_code::REJECTED, "{document}");
+        let (status, document) = run(source, true);
+        assert_eq!(status, exit_code::OK, "{document}");
+        let gen_time: DateTime<Utc> =
+            serde_json::from_value(document["timestamp"]["genTime"].clone()).expect("genTime");
+        assert_eq!(gen_time, stamp.gen_time());
+    }
+    let (_, document) = run(["--bundle-history", history.to_str().expect("UTF-8")], true);
+    assert_eq!(
+        document["signingBundle"]["sequenceNumber"],
+        recorded.sequence_number
+    );
 }

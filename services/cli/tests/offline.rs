@@ -209,6 +209,9 @@ fn attestations_are_verified_offline_against_the_bundle_and_the_attestor_id() {
         countersign_events::AttestationEvent::Rejected(rejected) => {
             serde_json::to_value(rejected).unwrap()
         }
+        countersign_events::AttestationEvent::Revoked(revoked) => {
+            serde_json::to_value(revoked).unwrap()
+        }
     };
     let event_file = write_json(dir.path(), "event.json", &data);
     let bare = event.signed_attestation().unwrap();

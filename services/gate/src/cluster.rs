@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use countersign_identity::vsa::find_artifacts;
+use countersign_tekton::TaskRun;
 use futures::StreamExt as _;
 use kube::api::{Api, DynamicObject};
 use kube::core::{ApiResource, GroupVersionKind};
@@ -319,8 +320,10 @@ fn raw_text(value: &ParamValue) -> String {
 impl CacheEntry for TaskRunEntry {
     fn from_object(object: &DynamicObject) -> Option<Self> {
         let uid = object.metadata.uid.clone()?;
-        let value = serde_json::to_value(object).ok()?;
-        let results = status_results(&value);
+        let taskrun: TaskRun = serde_json::to_value(object)
+            .and_then(serde_json::from_value)
+            .ok()?;
+        let results = status_results(&taskrun);
         let raw: Vec<(String, String)> = results
             .iter()
             .map(|(name, value)| (name.clone(), raw_text(value)))

@@ -283,6 +283,17 @@ pub fn plan(
             reads,
         });
     }
+    if let Some(fanned_out) = upstreams
+        .keys()
+        .find(|upstream| pipeline_run.fanned_out.contains(*upstream))
+    {
+        return Err(Box::new(Denial::new(
+            DenyCode::Unverifiable,
+            format!(
+                "pipeline task {task_name} of PipelineRun {pipeline_run_name} reads results of pipeline task {fanned_out}, which a matrix fans out into several TaskRuns; the gate does not check aggregated results"
+            ),
+        )));
+    }
     if let Some(matrix) = &task.matrix
         && !result_refs(&matrix.to_string()).is_empty()
     {
@@ -734,6 +745,40 @@ mod tests {
             plan(&taskrun(json!([])), &pipeline_run).unwrap_err().code,
             DenyCode::Unverifiable
         );
+    }
+
+    #[test]
+    fn results_of_an_upstream_fanned_out_by_a_matrix_are_unverifiable() {
+        let mut document = json!({
+            "metadata": {"name": "release", "namespace": "ci", "uid": "pr-uid"},
+            "status": {
+                "pipelineSpec": {"tasks": [
+                    {"name": "build", "matrix": {"params": [{"name": "arch", "value": ["amd64", "arm64"]}]}},
+                    {"name": "deploy", "params": [{"name": "digests", "value": "$(tasks.build.results.digest[*])"}]}
+                ]},
+                "childReferences": [
+                    {"kind": "TaskRun", "name": "release-build-0", "pipelineTaskName": "build"},
+                    {"kind": "TaskRun", "name": "release-build-1", "pipelineTaskName": "build"}
+                ]
+            }
+        });
+        let fanned = PipelineRunView::from_json(&document).unwrap();
+        assert_eq!(fanned.fanned_out, BTreeSet::from(["build".to_owned()]));
+        let denial = plan(&taskrun(json!([])), &fanned).unwrap_err();
+        assert_eq!(denial.code, DenyCode::Unverifiable);
+        assert!(denial.message.contains("build"), "{}", denial.message);
+
+        // One TaskRun for the task: an ordinary upstream.
+        document["status"]["childReferences"]
+            .as_array_mut()
+            .unwrap()
+            .truncate(1);
+        let single = PipelineRunView::from_json(&document).unwrap();
+        assert!(single.fanned_out.is_empty());
+        assert!(matches!(
+            plan(&taskrun(json!([])), &single),
+            Ok(Planned::Check(_))
+        ));
     }
 
     #[test]

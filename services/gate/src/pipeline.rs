@@ -7,8 +7,9 @@
 //! a PipelineRun by its controller owner reference (kind `PipelineRun`) and names its pipeline task
 //! with the label `tekton.dev/pipelineTask`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
+use countersign_tekton::TaskRun;
 use serde::Deserialize;
 
 use crate::substitution::ParamValue;
@@ -89,6 +90,9 @@ pub struct PipelineRunView {
     pub spec: Option<PipelineSpec>,
     /// `status.childReferences` of kind TaskRun: pipeline task → TaskRun name.
     pub children: BTreeMap<String, String>,
+    /// The pipeline tasks with more than one TaskRun (fanned out by a matrix): their results are
+    /// aggregated across TaskRuns, which [`children`](Self::children) cannot name.
+    pub fanned_out: BTreeSet<String>,
 }
 
 /// Why a PipelineRun could not be read.
@@ -158,13 +162,21 @@ impl PipelineRunView {
     /// Reads a PipelineRun's JSON.
     pub fn from_json(value: &serde_json::Value) -> Result<PipelineRunView, PipelineRunShapeError> {
         let raw = RawPipelineRun::deserialize(value).map_err(PipelineRunShapeError)?;
-        let children = raw
+        let mut children = BTreeMap::new();
+        let mut fanned_out = BTreeSet::new();
+        for child in raw
             .status
             .child_references
             .into_iter()
             .filter(|child| child.kind.is_empty() || child.kind == "TaskRun")
-            .map(|child| (child.pipeline_task_name, child.name))
-            .collect();
+        {
+            if children
+                .insert(child.pipeline_task_name.clone(), child.name)
+                .is_some()
+            {
+                fanned_out.insert(child.pipeline_task_name);
+            }
+        }
         Ok(PipelineRunView {
             namespace: raw.metadata.namespace,
             name: raw.metadata.name,
@@ -172,6 +184,7 @@ impl PipelineRunView {
             params: raw.spec.params,
             spec: raw.status.pipeline_spec.or(raw.spec.pipeline_spec),
             children,
+            fanned_out,
         })
     }
 }
@@ -232,20 +245,17 @@ impl TaskRunAdmission {
     }
 }
 
-/// A TaskRun's results as its status has them (`status.results[]`, `{name, type, value}`), by name.
-pub fn status_results(taskrun: &serde_json::Value) -> BTreeMap<String, ParamValue> {
-    let Some(results) = taskrun
-        .pointer("/status/results")
-        .and_then(serde_json::Value::as_array)
-    else {
-        return BTreeMap::new();
-    };
-    results
+/// A TaskRun's results as its status has them (`status.results[]`, `{name, type, value}`), by
+/// name; a result without a name or with a value of another shape is left out.
+pub fn status_results(taskrun: &TaskRun) -> BTreeMap<String, ParamValue> {
+    taskrun
+        .status
         .iter()
+        .flat_map(|status| &status.results)
+        .filter(|result| !result.name.is_empty())
         .filter_map(|result| {
-            let name = result.get("name")?.as_str()?.to_owned();
-            let value = ParamValue::deserialize(result.get("value")?).ok()?;
-            Some((name, value))
+            let value = ParamValue::deserialize(&result.value).ok()?;
+            Some((result.name.clone(), value))
         })
         .collect()
 }
@@ -337,6 +347,7 @@ mod tests {
             {"name": "tags", "type": "array", "value": ["a"]},
             {"name": "broken"}
         ]}});
+        let taskrun: TaskRun = serde_json::from_value(taskrun).expect("a TaskRun");
         let results = status_results(&taskrun);
         assert_eq!(results.len(), 2);
         assert_eq!(results["tags"], ParamValue::Array(vec!["a".into()]));

@@ -61,8 +61,14 @@ pub enum RecordError {
     },
 }
 
+/// The reason a revoked attestation's record gives: a CA that issued one of its signing chains
+/// was revoked, so it is not verified any more (`rejected`, no signed results).
+pub const REVOKED_REASON: &str = "authority_revoked";
+
 impl VerdictRecord {
-    /// The record of an attestation event.
+    /// The record of an attestation event. A revocation (`attestation.revoked`, stored beside
+    /// the attestation under `{uid}.revoked`) gives a `rejected` record with reason
+    /// [`REVOKED_REASON`] and no signed results.
     pub fn from_event(event: &Event<AttestationEvent>) -> Result<VerdictRecord, RecordError> {
         let data = &event.data;
         let signed = data.signed_attestation().map_err(RecordError::Envelope)?;
@@ -75,6 +81,21 @@ impl VerdictRecord {
             return Err(RecordError::UidMismatch {
                 signed: predicate.taskrun.uid.clone(),
                 event: taskrun.uid.clone(),
+            });
+        }
+        if data.revocation().is_some() {
+            return Ok(VerdictRecord {
+                namespace: predicate.taskrun.namespace.clone(),
+                name: predicate.taskrun.name.clone(),
+                uid: predicate.taskrun.uid.clone(),
+                verdict: Verdict::Rejected,
+                reason: Some(REVOKED_REASON.to_owned()),
+                signed_results: BTreeMap::new(),
+                attestation_digest: format!(
+                    "sha256:{}",
+                    envelope_digest(&data.attestation().envelope).to_hex()
+                ),
+                attested_at: data.attested_at(),
             });
         }
         // Only a verified statement's subjects are results; otherwise the one subject names the
@@ -139,10 +160,19 @@ impl Replica {
         self.records.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Takes `record` in and wakes whoever waits for its UID.
+    /// Takes `record` in and wakes whoever waits for its UID. A revoked attestation's record is
+    /// never replaced by the attestation's own (a watch that replays the bucket).
     pub fn insert(&self, record: VerdictRecord) {
         let record = Arc::new(record);
         let mut records = self.lock();
+        if records
+            .by_uid
+            .get(&record.uid)
+            .is_some_and(|known| known.reason.as_deref() == Some(REVOKED_REASON))
+            && record.reason.as_deref() != Some(REVOKED_REASON)
+        {
+            return;
+        }
         let name = (record.namespace.clone(), record.name.clone());
         let newer = match records
             .by_name
@@ -315,6 +345,31 @@ mod tests {
                 .is_none()
         );
         assert_eq!(replica.waiting(), 0);
+    }
+
+    #[test]
+    fn a_revoked_attestation_is_not_verified_and_stays_revoked() {
+        let replica = Replica::new();
+        replica.insert(record("u1", "build", 1));
+        let mut revoked = record("u1", "build", 1);
+        revoked.verdict = Verdict::Rejected;
+        revoked.reason = Some(REVOKED_REASON.to_owned());
+        revoked.signed_results = BTreeMap::new();
+        replica.insert(revoked.clone());
+        assert_eq!(replica.get("u1").unwrap().verdict, Verdict::Rejected);
+        // A replayed watch delivers the attestation again: the revocation stands.
+        replica.insert(record("u1", "build", 1));
+        let kept = replica.get("u1").unwrap();
+        assert_eq!(kept.verdict, Verdict::Rejected);
+        assert_eq!(kept.reason.as_deref(), Some(REVOKED_REASON));
+        assert_eq!(
+            replica
+                .get_by_name("ci", "build")
+                .unwrap()
+                .reason
+                .as_deref(),
+            Some(REVOKED_REASON)
+        );
     }
 
     #[test]

@@ -15,7 +15,9 @@ use std::sync::Arc;
 use countersign_events::{Bus, EventMetrics, EventSource, SubjectError, Subjects};
 use countersign_runtime::nats::NatsConnectError;
 use countersign_runtime::{Context, error_chain};
-use countersign_verdict::store::{ATTESTATIONS_BUCKET, attestation_key, decode_stored};
+use countersign_verdict::store::{
+    ATTESTATIONS_BUCKET, attestation_key, decode_stored, revocation_key,
+};
 use futures::StreamExt as _;
 use kube::Api;
 use kube::api::DynamicObject;
@@ -374,9 +376,13 @@ fn apply_entry(replica: &Replica, entry: &async_nats::jetstream::kv::Entry) {
         Operation::Put => match decode_stored(&entry.value) {
             Ok(event) => match VerdictRecord::from_event(&event) {
                 Ok(record) => {
-                    if attestation_key(&record.uid)
-                        .is_ok_and(|key| key.as_str() == entry.key.as_str())
-                    {
+                    // An attestation under `{uid}`, its revocation under `{uid}.revoked`.
+                    let own_key = if event.data.revocation().is_some() {
+                        revocation_key(&record.uid)
+                    } else {
+                        attestation_key(&record.uid)
+                    };
+                    if own_key.is_ok_and(|key| key.as_str() == entry.key.as_str()) {
                         replica.insert(record);
                     } else {
                         tracing::warn!(key = %entry.key, uid = %record.uid, "an attestation stored under another TaskRun's key is ignored");

@@ -298,7 +298,7 @@ impl Gate {
         let decision = match request.object.as_ref().map(TaskRunAdmission::from_json) {
             Some(Ok(mut taskrun)) => {
                 if taskrun.namespace.is_empty() {
-                    taskrun.namespace = namespace;
+                    taskrun.namespace = namespace.clone();
                 }
                 self.decide_taskrun(&taskrun).await
             }
@@ -317,7 +317,12 @@ impl Gate {
                 .map(|denial| GateDenial {
                     code: denial.code.to_string(),
                     message: denial.message.clone(),
-                    upstream_taskrun: denial.upstream_taskrun.clone(),
+                    // `{namespace}/{name}`, as the event's contract says (an upstream TaskRun is
+                    // always in the downstream's namespace).
+                    upstream_taskrun: denial
+                        .upstream_taskrun
+                        .as_ref()
+                        .map(|name| format!("{namespace}/{name}")),
                     result: denial.result.clone(),
                 })
                 .collect()

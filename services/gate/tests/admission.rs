@@ -450,6 +450,25 @@ async fn the_gate_admits_only_signed_values_and_fails_closed() {
     })
     .await
     .unwrap_or_else(|_| panic!("the decision events arrive: {seen:?}"));
+    // A denial names its upstream TaskRun as `{namespace}/{name}`, as the event's contract says.
+    let upstreams: Vec<(&str, &str)> = seen
+        .iter()
+        .flat_map(|(_, namespace, data)| {
+            data["denials"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|denial| denial["upstreamTaskrun"].as_str())
+                .map(move |upstream| (namespace.as_str(), upstream))
+        })
+        .collect();
+    assert!(!upstreams.is_empty(), "{seen:?}");
+    for (namespace, upstream) in upstreams {
+        assert!(
+            upstream.starts_with(&format!("{namespace}/")),
+            "{upstream} in namespace {namespace}"
+        );
+    }
     let stored = bus
         .jetstream()
         .get_stream(bus.subjects().stream_name(StreamKind::Attestations))

@@ -167,7 +167,7 @@ impl SinkConfig {
     pub fn consumer_config(&self) -> ConsumerConfig {
         ConsumerConfig {
             max_deliver: Some(self.retry.max_attempts),
-            nak_backoff: self.retry.nak_backoff(),
+            nak_backoff: self.retry.nak_delays(),
             concurrency: self.concurrency,
             ..ConsumerConfig::default()
         }
@@ -363,7 +363,7 @@ impl<'de> Deserialize<'de> for HeaderConfig {
 
 // === filter ===
 
-/// The two kinds of attestation event.
+/// The kinds of attestation event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum AttestationKind {
@@ -371,17 +371,24 @@ pub enum AttestationKind {
     Verified,
     /// `dev.countersign.attestation.rejected.v1`
     Rejected,
+    /// `dev.countersign.attestation.revoked.v1`: a stored attestation no longer verifies.
+    Revoked,
 }
 
 impl AttestationKind {
-    /// Both kinds.
-    pub const ALL: [AttestationKind; 2] = [AttestationKind::Verified, AttestationKind::Rejected];
+    /// Every kind.
+    pub const ALL: [AttestationKind; 3] = [
+        AttestationKind::Verified,
+        AttestationKind::Rejected,
+        AttestationKind::Revoked,
+    ];
 
     /// The event type of this kind.
     pub const fn event_type(self) -> EventType {
         match self {
             AttestationKind::Verified => EventType::AttestationVerified,
             AttestationKind::Rejected => EventType::AttestationRejected,
+            AttestationKind::Revoked => EventType::AttestationRevoked,
         }
     }
 }
@@ -390,7 +397,8 @@ impl AttestationKind {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FilterConfig {
-    /// `["verified"]`, `["rejected"]` or both. Absent: both. An empty list is refused.
+    /// Any of `"verified"`, `"rejected"`, `"revoked"`. Absent: all three. An empty list is
+    /// refused.
     #[serde(default)]
     pub kinds: Option<Vec<AttestationKind>>,
     /// The TaskRun namespaces whose events are delivered. Absent: every namespace. An empty list
@@ -434,22 +442,29 @@ impl FilterConfig {
 /// is nakked with a delay that starts at `initial_backoff` and doubles up to `max_backoff`; a
 /// `Retry-After` from the sink lengthens the wait (up to `max_backoff`). After `max_attempts`
 /// deliveries the message is dead-lettered as `retries_exhausted`.
+///
+/// The consumers' `[consumer]` spelling is accepted too, so one retry vocabulary works in every
+/// service: `max_deliver` for `max_attempts`, and `nak_backoff` (the list of delays, the last
+/// repeating) instead of `initial_backoff`/`max_backoff`. Setting both spellings of the backoff
+/// is refused rather than guessed between.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RetryConfig {
     /// How many times a message is delivered to the sink before it is dead-lettered. Default
-    /// 20 (with the default backoff, about an hour of outage).
-    #[serde(default = "RetryConfig::default_max_attempts")]
+    /// 20 (with the default backoff, about an hour of outage). Alias: `max_deliver`.
+    #[serde(default = "RetryConfig::default_max_attempts", alias = "max_deliver")]
     pub max_attempts: u32,
     /// The wait after the first failed attempt. Default `1s`.
-    #[serde(
-        default = "RetryConfig::default_initial_backoff",
-        with = "humantime_serde"
-    )]
-    pub initial_backoff: Duration,
+    #[serde(default, with = "humantime_serde")]
+    pub initial_backoff: Option<Duration>,
     /// The longest wait between attempts, and the most a `Retry-After` is honoured. Default `5m`.
-    #[serde(default = "RetryConfig::default_max_backoff", with = "humantime_serde")]
-    pub max_backoff: Duration,
+    #[serde(default, with = "humantime_serde")]
+    pub max_backoff: Option<Duration>,
+    /// The delays after the 1st, 2nd... failed attempt, the last repeating (the consumers'
+    /// spelling); the longest is also the most a `Retry-After` is honoured. Default: none, the
+    /// delays come from `initial_backoff` and `max_backoff`.
+    #[serde(default)]
+    nak_backoff: Vec<humantime_serde::Serde<Duration>>,
 }
 
 impl RetryConfig {
@@ -468,17 +483,34 @@ impl RetryConfig {
         Duration::from_secs(5 * 60)
     }
 
-    /// The nak delays after the 1st, 2nd... failed attempt: `initial_backoff` doubling up to
-    /// `max_backoff` (the consumer repeats the last entry).
-    pub fn nak_backoff(&self) -> Vec<Duration> {
+    /// A policy in the doubling spelling.
+    pub fn doubling(max_attempts: u32, initial_backoff: Duration, max_backoff: Duration) -> Self {
+        RetryConfig {
+            max_attempts,
+            initial_backoff: Some(initial_backoff),
+            max_backoff: Some(max_backoff),
+            nak_backoff: Vec::new(),
+        }
+    }
+
+    /// The nak delays after the 1st, 2nd... failed attempt (the consumer repeats the last
+    /// entry): `nak_backoff` when given, else `initial_backoff` doubling up to `max_backoff`.
+    pub fn nak_delays(&self) -> Vec<Duration> {
+        if !self.nak_backoff.is_empty() {
+            return self.nak_backoff.iter().map(|delay| **delay).collect();
+        }
+        let max_backoff = self.max_backoff.unwrap_or(Self::default_max_backoff());
+        let initial_backoff = self
+            .initial_backoff
+            .unwrap_or(Self::default_initial_backoff());
         let mut delays = Vec::new();
-        let mut delay = self.initial_backoff.min(self.max_backoff);
+        let mut delay = initial_backoff.min(max_backoff);
         loop {
             delays.push(delay);
-            if delay >= self.max_backoff || delay.is_zero() {
+            if delay >= max_backoff || delay.is_zero() {
                 return delays;
             }
-            delay = delay.saturating_mul(2).min(self.max_backoff);
+            delay = delay.saturating_mul(2).min(max_backoff);
         }
     }
 
@@ -489,13 +521,31 @@ impl RetryConfig {
                 "must be at least 1",
             ));
         }
-        if self.initial_backoff.is_zero() {
+        if !self.nak_backoff.is_empty() {
+            if self.initial_backoff.is_some() || self.max_backoff.is_some() {
+                return Err(ConfigError::invalid(
+                    format!("{key}.nak_backoff"),
+                    "set either `nak_backoff` or `initial_backoff`/`max_backoff`, not both",
+                ));
+            }
+            if self.nak_backoff.iter().any(|delay| delay.is_zero()) {
+                return Err(ConfigError::invalid(
+                    format!("{key}.nak_backoff"),
+                    "every delay must be more than zero",
+                ));
+            }
+            return Ok(());
+        }
+        if self.initial_backoff.is_some_and(|delay| delay.is_zero()) {
             return Err(ConfigError::invalid(
                 format!("{key}.initial_backoff"),
                 "must be more than zero",
             ));
         }
-        if self.max_backoff < self.initial_backoff {
+        let initial_backoff = self
+            .initial_backoff
+            .unwrap_or(Self::default_initial_backoff());
+        if self.max_backoff.unwrap_or(Self::default_max_backoff()) < initial_backoff {
             return Err(ConfigError::invalid(
                 format!("{key}.max_backoff"),
                 "must not be shorter than `initial_backoff`",
@@ -509,8 +559,9 @@ impl Default for RetryConfig {
     fn default() -> RetryConfig {
         RetryConfig {
             max_attempts: RetryConfig::default_max_attempts(),
-            initial_backoff: RetryConfig::default_initial_backoff(),
-            max_backoff: RetryConfig::default_max_backoff(),
+            initial_backoff: None,
+            max_backoff: None,
+            nak_backoff: Vec::new(),
         }
     }
 }
@@ -561,24 +612,47 @@ mod tests {
 
     #[test]
     fn backoff_doubles_up_to_the_maximum() {
-        let retry = RetryConfig {
-            max_attempts: 5,
-            initial_backoff: Duration::from_millis(100),
-            max_backoff: Duration::from_millis(700),
-        };
+        let retry =
+            RetryConfig::doubling(5, Duration::from_millis(100), Duration::from_millis(700));
         assert_eq!(
-            retry.nak_backoff(),
+            retry.nak_delays(),
             [100, 200, 400, 700]
                 .into_iter()
                 .map(Duration::from_millis)
                 .collect::<Vec<_>>()
         );
-        let flat = RetryConfig {
-            max_attempts: 5,
-            initial_backoff: Duration::from_secs(2),
-            max_backoff: Duration::from_secs(2),
-        };
-        assert_eq!(flat.nak_backoff(), vec![Duration::from_secs(2)]);
+        let flat = RetryConfig::doubling(5, Duration::from_secs(2), Duration::from_secs(2));
+        assert_eq!(flat.nak_delays(), vec![Duration::from_secs(2)]);
+    }
+
+    #[test]
+    fn the_consumers_retry_spelling_is_accepted() {
+        let config = parse(&format!(
+            "{MINIMAL}[sinks.retry]\nmax_deliver = 4\nnak_backoff = [\"100ms\", \"2s\"]\n"
+        ))
+        .expect("the consumers' spelling");
+        let consumer = config.sinks[0].consumer_config();
+        assert_eq!(consumer.max_deliver, Some(4));
+        assert_eq!(
+            consumer.nak_backoff,
+            vec![Duration::from_millis(100), Duration::from_secs(2)]
+        );
+    }
+
+    #[test]
+    fn both_backoff_spellings_at_once_are_refused() {
+        assert_eq!(
+            invalid_key(&format!(
+                "{MINIMAL}[sinks.retry]\nnak_backoff = [\"1s\"]\ninitial_backoff = \"2s\"\n"
+            )),
+            "sinks[0].retry.nak_backoff"
+        );
+        assert_eq!(
+            invalid_key(&format!(
+                "{MINIMAL}[sinks.retry]\nnak_backoff = [\"1s\", \"0s\"]\n"
+            )),
+            "sinks[0].retry.nak_backoff"
+        );
     }
 
     #[test]

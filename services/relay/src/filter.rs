@@ -50,6 +50,9 @@ impl SinkFilter {
             AttestationEvent::Rejected(rejected) => {
                 (AttestationKind::Rejected, &rejected.taskrun.namespace)
             }
+            AttestationEvent::Revoked(revoked) => {
+                (AttestationKind::Revoked, &revoked.taskrun.namespace)
+            }
         };
         debug_assert_eq!(kind.event_type(), event.data.event_type());
         self.kinds.contains(&kind)
@@ -110,8 +113,8 @@ impl SinkFilter {
 mod tests {
     use countersign_events::EventSource;
     use countersign_events::data::{
-        AttestationRejected, AttestationVerified, DsseEnvelope, ReasonCode, SignedAttestation,
-        TaskRunRef, Verdict,
+        AttestationRejected, AttestationRevoked, AttestationVerified, DsseEnvelope, ReasonCode,
+        RevocationKind, SignedAttestation, SigningChain, TaskRunRef, Verdict,
     };
 
     use super::*;
@@ -133,6 +136,7 @@ mod tests {
                 signatures: Vec::new(),
             },
             certificates: Vec::new(),
+            rfc3161_timestamps: Vec::new(),
         }
     }
 
@@ -166,6 +170,23 @@ mod tests {
         )
     }
 
+    fn revoked(namespace: &str) -> Event<AttestationEvent> {
+        Event::new(
+            &EventSource::service("attestor"),
+            AttestationEvent::Revoked(AttestationRevoked {
+                taskrun: taskrun(namespace),
+                trust_domain: "example.org".into(),
+                authority: "ab".repeat(32),
+                how: RevocationKind::Tainted,
+                sequence_number: 4,
+                chains: vec![SigningChain::Signer],
+                attestation: signed(),
+                attested_at: chrono::Utc::now(),
+                revoked_at: chrono::Utc::now(),
+            }),
+        )
+    }
+
     fn filter(kinds: Option<Vec<AttestationKind>>, namespaces: Option<&[&str]>) -> SinkFilter {
         SinkFilter::new(&FilterConfig {
             kinds,
@@ -176,7 +197,7 @@ mod tests {
     #[test]
     fn the_default_takes_everything_on_one_subject() {
         let everything = filter(None, None);
-        for event in [verified("a"), rejected("b")] {
+        for event in [verified("a"), rejected("b"), revoked("c")] {
             assert!(everything.matches(&event));
         }
         let subjects = Subjects::default();
@@ -195,6 +216,21 @@ mod tests {
         let verified_only = filter(Some(vec![AttestationKind::Verified]), None);
         assert!(verified_only.matches(&verified("a")));
         assert!(!verified_only.matches(&rejected("a")));
+        assert!(!verified_only.matches(&revoked("a")));
+        let revoked_only = filter(Some(vec![AttestationKind::Revoked]), Some(&["a"]));
+        assert!(revoked_only.matches(&revoked("a")));
+        assert!(!revoked_only.matches(&rejected("a")));
+        assert_eq!(
+            revoked_only.filter_subjects(&subjects).unwrap(),
+            vec![
+                subjects
+                    .attestations_of_type_in_namespace(
+                        countersign_events::EventType::AttestationRevoked,
+                        "a"
+                    )
+                    .unwrap()
+            ]
+        );
         assert_eq!(
             verified_only.filter_subjects(&subjects).unwrap(),
             vec![subjects.events_of_type(countersign_events::EventType::AttestationVerified)]

@@ -77,6 +77,7 @@ mod tests {
                         signatures: Vec::new(),
                     },
                     certificates: Vec::new(),
+                    rfc3161_timestamps: Vec::new(),
                 },
                 attested_at: chrono::Utc::now(),
             }),

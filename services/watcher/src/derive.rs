@@ -18,7 +18,6 @@
 //! terminated, else the TaskRun's `status.steps[].terminated.message` (which Tekton rewrites: keys
 //! sorted, internal entries removed; the signed values are the same).
 
-use chrono::DateTime;
 use countersign_events::LifecycleEvent;
 use countersign_events::data::{
     Outcome, PodRef, ResultType, StepCompleted, StepRecord, TaskRunCreated, TaskRunDeleted,
@@ -27,7 +26,9 @@ use countersign_events::data::{
 use countersign_identity::spiffe_id::{SpiffeIdBuildError, TrustDomain, taskrun_spiffe_id};
 use countersign_identity::tekton::TerminationMessage;
 
-use crate::tekton::{STEP_CONTAINER_PREFIX, TaskRun, TaskRunPod, parse_go_duration, parse_time};
+use countersign_tekton::{
+    STEP_CONTAINER_PREFIX, TaskRun, TaskRunPod, parse_go_duration, parse_time,
+};
 
 /// The key of the entrypoint's internal `StartedAt` entry.
 const STARTED_AT_KEY: &str = "StartedAt";
@@ -105,15 +106,7 @@ pub fn derive_transitions(
 ) -> Result<Derived, DeriveError> {
     let reference = taskrun_ref(settings, taskrun)?;
     let created_at = taskrun
-        .metadata
-        .creation_timestamp
-        .as_ref()
-        .and_then(|time| {
-            DateTime::from_timestamp(
-                time.0.as_second(),
-                time.0.subsec_nanosecond().unsigned_abs(),
-            )
-        })
+        .created_at()
         .ok_or(DeriveError::MissingCreationTimestamp)?;
     let spiffe_id = taskrun_spiffe_id(
         &settings.trust_domain,
@@ -247,7 +240,7 @@ pub fn outcome_of(taskrun: &TaskRun) -> Option<Outcome> {
     }
 }
 
-fn taskrun_result(result: &crate::tekton::ResultStatus) -> TaskRunResult {
+fn taskrun_result(result: &countersign_tekton::ResultStatus) -> TaskRunResult {
     let declared = match result.result_type.as_deref() {
         Some("string") => Some(ResultType::String),
         Some("array") => Some(ResultType::Array),
@@ -356,9 +349,10 @@ fn parse_message(message: Option<&str>) -> Option<Vec<TerminationEntry>> {
 mod tests {
     use countersign_events::EventPayload;
     use countersign_identity::tekton::termination::compress;
+    use countersign_tekton::{ContainerStateView, ContainerStatusView, PodStatusView, Terminated};
 
     use super::*;
-    use crate::tekton::{ContainerStateView, ContainerStatusView, PodStatusView, Terminated};
+    use crate::store::Settle as _;
 
     fn fixture(path: &str) -> serde_json::Value {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))

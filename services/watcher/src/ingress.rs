@@ -57,7 +57,7 @@ use crate::kubernetes::{KubernetesSource, LiveTaskRun};
 use crate::metrics::{IngressOutcome, Source, WatcherMetrics};
 use crate::refusals::RefusalLimiter;
 use crate::state::Known;
-use crate::tekton::TaskRun;
+use countersign_tekton::TaskRun;
 
 /// The content type of a batch of CloudEvents (not accepted).
 const BATCH_CONTENT_TYPE: &str = "application/cloudevents-batch+json";

@@ -10,8 +10,7 @@
 //!
 //! - [`config`]: the configuration (`[cluster]`, `[kubernetes]`, `[ingress]`, `[nats]`, `[bus]`,
 //!   `[state]`) with documented defaults; [`selector`]: label selectors as text.
-//! - [`tekton`]: our serde types for the TaskRun (v1, and the v1beta1 payload of Tekton's
-//!   CloudEvents) and its pod.
+//! - The TaskRun and Pod types come from `countersign-tekton` (the one reader of their JSON).
 //! - [`derive`]: the pure function `(TaskRun, Option<Pod>) -> transitions`, shared by both sources.
 //! - [`state`]: the JetStream KV record of what was published per TaskRun.
 //! - [`emit`]: publishing exactly the transitions not yet published, in order, then recording them.
@@ -56,7 +55,6 @@ pub mod selector;
 pub mod service;
 pub mod state;
 pub mod store;
-pub mod tekton;
 
 pub use config::WatcherConfig;
 pub use service::{SERVICE_NAME, WatcherError, run, run_on};

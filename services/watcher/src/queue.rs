@@ -13,8 +13,10 @@ use tokio_util::sync::CancellationToken;
 
 /// The first retry delay.
 const RETRY_BASE: Duration = Duration::from_millis(200);
-/// The longest retry delay.
-const RETRY_MAX: Duration = Duration::from_secs(30);
+/// The longest retry delay. Most failures are not the key's own but the bus's (a JetStream
+/// cluster electing a leader takes seconds), and every key waiting on one is late by up to this
+/// much after the bus is back: short, as a retry costs one request.
+const RETRY_MAX: Duration = Duration::from_secs(5);
 
 /// The queue. Cheap to clone; clones share it.
 #[derive(Debug)]
@@ -193,7 +195,7 @@ impl<K: Clone + Eq + Hash + Send + 'static> WorkQueue<K> {
     }
 }
 
-/// The delay before the `failures`-th retry: doubling from 200 ms, at most 30 s.
+/// The delay before the `failures`-th retry: doubling from 200 ms, at most 5 s.
 fn retry_delay(failures: u32) -> Duration {
     let factor = 2u32.saturating_pow(failures.saturating_sub(1).min(16));
     RETRY_BASE.saturating_mul(factor).min(RETRY_MAX)

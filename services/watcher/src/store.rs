@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
-use crate::tekton::{SUCCEEDED_CONDITION, TaskRun, TaskRunPod};
+use countersign_tekton::{SUCCEEDED_CONDITION, TaskRun, TaskRunPod};
 
 /// An object's namespace and name.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -135,9 +135,17 @@ impl<K> ObjectStore<K> {
 
 // === the memory policy ===
 
-impl TaskRun {
-    /// Whether a settled copy would drop nothing ([`TaskRun::settled`]).
-    pub fn is_settled(&self) -> bool {
+/// The copy the store keeps of an object nothing but `deleted` can be published for any more.
+pub trait Settle: Sized {
+    /// Whether a settled copy would drop nothing ([`Settle::settled`]).
+    fn is_settled(&self) -> bool;
+
+    /// The copy kept once the object's TaskRun is settled.
+    fn settled(&self) -> Self;
+}
+
+impl Settle for TaskRun {
+    fn is_settled(&self) -> bool {
         self.status.is_none()
     }
 
@@ -146,7 +154,7 @@ impl TaskRun {
     /// its namespace, name, UID, creation time and spec, without the status (results, step
     /// states, termination messages: the bulk of it). Deriving from it gives `created` alone,
     /// which is published already.
-    pub fn settled(&self) -> TaskRun {
+    fn settled(&self) -> TaskRun {
         TaskRun {
             metadata: ObjectMeta {
                 name: self.metadata.name.clone(),
@@ -161,16 +169,14 @@ impl TaskRun {
     }
 }
 
-impl TaskRunPod {
-    /// Whether a settled copy would drop nothing ([`TaskRunPod::settled`]).
-    pub fn is_settled(&self) -> bool {
+impl Settle for TaskRunPod {
+    fn is_settled(&self) -> bool {
         self.spec.is_none() && self.status.is_none()
     }
 
-    /// The copy kept of a pod whose TaskRun is settled (see [`TaskRun::settled`]): its identity
-    /// and what ties it to its TaskRun, without spec and status (container states and
-    /// termination messages).
-    pub fn settled(&self) -> TaskRunPod {
+    /// The copy kept of a pod whose TaskRun is settled: its identity and what ties it to its
+    /// TaskRun, without spec and status (container states and termination messages).
+    fn settled(&self) -> TaskRunPod {
         TaskRunPod {
             metadata: self.metadata.clone(),
             taskrun_name: self.taskrun_name.clone(),

@@ -3,8 +3,9 @@
 //! JSON holds, parsing and deriving return a value or an error, never a panic.
 
 use countersign_identity::spiffe_id::TrustDomain;
+use countersign_tekton::{TaskRun, TaskRunPod};
 use countersign_watcher::derive::{DeriveSettings, derive_transitions, outcome_of};
-use countersign_watcher::tekton::{TaskRun, TaskRunPod};
+use countersign_watcher::store::Settle as _;
 use proptest::prelude::*;
 use serde_json::{Map, Value, json};
 

@@ -7,7 +7,7 @@ use serde::Serialize;
 
 /// One measurement.
 #[derive(Debug, Clone, Serialize)]
-pub struct Metric {
+pub(crate) struct Metric {
     /// What was measured.
     pub name: String,
     /// Its value.
@@ -18,7 +18,7 @@ pub struct Metric {
 
 /// What a case reports.
 #[derive(Debug, Clone, Serialize)]
-pub struct CaseReport {
+pub(crate) struct CaseReport {
     /// The case's name.
     pub case: String,
     /// Ours / baseline (higher is better).
@@ -33,12 +33,12 @@ pub struct CaseReport {
 
 impl CaseReport {
     /// `<case>: ratio <number>`
-    pub fn headline(&self) -> String {
+    pub(crate) fn headline(&self) -> String {
         format!("{}: ratio {:.3}", self.case, self.ratio)
     }
 
     /// A value with the precision its size deserves (ratios get three decimals).
-    pub fn format_value(value: f64) -> String {
+    pub(crate) fn format_value(value: f64) -> String {
         if value.abs() < 10.0 {
             format!("{value:.3}")
         } else {
@@ -47,7 +47,7 @@ impl CaseReport {
     }
 
     /// Adds a measurement.
-    pub fn metric(&mut self, name: &str, value: f64, unit: &str) {
+    pub(crate) fn metric(&mut self, name: &str, value: f64, unit: &str) {
         self.metrics.push(Metric {
             name: name.to_owned(),
             value,
@@ -85,7 +85,7 @@ impl CaseReport {
 }
 
 /// Writes `report.md`, `report.json` and `<case>.md`/`<case>.json` under `dir`.
-pub fn write(dir: &Path, reports: &[CaseReport]) -> anyhow::Result<()> {
+pub(crate) fn write(dir: &Path, reports: &[CaseReport]) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let when = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     let mut markdown = format!("# Countersign benchmarks\n\nRun at {when}.\n\n");

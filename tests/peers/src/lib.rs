@@ -4,7 +4,8 @@
 //! independent verifiers of our attestation formats (cosign, slsa-verifier, and dsse-verify: our own
 //! few lines around go-securesystemslib's DSSE verifier), a trace store (Jaeger v2), the SPIFFE CSI driver
 //! with `kubelet-plugin-registrar` (our own program registering it with the kubelet), and Docker Compose
-//! with natscli (to run `compose/` against podman), from the Go module proxy, into a per-machine
+//! with natscli (to run `compose/` against podman), sigstore's RFC 3161 timestamp authority (its REST API
+//! server run by our few lines: `timestamp-authority/main.go` says why not its `serve` command), from the Go module proxy, into a per-machine
 //! cache outside the repository. The container runtime (containerd, runc, the CNI plugins) comes from
 //! Debian's packages instead: see [`runtime`].
 //!
@@ -75,10 +76,22 @@ pub enum Peer {
     DockerCompose,
     /// natscli's `nats`, for the nats-box image the Compose file names.
     NatsCli,
+
+    // --- OCI registries (issue 16): where the exporter attaches bundles as referrers.
+    /// The CNCF Distribution registry (no Referrers API: the tag-schema fallback).
+    Registry,
+    /// Our own few lines printing a bcrypt htpasswd line for the registry's auth.
+    RegistryHtpasswd,
+    /// `oras` (reads referrers: `oras discover`).
+    Oras,
+
+    // --- Timestamp authority (issue 17): RFC 3161 timestamps over attestation signatures.
+    /// sigstore's timestamp authority (its REST API server, run by our few lines: see its `main.go`).
+    TimestampAuthority,
 }
 
 impl Peer {
-    pub const ALL: [Peer; 22] = [
+    pub const ALL: [Peer; 26] = [
         Peer::NatsServer,
         Peer::SpireServer,
         Peer::SpireAgent,
@@ -105,6 +118,12 @@ impl Peer {
         // Compose.
         Peer::DockerCompose,
         Peer::NatsCli,
+        // OCI registries.
+        Peer::Registry,
+        Peer::RegistryHtpasswd,
+        Peer::Oras,
+        // Timestamp authority.
+        Peer::TimestampAuthority,
     ];
 
     /// The binary's file name.
@@ -136,6 +155,12 @@ impl Peer {
             // Compose.
             Peer::DockerCompose => "docker-compose",
             Peer::NatsCli => "nats",
+            // OCI registries.
+            Peer::Registry => "registry",
+            Peer::RegistryHtpasswd => "registry-htpasswd",
+            Peer::Oras => "oras",
+            // Timestamp authority.
+            Peer::TimestampAuthority => "timestamp-authority",
         }
     }
 
@@ -164,6 +189,11 @@ impl Peer {
             Peer::SpiffeCsiDriver | Peer::KubeletPluginRegistrar => &SPIFFE_CSI,
             // Compose.
             Peer::DockerCompose | Peer::NatsCli => &COMPOSE,
+            // OCI registries.
+            Peer::Registry | Peer::RegistryHtpasswd => &REGISTRY,
+            Peer::Oras => &ORAS,
+            // Timestamp authority.
+            Peer::TimestampAuthority => &TIMESTAMP_AUTHORITY,
         }
     }
 
@@ -195,6 +225,12 @@ impl Peer {
             // Compose.
             Peer::DockerCompose => "github.com/docker/compose/v5/cmd",
             Peer::NatsCli => "github.com/nats-io/natscli/nats",
+            // OCI registries.
+            Peer::Registry => "github.com/distribution/distribution/v3/cmd/registry",
+            Peer::RegistryHtpasswd => "countersign.dev/tests/peers/registry/htpasswd",
+            Peer::Oras => "oras.land/oras/cmd/oras",
+            // Timestamp authority.
+            Peer::TimestampAuthority => "countersign.dev/tests/peers/timestamp-authority",
         }
     }
 }
@@ -327,7 +363,32 @@ const COMPOSE: GoModule = GoModule {
     cold_build_estimate: "about 5 minutes",
 };
 
-const MODULES: [&GoModule; 13] = [
+// --- OCI registries (issue 16).
+const REGISTRY: GoModule = GoModule {
+    dir: "registry",
+    upstream: "github.com/distribution/distribution/v3",
+    peers: &[Peer::Registry, Peer::RegistryHtpasswd],
+    cgo: false,
+    cold_build_estimate: "about 1 minute",
+};
+const ORAS: GoModule = GoModule {
+    dir: "oras",
+    upstream: "oras.land/oras",
+    peers: &[Peer::Oras],
+    cgo: false,
+    cold_build_estimate: "about 1 minute",
+};
+
+// --- Timestamp authority (issue 17).
+const TIMESTAMP_AUTHORITY: GoModule = GoModule {
+    dir: "timestamp-authority",
+    upstream: "github.com/sigstore/timestamp-authority/v2",
+    peers: &[Peer::TimestampAuthority],
+    cgo: false,
+    cold_build_estimate: "about 1 minute",
+};
+
+const MODULES: [&GoModule; 16] = [
     &NATS,
     &SPIRE,
     &ETCD,
@@ -345,6 +406,11 @@ const MODULES: [&GoModule; 13] = [
     &SPIFFE_CSI,
     // Compose.
     &COMPOSE,
+    // OCI registries.
+    &REGISTRY,
+    &ORAS,
+    // Timestamp authority.
+    &TIMESTAMP_AUTHORITY,
 ];
 
 /// Where a built peer is, and what it is.
@@ -385,6 +451,12 @@ pub struct Peers {
     // Compose.
     pub docker_compose: PeerBinary,
     pub nats_cli: PeerBinary,
+    // OCI registries.
+    pub registry: PeerBinary,
+    pub registry_htpasswd: PeerBinary,
+    pub oras: PeerBinary,
+    // Timestamp authority.
+    pub timestamp_authority: PeerBinary,
 }
 
 impl Peers {
@@ -416,6 +488,12 @@ impl Peers {
             // Compose.
             Peer::DockerCompose => &self.docker_compose,
             Peer::NatsCli => &self.nats_cli,
+            // OCI registries.
+            Peer::Registry => &self.registry,
+            Peer::RegistryHtpasswd => &self.registry_htpasswd,
+            Peer::Oras => &self.oras,
+            // Timestamp authority.
+            Peer::TimestampAuthority => &self.timestamp_authority,
         }
     }
 
@@ -756,6 +834,12 @@ fn assemble(
         // Compose.
         docker_compose: binary(Peer::DockerCompose)?,
         nats_cli: binary(Peer::NatsCli)?,
+        // OCI registries.
+        registry: binary(Peer::Registry)?,
+        registry_htpasswd: binary(Peer::RegistryHtpasswd)?,
+        oras: binary(Peer::Oras)?,
+        // Timestamp authority.
+        timestamp_authority: binary(Peer::TimestampAuthority)?,
     })
 }
 

@@ -13,6 +13,9 @@
 //! you, and a deleted namespace stays `Terminating` for ever. Tests therefore work in namespaces of
 //! their own ([`KubeApiserver::unique_namespace`]).
 //!
+//! [`KubeApiserver::restart`] kills both with SIGKILL and starts them again on etcd's data, the same
+//! ports and the same certificates, as a crash of the control plane would (the chaos run uses it).
+//!
 //! [`KubeApiserver::shared`] gives one apiserver per test process, started on first use; a private
 //! one ([`KubeApiserver::start`]) is stopped when its handle drops. Either way the process guard
 //! (see [`crate::process`]) stops both peers and removes their directories when the test process
@@ -196,10 +199,15 @@ pub struct KubeApiserver {
     etcd: PeerProcess,
     port: u16,
     etcd_client_port: u16,
+    etcd_peer_port: u16,
+    options: ApiserverOptions,
     files: Files,
     started_in: Duration,
-    _kube_dir: tempfile::TempDir,
-    _etcd_dir: tempfile::TempDir,
+    /// The processes [`KubeApiserver::restart`] killed. Their guards remove the directories
+    /// when they stop, so they stop with this handle, after the live processes.
+    retired: Vec<PeerProcess>,
+    kube_dir: tempfile::TempDir,
+    etcd_dir: tempfile::TempDir,
 }
 
 // === impl KubeApiserver ===
@@ -220,7 +228,7 @@ impl KubeApiserver {
         let etcd_dir = short_tempdir("cs-etcd-");
         let files = Files::new(kube_dir.path(), etcd_dir.path());
 
-        let (etcd, etcd_client_port) = start_etcd(&files, etcd_dir.path()).await?;
+        let (etcd, etcd_client_port, etcd_peer_port) = start_etcd(&files, etcd_dir.path()).await?;
         let (apiserver, port) =
             start_apiserver(&files, kube_dir.path(), etcd_client_port, &options).await?;
         let mut kube = KubeApiserver {
@@ -228,10 +236,13 @@ impl KubeApiserver {
             etcd,
             port,
             etcd_client_port,
+            etcd_peer_port,
+            options,
             files,
             started_in: Duration::ZERO,
-            _kube_dir: kube_dir,
-            _etcd_dir: etcd_dir,
+            retired: Vec::new(),
+            kube_dir,
+            etcd_dir,
         };
         kube.install_crds(&[taskrun_crd_path()])
             .await
@@ -243,6 +254,88 @@ impl KubeApiserver {
             "kube-apiserver is ready with the TaskRun CRD"
         );
         Ok(kube)
+    }
+
+    /// Kills kube-apiserver and etcd with SIGKILL, as a crash of the control plane would, then
+    /// starts them again on etcd's data, the same ports and the same certificates: every object
+    /// and resource version survives, and existing clients (kubeconfig, CA, admin certificate)
+    /// reconnect to the same URL. Returns once the apiserver is ready and serves the TaskRun CRD
+    /// again, with how long that took from the kill.
+    ///
+    /// Not for the [`KubeApiserver::shared`] apiserver (other tests use it at the same time).
+    pub async fn restart(&mut self) -> Result<Duration, StartError> {
+        let began = Instant::now();
+        self.apiserver.signal(nix::sys::signal::Signal::SIGKILL);
+        self.etcd.signal(nix::sys::signal::Signal::SIGKILL);
+        for (name, process) in [("kube-apiserver", &self.apiserver), ("etcd", &self.etcd)] {
+            wait::until_true(
+                &format!("{name} to be gone after SIGKILL"),
+                Duration::from_secs(10),
+                || async { !process.is_running() },
+            )
+            .await
+            .map_err(|error| {
+                let failure = PeerFailed::from_wait(process, error);
+                if name == "etcd" {
+                    StartError::Etcd(failure)
+                } else {
+                    StartError::Apiserver(failure)
+                }
+            })?;
+        }
+        let etcd_dir = self.etcd_dir.path().to_owned();
+        let etcd = spawn_etcd(
+            &self.files,
+            &etcd_dir,
+            self.etcd_client_port,
+            self.etcd_peer_port,
+        )
+        .await?;
+        let etcd = match wait_until_healthy(&etcd, self.etcd_client_port).await? {
+            EtcdStart::Healthy => etcd,
+            EtcdStart::Exited => {
+                return Err(StartError::Etcd(PeerFailed::new(
+                    &etcd,
+                    "etcd exited before it was healthy again on its data",
+                )));
+            }
+        };
+        // The killed peers' guards wait for their stdin to close before they clean up; the
+        // new peers wrote their pid files, so the old handles are kept until this one drops.
+        let old_etcd = std::mem::replace(&mut self.etcd, etcd);
+        self.retired.push(old_etcd);
+
+        let kube_dir = self.kube_dir.path().to_owned();
+        let args = apiserver_command_args(
+            &self.files,
+            &kube_dir,
+            self.port,
+            self.etcd_client_port,
+            &self.options,
+        );
+        let apiserver = spawn_apiserver(&self.files, &kube_dir, &args).await?;
+        let client = admin_client(&self.files.kubeconfig).map_err(StartError::AdminClient)?;
+        match wait_until_ready(&apiserver, &client).await {
+            Ok(ApiserverStart::Ready) => {}
+            Ok(ApiserverStart::Exited) => {
+                return Err(StartError::Apiserver(PeerFailed::new(
+                    &apiserver,
+                    "kube-apiserver exited before it was ready again on the same port",
+                )));
+            }
+            Err(error) => {
+                return Err(StartError::Apiserver(PeerFailed::from_wait(
+                    &apiserver, error,
+                )));
+            }
+        }
+        let old_apiserver = std::mem::replace(&mut self.apiserver, apiserver);
+        self.retired.push(old_apiserver);
+        self.install_crds(&[taskrun_crd_path()])
+            .await
+            .map_err(StartError::TaskRunCrd)?;
+        tracing::info!(url = %self.url(), took = ?began.elapsed(), "kube-apiserver restarted on etcd's data");
+        Ok(began.elapsed())
     }
 
     /// The apiserver shared by every test in this process, started on first use.
@@ -821,58 +914,22 @@ fn kubeconfig_document(url: &str, ca_cert: &Path, namespace: &str, user: Value) 
 // === etcd ===
 
 /// Starts etcd on free ports and waits until `/health` says healthy. Returns it and its client port.
-async fn start_etcd(files: &Files, etcd_dir: &Path) -> Result<(PeerProcess, u16), StartError> {
-    let http = etcd_health_client()?;
-    let cleanup = [(
-        "COUNTERSIGN_GUARD_CLEANUP".to_owned(),
-        etcd_dir.display().to_string(),
-    )];
+async fn start_etcd(files: &Files, etcd_dir: &Path) -> Result<(PeerProcess, u16, u16), StartError> {
     let mut last_failure = None;
     for _ in 0..START_ATTEMPTS {
         // The guard of a failed attempt removed the directory when its etcd exited.
         create_dir(etcd_dir)?;
         let client_port = ports::free_port();
         let peer_port = ports::free_port();
-        let client_url = format!("http://127.0.0.1:{client_port}");
-        let peer_url = format!("http://127.0.0.1:{peer_port}");
-        let args = vec![
-            "--name=default".to_owned(),
-            format!("--data-dir={}", files.etcd_data.display()),
-            format!("--listen-client-urls={client_url}"),
-            format!("--advertise-client-urls={client_url}"),
-            format!("--listen-peer-urls={peer_url}"),
-            format!("--initial-advertise-peer-urls={peer_url}"),
-            format!("--initial-cluster=default={peer_url}"),
-            "--unsafe-no-fsync=true".to_owned(),
-            "--log-level=warn".to_owned(),
-        ];
-        let process =
-            PeerProcess::spawn("etcd", &peers().etcd.path, &args, &cleanup, &files.etcd_log)
-                .await
-                .map_err(|error| spawn_failed("etcd", &files.etcd_log, error))
-                .map_err(StartError::Etcd)?;
-        let health_url = format!("{client_url}/health");
-        let outcome = wait::until("etcd to report itself healthy", ETCD_START_TIMEOUT, || {
-            let http = http.clone();
-            let health_url = health_url.clone();
-            let running = process.is_running();
-            async move {
-                if !running {
-                    return Some(Err(()));
-                }
-                etcd_is_healthy(&http, &health_url).await.then_some(Ok(()))
-            }
-        })
-        .await;
-        match outcome {
-            Ok(Ok(())) => return Ok((process, client_port)),
-            Ok(Err(())) => {
+        let process = spawn_etcd(files, etcd_dir, client_port, peer_port).await?;
+        match wait_until_healthy(&process, client_port).await? {
+            EtcdStart::Healthy => return Ok((process, client_port, peer_port)),
+            EtcdStart::Exited => {
                 last_failure = Some(PeerFailed::new(
                     &process,
                     "etcd exited before it was healthy",
                 ));
             }
-            Err(error) => return Err(StartError::Etcd(PeerFailed::from_wait(&process, error))),
         }
         // Dropping the process waits for its guard, which removes the directory.
         drop(process);
@@ -884,6 +941,66 @@ async fn start_etcd(files: &Files, etcd_dir: &Path) -> Result<(PeerProcess, u16)
             log_tail: String::new(),
         }
     })))
+}
+
+/// Starts etcd on `files.etcd_data` (new or kept) with the given ports; its guard removes
+/// `etcd_dir` when it is stopped.
+async fn spawn_etcd(
+    files: &Files,
+    etcd_dir: &Path,
+    client_port: u16,
+    peer_port: u16,
+) -> Result<PeerProcess, StartError> {
+    let cleanup = [(
+        "COUNTERSIGN_GUARD_CLEANUP".to_owned(),
+        etcd_dir.display().to_string(),
+    )];
+    let client_url = format!("http://127.0.0.1:{client_port}");
+    let peer_url = format!("http://127.0.0.1:{peer_port}");
+    let args = vec![
+        "--name=default".to_owned(),
+        format!("--data-dir={}", files.etcd_data.display()),
+        format!("--listen-client-urls={client_url}"),
+        format!("--advertise-client-urls={client_url}"),
+        format!("--listen-peer-urls={peer_url}"),
+        format!("--initial-advertise-peer-urls={peer_url}"),
+        format!("--initial-cluster=default={peer_url}"),
+        "--unsafe-no-fsync=true".to_owned(),
+        "--log-level=warn".to_owned(),
+    ];
+    PeerProcess::spawn("etcd", &peers().etcd.path, &args, &cleanup, &files.etcd_log)
+        .await
+        .map_err(|error| spawn_failed("etcd", &files.etcd_log, error))
+        .map_err(StartError::Etcd)
+}
+
+enum EtcdStart {
+    Healthy,
+    Exited,
+}
+
+/// Waits until etcd on `client_port` reports itself healthy, or exits.
+async fn wait_until_healthy(
+    process: &PeerProcess,
+    client_port: u16,
+) -> Result<EtcdStart, StartError> {
+    let http = etcd_health_client()?;
+    let health_url = format!("http://127.0.0.1:{client_port}/health");
+    wait::until("etcd to report itself healthy", ETCD_START_TIMEOUT, || {
+        let http = http.clone();
+        let health_url = health_url.clone();
+        let running = process.is_running();
+        async move {
+            if !running {
+                return Some(EtcdStart::Exited);
+            }
+            etcd_is_healthy(&http, &health_url)
+                .await
+                .then_some(EtcdStart::Healthy)
+        }
+    })
+    .await
+    .map_err(|error| StartError::Etcd(PeerFailed::from_wait(process, error)))
 }
 
 /// A plain-HTTP client for etcd's `/health`. reqwest builds its TLS configuration even for plain
@@ -937,10 +1054,6 @@ async fn start_apiserver(
     etcd_client_port: u16,
     options: &ApiserverOptions,
 ) -> Result<(PeerProcess, u16), StartError> {
-    let cleanup = [(
-        "COUNTERSIGN_GUARD_CLEANUP".to_owned(),
-        kube_dir.display().to_string(),
-    )];
     let mut last_failure = None;
     for _ in 0..START_ATTEMPTS {
         // The guard of a failed attempt removed the directory, certificates and all, when its
@@ -955,22 +1068,8 @@ async fn start_apiserver(
         });
         let kubeconfig = kubeconfig_document(&url, &files.serving_ca_cert, "default", admin);
         write_file(&files.kubeconfig, &kubeconfig_yaml(&kubeconfig))?;
-        let mut args = apiserver_args(files, kube_dir, port, etcd_client_port);
-        if let Some(mode) = &options.authorization_mode {
-            args.retain(|arg| !arg.starts_with("--authorization-mode="));
-            args.push(format!("--authorization-mode={mode}"));
-        }
-        args.extend(options.extra_args.iter().cloned());
-        let process = PeerProcess::spawn(
-            "kube-apiserver",
-            &peers().kube_apiserver.path,
-            &args,
-            &cleanup,
-            &files.apiserver_log,
-        )
-        .await
-        .map_err(|error| spawn_failed("kube-apiserver", &files.apiserver_log, error))
-        .map_err(StartError::Apiserver)?;
+        let args = apiserver_command_args(files, kube_dir, port, etcd_client_port, options);
+        let process = spawn_apiserver(files, kube_dir, &args).await?;
         let client = admin_client(&files.kubeconfig).map_err(StartError::AdminClient)?;
         match wait_until_ready(&process, &client).await {
             Ok(ApiserverStart::Ready) => return Ok((process, port)),
@@ -996,6 +1095,45 @@ async fn start_apiserver(
             log_tail: String::new(),
         }
     })))
+}
+
+/// Starts kube-apiserver with `args`; its guard removes `kube_dir` when it is stopped.
+async fn spawn_apiserver(
+    files: &Files,
+    kube_dir: &Path,
+    args: &[String],
+) -> Result<PeerProcess, StartError> {
+    let cleanup = [(
+        "COUNTERSIGN_GUARD_CLEANUP".to_owned(),
+        kube_dir.display().to_string(),
+    )];
+    PeerProcess::spawn(
+        "kube-apiserver",
+        &peers().kube_apiserver.path,
+        args,
+        &cleanup,
+        &files.apiserver_log,
+    )
+    .await
+    .map_err(|error| spawn_failed("kube-apiserver", &files.apiserver_log, error))
+    .map_err(StartError::Apiserver)
+}
+
+/// [`apiserver_args`] with `options` applied.
+fn apiserver_command_args(
+    files: &Files,
+    kube_dir: &Path,
+    port: u16,
+    etcd_client_port: u16,
+    options: &ApiserverOptions,
+) -> Vec<String> {
+    let mut args = apiserver_args(files, kube_dir, port, etcd_client_port);
+    if let Some(mode) = &options.authorization_mode {
+        args.retain(|arg| !arg.starts_with("--authorization-mode="));
+        args.push(format!("--authorization-mode={mode}"));
+    }
+    args.extend(options.extra_args.iter().cloned());
+    args
 }
 
 /// envtest's flags, plus an endpoint reconciler that does nothing (the apiserver would otherwise

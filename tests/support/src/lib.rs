@@ -11,6 +11,9 @@
 //! - [`kube`]: [`kube::KubeApiserver`], etcd and kube-apiserver with RBAC, certificates and the
 //!   Tekton TaskRun CRD.
 //! - [`jaeger`]: [`jaeger::Jaeger`], the trace store the services export OTLP to.
+//! - [`registry`]: [`registry::Registry`], an OCI registry (Distribution), with or without auth.
+//! - [`timestamp_authority`]: [`timestamp_authority::TimestampAuthority`], an RFC 3161 timestamp
+//!   authority (sigstore's) with an in-memory signer, and its certificate chain.
 //!
 //! And what the services' tests share about Countersign itself:
 //!
@@ -19,6 +22,8 @@
 //!   dead letters and consumers.
 //! - [`metrics`]: reads a Prometheus text exposition (one series, or a sum over labels).
 //! - [`workspace`]: this workspace's binaries, built into the running test's target directory.
+//! - [`webhook`]: [`webhook::WebhookTls`], a CA and a serving certificate for an admission webhook
+//!   registered with a real kube-apiserver.
 
 pub mod bus;
 pub mod images;
@@ -29,11 +34,14 @@ pub mod nats;
 pub mod node;
 pub mod ports;
 pub mod process;
+pub mod registry;
 pub mod service;
 pub mod spiffe_csi;
 pub mod spire;
 pub mod tekton;
+pub mod timestamp_authority;
 pub mod wait;
+pub mod webhook;
 pub mod workspace;
 
 use std::path::{Path, PathBuf};

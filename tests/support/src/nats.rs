@@ -1,4 +1,7 @@
-//! A real nats-server with JetStream, on free loopback ports, with its own store directory.
+//! A real nats-server with JetStream, on free loopback ports, with its own store directory; and
+//! a real JetStream cluster ([`NatsCluster`]): several nats-servers joined by routes on free
+//! loopback ports, each with JetStream in its own store directory, where a node can be killed
+//! and started again on its store.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -200,6 +203,205 @@ impl NatsServer {
         self.dir.path()
     }
 }
+
+/// The name of the test cluster (`cluster.name` of every node).
+const CLUSTER_NAME: &str = "countersign-test";
+
+/// One node of a [`NatsCluster`].
+#[derive(Debug)]
+struct ClusterNode {
+    name: String,
+    process: Option<PeerProcess>,
+    port: u16,
+    route_port: u16,
+    monitor_port: u16,
+}
+
+/// A running JetStream cluster of nats-servers on loopback, every node a route to every other.
+/// Streams created with `num_replicas` up to its size are replicated across the nodes. Dropping
+/// it stops every node and removes their stores.
+#[derive(Debug)]
+pub struct NatsCluster {
+    nodes: Vec<ClusterNode>,
+    dir: tempfile::TempDir,
+}
+
+impl NatsCluster {
+    /// Starts `size` nodes (at least 1) and waits until each answers JetStream requests (a
+    /// meta leader was elected).
+    pub async fn start(size: usize) -> Result<NatsCluster, PeerFailed> {
+        let dir = short_tempdir("cs-natsc-");
+        let nodes = (0..size.max(1))
+            .map(|index| ClusterNode {
+                name: format!("n{index}"),
+                process: None,
+                port: ports::free_port(),
+                route_port: ports::free_port(),
+                monitor_port: ports::free_port(),
+            })
+            .collect();
+        let mut cluster = NatsCluster { nodes, dir };
+        for index in 0..cluster.nodes.len() {
+            cluster.write_config(index)?;
+        }
+        // Every node first (a meta leader needs a quorum), then each awaited.
+        for index in 0..cluster.nodes.len() {
+            cluster.spawn(index).await?;
+        }
+        for index in 0..cluster.nodes.len() {
+            cluster.wait_ready(index).await?;
+        }
+        Ok(cluster)
+    }
+
+    /// How many nodes the cluster has.
+    pub fn size(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// Every node's client URL, comma-separated (what a service's `nats.url` takes).
+    pub fn urls(&self) -> String {
+        (0..self.nodes.len())
+            .map(|index| self.url(index))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// `nats://127.0.0.1:<port>` of node `index`.
+    ///
+    /// # Panics
+    /// When there is no node `index`.
+    pub fn url(&self, index: usize) -> String {
+        format!("nats://127.0.0.1:{}", self.nodes[index].port)
+    }
+
+    /// The directory of node `index` (its config, log and store).
+    pub fn node_dir(&self, index: usize) -> PathBuf {
+        self.dir.path().join(&self.nodes[index].name)
+    }
+
+    /// The log file of node `index`.
+    pub fn log_path(&self, index: usize) -> PathBuf {
+        self.node_dir(index).join("nats-server.log")
+    }
+
+    /// Whether node `index` runs.
+    pub fn is_running(&self, index: usize) -> bool {
+        self.nodes[index]
+            .process
+            .as_ref()
+            .is_some_and(PeerProcess::is_running)
+    }
+
+    /// A client connected to any node (it fails over to the others).
+    pub async fn client(&self) -> Result<async_nats::Client, async_nats::ConnectError> {
+        let servers: Vec<async_nats::ServerAddr> = (0..self.nodes.len())
+            .filter_map(|index| self.url(index).parse().ok())
+            .collect();
+        async_nats::connect(servers).await
+    }
+
+    /// Kills node `index` with SIGKILL, as a crash would; its store stays.
+    pub fn kill(&mut self, index: usize) {
+        if let Some(mut process) = self.nodes[index].process.take() {
+            process.kill();
+        }
+    }
+
+    /// Starts node `index` again on the same ports and store (it rejoins the cluster and
+    /// catches its streams up from the others), and waits until it answers JetStream requests.
+    pub async fn restart(&mut self, index: usize) -> Result<(), PeerFailed> {
+        self.kill(index);
+        self.spawn(index).await?;
+        self.wait_ready(index).await
+    }
+
+    fn write_config(&self, index: usize) -> Result<(), PeerFailed> {
+        let node = &self.nodes[index];
+        let dir = self.node_dir(index);
+        let routes: Vec<String> = self
+            .nodes
+            .iter()
+            .enumerate()
+            .filter(|(other, _)| *other != index)
+            .map(|(_, other)| format!("\"nats-route://127.0.0.1:{}\"", other.route_port))
+            .collect();
+        let config = format!(
+            "listen: 127.0.0.1:{port}\nhttp: 127.0.0.1:{monitor}\nserver_name: {name}\n\
+             jetstream {{\n  store_dir: \"{store}\"\n  max_memory_store: 256MB\n  max_file_store: 8GB\n}}\n\
+             max_payload: 1MB\n\
+             cluster {{\n  name: {CLUSTER_NAME}\n  listen: 127.0.0.1:{route}\n  routes: [{routes}]\n}}\n",
+            port = node.port,
+            monitor = node.monitor_port,
+            name = node.name,
+            store = dir.join("store").display(),
+            route = node.route_port,
+            routes = routes.join(", "),
+        );
+        let failed = |error: std::io::Error| PeerFailed {
+            name: format!("nats-server {}", node.name),
+            message: format!("writing its config in {}: {error}", dir.display()),
+            log_tail: String::new(),
+        };
+        std::fs::create_dir_all(&dir).map_err(failed)?;
+        std::fs::write(dir.join("nats.conf"), config).map_err(failed)
+    }
+
+    async fn spawn(&mut self, index: usize) -> Result<(), PeerFailed> {
+        let name = format!("nats-server {}", self.nodes[index].name);
+        let log = self.log_path(index);
+        let args = vec![
+            "-c".to_owned(),
+            self.node_dir(index).join("nats.conf").display().to_string(),
+        ];
+        let process = PeerProcess::spawn(&name, &peers().nats_server.path, &args, &[], &log)
+            .await
+            .map_err(|error| PeerFailed {
+                name: name.clone(),
+                message: error.to_string(),
+                log_tail: crate::process::log_tail(&log),
+            })?;
+        self.nodes[index].process = Some(process);
+        Ok(())
+    }
+
+    async fn wait_ready(&self, index: usize) -> Result<(), PeerFailed> {
+        let Some(process) = self.nodes[index].process.as_ref() else {
+            return Err(PeerFailed {
+                name: format!("nats-server {}", self.nodes[index].name),
+                message: "not started".to_owned(),
+                log_tail: String::new(),
+            });
+        };
+        let url = self.url(index);
+        let ready = wait::until(
+            "a clustered nats-server with JetStream to be ready",
+            CLUSTER_START_TIMEOUT,
+            || {
+                let url = url.clone();
+                async move {
+                    if !process.is_running() {
+                        return Some(false);
+                    }
+                    probe_jetstream(&url, None).await.then_some(true)
+                }
+            },
+        )
+        .await;
+        match ready {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(PeerFailed::new(
+                process,
+                "nats-server exited during start-up",
+            )),
+            Err(error) => Err(PeerFailed::from_wait(process, error)),
+        }
+    }
+}
+
+/// How long a cluster node may take to answer JetStream requests (a meta leader is elected
+/// first).
+const CLUSTER_START_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Connects and asks for the JetStream account info: true once JetStream answers.
 async fn probe_jetstream(url: &str, credentials: Option<(String, String)>) -> bool {

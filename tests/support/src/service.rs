@@ -17,6 +17,9 @@ use tokio::task::JoinHandle;
 /// How long a service may take to become ready, or to stop.
 pub const TIMEOUT: Duration = Duration::from_secs(90);
 
+/// The readiness latch held from [`RunningService::start`] until the service's task has started.
+pub const SPAWNING_LATCH: &str = "service task spawned";
+
 /// A service running in-process.
 pub struct RunningService<C> {
     /// Its context: readiness, metrics, shutdown, configuration.
@@ -51,7 +54,11 @@ impl<C: Send + Sync + 'static> RunningService<C> {
             .expect("binding a free admin port");
         let admin = listener.local_addr().expect("the admin address");
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(run_service(
+        // Until the spawned task first polls `run_service`, nothing holds a latch and readiness
+        // reads "ready": hold one until `run_service` has taken its own (it takes them before its
+        // first await), so `wait_ready` right after `start` cannot return early.
+        let spawning = context.readiness.latch(SPAWNING_LATCH);
+        let service = run_service(
             context.clone(),
             listener,
             grace_period,
@@ -59,7 +66,16 @@ impl<C: Send + Sync + 'static> RunningService<C> {
                 let _ = stopped.await;
             },
             run,
-        ));
+        );
+        let task = tokio::spawn(async move {
+            let mut service = std::pin::pin!(service);
+            let first = futures::poll!(service.as_mut());
+            spawning.release();
+            match first {
+                std::task::Poll::Ready(outcome) => outcome,
+                std::task::Poll::Pending => service.await,
+            }
+        });
         RunningService {
             context,
             admin,
@@ -144,5 +160,38 @@ impl<C> Drop for RunningService<C> {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_service_just_started_is_not_ready_before_its_task_runs() {
+        let context = Context::new("held", ());
+        let service = RunningService::start(context, Duration::from_secs(1), |ctx| async move {
+            let held = ctx.readiness.latch("held by the service");
+            ctx.shutdown.cancelled().await;
+            drop(held);
+            Ok::<(), std::io::Error>(())
+        })
+        .await;
+        // On this current-thread runtime the spawned task has not run yet: without the spawning
+        // latch, readiness would read "ready" here.
+        assert!(!service.context.readiness.status().is_ready());
+        crate::wait::until("the service to take its latch", TIMEOUT, || {
+            let status = service.context.readiness.status();
+            async move {
+                status
+                    .to_string()
+                    .contains("held by the service")
+                    .then_some(())
+            }
+        })
+        .await
+        .expect("the service's own latch");
+        assert!(!service.context.readiness.status().is_ready());
+        service.stop_drained().await;
     }
 }

@@ -10,7 +10,8 @@
 //! Registration helpers use the `spire-server entry create` CLI (so test support does not depend
 //! on our own API client), and [`Spire::wait_for_svid`] asks the real agent through the `spiffe`
 //! crate until it serves the identity. [`Spire::stop_server`] and [`Spire::start_server`] make an
-//! outage on the same port, data directory and datastore. A second, independent SPIRE (another
+//! outage on the same port, data directory and datastore; [`Spire::restart_agent`] a crash of the
+//! agent, which resumes on its data directory. A second, independent SPIRE (another
 //! trust domain) is just another [`Spire::start`].
 
 use std::path::{Path, PathBuf};
@@ -290,6 +291,37 @@ impl Spire {
         if let Some(mut server) = self.server.take() {
             server.stop(STOP_GRACE);
         }
+    }
+
+    /// Kills the agent with SIGKILL, as a crash would, and starts it again on its data directory
+    /// and the same Workload API socket. Its key (disk key manager) and its SVID are kept there,
+    /// so it resumes as the same node without a new join token. Returns once it is healthy; the
+    /// workloads it serves must fetch their SVIDs again (their streams broke).
+    pub async fn restart_agent(&mut self) -> Result<(), PeerFailed> {
+        if let Some(mut agent) = self.agent.take() {
+            agent.kill();
+        }
+        let args = vec![
+            "run".to_owned(),
+            "-config".to_owned(),
+            self.agent_config_path().display().to_string(),
+        ];
+        let agent = spawn(
+            "spire-agent",
+            &peers().spire_agent.path,
+            &args,
+            &self.agent_log_path(),
+        )
+        .await?;
+        let agent_socket = self.agent_socket_path().display().to_string();
+        wait_healthy(&agent, &peers().spire_agent.path, &agent_socket).await?;
+        self.agent = Some(agent);
+        Ok(())
+    }
+
+    /// Whether the agent process is running.
+    pub fn is_agent_running(&self) -> bool {
+        self.agent.as_ref().is_some_and(PeerProcess::is_running)
     }
 
     /// Whether the server process is running.

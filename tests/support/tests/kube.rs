@@ -1,6 +1,6 @@
 //! Smoke tests proving the Kubernetes peer is real: a TaskRun goes through the real kube-apiserver
 //! (created, watched, its status subresource patched), RBAC is really enforced, and the TaskRun CRD's
-//! schema really validates.
+//! schema really validates; a restart keeps etcd's data, the port and the clients.
 
 use std::time::Duration;
 
@@ -14,7 +14,7 @@ use k8s_openapi::api::authorization::v1::ResourceAttributes;
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams, PostParams, ResourceExt};
 use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::{Value, json};
 
@@ -486,6 +486,66 @@ async fn a_private_apiserver_runs_beside_the_shared_one() {
     }
 }
 
+#[tokio::test]
+async fn a_restart_keeps_etcds_data_the_port_and_the_clients() {
+    let mut private = KubeApiserver::start()
+        .await
+        .expect("starting a private apiserver");
+    let port = private.port();
+    let client = private.client();
+    let namespace = private
+        .unique_namespace("restart")
+        .await
+        .expect("creating a namespace");
+    let pending = taskrun_fixture("taskrun-01-pending.json", &namespace).expect("pending fixture");
+    let created = taskruns(client.clone(), &namespace)
+        .create(&PostParams::default(), &pending.object)
+        .await
+        .expect("creating a TaskRun before the restart");
+    let (apiserver_before, etcd_before) = private.pids();
+    let dirs = [
+        private
+            .kubeconfig_path()
+            .parent()
+            .expect("in a directory")
+            .to_owned(),
+        private
+            .etcd_log_path()
+            .parent()
+            .expect("in a directory")
+            .to_owned(),
+    ];
+
+    let took = private.restart().await.expect("the restart");
+    eprintln!("kube-apiserver and etcd back in {took:?}");
+    let (apiserver_after, etcd_after) = private.pids();
+    assert!(apiserver_after.is_some() && apiserver_after != apiserver_before);
+    assert!(etcd_after.is_some() && etcd_after != etcd_before);
+    // Killed: gone, or a zombie until the guard that started it reaps it.
+    assert!(!process_runs(apiserver_before.expect("it ran")));
+    assert!(!process_runs(etcd_before.expect("it ran")));
+    assert_eq!(private.port(), port, "the same port");
+
+    // The client made before the restart (same URL, CA and certificate) reads what etcd kept,
+    // with the same uid, and writes again.
+    let read = taskruns(client.clone(), &namespace)
+        .get(&created.name_any())
+        .await
+        .expect("the TaskRun survived the restart");
+    assert_eq!(read.metadata.uid, created.metadata.uid);
+    let mut second = pending.object.clone();
+    second.metadata.name = Some(unique_name("after-restart"));
+    taskruns(client, &namespace)
+        .create(&PostParams::default(), &second)
+        .await
+        .expect("creating a TaskRun after the restart");
+
+    drop(private);
+    for dir in dirs {
+        assert!(!dir.exists(), "{} is removed on drop", dir.display());
+    }
+}
+
 /// Where [`shared_apiserver_in_a_child_process`] writes what its parent checks, when it runs as
 /// the child of [`the_shared_apiserver_stops_when_its_test_process_exits`].
 const CHILD_REPORT: &str = "COUNTERSIGN_KUBE_CHILD_REPORT";
@@ -549,6 +609,15 @@ async fn the_shared_apiserver_stops_when_its_test_process_exits() {
     )
     .await
     .expect("nothing of the shared apiserver outlives its test process");
+}
+
+/// Whether `pid` is a live process (not gone, not a zombie).
+fn process_runs(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z")
+    })
 }
 
 fn process_exists(pid: u32) -> bool {

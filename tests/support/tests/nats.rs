@@ -1,9 +1,11 @@
-//! Smoke test: the nats-server the harness starts is real, with JetStream.
+//! Smoke test: the nats-server the harness starts is real, with JetStream; and so is its
+//! cluster, whose R3 streams survive losing a node.
 
 use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind, consumer::pull, stream};
-use countersign_test_support::nats::NatsServer;
+use countersign_test_support::nats::{NatsCluster, NatsServer};
+use countersign_test_support::wait;
 use futures::StreamExt;
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -140,4 +142,80 @@ async fn a_server_that_cannot_bind_fails_fast_with_its_log() {
         failure.log_tail.contains("address already in use"),
         "{failure}"
     );
+}
+
+/// Publishes `payload` on `subject` until it is acknowledged (a stream leader may be being
+/// elected), under a timeout.
+async fn publish_acked(js: &jetstream::Context, subject: &str, payload: &'static str) {
+    wait::until(
+        &format!("{subject} to be acknowledged"),
+        Duration::from_secs(60),
+        || async {
+            let sent = js.publish(subject.to_owned(), payload.into()).await.ok()?;
+            sent.await.ok()
+        },
+    )
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn an_r3_stream_keeps_every_message_through_the_loss_of_a_node_which_catches_up() {
+    let mut cluster = NatsCluster::start(3).await.unwrap();
+    assert_eq!(cluster.urls().split(',').count(), 3);
+    let js = jetstream::new(cluster.client().await.unwrap());
+    js.create_stream(stream::Config {
+        name: "R3".into(),
+        subjects: vec!["r3.>".into()],
+        storage: stream::StorageType::File,
+        num_replicas: 3,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    for _ in 0..10 {
+        publish_acked(&js, "r3.before", "before").await;
+    }
+
+    // The client may be connected to the killed node: it fails over to another.
+    cluster.kill(0);
+    assert!(!cluster.is_running(0));
+    for _ in 0..10 {
+        publish_acked(&js, "r3.during", "during").await;
+    }
+
+    cluster.restart(0).await.unwrap();
+    assert!(cluster.is_running(0));
+    // Node n0 rejoins and catches up: every replica current, none offline.
+    wait::until_true(
+        "every replica of R3 to be current",
+        Duration::from_secs(60),
+        || async {
+            let Ok(mut stream) = js.get_stream("R3").await else {
+                return false;
+            };
+            let Ok(info) = stream.info().await else {
+                return false;
+            };
+            let Some(raft) = info.cluster.as_ref() else {
+                return false;
+            };
+            let mut members: Vec<&str> = raft
+                .replicas
+                .iter()
+                .map(|peer| peer.name.as_str())
+                .collect();
+            members.extend(raft.leader.as_deref());
+            members.sort_unstable();
+            members == ["n0", "n1", "n2"]
+                && raft
+                    .replicas
+                    .iter()
+                    .all(|peer| peer.current && !peer.offline)
+        },
+    )
+    .await
+    .unwrap();
+    let mut stream = js.get_stream("R3").await.unwrap();
+    assert_eq!(stream.info().await.unwrap().state.messages, 20);
 }

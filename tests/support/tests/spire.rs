@@ -1,5 +1,6 @@
 //! The SPIRE harness against the real spire-server and spire-agent: the agent serves this test
-//! process the SVID registered for it, the server survives a restart with its data, and two
+//! process the SVID registered for it, the server survives a restart with its data, a killed
+//! agent resumes on its data, and two
 //! independent SPIREs (two trust domains) run side by side.
 
 use std::time::Duration;
@@ -93,6 +94,45 @@ async fn the_server_restarts_on_the_same_port_with_its_data() {
         .await
         .expect("served after the restart");
     assert_eq!(svid.spiffe_id().to_string(), after);
+}
+
+#[tokio::test]
+async fn a_killed_agent_resumes_on_its_data_and_serves_again() {
+    let mut spire = Spire::start(SpireOptions {
+        node_name: "node-agent-restart".into(),
+        ..SpireOptions::default()
+    })
+    .await
+    .expect("SPIRE starts");
+    let before = "spiffe://example.org/harness/before-agent-crash";
+    spire
+        .register_test_process(before, false)
+        .await
+        .expect("registered");
+    spire
+        .wait_for_svid(before, SVID_TIMEOUT)
+        .await
+        .expect("served before the crash");
+
+    spire
+        .restart_agent()
+        .await
+        .expect("the agent starts again without a join token");
+    assert!(spire.is_agent_running());
+
+    // The same node: what was registered before and after the crash is served.
+    let after = "spiffe://example.org/harness/after-agent-crash";
+    spire
+        .register_test_process(after, false)
+        .await
+        .expect("registered after the crash");
+    for id in [before, after] {
+        let svid = spire
+            .wait_for_svid(id, SVID_TIMEOUT)
+            .await
+            .expect("served after the crash");
+        assert_eq!(svid.spiffe_id().to_string(), id);
+    }
 }
 
 #[tokio::test]

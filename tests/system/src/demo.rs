@@ -35,7 +35,7 @@ use std::time::Duration;
 
 use countersign_events::Subjects;
 use countersign_test_support::kube::KubeApiserver;
-use countersign_test_support::nats::NatsServer;
+use countersign_test_support::nats::{NatsCluster, NatsServer};
 use countersign_test_support::ports::free_port;
 use countersign_test_support::process::PeerFailed;
 use countersign_test_support::spire::{RegisterError, Spire, SpireOptions};
@@ -108,6 +108,66 @@ pub enum StartError {
     },
 }
 
+/// The demo's NATS: one nats-server, or a JetStream cluster (the production shape).
+#[derive(Debug)]
+pub enum NatsPeer {
+    Server(NatsServer),
+    Cluster(NatsCluster),
+}
+
+impl NatsPeer {
+    /// What the services' `nats.url` takes: the server's URL, or every node's, comma-separated.
+    pub fn url(&self) -> String {
+        match self {
+            NatsPeer::Server(server) => server.url(),
+            NatsPeer::Cluster(cluster) => cluster.urls(),
+        }
+    }
+
+    /// A new client (on a cluster, to any node, failing over to the others).
+    pub async fn connect(&self) -> Result<async_nats::Client, async_nats::ConnectError> {
+        match self {
+            NatsPeer::Server(server) => async_nats::connect(server.url()).await,
+            NatsPeer::Cluster(cluster) => cluster.client().await,
+        }
+    }
+
+    /// The server's log, or the cluster's first node's.
+    pub fn log_path(&self) -> PathBuf {
+        match self {
+            NatsPeer::Server(server) => server.log_path(),
+            NatsPeer::Cluster(cluster) => cluster.log_path(0),
+        }
+    }
+
+    /// How many replicas each stream and bucket gets: 1, or the cluster's size.
+    pub fn replicas(&self) -> usize {
+        match self {
+            NatsPeer::Server(_) => 1,
+            NatsPeer::Cluster(cluster) => cluster.size(),
+        }
+    }
+}
+
+/// How many processes run what: each service's replicas, and NATS's nodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shape {
+    /// Processes of each service (at least 1).
+    pub replicas: usize,
+    /// 1: one nats-server; more: a JetStream cluster of that many nodes, every stream and
+    /// bucket replicated on each.
+    pub nats_nodes: usize,
+}
+
+impl Default for Shape {
+    fn default() -> Shape {
+        Shape {
+            replicas: 1,
+            nats_nodes: 1,
+        }
+    }
+}
+
 /// A task aborted when its handle drops.
 #[derive(Debug)]
 pub(crate) struct AbortOnDrop(pub(crate) JoinHandle<()>);
@@ -128,7 +188,7 @@ pub struct Demo {
     bus_task: AbortOnDrop,
     kube: KubeApiserver,
     spire: Spire,
-    nats: NatsServer,
+    nats: NatsPeer,
     observer: Observer,
     reporter: Reporter,
     binaries: Binaries,
@@ -143,11 +203,31 @@ impl Demo {
         Demo::start_exporting_to(binaries, reporter, None).await
     }
 
+    /// [`Demo::start`] in `shape`: replicas of each service (each its own config file, admin
+    /// port and log; a watcher replica past the first its own ingress port) and a JetStream
+    /// cluster instead of one nats-server, as the chaos run's `--replicas` and `--cluster` ask.
+    pub async fn start_shaped(
+        binaries: Binaries,
+        reporter: Reporter,
+        shape: Shape,
+    ) -> Result<Demo, StartError> {
+        Demo::start_inner(binaries, reporter, None, shape).await
+    }
+
     /// [`Demo::start`], with every service exporting its spans to `otlp_endpoint` when set.
     pub async fn start_exporting_to(
         binaries: Binaries,
         reporter: Reporter,
         otlp_endpoint: Option<String>,
+    ) -> Result<Demo, StartError> {
+        Demo::start_inner(binaries, reporter, otlp_endpoint, Shape::default()).await
+    }
+
+    async fn start_inner(
+        binaries: Binaries,
+        reporter: Reporter,
+        otlp_endpoint: Option<String>,
+        shape: Shape,
     ) -> Result<Demo, StartError> {
         reporter.heading("Starting Countersign on one machine, against the real peers");
         let dir = countersign_test_support::short_tempdir("cs-demo-");
@@ -172,19 +252,32 @@ impl Demo {
             ),
         );
 
-        reporter.line(Origin::Demo, "starting nats-server with JetStream ...");
-        let nats = NatsServer::start().await.map_err(StartError::Nats)?;
+        let nats = if shape.nats_nodes > 1 {
+            reporter.line(
+                Origin::Demo,
+                format!(
+                    "starting a JetStream cluster of {} nats-servers ...",
+                    shape.nats_nodes
+                ),
+            );
+            NatsPeer::Cluster(
+                NatsCluster::start(shape.nats_nodes)
+                    .await
+                    .map_err(StartError::Nats)?,
+            )
+        } else {
+            reporter.line(Origin::Demo, "starting nats-server with JetStream ...");
+            NatsPeer::Server(NatsServer::start().await.map_err(StartError::Nats)?)
+        };
         reporter.line(
             Origin::Demo,
             format!(
-                "nats-server ready at {} (log {})",
+                "NATS ready at {} (log {})",
                 nats.url(),
                 nats.log_path().display()
             ),
         );
-        let client = async_nats::connect(nats.url())
-            .await
-            .map_err(StartError::Connect)?;
+        let client = nats.connect().await.map_err(StartError::Connect)?;
         let subjects = Subjects::new(PREFIX).map_err(StartError::Prefix)?;
         let subscriber = client
             .subscribe(format!("{PREFIX}.>"))
@@ -291,7 +384,15 @@ impl Demo {
             otlp_endpoint,
             workload_selectors: None,
         };
-        let services = start_services(&binaries, &settings, &dir_path, &reporter).await?;
+        let services = start_service_replicas(
+            &binaries,
+            &settings,
+            &dir_path,
+            &reporter,
+            shape.replicas,
+            nats.replicas(),
+        )
+        .await?;
         let cluster = Cluster::new(kube.client(), NAMESPACE, NODE_NAME);
         Ok(Demo {
             services,
@@ -428,15 +529,43 @@ pub(crate) async fn start_services(
     dir: &Path,
     reporter: &Reporter,
 ) -> Result<Vec<ServiceProcess>, StartError> {
+    start_service_replicas(binaries, settings, dir, reporter, 1, 1).await
+}
+
+/// [`start_services`] with `replicas` processes of each service; past the first, each replica's
+/// files are named `<service>-<replica>` and a watcher replica listens on its own ingress port.
+/// Every stream and bucket gets `bus_replicas` replicas (a JetStream cluster's size).
+pub(crate) async fn start_service_replicas(
+    binaries: &Binaries,
+    settings: &Settings,
+    dir: &Path,
+    reporter: &Reporter,
+    replicas: usize,
+    bus_replicas: usize,
+) -> Result<Vec<ServiceProcess>, StartError> {
     reporter.line(
         Origin::Demo,
         "starting the services, each its own process with its own config file ...",
     );
     let mut services = Vec::new();
-    for kind in ServiceKind::ALL {
+    for (kind, replica) in ServiceKind::ALL
+        .into_iter()
+        .flat_map(|kind| (1..=replicas.max(1)).map(move |replica| (kind, replica)))
+    {
         let name = kind.binary_name();
+        let file_name = if replica == 1 {
+            name.to_owned()
+        } else {
+            format!("{name}-{replica}")
+        };
+        // Two watchers cannot listen on one ingress address.
+        let replica_settings = (replica > 1 && kind == ServiceKind::Watcher).then(|| Settings {
+            ingress: loopback(free_port()),
+            ..settings.clone()
+        });
+        let settings = replica_settings.as_ref().unwrap_or(settings);
         let admin = loopback(free_port());
-        let config = dir.join("config").join(format!("{name}.toml"));
+        let config = dir.join("config").join(format!("{file_name}.toml"));
         let failed = |message: String| StartError::Service {
             name,
             source: PeerFailed {
@@ -445,7 +574,12 @@ pub(crate) async fn start_services(
                 log_tail: String::new(),
             },
         };
-        std::fs::write(&config, configs::config_text(kind, settings, admin))
+        let text = format!(
+            "{}{}",
+            configs::config_text(kind, settings, admin),
+            configs::replication_text(kind, bus_replicas)
+        );
+        std::fs::write(&config, text)
             .map_err(|error| failed(format!("writing {}: {error}", config.display())))?;
         let program = match kind {
             ServiceKind::Watcher => &binaries.watcher,
@@ -453,7 +587,7 @@ pub(crate) async fn start_services(
             ServiceKind::Attestor => &binaries.attestor,
             ServiceKind::Relay => &binaries.relay,
         };
-        let log = dir.join("logs").join(format!("{name}.log"));
+        let log = dir.join("logs").join(format!("{file_name}.log"));
         let service = ServiceProcess::spawn(kind, program, &config, admin, &log)
             .await
             .map_err(|source| StartError::Service { name, source })?;

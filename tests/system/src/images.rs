@@ -30,7 +30,15 @@ use countersign_test_support::images::{
 pub const SERVICE_IMAGE_TAG: &str = "0.1.0";
 
 /// The services with an image of their own (the signer's runs in TaskRun pods).
-pub const SERVICES: [&str; 5] = ["watcher", "registrar", "attestor", "relay", "signer"];
+pub const SERVICES: [&str; 7] = [
+    "watcher",
+    "registrar",
+    "attestor",
+    "relay",
+    "gate",
+    "exporter",
+    "signer",
+];
 
 /// Debian's `busybox-static`.
 pub const BUSYBOX: &str = "/bin/busybox";

@@ -2,6 +2,8 @@
 //!
 //! The tests live in `tests/`; this library holds what several of them share:
 //!
+//! - [`attestation_count`]: how many attestations the attestations stream holds, counted by
+//!   the server per subject (the load harness and the chaos run poll it).
 //! - [`nack`]: the streams and consumers NACK would create from rendered `Stream`/`Consumer`
 //!   objects, to provision a real nats-server as a cluster would.
 //! - [`render`]: `k8s/` rendered by the real kustomize into JSON documents, and lookups in them.
@@ -22,6 +24,7 @@
 //!   podman or docker (`cargo xtask images`, the Compose test).
 //! - [`compose`]: `compose/compose.yaml` run by Docker Compose against a podman of its own.
 
+pub mod attestation_count;
 pub mod compose;
 pub mod demo;
 pub mod http;

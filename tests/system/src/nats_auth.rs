@@ -210,10 +210,11 @@ impl Operator {
     }
 
     /// The nats-server configuration that trusts this operator: its JWT, the system account and
-    /// both account JWTs preloaded into a memory resolver.
+    /// both account JWTs preloaded into a memory resolver, and a protocol line long enough for the
+    /// CONNECT of the user with the most permissions (the attestor's JWT is over the default 4 KiB).
     pub fn server_config(&self) -> String {
         format!(
-            "operator: \"{operator}\"\nsystem_account: \"{system}\"\nresolver: MEMORY\n\
+            "max_control_line: 16384\noperator: \"{operator}\"\nsystem_account: \"{system}\"\nresolver: MEMORY\n\
              resolver_preload: {{\n  {system}: \"{system_jwt}\"\n  {account}: \"{account_jwt}\"\n}}\n",
             operator = self.operator_jwt,
             system = self.system.public_key(),

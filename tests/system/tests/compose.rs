@@ -108,7 +108,7 @@ fn compose_runs_nats_spire_and_every_service() {
         );
     }
     // Every Dockerfile, one per deployable (the signer's image runs in TaskRun pods).
-    for name in ["watcher", "registrar", "attestor", "relay", "signer"] {
+    for name in countersign_system_tests::images::SERVICES {
         assert!(
             compose_dir()
                 .join(format!("docker/{name}.Dockerfile"))

@@ -188,7 +188,7 @@ async fn check(relative: &str) -> Rendered {
 #[tokio::test]
 async fn base_is_accepted() {
     let rendered = check("base").await;
-    assert_eq!(rendered.of_kind("Deployment").count(), 5);
+    assert_eq!(rendered.of_kind("Deployment").count(), 6);
     let webhook = rendered
         .find("ValidatingWebhookConfiguration", "countersign-gate")
         .expect("the gate's webhook configuration");
@@ -198,6 +198,15 @@ async fn base_is_accepted() {
             .as_i64()
             .is_some_and(|seconds| seconds <= 3)
     );
+    // No placeholder CA: one the API server cannot use would deny every TaskRun (fail closed).
+    // cert-manager (components/gate-cert-manager) or an overlay provides it.
+    for hook in webhook["webhooks"].as_array().expect("webhooks") {
+        assert!(
+            hook["clientConfig"].get("caBundle").is_none(),
+            "{}",
+            hook["name"]
+        );
+    }
 }
 
 #[tokio::test]
@@ -322,6 +331,43 @@ async fn attestor_annotate_component_is_accepted() {
             .flatten()
             .any(|var| var["name"] == "COUNTERSIGN_ANNOTATE__ENABLED" && var["value"] == "true")
     );
+}
+
+/// Every image a Deployment of the base runs is one `cargo xtask images` builds, under the same
+/// name, and has a Dockerfile: a service added to the manifests but not to the image builder would
+/// deploy an image nobody can make.
+#[test]
+fn every_deployed_image_is_built_by_the_image_builder() {
+    let rendered = render::render("base").unwrap_or_else(|error| panic!("{error}"));
+    let built: BTreeSet<String> = countersign_system_tests::images::SERVICES
+        .into_iter()
+        .map(countersign_system_tests::images::service_image_name)
+        .collect();
+    let mut deployed = 0;
+    for deployment in rendered.of_kind("Deployment") {
+        let name = render::name(deployment);
+        for container in deployment["spec"]["template"]["spec"]["containers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
+            let image = container["image"].as_str().unwrap_or_default();
+            assert!(
+                built.contains(image),
+                "{name} runs {image}, which `cargo xtask images` does not build ({built:?})"
+            );
+            deployed += 1;
+        }
+    }
+    assert!(
+        deployed >= 5,
+        "the base deploys every service ({deployed} containers)"
+    );
+    for service in countersign_system_tests::images::SERVICES {
+        let dockerfile = countersign_test_support::repo_root()
+            .join(countersign_system_tests::images::dockerfile(service));
+        assert!(dockerfile.is_file(), "a Dockerfile for {service}");
+    }
 }
 
 /// What every Deployment of the base must have: probes on /livez and /readyz at the admin port,

@@ -299,6 +299,7 @@ fn every_service_has_a_permission_file() {
         [
             "admin",
             "attestor",
+            "exporter",
             "gate",
             "reader",
             "registrar",
@@ -433,6 +434,53 @@ async fn relay_consumes_attestations_and_cannot_publish_them() {
 }
 
 #[tokio::test]
+async fn exporter_consumes_exports_reads_bundles_and_publishes_nothing_else() {
+    let setup = set_up().await;
+    let attestor = user(&setup, "attestor").await;
+    use_bucket(&bus(&attestor), "exports").await;
+    let mut exporter = user(&setup, "exporter").await;
+    let bus = bus(&exporter);
+    assert_streams_as_declared("exporter", &bus).await;
+    let spec = countersign_events::ConsumerSpec::exporter(bus.subjects());
+    assert_consumer_as_declared(&setup, &bus, &spec, &ConsumerConfig::default()).await;
+    consume_one(
+        &setup,
+        &exporter,
+        "COUNTERSIGN_ATTESTATIONS",
+        "exporter",
+        "countersign.export.stored.prod.ci.build-5",
+    )
+    .await;
+    let store =
+        countersign_verdict::export_store::ExportStore::open(bus.jetstream(), bus.subjects())
+            .await
+            .expect("the exporter opens the exports bucket");
+    assert_eq!(
+        store
+            .bundle("key")
+            .await
+            .expect("the exporter reads a bundle")
+            .as_deref(),
+        Some(&b"value"[..])
+    );
+    publish_stored(&exporter, "countersign.deadletter.exporter").await;
+    assert_publish_refused(
+        &setup,
+        &mut exporter,
+        "countersign.export.stored.prod.ci.forged",
+        "countersign.deadletter.exporter",
+    )
+    .await;
+    assert_publish_refused(
+        &setup,
+        &mut exporter,
+        "$KV.COUNTERSIGN_EXPORTS.forged",
+        "countersign.deadletter.exporter",
+    )
+    .await;
+}
+
+#[tokio::test]
 async fn gate_watches_the_attestations_bucket_and_writes_nothing() {
     let setup = set_up().await;
     let attestor = user(&setup, "attestor").await;
@@ -524,7 +572,7 @@ async fn admin_manages_streams_but_publishes_no_event() {
 #[tokio::test]
 async fn services_cannot_change_the_streams() {
     let setup = set_up().await;
-    for name in ["watcher", "registrar", "relay", "attestor"] {
+    for name in ["watcher", "registrar", "relay", "attestor", "exporter"] {
         let mut session = user(&setup, name).await;
         assert_publish_refused(
             &setup,

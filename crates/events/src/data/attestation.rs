@@ -3,6 +3,11 @@
 //!
 //! Both carry a DSSE envelope signed with the attestor's own SVID and the certificate chain of
 //! that SVID, so anyone holding the trust bundle can check the statement offline.
+//!
+//! A third type, `dev.countersign.attestation.revoked.v1` on `{p}.attestation.revoked.…` (id
+//! `{taskrun uid}:revoked`), says that a stored attestation no longer verifies: a CA that issued
+//! one of its signing chains (the results SVID's or the attestor's) was revoked since. It carries
+//! the attestation it revokes, unchanged.
 
 use chrono::{DateTime, Utc};
 use schemars::JsonSchema;
@@ -154,6 +159,11 @@ pub struct SignedAttestation {
     pub envelope: DsseEnvelope,
     /// The attestor SVID's certificate chain as PEM, leaf first.
     pub certificates: Vec<String>,
+    /// RFC 3161 timestamps (DER `TimeStampResp`: status and token, base64; what a Sigstore
+    /// bundle's `signedTimestamp` holds) over the envelope's signature bytes, from the timestamp authority the attestor is configured with; absent when none is.
+    /// Unauthenticated until verified with that authority's chain.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rfc3161_timestamps: Vec<String>,
 }
 
 /// `dev.countersign.attestation.verified.v1`: a TaskRun's results were verified.
@@ -230,6 +240,70 @@ impl EventData for AttestationRejected {
     }
 }
 
+/// Which signing chain of an attestation a revoked CA issued.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum SigningChain {
+    /// The TaskRun's SVID, which signed the results.
+    Results,
+    /// The attestor's own SVID, which signed the attestation.
+    Signer,
+}
+
+/// How SPIRE revoked a CA.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RevocationKind {
+    /// A bundle marks it tainted (`spire-server localauthority x509 taint`).
+    Tainted,
+    /// It left the bundle while still valid (`spire-server localauthority x509 revoke`).
+    Removed,
+}
+
+/// `dev.countersign.attestation.revoked.v1`: a stored attestation no longer verifies, because a
+/// CA that issued one of its signing chains was revoked after it was made.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(title = "dev.countersign.attestation.revoked.v1")]
+pub struct AttestationRevoked {
+    /// The TaskRun.
+    pub taskrun: TaskRunRef,
+    /// The revoked CA's trust domain.
+    pub trust_domain: String,
+    /// SHA-256 (hex) of the revoked CA certificate's DER.
+    pub authority: String,
+    /// How it was revoked.
+    pub how: RevocationKind,
+    /// The sequence number of the trust bundle that showed the revocation.
+    pub sequence_number: u64,
+    /// The attestation's signing chains that CA issued (one or both).
+    pub chains: Vec<SigningChain>,
+    /// The attestation revoked, as it was published.
+    pub attestation: SignedAttestation,
+    /// When the attestor decided the verdict now revoked.
+    pub attested_at: DateTime<Utc>,
+    /// When the revocation was found.
+    pub revoked_at: DateTime<Utc>,
+}
+
+impl EventData for AttestationRevoked {
+    const TYPE: EventType = EventType::AttestationRevoked;
+
+    fn event_id(&self) -> String {
+        format!("{}:revoked", self.taskrun.uid)
+    }
+
+    fn ce_subject(&self) -> String {
+        ce_subject_of(&self.taskrun)
+    }
+
+    fn nats_subject(&self, subjects: &Subjects) -> Result<String, SubjectError> {
+        subjects.for_taskrun(Self::TYPE, &self.taskrun)
+    }
+}
+
 // === reading either type ===
 
 impl AttestationEvent {
@@ -238,6 +312,7 @@ impl AttestationEvent {
         match self {
             AttestationEvent::Verified(verified) => &verified.taskrun,
             AttestationEvent::Rejected(rejected) => &rejected.taskrun,
+            AttestationEvent::Revoked(revoked) => &revoked.taskrun,
         }
     }
 
@@ -246,22 +321,41 @@ impl AttestationEvent {
         match self {
             AttestationEvent::Verified(verified) => &verified.attestation,
             AttestationEvent::Rejected(rejected) => &rejected.attestation,
+            AttestationEvent::Revoked(revoked) => &revoked.attestation,
         }
     }
 
-    /// When the attestor decided.
+    /// The signed attestation, to add what comes after signing (a timestamp).
+    pub fn attestation_mut(&mut self) -> &mut SignedAttestation {
+        match self {
+            AttestationEvent::Verified(verified) => &mut verified.attestation,
+            AttestationEvent::Rejected(rejected) => &mut rejected.attestation,
+            AttestationEvent::Revoked(revoked) => &mut revoked.attestation,
+        }
+    }
+
+    /// When the attestor decided (for a revocation, the verdict it revokes).
     pub fn attested_at(&self) -> DateTime<Utc> {
         match self {
             AttestationEvent::Verified(verified) => verified.attested_at,
             AttestationEvent::Rejected(rejected) => rejected.attested_at,
+            AttestationEvent::Revoked(revoked) => revoked.attested_at,
         }
     }
 
-    /// Why it was rejected, when it was.
+    /// Why it was rejected, when it was (a revocation is [`AttestationEvent::revocation`]).
     pub fn reason(&self) -> Option<ReasonCode> {
         match self {
-            AttestationEvent::Verified(_) => None,
+            AttestationEvent::Verified(_) | AttestationEvent::Revoked(_) => None,
             AttestationEvent::Rejected(rejected) => Some(rejected.reason),
+        }
+    }
+
+    /// The revocation, when this is one.
+    pub fn revocation(&self) -> Option<&AttestationRevoked> {
+        match self {
+            AttestationEvent::Revoked(revoked) => Some(revoked),
+            AttestationEvent::Verified(_) | AttestationEvent::Rejected(_) => None,
         }
     }
 }

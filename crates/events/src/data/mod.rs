@@ -19,8 +19,8 @@ pub mod registration;
 pub mod trust;
 
 pub use attestation::{
-    AttestationRejected, AttestationVerified, DsseEnvelope, DsseSignature, ReasonCode,
-    ResultSubject, SignedAttestation, Verdict,
+    AttestationRejected, AttestationRevoked, AttestationVerified, DsseEnvelope, DsseSignature,
+    ReasonCode, ResultSubject, RevocationKind, SignedAttestation, SigningChain, Verdict,
 };
 pub use common::{
     Outcome, PodRef, ResultType, StepRecord, TaskRunRef, TaskRunResult, TerminationEntry,

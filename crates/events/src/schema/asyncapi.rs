@@ -304,22 +304,28 @@ pub fn document() -> Value {
         );
     }
 
+    // Every durable consumer with the service that binds it (the attestor binds three).
     let consumers = [
-        ConsumerSpec::registrar(&subjects),
-        ConsumerSpec::attestor(&subjects),
-        ConsumerSpec::relay(&subjects),
+        ("registrar", ConsumerSpec::registrar(&subjects)),
+        ("attestor", ConsumerSpec::attestor(&subjects)),
+        ("attestor", ConsumerSpec::attestor_backlog(&subjects)),
+        ("attestor", ConsumerSpec::attestor_revocations(&subjects)),
+        ("relay", ConsumerSpec::relay(&subjects)),
+        ("exporter", ConsumerSpec::exporter(&subjects)),
     ];
+    let mut consuming_services: Vec<&str> = consumers.iter().map(|(service, _)| *service).collect();
+    consuming_services.dedup();
     let consumed_by = |event_type: EventType| -> Vec<String> {
-        let mut services: Vec<String> = consumers
-            .iter()
-            .filter(|spec| {
-                spec.filter_subjects.iter().any(|filter| {
-                    filter == &subjects.events_of_type(event_type)
-                        || filter == &subjects.family_events(event_type.family())
-                })
-            })
-            .map(|spec| spec.name.clone())
-            .collect();
+        let mut services: Vec<String> = Vec::new();
+        for (service, spec) in &consumers {
+            let takes = spec.filter_subjects.iter().any(|filter| {
+                filter == &subjects.events_of_type(event_type)
+                    || filter == &subjects.family_events(event_type.family())
+            });
+            if takes && !services.iter().any(|known| known == service) {
+                services.push((*service).to_owned());
+            }
+        }
         if event_type.family() == Family::Attestation {
             services.push("countersign-cli".into());
         }
@@ -329,8 +335,8 @@ pub fn document() -> Value {
     let mut operations = Map::new();
     for channel in &channels {
         if channel.id == "deadletter" {
-            for spec in &consumers {
-                let (id, value) = operation(&spec.name, "send", channel);
+            for service in &consuming_services {
+                let (id, value) = operation(service, "send", channel);
                 operations.insert(id, value);
             }
             continue;
@@ -362,6 +368,7 @@ pub fn document() -> Value {
         .collect();
     let durable_consumers: Vec<Value> = consumers
         .iter()
+        .map(|(_, spec)| spec)
         .map(|spec| {
             json!({
                 "name": spec.name,
@@ -422,6 +429,27 @@ mod tests {
         assert!(has("relayConsumesAttestationRejected"));
         assert!(has("countersign-cliConsumesAttestationVerified"));
         assert!(has("attestorPublishesDeadletter"));
+        assert!(has("attestorConsumesTrustBundleRotated"));
+        assert!(has("exporterConsumesExportStored"));
+        assert!(has("exporterPublishesDeadletter"));
+        let durable: Vec<&str> = document["info"]["x-consumers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|consumer| consumer["name"].as_str())
+            .collect();
+        assert_eq!(
+            durable,
+            [
+                "registrar",
+                "attestor",
+                "attestor-backlog",
+                "attestor-revocations",
+                "relay",
+                "exporter"
+            ],
+            "every durable consumer, the backlog lane included"
+        );
         assert_eq!(
             document["channels"]["taskrunStepCompleted"]["address"],
             "countersign.taskrun.step-completed.{cluster}.{namespace}.{name}"

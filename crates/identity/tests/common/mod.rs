@@ -1,6 +1,9 @@
 //! Test PKI: SPIRE-like CAs and X509-SVIDs generated with rcgen at test time, plus the vendored
 //! Tekton fixtures.
 
+// Shared by the test files of one test crate, which has no public API: `pub` here is for
+// them, so `unreachable_pub` does not apply.
+#![allow(unreachable_pub)]
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;

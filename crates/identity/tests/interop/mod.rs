@@ -2,6 +2,9 @@
 //! certificates at the current time), SVIDs with chosen extended key usages, the public-key PEM
 //! the generic verifiers take, and running a real verifier and reading its verdict.
 
+// Shared by the test files of one test crate, which has no public API: `pub` here is for
+// them, so `unreachable_pub` does not apply.
+#![allow(unreachable_pub)]
 #![allow(dead_code)]
 
 use std::path::Path;

@@ -4,6 +4,9 @@
 //! TaskRun "pods" that sign with the real `countersign-signer` binary as workloads of the real
 //! agent, and the watcher's events built by hand.
 
+// Shared by the test files of one test crate, which has no public API: `pub` here is for
+// them, so `unreachable_pub` does not apply.
+#![allow(unreachable_pub)]
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;

@@ -1,11 +1,15 @@
 //! What the gate's integration tests share: attestation events signed as the attestor signs them
 //! (an in-toto Statement in a DSSE envelope, signed with the fixture controller SVID), a CA and a
-//! serving certificate for the webhook, and the gate started in-process.
+//! serving certificate for the webhook (from test support), and the gate started in-process on
+//! the test-support service skeleton (whose readiness cannot be read before the gate has taken
+//! its latches).
 
+// Shared by the test files of one test crate, which has no public API: `pub` here is for
+// them, so `unreachable_pub` does not apply.
+#![allow(unreachable_pub)]
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use chrono::Utc;
@@ -23,13 +27,11 @@ use countersign_identity::intoto::{
 use countersign_identity::svid::SigningSvid;
 use countersign_identity::tekton::ReasonCode;
 use countersign_runtime::config::{Environment, ServiceConfig, parse_config};
-use countersign_runtime::{Context, RunOutcome, run_service};
+use countersign_runtime::{Context, RunOutcome};
 use countersign_test_support::fixtures_dir;
+use countersign_test_support::service::RunningService;
+pub use countersign_test_support::webhook::WebhookTls;
 use countersign_verdict::attestation::to_event_attestation;
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
-use tokio::net::TcpListener;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 
 /// The fixture SVID the attestor signs with in these tests.
 pub fn attestor_svid() -> SigningSvid {
@@ -131,49 +133,6 @@ pub fn attestation_event(
     Event::new(&EventSource::service("attestor"), data)
 }
 
-/// A CA and a serving certificate for `127.0.0.1`, written to a temporary directory.
-pub struct WebhookTls {
-    /// The CA's PEM (the webhook configuration's `caBundle`).
-    pub ca_pem: String,
-    /// The serving certificate file.
-    pub cert_file: PathBuf,
-    /// Its key file.
-    pub key_file: PathBuf,
-    issuer: CertifiedIssuer<'static, KeyPair>,
-    _dir: tempfile::TempDir,
-}
-
-impl WebhookTls {
-    /// A new CA, and a serving certificate from it.
-    pub fn new() -> WebhookTls {
-        let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        let issuer = CertifiedIssuer::self_signed(params, KeyPair::generate().expect("a CA key"))
-            .expect("the CA");
-        let dir = tempfile::tempdir().expect("a temporary directory");
-        let tls = WebhookTls {
-            ca_pem: issuer.pem(),
-            cert_file: dir.path().join("tls.crt"),
-            key_file: dir.path().join("tls.key"),
-            issuer,
-            _dir: dir,
-        };
-        tls.issue();
-        tls
-    }
-
-    /// Writes a fresh serving certificate and key over the files.
-    pub fn issue(&self) {
-        let params = CertificateParams::new(vec!["127.0.0.1".to_owned()]).expect("serving params");
-        let key = KeyPair::generate().expect("a serving key");
-        let certificate = params
-            .signed_by(&key, &self.issuer)
-            .expect("the serving certificate");
-        std::fs::write(&self.key_file, key.serialize_pem()).expect("writing the key");
-        std::fs::write(&self.cert_file, certificate.pem()).expect("writing the certificate");
-    }
-}
-
 /// A gate running in-process.
 pub struct RunningGate {
     /// Its context (readiness, shutdown).
@@ -182,8 +141,7 @@ pub struct RunningGate {
     pub webhook_port: u16,
     /// The verdict API's port.
     pub api_port: u16,
-    stop: Option<oneshot::Sender<()>>,
-    running: Option<JoinHandle<RunOutcome>>,
+    service: Option<RunningService<GateConfig>>,
 }
 
 /// A free loopback port.
@@ -192,7 +150,9 @@ pub fn free_port() -> u16 {
 }
 
 impl RunningGate {
-    /// Starts the gate with these extra config lines, waits until it is ready.
+    /// Starts the gate with these extra config lines, waits until it is ready: its caches synced,
+    /// NATS connected and the attestations replicated (readiness is not-ready from the moment
+    /// the gate is started, so this cannot return before the gate has taken its latches).
     pub async fn start(
         nats_url: &str,
         prefix: &str,
@@ -216,41 +176,21 @@ impl RunningGate {
         let config: GateConfig = parse_config(&text, &Environment::new()).expect("a valid config");
         config.validate().expect("a valid config");
         let grace_period = config.shutdown.grace_period;
-        let context = Context::new("gate", config);
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("the admin listener");
-        let (stop, stopped) = oneshot::channel::<()>();
-        let running = tokio::spawn(run_service(
-            context.clone(),
-            listener,
-            grace_period,
-            async move {
-                let _ = stopped.await;
-            },
-            run,
-        ));
-        tokio::time::timeout(Duration::from_secs(60), context.readiness.wait_ready())
-            .await
-            .expect("the gate becomes ready");
+        let service = RunningService::start(Context::new("gate", config), grace_period, run).await;
+        service.wait_ready().await;
         RunningGate {
-            context,
+            context: service.context.clone(),
             webhook_port,
             api_port,
-            stop: Some(stop),
-            running: Some(running),
+            service: Some(service),
         }
     }
 
     /// Stops it and waits until it has.
     pub async fn stop(&mut self) -> RunOutcome {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        let running = self.running.take().expect("the gate runs");
-        tokio::time::timeout(Duration::from_secs(30), running)
+        let service = self.service.take().expect("the gate runs");
+        tokio::time::timeout(Duration::from_secs(30), service.stop())
             .await
             .expect("the gate stops in time")
-            .expect("the gate's task")
     }
 }

@@ -3,6 +3,9 @@
 //! shared `RunningService`), events published as the watcher would (the shared `TestBus`), and
 //! readers of SPIRE and the streams.
 
+// Shared by the test files of one test crate, which has no public API: `pub` here is for
+// them, so `unreachable_pub` does not apply.
+#![allow(unreachable_pub)]
 #![allow(dead_code, reason = "each test binary uses a part of the harness")]
 
 use std::collections::BTreeSet;

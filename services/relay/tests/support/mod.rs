@@ -3,6 +3,9 @@
 //! nats-server (the shared `RunningService` and `TestBus` of `countersign-test-support`), and
 //! attestation event fixtures.
 
+// Shared by the test files of one test crate, which has no public API: `pub` here is for
+// them, so `unreachable_pub` does not apply.
+#![allow(unreachable_pub)]
 #![allow(dead_code)] // Each test binary uses a different part.
 
 use std::collections::VecDeque;
@@ -365,6 +368,7 @@ fn signed() -> SignedAttestation {
             }],
         },
         certificates: vec!["-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n".into()],
+        rfc3161_timestamps: Vec::new(),
     }
 }
 

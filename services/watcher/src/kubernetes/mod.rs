@@ -59,7 +59,7 @@ use crate::emit::{EmitError, Emitter};
 use crate::metrics::WatcherMetrics;
 use crate::queue::WorkQueue;
 use crate::store::{ObjectKey, ObjectStore, trim_taskrun};
-use crate::tekton::{TaskRun, TaskRunPod};
+use countersign_tekton::{TaskRun, TaskRunPod};
 
 pub use scope::TaskRunKey;
 use scope::{PodsListing, Scope};

@@ -8,7 +8,7 @@ use tokio::sync::watch;
 
 use super::lock;
 use crate::store::{ObjectKey, ObjectStore};
-use crate::tekton::{TaskRun, TaskRunPod};
+use countersign_tekton::{TaskRun, TaskRunPod};
 
 /// A TaskRun by namespace and name: the unit of work, and its key in the TaskRun store.
 pub type TaskRunKey = ObjectKey;

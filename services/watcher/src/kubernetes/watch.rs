@@ -16,8 +16,8 @@ use tokio_util::sync::CancellationToken;
 use super::scope::{TaskRunKey, index_pod, unindex_pod};
 use super::{KubernetesSource, lock};
 use crate::metrics::Resource;
-use crate::store::{ObjectKey, trim_pod, trim_taskrun};
-use crate::tekton::{TASKRUN_LABEL, TaskRun, TaskRunPod};
+use crate::store::{ObjectKey, Settle as _, trim_pod, trim_taskrun};
+use countersign_tekton::{TASKRUN_LABEL, TaskRun, TaskRunPod};
 
 /// How many objects one page of a (re)list holds. kube's default (500) makes a page of completed
 /// pods several MiB of JSON, all parsed at once; smaller pages keep that transient peak (and the

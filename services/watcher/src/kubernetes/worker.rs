@@ -15,8 +15,8 @@ use crate::derive::derive_transitions;
 use crate::emit::EmitError;
 use crate::identifiers::check_taskrun_identifiers;
 use crate::metrics::Source;
-use crate::store::ObjectKey;
-use crate::tekton::{TaskRun, TaskRunPod};
+use crate::store::{ObjectKey, Settle as _};
+use countersign_tekton::{TaskRun, TaskRunPod};
 
 impl KubernetesSource {
     pub(super) async fn work(self: Arc<Self>, token: CancellationToken) {

@@ -3,6 +3,10 @@
 //! events on the bus, decoded and checked against their schemas; TaskRuns and pods driven through
 //! the API the way Tekton and the kubelet would.
 
+// Shared by the test files of one test crate, which has no public API: `pub` here is for
+// them, so `unreachable_pub` does not apply.
+#![allow(unreachable_pub)]
+
 use std::process::{ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

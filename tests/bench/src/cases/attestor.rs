@@ -43,7 +43,7 @@ use crate::Options;
 use crate::report::CaseReport;
 
 /// The case.
-pub const CASE: Case = Case {
+pub(super) const CASE: Case = Case {
     name: "attestor",
     summary: "TaskRuns attested per second vs the crypto bound; latency at 100 TaskRuns/s",
     run: run_boxed,

@@ -42,7 +42,7 @@ use crate::Options;
 use crate::report::CaseReport;
 
 /// The case.
-pub const CASE: Case = Case {
+pub(super) const CASE: Case = Case {
     name: "events",
     summary: "publish + consume N events: our binding vs raw async-nats JetStream",
     run: run_boxed,

@@ -19,7 +19,6 @@
 //! Headline: `gate: ratio <creates/s through the gate ÷ creates/s through the no-op webhook>`.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -51,6 +50,7 @@ use countersign_runtime::http_client::{HttpClientOptions, TrustRoots, http_clien
 use countersign_runtime::{Context, run_service};
 use countersign_test_support::kube::{KubeApiserver, taskrun_resource};
 use countersign_test_support::nats::NatsServer;
+use countersign_test_support::webhook::WebhookTls;
 use countersign_test_support::{fixtures_dir, ports, wait};
 use countersign_verdict::attestation::to_event_attestation;
 use countersign_verdict::store::AttestationStore;
@@ -58,7 +58,6 @@ use futures::StreamExt as _;
 use kube::api::{
     Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams,
 };
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
@@ -67,7 +66,7 @@ use crate::Options;
 use crate::report::CaseReport;
 
 /// The case.
-pub const CASE: Case = Case {
+pub(super) const CASE: Case = Case {
     name: "gate",
     summary: "gate admission latency p50/p99 at 1,000 req/s from its replica; TaskRun creates/s with the gate vs a no-op webhook",
     run: run_boxed,
@@ -122,30 +121,6 @@ fn webhook_resource() -> ApiResource {
         ),
         "validatingwebhookconfigurations",
     )
-}
-
-/// A CA, and a serving certificate for `127.0.0.1` from it, written to `dir`.
-struct ServingTls {
-    ca_pem: String,
-    cert_file: std::path::PathBuf,
-    key_file: std::path::PathBuf,
-}
-
-fn serving_tls(dir: &Path) -> anyhow::Result<ServingTls> {
-    let mut params = CertificateParams::new(Vec::<String>::new())?;
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let issuer = CertifiedIssuer::self_signed(params, KeyPair::generate()?)?;
-    let key = KeyPair::generate()?;
-    let certificate =
-        CertificateParams::new(vec!["127.0.0.1".to_owned()])?.signed_by(&key, &issuer)?;
-    let tls = ServingTls {
-        ca_pem: issuer.pem(),
-        cert_file: dir.join("tls.crt"),
-        key_file: dir.join("tls.key"),
-    };
-    std::fs::write(&tls.key_file, key.serialize_pem())?;
-    std::fs::write(&tls.cert_file, certificate.pem())?;
-    Ok(tls)
 }
 
 /// A verified attestation of `namespace/name` signing `IMAGE_DIGEST` = [`DIGEST`], as the
@@ -441,8 +416,7 @@ async fn run(options: Options) -> anyhow::Result<CaseReport> {
     let baseline = create_pipeline(&kube, &store, "noop").await?;
 
     // The gate, in-process.
-    let dir = tempfile::tempdir()?;
-    let tls = serving_tls(dir.path())?;
+    let tls = WebhookTls::new();
     let webhook_port = ports::free_port();
     let text = format!(
         "[admin]\nlisten = \"127.0.0.1:0\"\n[nats]\nurl = \"{}\"\n[bus]\nprefix = \"{PREFIX}\"\n\

@@ -16,11 +16,11 @@ use crate::Options;
 use crate::report::CaseReport;
 
 /// A case's future.
-pub type CaseFuture = Pin<Box<dyn Future<Output = anyhow::Result<CaseReport>>>>;
+pub(crate) type CaseFuture = Pin<Box<dyn Future<Output = anyhow::Result<CaseReport>>>>;
 
 /// A named benchmark.
 #[derive(Debug)]
-pub struct Case {
+pub(crate) struct Case {
     /// The name used on the command line and in the headline.
     pub name: &'static str,
     /// What it measures.
@@ -30,7 +30,7 @@ pub struct Case {
 }
 
 /// Every case, in the order `cargo xtask bench` runs them.
-pub const CASES: &[Case] = &[
+pub(crate) const CASES: &[Case] = &[
     events::CASE,
     watcher::CASE,
     registrar::CASE,
@@ -41,6 +41,6 @@ pub const CASES: &[Case] = &[
 ];
 
 /// The case called `name`.
-pub fn find(name: &str) -> Option<&'static Case> {
+pub(crate) fn find(name: &str) -> Option<&'static Case> {
     CASES.iter().find(|case| case.name == name)
 }

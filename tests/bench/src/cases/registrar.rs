@@ -30,7 +30,7 @@ use crate::Options;
 use crate::report::CaseReport;
 
 /// The case.
-pub const CASE: Case = Case {
+pub(super) const CASE: Case = Case {
     name: "registrar",
     summary: "SPIRE entries/s through the registrar vs a direct batch loop; a 10k reconcile pass",
     run: run_boxed,

@@ -42,7 +42,7 @@ use crate::Options;
 use crate::report::CaseReport;
 
 /// The case.
-pub const CASE: Case = Case {
+pub(super) const CASE: Case = Case {
     name: "system",
     summary: "the whole system: TaskRuns/s sustained, finish->attestation and scheduled->entry latency",
     run: run_boxed,

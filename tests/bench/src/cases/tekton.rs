@@ -26,7 +26,7 @@ use crate::Options;
 use crate::report::CaseReport;
 
 /// The case.
-pub const CASE: Case = Case {
+pub(super) const CASE: Case = Case {
     name: "tekton",
     summary: "real Tekton on a real node: scheduled -> SPIRE entry -> SVID, finished -> attestation",
     run: run_boxed,
@@ -132,6 +132,9 @@ async fn run_on_node(taskruns: usize) -> anyhow::Result<Vec<TaskRunOutcome>> {
         .context("the build task")?
         .context("building the services")?;
     let (reporter, captured) = Reporter::capture();
+    println!(
+        "tekton: starting the node (containerd, kubelet), Tekton's controller and the services ..."
+    );
     let mut demo = match TektonDemo::start(binaries, reporter).await {
         Ok(demo) => demo,
         Err(error) => anyhow::bail!(
@@ -140,7 +143,20 @@ async fn run_on_node(taskruns: usize) -> anyhow::Result<Vec<TaskRunOutcome>> {
             captured.text()
         ),
     };
-    let outcomes = demo.run_many("bench", taskruns).await;
+    // One line per TaskRun: a run takes several minutes.
+    let outcomes = demo
+        .run_many("bench", taskruns, |index, outcome| {
+            let millis = |from, to| {
+                millis_between(from, to).map_or_else(|| "?".to_owned(), |ms| format!("{ms:.0} ms"))
+            };
+            println!(
+                "tekton: TaskRun {}/{taskruns}: scheduled->svid {}, finish->attestation {}",
+                index + 1,
+                millis(outcome.scheduled_at, outcome.svid_served_at),
+                millis(outcome.finished_at, outcome.attested_at),
+            );
+        })
+        .await;
     demo.shutdown().await;
     outcomes.map_err(|error| {
         anyhow::anyhow!(

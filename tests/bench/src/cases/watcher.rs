@@ -53,7 +53,7 @@ use crate::Options;
 use crate::report::CaseReport;
 
 /// The case.
-pub const CASE: Case = Case {
+pub(super) const CASE: Case = Case {
     name: "watcher",
     summary: "status updates through the watcher binary to JetStream vs raw JetStream; RSS with 10k TaskRuns",
     run: run_boxed,

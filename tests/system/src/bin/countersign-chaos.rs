@@ -1,4 +1,5 @@
-//! `countersign-chaos [--taskruns N] [--seed S] [--short]`: the demo's system under faults. What
+//! `countersign-chaos [--taskruns N] [--seed S] [--short] [--replicas N] [--cluster]`: the
+//! demo's system under faults. What
 //! `cargo xtask chaos` runs (with `cargo run`, cargo's progress shown while it builds).
 //!
 //! Builds the six binaries, starts the system as the demo does, and runs
@@ -17,16 +18,21 @@ use countersign_system_tests::demo::{Binaries, Demo, Origin, Reporter, binaries,
 /// The exit status of a bad command line (`EX_USAGE`).
 const USAGE: u8 = 64;
 
-const HELP: &str = "usage: countersign-chaos [--taskruns N] [--seed S] [--short]\n\n  \
+const HELP: &str = "usage: countersign-chaos [--taskruns N] [--seed S] [--short] [--replicas N] [--cluster]\n\n  \
     --taskruns N  how many TaskRuns to play (default 1000; 60 with --short)\n  \
     --seed S      the seed of every random choice (default: from the clock; printed)\n  \
-    --short       the test suite's plan: 60 TaskRuns in waves of 10";
+    --short       the test suite's plan: 60 TaskRuns in waves of 10, 2 replicas\n  \
+    --replicas N  processes of each service (default 1; 2 with --short); a kill hits one\n  \
+    --cluster     a 3-node JetStream cluster, every stream and bucket R3, instead of one\n                \
+nats-server; its nats-server kills hit one node";
 
 /// The command line.
 struct Options {
     taskruns: Option<usize>,
     seed: Option<u64>,
     short: bool,
+    replicas: Option<usize>,
+    cluster: bool,
 }
 
 fn parse_options() -> Result<Option<Options>, String> {
@@ -34,11 +40,14 @@ fn parse_options() -> Result<Option<Options>, String> {
         taskruns: None,
         seed: None,
         short: false,
+        replicas: None,
+        cluster: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--short" => options.short = true,
+            "--cluster" => options.cluster = true,
             "--taskruns" => {
                 let value = args.next().ok_or("--taskruns needs a number")?;
                 options.taskruns = Some(
@@ -53,6 +62,16 @@ fn parse_options() -> Result<Option<Options>, String> {
                     value
                         .parse()
                         .map_err(|_| format!("--seed {value:?} is not a number"))?,
+                );
+            }
+            "--replicas" => {
+                let value = args.next().ok_or("--replicas needs a number")?;
+                options.replicas = Some(
+                    value
+                        .parse::<usize>()
+                        .ok()
+                        .filter(|replicas| *replicas > 0)
+                        .ok_or_else(|| format!("--replicas {value:?} is not a positive number"))?,
                 );
             }
             "-h" | "--help" => return Ok(None),
@@ -88,7 +107,16 @@ fn main() -> ExitCode {
     if let Some(taskruns) = options.taskruns {
         plan.taskruns = taskruns;
     }
-    println!("chaos: seed {seed} ({} TaskRuns)", plan.taskruns);
+    if let Some(replicas) = options.replicas {
+        plan.replicas = replicas;
+    }
+    if options.cluster {
+        plan.nats_nodes = 3;
+    }
+    println!(
+        "chaos: seed {seed} ({} TaskRuns, {} replica(s) of each service, {} NATS node(s))",
+        plan.taskruns, plan.replicas, plan.nats_nodes
+    );
 
     let started = Instant::now();
     let root = countersign_test_support::repo_root();
@@ -125,7 +153,7 @@ async fn run_chaos(plan: ChaosPlan, binaries: Binaries, started: Instant) -> Exi
     // The system's own output (every event on the bus) is kept out of the way.
     let (quiet, _captured) = Reporter::capture();
     progress.line(Origin::Demo, "starting the system as the demo does ...");
-    let mut demo = match Demo::start(binaries, quiet).await {
+    let mut demo = match Demo::start_shaped(binaries, quiet, plan.shape()).await {
         Ok(demo) => demo,
         Err(error) => {
             progress.line(

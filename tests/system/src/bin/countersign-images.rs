@@ -95,6 +95,8 @@ fn run(release: bool) -> Result<(), String> {
             ("registrar", built.registrar),
             ("attestor", built.attestor),
             ("relay", built.relay),
+            ("gate", built.gate),
+            ("exporter", built.exporter),
             ("signer", built.signer),
         ],
         nats_server: (

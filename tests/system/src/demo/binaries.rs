@@ -1,4 +1,4 @@
-//! The real binaries the demo runs: built with `cargo build --bins` for the six packages, and
+//! The real binaries the demo runs: built with `cargo build --bins` for the services and the CLI, and
 //! located from cargo's own JSON messages (so any target directory and profile works).
 
 use std::collections::BTreeMap;
@@ -7,12 +7,15 @@ use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 
-/// The packages whose binaries the demo runs, in build order of the command line.
-pub const PACKAGES: [&str; 6] = [
+/// The packages whose binaries the demo runs (and `cargo xtask images` packs), in build order of
+/// the command line.
+pub const PACKAGES: [&str; 8] = [
     "countersign-watcher",
     "countersign-registrar",
     "countersign-attestor",
     "countersign-relay",
+    "countersign-gate",
+    "countersign-exporter",
     "countersign-signer",
     "countersign-cli",
 ];
@@ -24,6 +27,8 @@ pub struct Binaries {
     pub registrar: PathBuf,
     pub attestor: PathBuf,
     pub relay: PathBuf,
+    pub gate: PathBuf,
+    pub exporter: PathBuf,
     pub signer: PathBuf,
     /// The `countersign` command.
     pub countersign: PathBuf,
@@ -147,6 +152,8 @@ impl Binaries {
             registrar: take("countersign-registrar")?,
             attestor: take("countersign-attestor")?,
             relay: take("countersign-relay")?,
+            gate: take("countersign-gate")?,
+            exporter: take("countersign-exporter")?,
             signer: take("countersign-signer")?,
             countersign: take("countersign")?,
         })

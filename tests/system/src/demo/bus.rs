@@ -286,6 +286,14 @@ pub fn describe(event: &Event<AnyEvent>) -> String {
             data.authorities.len(),
             data.revoked_authorities.len()
         ),
+        AnyEvent::AttestationRevoked(data) => format!(
+            "{}/{}: REVOKED, CA {} of {} revoked in bundle {}",
+            data.taskrun.namespace,
+            data.taskrun.name,
+            data.authority,
+            data.trust_domain,
+            data.sequence_number
+        ),
     };
     format!("{label:<24} {detail}")
 }

@@ -7,12 +7,25 @@
 //! agent; about one in [`ChaosPlan::tampered_one_in`] has a result changed after signing), while
 //! faults come at seeded random moments ([`Fault`]): each of watcher, registrar, attestor and
 //! relay killed with SIGKILL and started again, nats-server killed with SIGKILL and started
-//! again on its store, spire-server killed and started again. Each fault's recovery time (until
-//! the process is back and ready) is recorded.
+//! again on its store, spire-server and spire-agent killed and started again on their data,
+//! kube-apiserver and etcd killed and started again on etcd's data (same port and
+//! certificates; the players wait for their API server meanwhile, as Tekton would retry). Each
+//! fault's recovery time (until the process is back and ready) is recorded. With
+//! [`ChaosPlan::replicas`] 2, every service runs twice and a kill hits one replica; with
+//! [`ChaosPlan::nats_nodes`] 3, NATS is a JetStream cluster (every stream and bucket R3) and its
+//! kill hits one node, which rejoins on its store.
+//!
+//! About one TaskRun in [`ChaosPlan::deleted_one_in`] is deleted mid-flight, with its pod,
+//! once its first step is done. What is right for it: **no attestation**. It never finished, so
+//! there are no final results to attest (Tekton reports no `Succeeded` condition; the watcher
+//! publishes `deleted`, not `finished`), and an attestation of a TaskRun that does not exist
+//! would vouch for nothing; and its pod's SPIRE entry is released all the same (counted stale
+//! otherwise). An attestation of a deleted TaskRun counts as wrong.
 //!
 //! At the end ([`ChaosReport`]), from `{P}_ATTESTATIONS`, `{P}_DEADLETTER` and SPIRE's entries:
 //! attestations missing, duplicated (stream messages per TaskRun UID), with the wrong verdict
-//! (an honest TaskRun must be verified, a tampered one rejected with `signature_invalid`), pod
+//! (an honest TaskRun must be verified, a tampered one rejected with `signature_invalid`, a
+//! deleted one not attested), pod
 //! entries left in SPIRE once every TaskRun finished, dead letters, services not ready, and the
 //! time from each TaskRun's finish (its `Succeeded` status written) to its attestation stored
 //! (the stream's own timestamp). The last line reads
@@ -27,14 +40,15 @@ use std::process::Stdio;
 use std::time::{Duration, Instant, SystemTime};
 
 use async_nats::jetstream::message::StreamMessage;
+use async_nats::jetstream::stream::RawMessageErrorKind;
 use countersign_events::data::{ReasonCode, Verdict};
 use countersign_events::{AttestationEvent, DeadLetter, DecodeLimits, StreamKind, decode};
-use countersign_test_support::nats::NatsServer;
+use countersign_test_support::kube::KubeApiserver;
 use countersign_test_support::process::PeerFailed;
 use countersign_test_support::spire::Spire;
 use countersign_test_support::wait::{self, WaitError};
 use nix::sys::signal::{self, Signal};
-use tokio::sync::watch;
+use tokio::sync::{RwLock, watch};
 
 use super::cluster::{
     Cluster, ClusterError, CreatedTaskRun, INTERNAL_ENTRY_TYPE, MessageEntry, Phase,
@@ -45,7 +59,8 @@ use super::configs::{ServiceKind, Settings};
 use super::report::{Origin, Reporter};
 use super::scenario::{STEP_RESULTS, TAMPERED};
 use super::services::{ServiceProcess, inherited_overrides};
-use super::{Binaries, Demo, PREFIX, pid_of};
+use super::{Binaries, Demo, NatsPeer, PREFIX, Shape, pid_of};
+use crate::attestation_count::attestations_in_stream;
 
 /// How long the signer waits for its pod's SVID (the registrar or SPIRE may be down a while).
 const SIGNER_TIMEOUT: &str = "60s";
@@ -53,6 +68,11 @@ const SIGNER_TIMEOUT: &str = "60s";
 /// How long, after the last TaskRun finished, every attestation and every entry's release are
 /// awaited before they are counted missing or stale.
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The size of the extra result of an oversized TaskRun ([`ChaosPlan::oversized_every`]): its
+/// `finished` event is over nats-server's 1 MiB max payload, the TaskRun object stays under
+/// etcd's 1.5 MiB request limit.
+pub const OVERSIZED_RESULT_BYTES: usize = 1_100_000;
 
 /// The registrar's id prefix of a pod's workload entry (its default entry prefix + `pod.`).
 const POD_ENTRY_PREFIX: &str = "countersign.pod.";
@@ -64,21 +84,31 @@ const POD_ENTRY_PREFIX: &str = "countersign.pod.";
 pub enum Fault {
     /// The service is killed with SIGKILL, then started again with the same config.
     Kill(ServiceKind),
-    /// nats-server is killed with SIGKILL, then started again on the same port and store.
+    /// nats-server is killed with SIGKILL, then started again on the same port and store; on a
+    /// JetStream cluster, one node (at random), which rejoins and catches up.
     KillNats,
     /// spire-server is killed with SIGKILL, then started again with its data (same CA).
     KillSpireServer,
+    /// spire-agent is killed with SIGKILL, then started again on its data (same node, no new
+    /// join token); the signers and the attestor fetch their SVIDs again.
+    KillSpireAgent,
+    /// kube-apiserver and etcd are killed with SIGKILL, then started again on etcd's data, the
+    /// same port and certificates. Tekton and the kubelet (the run's players) wait for their API
+    /// server meanwhile; the services' watches break and resume.
+    RestartKube,
 }
 
 impl Fault {
     /// Every fault.
-    pub const ALL: [Fault; 6] = [
+    pub const ALL: [Fault; 8] = [
         Fault::Kill(ServiceKind::Watcher),
         Fault::Kill(ServiceKind::Registrar),
         Fault::Kill(ServiceKind::Attestor),
         Fault::Kill(ServiceKind::Relay),
         Fault::KillNats,
         Fault::KillSpireServer,
+        Fault::KillSpireAgent,
+        Fault::RestartKube,
     ];
 
     /// What was done, for the report.
@@ -87,6 +117,8 @@ impl Fault {
             Fault::Kill(kind) => format!("SIGKILL {}", kind.binary_name()),
             Fault::KillNats => "SIGKILL nats-server".to_owned(),
             Fault::KillSpireServer => "SIGKILL spire-server".to_owned(),
+            Fault::KillSpireAgent => "SIGKILL spire-agent".to_owned(),
+            Fault::RestartKube => "SIGKILL kube-apiserver + etcd".to_owned(),
         }
     }
 }
@@ -102,13 +134,49 @@ pub struct ChaosPlan {
     pub wave_size: usize,
     /// About one TaskRun in this many is tampered with.
     pub tampered_one_in: u64,
+    /// About one TaskRun in this many is deleted mid-flight (running, a step done; its pod
+    /// deleted with it, as the garbage collector would). It never finishes, so it must get no
+    /// attestation, and its SPIRE entry must be released all the same.
+    pub deleted_one_in: u64,
+    /// Every this many TaskRuns, one (never deleted) gets a result of [`OVERSIZED_RESULT_BYTES`]
+    /// in its status, so its `finished` event is over nats-server's 1 MiB max payload: it must
+    /// be attested `rejected` with `payload_too_large`; 0 for none.
+    pub oversized_every: usize,
     /// The shortest and longest pause before each fault.
     pub fault_pause: (Duration, Duration),
     /// The faults chosen from (at random, each in turn before any repeats).
     pub faults: Vec<Fault>,
+    /// How many processes of each service run (the system is started with them:
+    /// [`Demo::start_with_replicas`]); a kill hits one replica, chosen at random.
+    pub replicas: usize,
+    /// 1: one nats-server; 3: a JetStream cluster with every stream and bucket R3, of which a
+    /// node is killed and started again ([`Fault::KillNats`]).
+    pub nats_nodes: usize,
 }
 
 impl ChaosPlan {
+    /// What the system is started with for this plan.
+    pub fn shape(&self) -> Shape {
+        Shape {
+            replicas: self.replicas,
+            nats_nodes: self.nats_nodes,
+        }
+    }
+
+    /// The short plan on a 3-node JetStream cluster (`tests/chaos.rs`'s own cluster test): 40
+    /// TaskRuns in waves of 10, one replica of each service, and one fault, every 1 to 3 s: a
+    /// node of the cluster (at random) killed with SIGKILL and started again on its store.
+    pub fn short_cluster(seed: u64) -> ChaosPlan {
+        ChaosPlan {
+            taskruns: 40,
+            fault_pause: (Duration::from_secs(1), Duration::from_secs(3)),
+            faults: vec![Fault::KillNats],
+            replicas: 1,
+            nats_nodes: 3,
+            ..ChaosPlan::short(seed)
+        }
+    }
+
     /// `cargo xtask chaos`: 1,000 TaskRuns in waves of 20, a fault every 2 to 8 s.
     pub fn full(seed: u64) -> ChaosPlan {
         ChaosPlan {
@@ -116,20 +184,29 @@ impl ChaosPlan {
             taskruns: 1000,
             wave_size: 20,
             tampered_one_in: 5,
+            deleted_one_in: 25,
+            oversized_every: 100,
             fault_pause: (Duration::from_secs(2), Duration::from_secs(8)),
             faults: Fault::ALL.to_vec(),
+            replicas: 1,
+            nats_nodes: 1,
         }
     }
 
-    /// The test suite's: 60 TaskRuns in waves of 10, a fault every 3 to 8 s.
+    /// The test suite's: 60 TaskRuns in waves of 10, a fault every 1 to 3 s (so that most
+    /// runs go through every fault), two replicas of each service.
     pub fn short(seed: u64) -> ChaosPlan {
         ChaosPlan {
             seed,
             taskruns: 60,
             wave_size: 10,
             tampered_one_in: 5,
-            fault_pause: (Duration::from_secs(3), Duration::from_secs(8)),
+            deleted_one_in: 12,
+            oversized_every: 30,
+            fault_pause: (Duration::from_secs(1), Duration::from_secs(3)),
             faults: Fault::ALL.to_vec(),
+            replicas: 2,
+            nats_nodes: 1,
         }
     }
 }
@@ -188,11 +265,16 @@ pub struct ChaosReport {
     pub seed: u64,
     pub taskruns: usize,
     pub tampered: usize,
+    /// TaskRuns deleted mid-flight (expected: no attestation, the entry released).
+    pub deleted: usize,
+    /// TaskRuns with a `finished` event over the max payload (expected: `payload_too_large`).
+    pub oversized: usize,
     /// TaskRuns without an attestation (`ns/name uid`).
     pub missing: Vec<String>,
     /// TaskRuns with more than one attestation message, and how many.
     pub duplicated: Vec<(String, usize)>,
-    /// TaskRuns attested with another verdict than expected: what was expected and got.
+    /// TaskRuns attested with another verdict than expected: what was expected and got; and
+    /// TaskRuns deleted mid-flight that were attested all the same.
     pub wrong: Vec<String>,
     /// Pod entries left in SPIRE once every TaskRun finished.
     pub stale: Vec<String>,
@@ -240,10 +322,12 @@ impl ChaosReport {
     /// TaskRun or service that broke a rule.
     pub fn summary(&self) -> String {
         let mut text = format!(
-            "\n== Chaos (seed {}) ==\n{} TaskRuns ({} tampered) played in {:.1} s, {} faults\n",
+            "\n== Chaos (seed {}) ==\n{} TaskRuns ({} tampered, {} deleted mid-flight, {} oversized) played in {:.1} s, {} faults\n",
             self.seed,
             self.taskruns,
             self.tampered,
+            self.deleted,
+            self.oversized,
             self.played_in.as_secs_f64(),
             self.recoveries.len()
         );
@@ -326,6 +410,12 @@ pub enum ChaosError {
         #[source]
         source: PeerFailed,
     },
+    #[error("kube-apiserver and etcd did not come back after {fault}")]
+    RestartKube {
+        fault: String,
+        #[source]
+        source: Box<countersign_test_support::kube::StartError>,
+    },
     #[error("{fault}: {what}")]
     Inject { fault: String, what: String },
     #[error("waiting")]
@@ -340,12 +430,24 @@ fn files_error(action: String) -> impl FnOnce(std::io::Error) -> ChaosError {
 
 // === the run ===
 
+/// What happens to a TaskRun besides being played.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Fate {
+    /// A result changed after signing: `rejected` with `signature_invalid`.
+    tampered: bool,
+    /// Deleted mid-flight: never finished, so never attested.
+    deleted: bool,
+    /// A `finished` event over the max payload: `rejected` with `payload_too_large`.
+    oversized: bool,
+}
+
 /// A TaskRun that was played to its end.
 #[derive(Debug, Clone)]
 struct Finished {
     label: String,
     uid: String,
-    tampered: bool,
+    fate: Fate,
+    /// When it finished (or was deleted).
     finished_at: SystemTime,
 }
 
@@ -366,9 +468,23 @@ impl Demo {
             plan.seed
         ));
         let mut random = SeededRandom::new(plan.seed);
-        let tampered: Vec<bool> = (0..plan.taskruns)
-            .map(|_| random.below(plan.tampered_one_in.max(1)) == 0)
+        let fates: Vec<Fate> = (0..plan.taskruns)
+            .map(|index| {
+                let tampered = random.below(plan.tampered_one_in.max(1)) == 0;
+                let oversized = plan.oversized_every > 0
+                    && index % plan.oversized_every == plan.oversized_every / 2;
+                // An oversized TaskRun must finish (its slot is fixed, so every run has it).
+                let deleted = random.below(plan.deleted_one_in.max(1)) == 0 && !oversized;
+                Fate {
+                    tampered,
+                    deleted,
+                    oversized,
+                }
+            })
             .collect();
+        // Tekton and the kubelet (the players) hold it shared for each call to their API
+        // server; a restart of the API server holds it alone, so they wait instead of failing.
+        let api_server_up = RwLock::new(());
         let logs_dir = self.dir.path().join("logs");
         let began = Instant::now();
         let (played_everything, played_everything_seen) = watch::channel(false);
@@ -376,6 +492,7 @@ impl Demo {
             services,
             nats,
             spire,
+            kube,
             cluster,
             settings,
             binaries,
@@ -384,7 +501,16 @@ impl Demo {
 
         let drive = async {
             let outcome = play_waves(
-                cluster, settings, &*binaries, plan, &tampered, progress, began,
+                Player {
+                    cluster,
+                    settings,
+                    binaries: &*binaries,
+                    api_server_up: &api_server_up,
+                },
+                plan,
+                &fates,
+                progress,
+                began,
             )
             .await;
             // Nobody listening any more only means the faults already stopped.
@@ -396,6 +522,8 @@ impl Demo {
                 services,
                 nats,
                 spire,
+                kube,
+                api_server_up: &api_server_up,
                 binaries: &*binaries,
                 logs_dir: &logs_dir,
             },
@@ -420,18 +548,37 @@ impl Demo {
         let mut report = ChaosReport {
             seed: plan.seed,
             taskruns: finished.len(),
-            tampered: finished.iter().filter(|taskrun| taskrun.tampered).count(),
+            tampered: finished
+                .iter()
+                .filter(|taskrun| taskrun.fate.tampered)
+                .count(),
+            deleted: finished
+                .iter()
+                .filter(|taskrun| taskrun.fate.deleted)
+                .count(),
+            oversized: finished
+                .iter()
+                .filter(|taskrun| taskrun.fate.oversized)
+                .count(),
             recoveries,
             played_in,
             ..ChaosReport::default()
         };
-        let client = async_nats::connect(self.nats.url())
+        let client = self
+            .nats
+            .connect()
             .await
             .map_err(|error| ChaosError::Read {
                 what: format!("connecting to nats-server: {error}"),
             })?;
         let jetstream = async_nats::jetstream::new(client);
         check_attestations(&jetstream, &finished, &mut report).await?;
+        if report.oversized > 0 && oversized_log_lines(&self.dir.path().join("logs")) == 0 {
+            report.wrong.push(format!(
+                "{} oversized TaskRun(s), but no watcher log line says why (\"{OVERSIZED_LOG}\")",
+                report.oversized
+            ));
+        }
         report.dead_letters = dead_letters(&jetstream).await?;
         report.stale = stale_entries(&self.spire).await?;
         for service in &self.services {
@@ -453,11 +600,9 @@ impl Demo {
 
 /// Plays the TaskRuns, a wave at a time, and returns them as they finished.
 async fn play_waves(
-    cluster: &Cluster,
-    settings: &Settings,
-    binaries: &Binaries,
+    player: Player<'_>,
     plan: &ChaosPlan,
-    tampered: &[bool],
+    fates: &[Fate],
     progress: &Reporter,
     began: Instant,
 ) -> Result<Vec<Finished>, ChaosError> {
@@ -466,12 +611,9 @@ async fn play_waves(
     for (wave, first) in (0..plan.taskruns).step_by(wave_size).enumerate() {
         let last = (first + wave_size).min(plan.taskruns);
         let plays = (first..last).map(|index| {
-            play_quietly(
-                cluster,
-                settings,
-                binaries,
+            player.play_quietly(
                 format!("chaos-{index:04}"),
-                tampered.get(index).copied().unwrap_or(false),
+                fates.get(index).copied().unwrap_or_default(),
             )
         });
         finished.extend(futures::future::try_join_all(plays).await?);
@@ -488,171 +630,227 @@ async fn play_waves(
     Ok(finished)
 }
 
-/// Plays one TaskRun as the demo does, without showing it: created with its pod, pending,
-/// running, each step's results signed by the pod's signer (a hard link of the signer at the
-/// path the registrar's selector names), one changed after signing when `tampered`, then
-/// succeeded.
-async fn play_quietly(
-    cluster: &Cluster,
-    settings: &Settings,
-    binaries: &Binaries,
-    name: String,
-    tampered: bool,
-) -> Result<Finished, ChaosError> {
-    let taskrun = cluster.create_taskrun(&name).await?;
-    let start_time = now();
-    let pod = cluster.create_pod(&taskrun).await?;
-    let mut steps: Vec<(StepSpec, StepState)> = taskrun
-        .steps
-        .iter()
-        .map(|spec| (spec.clone(), StepState::Waiting))
-        .collect();
-    update_statuses(
-        cluster,
-        &taskrun,
-        &pod.name,
-        &start_time,
-        Phase::Pending,
-        "Pending",
-        &steps,
-    )
-    .await?;
+/// Tekton and the kubelet, played: what a TaskRun is played with.
+#[derive(Clone, Copy)]
+struct Player<'a> {
+    cluster: &'a Cluster,
+    settings: &'a Settings,
+    binaries: &'a Binaries,
+    /// Held shared for each call to the API server (see [`Fault::RestartKube`]).
+    api_server_up: &'a RwLock<()>,
+}
 
-    let pod_dir = settings.pods_dir.join(&pod.uid);
-    let results_dir = pod_dir.join("results");
-    tokio::fs::create_dir_all(&results_dir)
-        .await
-        .map_err(files_error(format!("creating {}", results_dir.display())))?;
-    let signer = pod_dir.join("countersign-signer");
-    // A hard link costs no space (a thousand copies would); a copy where linking cannot work.
-    if std::fs::hard_link(&binaries.signer, &signer).is_err() {
-        tokio::fs::copy(&binaries.signer, &signer)
-            .await
-            .map_err(files_error(format!(
-                "copying the signer to {}",
-                signer.display()
-            )))?;
-    }
-
-    let running_at = now();
-    for (_, state) in &mut steps {
-        *state = StepState::Running {
-            started_at: running_at.clone(),
-        };
-    }
-    update_statuses(
-        cluster,
-        &taskrun,
-        &pod.name,
-        &start_time,
-        Phase::Running,
-        "Running",
-        &steps,
-    )
-    .await?;
-    let declared = taskrun
-        .declared
-        .iter()
-        .map(|result| result.name.as_str())
-        .collect::<Vec<_>>()
-        .join(",");
-    for index in 0..steps.len() {
-        let spec = steps[index].0.clone();
-        let step_started = now();
-        let started_at_entry = now_millis();
-        let writes = STEP_RESULTS
-            .iter()
-            .find(|(step, _)| *step == spec.name)
-            .map(|(_, writes)| *writes)
-            .unwrap_or_default();
-        for (result, value) in writes {
-            let path = results_dir.join(result);
-            tokio::fs::write(&path, value)
-                .await
-                .map_err(files_error(format!("writing {}", path.display())))?;
-        }
-        let mut entries = run_signer(
-            &signer,
-            &results_dir,
-            &declared,
+impl Player<'_> {
+    /// Plays one TaskRun as the demo does, without showing it: created with its pod, pending,
+    /// running, each step's results signed by the pod's signer (a hard link of the signer at the
+    /// path the registrar's selector names), one changed after signing when `tampered`, then
+    /// succeeded (with a result of [`OVERSIZED_RESULT_BYTES`] when `oversized`); or, when
+    /// `deleted`, deleted with its pod once its first step is done.
+    async fn play_quietly(self, name: String, fate: Fate) -> Result<Finished, ChaosError> {
+        let Fate {
+            tampered, deleted, ..
+        } = fate;
+        let mut huge_result = fate.oversized.then(|| {
+            serde_json::json!({
+                "name": "huge",
+                "type": "string",
+                "value": "x".repeat(OVERSIZED_RESULT_BYTES),
+            })
+        });
+        let Player {
+            cluster,
             settings,
-            &name,
-            &spec.name,
+            binaries,
+            api_server_up,
+        } = self;
+        let taskrun = {
+            let _up = api_server_up.read().await;
+            cluster.create_taskrun(&name).await?
+        };
+        let start_time = now();
+        let pod = {
+            let _up = api_server_up.read().await;
+            cluster.create_pod(&taskrun).await?
+        };
+        let mut steps: Vec<(StepSpec, StepState)> = taskrun
+            .steps
+            .iter()
+            .map(|spec| (spec.clone(), StepState::Waiting))
+            .collect();
+        update_statuses(
+            self,
+            &taskrun,
+            &pod.name,
+            &start_time,
+            Phase::Pending,
+            &steps,
+            None,
         )
         .await?;
-        if let Some(tamper) = TAMPERED
-            .tamper
-            .filter(|tamper| tampered && tamper.step == spec.name)
-            && let Some(entry) = entries
-                .iter_mut()
-                .find(|entry| entry.key == tamper.result && entry.entry_type == RESULT_ENTRY_TYPE)
-        {
-            entry.value = tamper.value.to_owned();
+
+        let pod_dir = settings.pods_dir.join(&pod.uid);
+        let results_dir = pod_dir.join("results");
+        tokio::fs::create_dir_all(&results_dir)
+            .await
+            .map_err(files_error(format!("creating {}", results_dir.display())))?;
+        let signer = pod_dir.join("countersign-signer");
+        // A hard link costs no space (a thousand copies would); a copy where linking cannot work.
+        if std::fs::hard_link(&binaries.signer, &signer).is_err() {
+            tokio::fs::copy(&binaries.signer, &signer)
+                .await
+                .map_err(files_error(format!(
+                    "copying the signer to {}",
+                    signer.display()
+                )))?;
         }
-        entries.push(MessageEntry {
-            key: "StartedAt".to_owned(),
-            value: started_at_entry,
-            entry_type: INTERNAL_ENTRY_TYPE,
-        });
-        // Plain strings and integers always serialize.
-        let pod_message = serde_json::to_string(&entries).unwrap_or_default();
-        steps[index].1 = StepState::Terminated(Terminated {
-            started_at: step_started,
-            finished_at: now(),
-            container_id: format!("containerd://{}-{}", pod.uid, spec.container),
-            taskrun_message: taskrun_message(&entries),
-            pod_message,
-        });
+
+        let running_at = now();
+        for (_, state) in &mut steps {
+            *state = StepState::Running {
+                started_at: running_at.clone(),
+            };
+        }
         update_statuses(
-            cluster,
+            self,
             &taskrun,
             &pod.name,
             &start_time,
             Phase::Running,
-            "Running",
             &steps,
+            None,
         )
         .await?;
+        let declared = taskrun
+            .declared
+            .iter()
+            .map(|result| result.name.as_str())
+            .collect::<Vec<_>>()
+            .join(",");
+        for index in 0..steps.len() {
+            let spec = steps[index].0.clone();
+            let step_started = now();
+            let started_at_entry = now_millis();
+            let writes = STEP_RESULTS
+                .iter()
+                .find(|(step, _)| *step == spec.name)
+                .map(|(_, writes)| *writes)
+                .unwrap_or_default();
+            for (result, value) in writes {
+                let path = results_dir.join(result);
+                tokio::fs::write(&path, value)
+                    .await
+                    .map_err(files_error(format!("writing {}", path.display())))?;
+            }
+            let mut entries = run_signer(
+                &signer,
+                &results_dir,
+                &declared,
+                settings,
+                &name,
+                &spec.name,
+            )
+            .await?;
+            if let Some(tamper) = TAMPERED
+                .tamper
+                .filter(|tamper| tampered && tamper.step == spec.name)
+                && let Some(entry) = entries.iter_mut().find(|entry| {
+                    entry.key == tamper.result && entry.entry_type == RESULT_ENTRY_TYPE
+                })
+            {
+                entry.value = tamper.value.to_owned();
+            }
+            entries.push(MessageEntry {
+                key: "StartedAt".to_owned(),
+                value: started_at_entry,
+                entry_type: INTERNAL_ENTRY_TYPE,
+            });
+            // Plain strings and integers always serialize.
+            let pod_message = serde_json::to_string(&entries).unwrap_or_default();
+            steps[index].1 = StepState::Terminated(Terminated {
+                started_at: step_started,
+                finished_at: now(),
+                container_id: format!("containerd://{}-{}", pod.uid, spec.container),
+                taskrun_message: taskrun_message(&entries),
+                pod_message,
+            });
+            update_statuses(
+                self,
+                &taskrun,
+                &pod.name,
+                &start_time,
+                Phase::Running,
+                &steps,
+                None,
+            )
+            .await?;
+            if deleted {
+                {
+                    let _up = api_server_up.read().await;
+                    cluster
+                        .delete_taskrun_and_pod(&taskrun.name, &pod.name)
+                        .await?;
+                }
+                let deleted_at = SystemTime::now();
+                let _ = tokio::fs::remove_dir_all(&pod_dir).await;
+                return Ok(Finished {
+                    label: format!("{}/{} {}", taskrun.namespace, taskrun.name, taskrun.uid),
+                    uid: taskrun.uid,
+                    fate,
+                    finished_at: deleted_at,
+                });
+            }
+        }
+        update_statuses(
+            self,
+            &taskrun,
+            &pod.name,
+            &start_time,
+            Phase::Succeeded,
+            &steps,
+            huge_result.take(),
+        )
+        .await?;
+        let finished_at = SystemTime::now();
+        let _ = tokio::fs::remove_dir_all(&pod_dir).await;
+        Ok(Finished {
+            label: format!("{}/{} {}", taskrun.namespace, taskrun.name, taskrun.uid),
+            uid: taskrun.uid,
+            fate,
+            finished_at,
+        })
     }
-    update_statuses(
-        cluster,
-        &taskrun,
-        &pod.name,
-        &start_time,
-        Phase::Succeeded,
-        "Succeeded",
-        &steps,
-    )
-    .await?;
-    let finished_at = SystemTime::now();
-    let _ = tokio::fs::remove_dir_all(&pod_dir).await;
-    Ok(Finished {
-        label: format!("{}/{} {}", taskrun.namespace, taskrun.name, taskrun.uid),
-        uid: taskrun.uid,
-        tampered,
-        finished_at,
-    })
 }
 
 /// Patches the pod's status, then the TaskRun's, as the kubelet and then Tekton would.
 async fn update_statuses(
-    cluster: &Cluster,
+    player: Player<'_>,
     taskrun: &CreatedTaskRun,
     pod_name: &str,
     start_time: &str,
     phase: Phase,
-    pod_phase: &str,
     steps: &[(StepSpec, StepState)],
+    extra_result: Option<serde_json::Value>,
 ) -> Result<(), ClusterError> {
+    let pod_phase = match phase {
+        Phase::Pending => "Pending",
+        Phase::Running => "Running",
+        Phase::Succeeded => "Succeeded",
+    };
+    let _up = player.api_server_up.read().await;
+    let cluster = player.cluster;
     cluster
         .patch_pod_status(pod_name, pod_status(pod_phase, start_time, steps))
         .await?;
-    cluster
-        .patch_taskrun_status(
-            &taskrun.name,
-            taskrun_status(taskrun, pod_name, start_time, phase, steps, &now()),
-        )
-        .await
+    let mut status = taskrun_status(taskrun, pod_name, start_time, phase, steps, &now());
+    if let (Some(extra), Some(results)) = (
+        extra_result,
+        status
+            .get_mut("results")
+            .and_then(serde_json::Value::as_array_mut),
+    ) {
+        results.push(extra);
+    }
+    cluster.patch_taskrun_status(&taskrun.name, status).await
 }
 
 /// Runs the pod's signer over `results_dir` and returns its termination message entries.
@@ -704,8 +902,10 @@ async fn run_signer(
 /// What the faults act on.
 struct FaultTargets<'a> {
     services: &'a mut Vec<ServiceProcess>,
-    nats: &'a mut NatsServer,
+    nats: &'a mut NatsPeer,
     spire: &'a mut Spire,
+    kube: &'a mut KubeApiserver,
+    api_server_up: &'a RwLock<()>,
     binaries: &'a Binaries,
     logs_dir: &'a Path,
 }
@@ -740,7 +940,8 @@ async fn inject_faults(
         let fault = remaining.swap_remove(index);
         restarts += 1;
         let at = began.elapsed();
-        let took = inject(&mut targets, fault, restarts).await?;
+        let replica_pick = random.next_u64();
+        let took = inject(&mut targets, fault, restarts, replica_pick).await?;
         progress.line(
             Origin::Demo,
             format!(
@@ -759,6 +960,7 @@ async fn inject(
     targets: &mut FaultTargets<'_>,
     fault: Fault,
     restart_number: usize,
+    replica_pick: u64,
 ) -> Result<Duration, ChaosError> {
     let recover_error = |what: &str| {
         let what = what.to_owned();
@@ -771,14 +973,18 @@ async fn inject(
     match fault {
         Fault::Kill(kind) => {
             let name = kind.binary_name();
-            let index = targets
+            let replicas: Vec<usize> = targets
                 .services
                 .iter()
-                .position(|service| service.kind() == kind)
-                .ok_or_else(|| ChaosError::Inject {
-                    fault: fault.label(),
-                    what: format!("{name} is not one of the services"),
-                })?;
+                .enumerate()
+                .filter(|(_, service)| service.kind() == kind)
+                .map(|(index, _)| index)
+                .collect();
+            let pick = usize::try_from(replica_pick % replicas.len().max(1) as u64).unwrap_or(0);
+            let index = *replicas.get(pick).ok_or_else(|| ChaosError::Inject {
+                fault: fault.label(),
+                what: format!("{name} is not one of the services"),
+            })?;
             let killed = &targets.services[index];
             let pid = killed.pid().ok_or_else(|| ChaosError::Inject {
                 fault: fault.label(),
@@ -813,24 +1019,36 @@ async fn inject(
             targets.services[index] = restarted;
             Ok(began.elapsed())
         }
-        Fault::KillNats => {
-            let pid = peer_pid(
-                &countersign_test_support::peers().nats_server.path,
-                targets.nats.dir(),
-            )
-            .ok_or_else(|| ChaosError::Inject {
-                fault: fault.label(),
-                what: "no nats-server process of this run".to_owned(),
-            })?;
-            let began = Instant::now();
-            let _ = signal::kill(pid, Signal::SIGKILL);
-            targets
-                .nats
-                .restart()
-                .await
-                .map_err(recover_error("nats-server"))?;
-            Ok(began.elapsed())
-        }
+        Fault::KillNats => match &mut *targets.nats {
+            NatsPeer::Server(server) => {
+                let pid = peer_pid(
+                    &countersign_test_support::peers().nats_server.path,
+                    server.dir(),
+                )
+                .ok_or_else(|| ChaosError::Inject {
+                    fault: fault.label(),
+                    what: "no nats-server process of this run".to_owned(),
+                })?;
+                let began = Instant::now();
+                let _ = signal::kill(pid, Signal::SIGKILL);
+                server
+                    .restart()
+                    .await
+                    .map_err(recover_error("nats-server"))?;
+                Ok(began.elapsed())
+            }
+            NatsPeer::Cluster(cluster) => {
+                let node =
+                    usize::try_from(replica_pick % cluster.size().max(1) as u64).unwrap_or(0);
+                let began = Instant::now();
+                // SIGKILL, then the node starts again on its store, rejoins and catches up.
+                cluster
+                    .restart(node)
+                    .await
+                    .map_err(recover_error("a nats-server of the cluster"))?;
+                Ok(began.elapsed())
+            }
+        },
         Fault::KillSpireServer => {
             let pid = peer_pid(
                 &countersign_test_support::peers().spire_server.path,
@@ -850,6 +1068,27 @@ async fn inject(
                 .await
                 .map_err(recover_error("spire-server"))?;
             Ok(began.elapsed())
+        }
+        Fault::KillSpireAgent => {
+            let began = Instant::now();
+            targets
+                .spire
+                .restart_agent()
+                .await
+                .map_err(recover_error("spire-agent"))?;
+            Ok(began.elapsed())
+        }
+        Fault::RestartKube => {
+            // Calls in flight finish first; then the players wait until the API server is back.
+            let _down = targets.api_server_up.write().await;
+            targets
+                .kube
+                .restart()
+                .await
+                .map_err(|source| ChaosError::RestartKube {
+                    fault: fault.label(),
+                    source: Box::new(source),
+                })
         }
     }
 }
@@ -889,15 +1128,19 @@ async fn check_attestations(
     report: &mut ChaosReport,
 ) -> Result<(), ChaosError> {
     let stream_name = stream_name(StreamKind::Attestations)?;
-    let wanted = finished.len() as u64;
-    // A timeout here is not an error: what never came is counted missing below.
+    let wanted = finished
+        .iter()
+        .filter(|taskrun| !taskrun.fate.deleted)
+        .count() as u64;
+    // A timeout here is not an error: what never came is counted missing below. The poll
+    // counts (the server's per-subject counts); the messages are read once, afterwards.
     let _ = wait::until_true(
         "an attestation of every TaskRun",
         SETTLE_TIMEOUT,
         || async {
-            attestation_messages(jetstream, &stream_name)
+            attestations_in_stream(jetstream, PREFIX)
                 .await
-                .is_ok_and(|messages| messages.len() as u64 >= wanted)
+                .is_ok_and(|count| count >= wanted)
         },
     )
     .await;
@@ -914,13 +1157,23 @@ async fn check_attestations(
                 .push("an undecodable message in the attestation stream".to_owned());
             continue;
         };
-        let uid = match &event.data {
-            AttestationEvent::Verified(data) => data.taskrun.uid.clone(),
-            AttestationEvent::Rejected(data) => data.taskrun.uid.clone(),
-        };
+        let uid = event.data.taskrun().uid.clone();
         by_uid.entry(uid).or_default().push((event.data, stored_at));
     }
     for taskrun in finished {
+        if taskrun.fate.deleted {
+            // Deleted before it finished: there are no final results to attest, and Tekton
+            // never reports it finished, so no attestation is right (its step verdicts may
+            // exist; its entry is released, checked as stale).
+            if let Some(attestations) = by_uid.get(&taskrun.uid) {
+                report.wrong.push(format!(
+                    "{}: deleted mid-flight, yet {} attestation message(s)",
+                    taskrun.label,
+                    attestations.len()
+                ));
+            }
+            continue;
+        }
         let Some(attestations) = by_uid.get(&taskrun.uid) else {
             report.missing.push(taskrun.label.clone());
             continue;
@@ -931,20 +1184,28 @@ async fn check_attestations(
                 .push((taskrun.label.clone(), attestations.len()));
         }
         let (first, stored_at) = &attestations[0];
+        let fate = taskrun.fate;
         let right = match first {
             AttestationEvent::Verified(data) => {
-                !taskrun.tampered && data.verdict == Verdict::Verified
+                !fate.tampered && !fate.oversized && data.verdict == Verdict::Verified
+            }
+            AttestationEvent::Rejected(data) if fate.oversized => {
+                data.reason == ReasonCode::PayloadTooLarge
             }
             AttestationEvent::Rejected(data) => {
-                taskrun.tampered && data.reason == ReasonCode::SignatureInvalid
+                fate.tampered && data.reason == ReasonCode::SignatureInvalid
             }
+            AttestationEvent::Revoked(_) => false,
         };
         if !right {
             let got = match first {
                 AttestationEvent::Verified(data) => format!("{:?}", data.verdict),
                 AttestationEvent::Rejected(data) => format!("rejected ({})", data.reason.as_str()),
+                AttestationEvent::Revoked(data) => format!("revoked ({})", data.authority),
             };
-            let expected = if taskrun.tampered {
+            let expected = if fate.oversized {
+                "rejected (payload_too_large)"
+            } else if fate.tampered {
                 "rejected (signature_invalid)"
             } else {
                 "verified"
@@ -960,6 +1221,35 @@ async fn check_attestations(
         );
     }
     Ok(())
+}
+
+/// What the watcher logs (at warn, with the event's size and the limit) when a `finished`
+/// event is over the bus's max payload and goes out trimmed.
+const OVERSIZED_LOG: &str = "the finished event is over the bus's max payload";
+
+/// How many lines of the watchers' logs (every replica, every restart) say that a `finished`
+/// event went out trimmed, naming its size and the limit.
+fn oversized_log_lines(logs_dir: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(logs_dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .filter(|entry| {
+            entry
+                .file_name()
+                .to_str()
+                .is_some_and(|name| name.starts_with("countersign-watcher"))
+        })
+        .filter_map(|entry| std::fs::read_to_string(entry.path()).ok())
+        .map(|text| {
+            text.lines()
+                .filter(|line| {
+                    line.contains(OVERSIZED_LOG) && line.contains("bytes") && line.contains("limit")
+                })
+                .count()
+        })
+        .sum()
 }
 
 /// Every dead letter, as `consumer: reason (code) from subject`.
@@ -1042,25 +1332,48 @@ async fn stream_state(
     Some((info.state.messages, info.state.last_sequence))
 }
 
+/// How long a stream read at the end waits for the stream to answer (a leader after a node kill).
+const STREAM_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Every message of a stream.
 async fn read_stream(
     jetstream: &async_nats::jetstream::Context,
     stream_name: &str,
 ) -> Result<Vec<StreamMessage>, ChaosError> {
     let read_error = |what: String| ChaosError::Read { what };
-    let Some((_, last_sequence)) = stream_state(jetstream, stream_name).await else {
-        return Err(read_error(format!("the stream {stream_name}")));
-    };
-    let stream = jetstream
-        .get_stream(stream_name)
-        .await
-        .map_err(|error| read_error(format!("the stream {stream_name}: {error}")))?;
+    // On a cluster a node was just killed: the stream may have no leader for a few seconds.
+    let (_, last_sequence) = wait::until(
+        &format!("the stream {stream_name} to answer"),
+        STREAM_READ_TIMEOUT,
+        || stream_state(jetstream, stream_name),
+    )
+    .await
+    .map_err(|error| read_error(format!("the stream {stream_name}: {error}")))?;
+    let stream = wait::until(
+        &format!("the stream {stream_name} to be found"),
+        STREAM_READ_TIMEOUT,
+        || async { jetstream.get_stream(stream_name).await.ok() },
+    )
+    .await
+    .map_err(|error| read_error(format!("the stream {stream_name}: {error}")))?;
     let mut messages = Vec::new();
     for sequence in 1..=last_sequence {
-        // A sequence without a message (deleted) is skipped.
-        if let Ok(message) = stream.get_raw_message(sequence).await {
-            messages.push(message);
-        }
+        // Asked until the server answers: a message, or that it was deleted (skipped). Anything
+        // else (no leader yet, a timeout) is asked again.
+        let message = wait::until(
+            &format!("message {sequence} of {stream_name}"),
+            STREAM_READ_TIMEOUT,
+            || async {
+                match stream.get_raw_message(sequence).await {
+                    Ok(message) => Some(Some(message)),
+                    Err(error) if error.kind() == RawMessageErrorKind::NoMessageFound => Some(None),
+                    Err(_) => None,
+                }
+            },
+        )
+        .await
+        .map_err(|error| read_error(format!("the stream {stream_name}: {error}")))?;
+        messages.extend(message);
     }
     Ok(messages)
 }

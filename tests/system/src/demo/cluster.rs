@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -287,6 +287,31 @@ impl Cluster {
                 action: format!("updating the status of Pod {}/{name}", self.namespace),
                 source,
             })
+    }
+
+    /// Deletes TaskRun `name` and then its pod `pod` (what the garbage collector would do for
+    /// the pod's owner reference; this cluster has no controller-manager). Either already gone
+    /// is no error.
+    pub async fn delete_taskrun_and_pod(&self, name: &str, pod: &str) -> Result<(), ClusterError> {
+        let gone = |result: Result<(), kube::Error>, action: String| match result {
+            Ok(()) => Ok(()),
+            Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+            Err(source) => Err(ClusterError::Api { action, source }),
+        };
+        gone(
+            self.taskruns()
+                .delete(name, &DeleteParams::default())
+                .await
+                .map(|_| ()),
+            format!("deleting TaskRun {}/{name}", self.namespace),
+        )?;
+        gone(
+            self.pods()
+                .delete(pod, &DeleteParams::default())
+                .await
+                .map(|_| ()),
+            format!("deleting Pod {}/{pod}", self.namespace),
+        )
     }
 
     /// The value of annotation `key` on TaskRun `name`, if it has it.

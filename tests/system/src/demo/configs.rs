@@ -153,6 +153,53 @@ pub fn config_text(kind: ServiceKind, settings: &Settings, admin: SocketAddr) ->
     format!("{common}{specific}{telemetry}")
 }
 
+/// The streams every service creates or binds (`[bus.streams.<name>]`).
+const STREAMS: [&str; 5] = [
+    "taskruns",
+    "registrations",
+    "attestations",
+    "deadletter",
+    "trust",
+];
+
+/// The sections of `kind`'s KV buckets that take `replicas`.
+fn bucket_sections(kind: ServiceKind) -> &'static [&'static str] {
+    match kind {
+        ServiceKind::Watcher => &["state.kv"],
+        ServiceKind::Registrar => &["state", "bundle_history"],
+        ServiceKind::Attestor => &[
+            "store.attestations",
+            "store.index",
+            "store.exports",
+            "store.step_verdicts",
+        ],
+        ServiceKind::Relay => &[],
+    }
+}
+
+/// What `kind`'s config adds on a JetStream cluster: every stream and every KV bucket it
+/// creates with `replicas` replicas (every service must ask the same of a shared stream).
+/// Empty for a single server (`replicas` 1).
+pub fn replication_text(kind: ServiceKind, replicas: usize) -> String {
+    if replicas <= 1 {
+        return String::new();
+    }
+    let mut text =
+        String::from("\n# On a JetStream cluster: every stream and bucket replicated.\n");
+    for section in STREAMS
+        .iter()
+        .map(|stream| format!("bus.streams.{stream}"))
+        .chain(
+            bucket_sections(kind)
+                .iter()
+                .map(|section| (*section).to_owned()),
+        )
+    {
+        text.push_str(&format!("[{section}]\nreplicas = {replicas}\n"));
+    }
+    text
+}
+
 /// A TOML basic string.
 fn quote(text: &str) -> String {
     toml::Value::String(text.to_owned()).to_string()
@@ -192,6 +239,39 @@ mod tests {
             .unwrap_or_else(|error| panic!("{kind:?}: {error}\n{text}"));
         assert_eq!(config.admin().listen.to_string(), "127.0.0.1:9999");
         config
+    }
+
+    #[test]
+    fn replicated_configs_are_valid_and_replicate_every_stream_and_bucket() {
+        let text = |kind| {
+            let mut text = config_text(kind, &settings(), "127.0.0.1:9999".parse().unwrap());
+            text.push_str(&replication_text(kind, 3));
+            text
+        };
+        let watcher: countersign_watcher::WatcherConfig =
+            parse_config(&text(ServiceKind::Watcher), &Environment::new()).unwrap();
+        assert_eq!(watcher.bus.streams.taskruns.replicas, 3);
+        assert_eq!(watcher.state.kv.replicas, 3);
+        let registrar: countersign_registrar::RegistrarConfig =
+            parse_config(&text(ServiceKind::Registrar), &Environment::new()).unwrap();
+        assert_eq!(registrar.bus.streams.trust.replicas, 3);
+        assert_eq!(registrar.state.replicas, 3);
+        assert_eq!(registrar.bundle_history.replicas, 3);
+        let attestor: countersign_attestor::AttestorConfig =
+            parse_config(&text(ServiceKind::Attestor), &Environment::new()).unwrap();
+        assert_eq!(attestor.bus.streams.attestations.replicas, 3);
+        for bucket in [
+            &attestor.store.attestations,
+            &attestor.store.index,
+            &attestor.store.exports,
+            &attestor.store.step_verdicts,
+        ] {
+            assert_eq!(bucket.replicas, 3);
+        }
+        let relay: countersign_relay::RelayConfig =
+            parse_config(&text(ServiceKind::Relay), &Environment::new()).unwrap();
+        assert_eq!(relay.bus.streams.deadletter.replicas, 3);
+        assert!(replication_text(ServiceKind::Relay, 1).is_empty());
     }
 
     #[test]

@@ -21,6 +21,8 @@
 //!    only once the watcher is down, so this does not race.
 //!
 //! The runs of 1 and 2 must be verified, the third rejected with `results_mismatch`.
+//!
+//! [`gate`] adds `countersign-gate`, registered as a validating webhook, and its PipelineRuns.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -53,6 +55,8 @@ use super::{
     AbortOnDrop, Binaries, PREFIX, StartError, TRUST_DOMAIN, attestor_id, canonical, loopback,
     start_services,
 };
+
+pub mod gate;
 
 /// The namespace of the TaskRuns.
 pub const NAMESPACE: &str = "demo";
@@ -503,10 +507,13 @@ impl TektonDemo {
         &mut self,
         prefix: &str,
         count: usize,
+        mut progress: impl FnMut(usize, &TaskRunOutcome),
     ) -> Result<Vec<TaskRunOutcome>, TektonPlayError> {
         let mut outcomes = Vec::with_capacity(count);
         for index in 0..count {
-            outcomes.push(self.run_taskrun(&format!("{prefix}-{index}"), None).await?);
+            let outcome = self.run_taskrun(&format!("{prefix}-{index}"), None).await?;
+            progress(index, &outcome);
+            outcomes.push(outcome);
         }
         Ok(outcomes)
     }
@@ -666,6 +673,24 @@ impl TektonDemo {
         let finished = self.wait_finished(TAMPERED).await?;
         self.show_signing(&finished).await;
 
+        self.tamper_result(TAMPERED, "IMAGE_DIGEST", TAMPERED_DIGEST)
+            .await?;
+        let changed = self.taskrun(TAMPERED).await?;
+        self.reporter
+            .line(Origin::Demo, "starting the watcher again ...");
+        self.restart_watcher().await?;
+        self.await_outcome(TAMPERED, &uid, &changed).await
+    }
+
+    /// As [`TAMPERER`] (allowed only `taskruns/status`), writes `value` over result `result` in
+    /// the status of TaskRun `name`.
+    async fn tamper_result(
+        &self,
+        name: &str,
+        result: &str,
+        value: &str,
+    ) -> Result<(), TektonPlayError> {
+        let taskrun = self.taskrun(name).await?;
         let tamperer = self
             .node
             .kube()
@@ -674,46 +699,38 @@ impl TektonDemo {
                 action: "a client for the status writer".to_owned(),
                 source: kube::Error::Service(Box::new(error)),
             })?;
-        let mut results = finished
+        let mut results = taskrun
             .pointer("/status/results")
             .cloned()
             .unwrap_or(Value::Null);
         let entry = results
             .as_array_mut()
-            .and_then(|results| {
-                results
-                    .iter_mut()
-                    .find(|result| result["name"] == "IMAGE_DIGEST")
-            })
+            .and_then(|results| results.iter_mut().find(|entry| entry["name"] == result))
             .ok_or_else(|| TektonPlayError::NothingToTamper {
-                name: TAMPERED.to_owned(),
-                result: "IMAGE_DIGEST".to_owned(),
+                name: name.to_owned(),
+                result: result.to_owned(),
             })?;
         let before = entry["value"].clone();
-        entry["value"] = json!(TAMPERED_DIGEST);
+        entry["value"] = json!(value);
         Api::<DynamicObject>::namespaced_with(tamperer, NAMESPACE, &taskrun_resource())
             .patch_status(
-                TAMPERED,
+                name,
                 &PatchParams::default(),
                 &Patch::Merge(json!({ "status": { "results": results } })),
             )
             .await
             .map_err(|source| TektonPlayError::Kube {
-                action: format!("{TAMPERER} patching the status of {TAMPERED}"),
+                action: format!("{TAMPERER} patching the status of {name}"),
                 source,
             })?;
         self.reporter.line(
             Origin::Kube,
             format!(
-                "{TAMPERER} (allowed only taskruns/status) changed status.results IMAGE_DIGEST \
-                 {before} -> {TAMPERED_DIGEST}"
+                "{TAMPERER} (allowed only taskruns/status) changed status.results {result} \
+                 {before} -> {value}"
             ),
         );
-        let changed = self.taskrun(TAMPERED).await?;
-        self.reporter
-            .line(Origin::Demo, "starting the watcher again ...");
-        self.restart_watcher().await?;
-        self.await_outcome(TAMPERED, &uid, &changed).await
+        Ok(())
     }
 
     fn watcher_index(&self) -> usize {

@@ -265,29 +265,10 @@ impl LoadSystem {
     /// How many attestation events the attestation stream holds (JetStream keeps one per
     /// `Nats-Msg-Id`; a second attestation of a TaskRun would be a second message).
     pub async fn attestations_in_stream(&self) -> Result<u64, LoadError> {
-        use futures::TryStreamExt as _;
         let jetstream = self.nats.jetstream().await;
-        let subjects = countersign_events::Subjects::new(PREFIX)
-            .map_err(|source| LoadError::drive("the bus prefix", source))?;
-        let stream = jetstream
-            .get_stream(subjects.stream_name(countersign_events::StreamKind::Attestations))
+        crate::attestation_count::attestations_in_stream(&jetstream, PREFIX)
             .await
-            .map_err(|source| LoadError::drive("reading the attestation stream", source))?;
-        // The stream also keeps the exports and the gate's decisions: count attestations only.
-        let filter = subjects.family_events(countersign_events::Family::Attestation);
-        let mut per_subject = stream
-            .info_with_subjects(filter)
-            .await
-            .map_err(|source| LoadError::drive("reading the attestation stream", source))?;
-        let mut messages = 0;
-        while let Some((_, count)) = per_subject
-            .try_next()
-            .await
-            .map_err(|source| LoadError::drive("reading the attestation stream", source))?
-        {
-            messages += count as u64;
-        }
-        Ok(messages)
+            .map_err(|source| LoadError::drive("counting the attestations in the stream", source))
     }
 
     /// The `/metrics` text of every replica of `kind`.
@@ -486,6 +467,8 @@ pub fn binaries_in(profile_dir: &Path) -> Binaries {
         registrar: at("countersign-registrar"),
         attestor: at("countersign-attestor"),
         relay: at("countersign-relay"),
+        gate: at("countersign-gate"),
+        exporter: at("countersign-exporter"),
         signer: at("countersign-signer"),
         countersign: at("countersign"),
     }

@@ -1,6 +1,8 @@
-//! The Kubernetes objects the watcher reads, as our own serde types holding only the fields it
-//! uses: Tekton's `TaskRun` (`tekton.dev/v1` from the API, and the v1beta1 form Tekton's
-//! CloudEvents carry, with `status.taskResults`) and the TaskRun's `Pod`.
+//! Tekton's objects as Countersign reads them: the one place that knows the TaskRun's JSON shape.
+//! Our own serde types hold only the fields Countersign uses: Tekton's `TaskRun` (`tekton.dev/v1`
+//! from the API, and the v1beta1 form Tekton's CloudEvents carry, with `status.taskResults`) and
+//! the TaskRun's `Pod`. The watcher lists and watches them; the verdict library reads a TaskRun
+//! given offline (`countersign verify-results`) through the same types.
 //!
 //! Every field is optional or defaulted and unknown fields are ignored, so no TaskRun or Pod a
 //! cluster may hold fails to parse (one object that failed would stop a whole list). Times are kept
@@ -29,21 +31,22 @@ pub const STEP_CONTAINER_PREFIX: &str = "step-";
 /// The type of the condition that says whether a TaskRun is done.
 pub const SUCCEEDED_CONDITION: &str = "Succeeded";
 
-/// A Tekton `TaskRun` (`tekton.dev/v1`): the fields the watcher uses.
+/// A Tekton `TaskRun` (`tekton.dev/v1`): the fields Countersign uses.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct TaskRun {
     /// The metadata (parsed without `managedFields`).
     #[serde(default, deserialize_with = "metadata_without_managed_fields")]
     pub metadata: ObjectMeta,
-    /// The parts of `spec` the watcher uses.
+    /// The parts of `spec` Countersign uses.
+    #[serde(default)]
     pub spec: TaskRunSpec,
-    /// The parts of `status` the watcher uses, shared, so that a copy of the object (a
+    /// The parts of `status` Countersign uses, shared, so that a copy of the object (a
     /// tombstone, a store entry) costs a reference count, not a second status.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<Arc<TaskRunStatus>>,
 }
 
-impl kube::Resource for TaskRun {
+impl kube_core::Resource for TaskRun {
     type DynamicType = ();
     type Scope = k8s_openapi::NamespaceResourceScope;
 
@@ -117,7 +120,7 @@ fn metadata_without_managed_fields<'de, D: Deserializer<'de>>(
     })
 }
 
-/// The fields of a TaskRun's `spec` the watcher uses.
+/// The fields of a TaskRun's `spec` Countersign uses.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct TaskRunSpec {
@@ -140,7 +143,7 @@ pub struct TaskRef {
     pub name: Option<String>,
 }
 
-/// The fields of a TaskRun's `status` the watcher uses.
+/// The fields of a TaskRun's `status` Countersign uses.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct TaskRunStatus {
@@ -230,7 +233,7 @@ pub struct ResultStatus {
     pub value: serde_json::Value,
 }
 
-/// The part of `status.taskSpec` the watcher uses.
+/// The part of `status.taskSpec` Countersign uses.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct TaskSpecStatus {
     /// The results the Task declares.
@@ -270,9 +273,19 @@ impl TaskRun {
     pub fn uid(&self) -> Option<&str> {
         self.metadata.uid.as_deref().filter(|uid| !uid.is_empty())
     }
+
+    /// `metadata.creationTimestamp`, when it is set.
+    pub fn created_at(&self) -> Option<DateTime<Utc>> {
+        self.metadata.creation_timestamp.as_ref().and_then(|time| {
+            DateTime::from_timestamp(
+                time.0.as_second(),
+                time.0.subsec_nanosecond().unsigned_abs(),
+            )
+        })
+    }
 }
 
-/// A TaskRun's pod: the fields the watcher uses of a `v1` `Pod`.
+/// A TaskRun's pod: the fields Countersign uses of a `v1` `Pod`.
 ///
 /// Parsed through [`PodObject`]: of the metadata only the name, namespace, UID, creation time
 /// and resource version are kept, and what ties the pod to its TaskRun (the two Tekton labels
@@ -327,7 +340,7 @@ impl From<PodObject> for TaskRunPod {
                 namespace: metadata.namespace,
                 uid: metadata.uid,
                 creation_timestamp: metadata.creation_timestamp,
-                // The watch reads it to resume; [`crate::store::trim_pod`] drops it once the watch has.
+                // The watch reads it to resume; the watcher's store drops it once the watch has.
                 resource_version: metadata.resource_version,
                 ..ObjectMeta::default()
             },
@@ -390,7 +403,7 @@ pub struct ContainerStateView {
     pub terminated: Option<Terminated>,
 }
 
-impl kube::Resource for TaskRunPod {
+impl kube_core::Resource for TaskRunPod {
     type DynamicType = ();
     type Scope = k8s_openapi::NamespaceResourceScope;
 
@@ -528,6 +541,20 @@ mod tests {
             .join("../../fixtures/tekton")
             .join(path);
         serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn an_object_with_only_a_status_parses() {
+        let taskrun: TaskRun = serde_json::from_value(serde_json::json!({
+            "status": {"results": [{"name": "IMAGE_DIGEST", "type": "string", "value": "sha256:aa"}]}
+        }))
+        .expect("every field is optional");
+        assert_eq!(taskrun.spec, TaskRunSpec::default());
+        assert_eq!(taskrun.uid(), None);
+        assert_eq!(
+            taskrun.status.as_ref().map(|status| status.results.len()),
+            Some(1)
+        );
     }
 
     #[test]
@@ -675,7 +702,7 @@ mod tests {
 
     #[test]
     fn the_taskrun_is_tekton_dev_v1() {
-        use kube::Resource as _;
+        use kube_core::Resource as _;
         assert_eq!(TaskRun::api_version(&()), "tekton.dev/v1");
         assert_eq!(TaskRun::kind(&()), "TaskRun");
         assert_eq!(TaskRun::plural(&()), "taskruns");

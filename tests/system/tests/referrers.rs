@@ -1,0 +1,410 @@
+//! The exporter end to end, as a user meets its output: real NATS, the real SPIRE (with our
+//! CredentialComposer, so the attestor's SVID carries code signing), the attestor and the
+//! exporter in-process, real OCI registries (CNCF Distribution v3.1.2, which has no Referrers
+//! API: the tag-schema fallback), one open and one behind htpasswd, and unmodified `oras` and
+//! `cosign` reading what the exporter attached:
+//!
+//! * `oras discover` lists the VSA bundle as a referrer of the image;
+//! * `cosign tree` shows it as a `https://slsa.dev/verification_summary/v1` referrer;
+//! * `cosign verify-attestation` verifies it, offline, with the SPIRE bundle as its trust root and
+//!   the attestor's SPIFFE ID as the certificate identity;
+//! * an image in a registry that is not on the allow-list is dead-lettered, with its reason;
+//! * a registry that is down is retried, and the bundle lands once it is back.
+//!
+//! The attestor's own test support (`services/attestor/tests/support`) drives the TaskRuns.
+
+#[path = "../../../services/attestor/tests/support/mod.rs"]
+mod attestor_support;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use attestor_support::*;
+use chrono::{TimeDelta, Utc};
+use countersign_events::data::TaskRunRef;
+use countersign_exporter::ExporterConfig;
+use countersign_identity::sigstore_bundle::{
+    SIGSTORE_BUNDLE_V03_MEDIA_TYPE as BUNDLE_MEDIA_TYPE, trusted_root_json,
+};
+use countersign_identity::spiffe_id::TrustDomain;
+use countersign_identity::svid::TrustBundleSet;
+use countersign_identity::vsa::VSA_PREDICATE_TYPE;
+use countersign_runtime::Context;
+use countersign_runtime::config::{Environment, ServiceConfig as _, parse_config};
+use countersign_test_support::nats::NatsServer;
+use countersign_test_support::registry::{Registry, RegistryOptions};
+use countersign_test_support::service::RunningService;
+use countersign_test_support::spire::{Spire, SpireOptions};
+use countersign_test_support::{peers, wait};
+
+/// What a program printed and how it exited.
+#[derive(Debug)]
+struct Run {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+fn run(program: &Path, args: &[&str], envs: &[(&str, &Path)]) -> Run {
+    eprintln!("$ {} {}", program.display(), args.join(" "));
+    let output = std::process::Command::new(program)
+        .args(args)
+        .env("HOME", std::env::temp_dir())
+        .envs(envs.iter().map(|(key, value)| (*key, *value)))
+        .output()
+        .unwrap();
+    let run = Run {
+        code: output.status.code(),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    };
+    eprintln!("{run:?}");
+    run
+}
+
+/// A registry the test pushes to and reads from with `oras` (and `cosign`), with its Docker
+/// config file.
+struct TestRegistry {
+    registry: Registry,
+    /// `DOCKER_CONFIG` for cosign; `config.json` inside for oras and the exporter.
+    config_dir: tempfile::TempDir,
+}
+
+impl TestRegistry {
+    async fn start(htpasswd: Option<(&str, &str)>) -> TestRegistry {
+        let registry = Registry::start(RegistryOptions {
+            htpasswd: htpasswd.map(|(user, password)| (user.to_owned(), password.to_owned())),
+        })
+        .await
+        .expect("the registry starts");
+        let config_dir = tempfile::tempdir().unwrap();
+        registry.docker_config(config_dir.path());
+        TestRegistry {
+            registry,
+            config_dir,
+        }
+    }
+
+    fn docker_config(&self) -> PathBuf {
+        self.config_dir.path().join("config.json")
+    }
+
+    fn oras(&self, args: &[&str]) -> Run {
+        let config = self.docker_config().display().to_string();
+        let mut all = args.to_vec();
+        all.extend(["--plain-http", "--registry-config", &config]);
+        run(&peers().oras.path, &all, &[])
+    }
+
+    fn cosign(&self, args: &[&str]) -> Run {
+        let mut all = args.to_vec();
+        all.push("--allow-http-registry");
+        run(
+            &peers().cosign.path,
+            &all,
+            &[("DOCKER_CONFIG", self.config_dir.path())],
+        )
+    }
+
+    /// Pushes a one-layer image as `repository:tag` with `oras push`; its digest.
+    fn push_image(&self, repository: &str, tag: &str) -> String {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("app.txt"), format!("{repository}:{tag}\n")).unwrap();
+        let reference = format!("{}/{repository}:{tag}", self.registry.host());
+        let pushed = run_in(dir.path(), &peers().oras.path, &{
+            let config = self.docker_config().display().to_string();
+            vec![
+                "push".to_owned(),
+                reference.clone(),
+                "app.txt:text/plain".to_owned(),
+                "--plain-http".to_owned(),
+                "--registry-config".to_owned(),
+                config,
+            ]
+        });
+        assert_eq!(pushed.code, Some(0), "{pushed:?}");
+        let resolved = self.oras(&["resolve", &reference]);
+        assert_eq!(resolved.code, Some(0), "{resolved:?}");
+        resolved.stdout.trim().to_owned()
+    }
+
+    /// The referrers `oras discover` lists for `image` (`host/repo@digest`).
+    fn discover(&self, image: &str) -> Vec<serde_json::Value> {
+        let discovered = self.oras(&["discover", image, "--format", "json"]);
+        if discovered.code != Some(0) {
+            return Vec::new();
+        }
+        let json: serde_json::Value = serde_json::from_str(&discovered.stdout).unwrap_or_default();
+        json["referrers"]
+            .as_array()
+            .or_else(|| json["manifests"].as_array())
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Waits until `oras discover` lists a Sigstore bundle referrer of `image`.
+    async fn wait_for_bundle(&self, image: &str) -> Vec<serde_json::Value> {
+        wait::until(
+            &format!("a bundle referrer of {image}"),
+            TIMEOUT,
+            || async {
+                let referrers = self.discover(image);
+                referrers
+                    .iter()
+                    .any(|referrer| referrer["artifactType"] == BUNDLE_MEDIA_TYPE)
+                    .then_some(referrers)
+            },
+        )
+        .await
+        .expect("the exporter attaches the bundle")
+    }
+}
+
+fn run_in(dir: &Path, program: &Path, args: &[String]) -> Run {
+    eprintln!(
+        "$ (cd {}) {} {}",
+        dir.display(),
+        program.display(),
+        args.join(" ")
+    );
+    let output = std::process::Command::new(program)
+        .current_dir(dir)
+        .args(args)
+        .env("HOME", std::env::temp_dir())
+        .output()
+        .unwrap();
+    let run = Run {
+        code: output.status.code(),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    };
+    eprintln!("{run:?}");
+    run
+}
+
+/// Runs a signed TaskRun whose results name `image_url` and `image_digest` through the attestor.
+async fn attest(
+    spire: &Spire,
+    bus: &TestBus,
+    name: &str,
+    image_url: &str,
+    image_digest: &str,
+) -> TaskRunRef {
+    let taskrun = taskrun(name);
+    let pod = Pod::register(spire, &taskrun_id(&taskrun.name)).await;
+    let entries = pod
+        .sign(&[("IMAGE_URL", image_url), ("IMAGE_DIGEST", image_digest)])
+        .await;
+    let reported = merged(&entries);
+    bus.finished(finished(
+        &taskrun,
+        Utc::now() - TimeDelta::seconds(2),
+        Some(taskrun_id(&taskrun.name)),
+        vec![step("build", entries, Utc::now())],
+        reported,
+        &["IMAGE_URL", "IMAGE_DIGEST"],
+    ))
+    .await;
+    taskrun
+}
+
+fn exporter_config(
+    nats_url: &str,
+    registries: &[&TestRegistry],
+    docker_config: &Path,
+) -> ExporterConfig {
+    let mut text = format!(
+        "[nats]\nurl = \"{nats_url}\"\n\
+         [consumer]\nack_wait = \"5s\"\nnak_backoff = [\"300ms\"]\nmax_deliver = 1000\n\
+         [shutdown]\ngrace_period = \"10s\"\n\
+         [push]\ndocker_config = \"{}\"\ntimeout = \"5s\"\n",
+        docker_config.display()
+    );
+    for registry in registries {
+        text.push_str(&format!(
+            "[[registries]]\nhost = \"{}\"\nplain_http = true\n",
+            registry.registry.host()
+        ));
+    }
+    let config: ExporterConfig =
+        parse_config(&text, &Environment::new()).expect("a valid exporter config");
+    config.validate().expect("a valid exporter config");
+    config
+}
+
+/// The Docker config with every registry's credentials (what a `dockerconfigjson` Secret holds).
+fn merged_docker_config(dir: &Path, registries: &[&TestRegistry]) -> PathBuf {
+    let mut auths = serde_json::Map::new();
+    for registry in registries {
+        let json: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(registry.docker_config()).unwrap()).unwrap();
+        if let Some(entries) = json["auths"].as_object() {
+            auths.extend(entries.clone());
+        }
+    }
+    let path = dir.join("config.json");
+    std::fs::write(
+        &path,
+        serde_json::to_vec(&serde_json::json!({ "auths": auths })).unwrap(),
+    )
+    .unwrap();
+    path
+}
+
+/// `cosign verify-attestation` of `image`, as the README says to run it.
+fn verify_attestation(registry: &TestRegistry, trusted_root: &Path, image: &str) -> Run {
+    let root = trusted_root.display().to_string();
+    registry.cosign(&[
+        "verify-attestation",
+        "--trusted-root",
+        &root,
+        "--certificate-identity",
+        ATTESTOR_ID,
+        "--certificate-oidc-issuer-regexp",
+        ".*",
+        "--insecure-ignore-tlog",
+        "--insecure-ignore-sct",
+        "--type",
+        VSA_PREDICATE_TYPE,
+        image,
+    ])
+}
+
+#[tokio::test]
+async fn cosign_and_oras_find_and_verify_the_bundles_the_exporter_attaches() {
+    let nats = NatsServer::start().await.unwrap();
+    let spire = spire_with_attestor(SpireOptions {
+        code_signing_ids: vec![ATTESTOR_ID.to_owned()],
+        ..SpireOptions::default()
+    })
+    .await;
+    let bus = TestBus::connect(&nats, "watcher").await;
+    let attestor = start_attestor(attestor_config(&nats.url(), &spire.agent_endpoint(), "")).await;
+    attestor.wait_ready().await;
+
+    let open = TestRegistry::start(None).await;
+    let mut locked = TestRegistry::start(Some(("ci-robot", "correct horse battery"))).await;
+    let dir = tempfile::tempdir().unwrap();
+    let docker_config = merged_docker_config(dir.path(), &[&open, &locked]);
+    let exporter = RunningService::start(
+        Context::new(
+            "exporter",
+            exporter_config(&nats.url(), &[&open, &locked], &docker_config),
+        ),
+        Duration::from_secs(10),
+        countersign_exporter::run,
+    )
+    .await;
+    exporter.wait_ready().await;
+
+    let mut trust = TrustBundleSet::new();
+    let trust_domain = TrustDomain::new(spire.trust_domain()).unwrap();
+    trust
+        .add_pem(trust_domain.clone(), spire.bundle_pem())
+        .unwrap();
+    let trusted_root = dir.path().join("trusted_root.json");
+    std::fs::write(
+        &trusted_root,
+        trusted_root_json(&trust, &trust_domain).unwrap(),
+    )
+    .unwrap();
+
+    // An open registry: the image's VSA is attached, and found and verified by the tools.
+    let digest = open.push_image("team/app", "v1");
+    let image_url = format!("{}/team/app", open.registry.host());
+    let image = format!("{image_url}@{digest}");
+    attest(&spire, &bus, "open-build", &image_url, &digest).await;
+    let referrers = open.wait_for_bundle(&image).await;
+    assert_eq!(referrers.len(), 1, "{referrers:?}");
+    assert_eq!(
+        referrers[0]["annotations"]["dev.sigstore.bundle.predicateType"], VSA_PREDICATE_TYPE,
+        "{referrers:?}"
+    );
+    let tree = open.cosign(&["tree", &image]);
+    assert_eq!(tree.code, Some(0), "{tree:?}");
+    assert!(
+        tree.stdout
+            .contains(&format!("{VSA_PREDICATE_TYPE} artifacts via OCI referrer")),
+        "{tree:?}"
+    );
+    let verified = verify_attestation(&open, &trusted_root, &image);
+    assert_eq!(verified.code, Some(0), "{verified:?}");
+    assert!(verified.stderr.contains("Verification for"), "{verified:?}");
+    // Another identity than the attestor's is refused by cosign.
+    let root = trusted_root.display().to_string();
+    let wrong_identity = open.cosign(&[
+        "verify-attestation",
+        "--trusted-root",
+        &root,
+        "--certificate-identity",
+        "spiffe://example.org/someone-else",
+        "--certificate-oidc-issuer-regexp",
+        ".*",
+        "--insecure-ignore-tlog",
+        "--insecure-ignore-sct",
+        "--type",
+        VSA_PREDICATE_TYPE,
+        &image,
+    ]);
+    assert_ne!(wrong_identity.code, Some(0), "{wrong_identity:?}");
+
+    // A registry behind htpasswd: the exporter pushes with the Docker config's credentials, and
+    // the tools read with theirs.
+    let locked_digest = locked.push_image("team/locked", "v1");
+    let locked_url = format!("{}/team/locked", locked.registry.host());
+    let locked_image = format!("{locked_url}@{locked_digest}");
+    attest(&spire, &bus, "locked-build", &locked_url, &locked_digest).await;
+    locked.wait_for_bundle(&locked_image).await;
+    let verified = verify_attestation(&locked, &trusted_root, &locked_image);
+    assert_eq!(verified.code, Some(0), "{verified:?}");
+
+    // A registry that is not on the allow-list: nothing is pushed, the event is dead-lettered
+    // with its reason.
+    let elsewhere = attest(
+        &spire,
+        &bus,
+        "elsewhere-build",
+        "registry.not-allowed.example/team/app",
+        &digest,
+    )
+    .await;
+    let dead_letters = bus.wait_dead_letters(1).await;
+    let dead_letter = dead_letters
+        .iter()
+        .find(|letter| letter.consumer == "exporter")
+        .expect("the exporter's dead letter");
+    assert_eq!(dead_letter.reason, "rejected", "{dead_letter:?}");
+    assert_eq!(dead_letter.code.as_deref(), Some("registry_not_allowed"));
+    assert!(
+        dead_letter.original_subject.contains(&elsewhere.name),
+        "{dead_letter:?}"
+    );
+
+    // A registry that is down: retried, and the bundle lands once it is back.
+    let later_digest = locked.push_image("team/locked", "v2");
+    let later_image = format!("{locked_url}@{later_digest}");
+    locked.registry.stop();
+    let transient = "countersign_exporter_attachments_total{outcome=\"failed_transient\"}";
+    let failures_before = exporter.metric(transient);
+    attest(&spire, &bus, "outage-build", &locked_url, &later_digest).await;
+    wait::until_true(
+        "the exporter to fail on the stopped registry",
+        TIMEOUT,
+        || async { exporter.metric(transient) > failures_before },
+    )
+    .await
+    .expect("a transient failure while the registry is down");
+    locked.registry.start_again().await.unwrap();
+    locked.wait_for_bundle(&later_image).await;
+    let verified = verify_attestation(&locked, &trusted_root, &later_image);
+    assert_eq!(verified.code, Some(0), "{verified:?}");
+    assert_eq!(
+        bus.dead_letters()
+            .await
+            .iter()
+            .filter(|letter| letter.consumer == "exporter")
+            .count(),
+        1,
+        "only the refused host was dead-lettered"
+    );
+}

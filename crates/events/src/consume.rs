@@ -115,6 +115,22 @@ impl HandlerError {
     }
 }
 
+/// A handler's error that knows its own fate: the dead-letter code when every delivery would
+/// fail the same way (poison), `None` when a later one may succeed. [`Classify::into_handler_error`]
+/// is the one rule that turns it into a [`HandlerError`].
+pub trait Classify: std::error::Error + Send + Sync + Sized + 'static {
+    /// The dead-letter code of a poison error; `None` for a transient one.
+    fn poison_code(&self) -> Option<&'static str>;
+
+    /// The consumer's outcome for this error.
+    fn into_handler_error(self) -> HandlerError {
+        match self.poison_code() {
+            Some(code) => HandlerError::poison(code, self),
+            None => HandlerError::transient(self),
+        }
+    }
+}
+
 /// Where and how often a message was delivered.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Delivery {

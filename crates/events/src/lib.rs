@@ -65,8 +65,8 @@ pub mod trace;
 pub use binding::{DecodeError, DecodeErrorKind, DecodeLimits, decode, encode};
 pub use config::{BusConfig, ConsumerConfig, KvConfig, StreamLimits, StreamsConfig};
 pub use consume::{
-    BoxError, ConsumeError, Delivery, Disposition, DurableConsumer, DurableError, Handler,
-    HandlerError, Processed, RetryPolicy, disposition, progress_interval, run_consumer,
+    BoxError, Classify, ConsumeError, Delivery, Disposition, DurableConsumer, DurableError,
+    Handler, HandlerError, Processed, RetryPolicy, disposition, progress_interval, run_consumer,
     run_durable,
 };
 pub use deadletter::{DeadLetter, DeadLetterNote, DeadLetterReason};

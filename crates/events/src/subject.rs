@@ -179,8 +179,8 @@ pub enum StreamKind {
     TaskRuns,
     /// `{PREFIX}_REGISTRATIONS`: `{p}.registration.>`.
     Registrations,
-    /// `{PREFIX}_ATTESTATIONS`: `{p}.attestation.>` and `{p}.gate.>` (the verdicts, and the gate's
-    /// decisions that enforce them: one audit trail, no fifth stream).
+    /// `{PREFIX}_ATTESTATIONS`: `{p}.attestation.>`, `{p}.export.>` and `{p}.gate.>` (the
+    /// verdicts, their exports, and the gate's decisions that enforce them: one audit trail).
     Attestations,
     /// `{PREFIX}_DEADLETTER`: `{p}.deadletter.>`.
     DeadLetter,

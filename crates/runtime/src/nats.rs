@@ -63,7 +63,7 @@ pub struct NatsConfig {
         with = "humantime_serde"
     )]
     pub connect_timeout: Duration,
-    /// How long a request may wait for its answer (a PubAck, a KV write). Default `10s`.
+    /// How long a request may wait for its answer (a PubAck, a KV write). Default `5s`.
     #[serde(
         default = "NatsConfig::default_request_timeout",
         with = "humantime_serde"

@@ -18,8 +18,8 @@ use countersign_identity::attestation::{AttestationSignError, SignedAttestation}
 use countersign_identity::crypto::Sha256Digest;
 use countersign_identity::dsse::{Envelope, EnvelopeSignature};
 use countersign_identity::intoto::{
-    PredicateTimes, SigningContext, TaskRunRef as PredicateTaskRun, TaskRunResultsPredicate,
-    Verdict, taskrun_statement,
+    PredicateTimes, SigningContext, Statement, TaskRunRef as PredicateTaskRun,
+    TaskRunResultsPredicate, Verdict, taskrun_statement,
 };
 use countersign_identity::svid::{SigningSvid, SvidLeaf, TrustBundleSet, der_to_pem, pem_to_ders};
 
@@ -349,6 +349,21 @@ pub trait AttestationEventExt {
 
     /// The attestation in the verifier's form (see [`from_event_attestation`]).
     fn signed_attestation(&self) -> Result<SignedAttestation, FromEventError>;
+
+    /// The in-toto Statement the envelope carries, read, not verified: for readers of the
+    /// attestor's own store (the gate's replica, a revocation scan), where the attestor wrote it.
+    fn statement(&self) -> Result<Statement<TaskRunResultsPredicate>, StatementError>;
+}
+
+/// Why the Statement of an attestation event could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum StatementError {
+    /// The envelope cannot be read.
+    #[error("the attestation envelope cannot be read")]
+    Envelope(#[from] FromEventError),
+    /// The payload is not our Statement.
+    #[error("the attestation payload is not a TaskRun-results statement")]
+    Statement(#[from] serde_json::Error),
 }
 
 impl AttestationEventExt for AttestationEvent {
@@ -365,5 +380,12 @@ impl AttestationEventExt for AttestationEvent {
 
     fn signed_attestation(&self) -> Result<SignedAttestation, FromEventError> {
         from_event_attestation(self.attestation())
+    }
+
+    fn statement(&self) -> Result<Statement<TaskRunResultsPredicate>, StatementError> {
+        let signed = self.signed_attestation()?;
+        Ok(serde_json::from_slice(
+            signed.envelope.unverified_payload(),
+        )?)
     }
 }

@@ -583,6 +583,36 @@ impl BundleHistory {
         })
     }
 
+    /// The first record, from the bundle that held the CA `authority` (SHA-256 hex of its DER)
+    /// at `at` on, that shows it revoked: tainted, or gone while still valid. What an
+    /// attestation's results CA (named by its signing context, not by a chain the verifier
+    /// holds) is checked with. `None` when no record holds that CA or none revokes it.
+    pub fn revocation_since(
+        &self,
+        authority: &str,
+        at: DateTime<Utc>,
+    ) -> Option<(u64, Revocation)> {
+        self.domains.values().find_map(|records| {
+            let holds = |checked: &CheckedRecord| {
+                checked
+                    .authorities
+                    .iter()
+                    .any(|candidate| candidate.sha256 == authority)
+            };
+            // The bundle of the signing time; a CA recorded only after it (the registrar polls)
+            // is judged from its first record.
+            let position = records
+                .iter()
+                .rposition(|checked| checked.record.first_seen <= at && holds(checked))
+                .or_else(|| records.iter().position(holds))?;
+            let present = records[position]
+                .authorities
+                .iter()
+                .find(|candidate| candidate.sha256 == authority)?;
+            revocation(present, &records[position..])
+        })
+    }
+
     /// The CAs of `trust_domain` revoked by `record` (the newest bundle) relative to the
     /// history before it: tainted there and not tainted in the previous record, or in the
     /// previous record and gone from this one while still valid. What the registrar
@@ -839,6 +869,39 @@ mod tests {
             history
                 .verify_chain_at(&new.leaf(), &[], at(SIGNED), None)
                 .is_ok()
+        );
+    }
+
+    #[test]
+    fn a_ca_named_by_its_digest_is_revoked_since_a_time() {
+        let (old, new) = (Ca::new(), Ca::new());
+        let (old_sha, new_sha) = (
+            Sha256Digest::of(&old.der()).to_hex(),
+            Sha256Digest::of(&new.der()).to_hex(),
+        );
+        let history = BundleHistory::new([
+            record(1, &[(&old, false), (&new, false)], "2026-02-01T00:00:00Z"),
+            record(2, &[(&old, true), (&new, false)], "2026-03-05T00:00:00Z"),
+        ])
+        .unwrap();
+        assert_eq!(
+            history.revocation_since(&old_sha, at(SIGNED)),
+            Some((2, Revocation::Tainted))
+        );
+        assert_eq!(history.revocation_since(&new_sha, at(SIGNED)), None);
+        assert_eq!(
+            history.revocation_since(&Sha256Digest::of(b"unknown").to_hex(), at(SIGNED)),
+            None
+        );
+        // Removed while still valid.
+        let removed = BundleHistory::new([
+            record(1, &[(&old, false), (&new, false)], "2026-02-01T00:00:00Z"),
+            record(2, &[(&new, false)], "2026-03-05T00:00:00Z"),
+        ])
+        .unwrap();
+        assert_eq!(
+            removed.revocation_since(&old_sha, at(SIGNED)),
+            Some((2, Revocation::Removed))
         );
     }
 

@@ -9,12 +9,10 @@
 //! An attestation made before the signing context named its CAs names none, so no revocation
 //! reaches it here (`countersign verify --bundle-history` still refuses it, from the history).
 
+use crate::attestation::{AttestationEventExt as _, StatementError};
 use chrono::{DateTime, Utc};
 use countersign_events::AttestationEvent;
 use countersign_events::data::{AttestationRevoked, RevocationKind, SigningChain};
-use countersign_identity::intoto::{Statement, TaskRunResultsPredicate};
-
-use crate::attestation::AttestationEventExt as _;
 
 /// One CA a recorded bundle revoked.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,45 +27,34 @@ pub struct RevokedAuthority {
     pub sequence_number: u64,
 }
 
-/// Why an attestation's signing context could not be read.
-#[derive(Debug, thiserror::Error)]
-pub enum SigningContextError {
-    /// The envelope cannot be read.
-    #[error("the attestation envelope cannot be read")]
-    Envelope(#[source] crate::attestation::FromEventError),
-    /// The payload is not our Statement.
-    #[error("the attestation payload is not a TaskRun-results statement")]
-    Statement(#[source] serde_json::Error),
-}
-
-/// The signing chains of `attestation` that `authority` (SHA-256 hex of a CA's DER) issued, by
-/// the CAs its signed signing context names; empty when it names neither (or is itself a
-/// revocation). The payload is read, not verified: the attestation comes from the store the
-/// attestor wrote.
-pub fn revoked_chains(
+/// The first CA of `revoked` that issued a signing chain of `attestation`, with the chains it
+/// issued, by the CAs its signed signing context names; `None` when it names none of them (or
+/// is itself a revocation). The payload is read once, not verified: the attestation comes from
+/// the store the attestor wrote.
+pub fn revoked_chains<'a>(
     attestation: &AttestationEvent,
-    authority: &str,
-) -> Result<Vec<SigningChain>, SigningContextError> {
+    revoked: &'a [RevokedAuthority],
+) -> Result<Option<(&'a RevokedAuthority, Vec<SigningChain>)>, StatementError> {
     if attestation.revocation().is_some() {
-        return Ok(Vec::new());
+        return Ok(None);
     }
-    let signed = attestation
-        .signed_attestation()
-        .map_err(SigningContextError::Envelope)?;
-    let statement: Statement<TaskRunResultsPredicate> =
-        serde_json::from_slice(signed.envelope.unverified_payload())
-            .map_err(SigningContextError::Statement)?;
+    let statement = attestation.statement()?;
     let Some(signing) = &statement.predicate().signing else {
-        return Ok(Vec::new());
+        return Ok(None);
     };
-    let mut chains = Vec::new();
-    if signing.results_authority.as_deref() == Some(authority) {
-        chains.push(SigningChain::Results);
-    }
-    if signing.signer_authority.as_deref() == Some(authority) {
-        chains.push(SigningChain::Signer);
-    }
-    Ok(chains)
+    Ok(revoked.iter().find_map(|authority| {
+        let issued =
+            |named: &Option<String>| named.as_deref() == Some(authority.authority.as_str());
+        let chains: Vec<SigningChain> = [
+            (&signing.results_authority, SigningChain::Results),
+            (&signing.signer_authority, SigningChain::Signer),
+        ]
+        .into_iter()
+        .filter(|(named, _)| issued(named))
+        .map(|(_, chain)| chain)
+        .collect();
+        (!chains.is_empty()).then_some((authority, chains))
+    }))
 }
 
 /// The `attestation.revoked` event of `attestation`, revoked by `revoked` through `chains`.

@@ -49,10 +49,10 @@ pub fn revocation_key(uid: &str) -> Result<Key, KvError> {
     attestation_key(uid)?.with_raw(REVOKED_TOKEN)
 }
 
-/// Whether an attestations bucket key names a revocation (`{uid}.revoked`), not an attestation.
-pub fn is_revocation_key(key: &str) -> bool {
+/// The attestation key a revocation's key (`{uid}.revoked`) names; `None` for an attestation's.
+pub fn revoked_attestation_key(key: &str) -> Option<&str> {
     key.split_once('.')
-        .is_some_and(|(_, rest)| rest == REVOKED_TOKEN)
+        .and_then(|(attestation, rest)| (rest == REVOKED_TOKEN).then_some(attestation))
 }
 
 /// The index key of a TaskRun name: `{namespace}.{name}`.
@@ -309,9 +309,10 @@ impl AttestationStore {
         self.create_at(&revocation_key(uid)?, event).await
     }
 
-    /// The key of every stored attestation (not of revocations), streamed by the server: what a
-    /// scan for a revoked CA walks. The keys alone are held (a UID each).
-    pub async fn attestation_keys(&self) -> Result<Vec<Key>, StoreError> {
+    /// The key of every stored attestation whose revocation is not recorded, streamed by the
+    /// server: what a scan for a revoked CA walks, so an attestation already revoked is not read
+    /// again. The keys alone are held (a UID each).
+    pub async fn unrevoked_attestation_keys(&self) -> Result<Vec<Key>, StoreError> {
         let failed = |source: async_nats::Error| KvError::Snapshot {
             bucket: self.attestations.name().to_owned(),
             source,
@@ -322,17 +323,25 @@ impl AttestationStore {
             .keys()
             .await
             .map_err(|error| failed(error.into()))?;
-        let mut found = Vec::new();
+        let mut attestations = Vec::new();
+        let mut revoked = std::collections::HashSet::new();
         while let Some(key) = futures::StreamExt::next(&mut keys).await {
             let key = key.map_err(|error| failed(error.into()))?;
-            if !is_revocation_key(&key) {
-                found.push(Key::raw(key)?);
+            match revoked_attestation_key(&key) {
+                Some(attestation) => {
+                    revoked.insert(attestation.to_owned());
+                }
+                None => attestations.push(key),
             }
         }
-        Ok(found)
+        attestations
+            .into_iter()
+            .filter(|key| !revoked.contains(key))
+            .map(|key| Ok(Key::raw(key)?))
+            .collect()
     }
 
-    /// The attestation stored under `key` (one of [`AttestationStore::attestation_keys`]).
+    /// The attestation stored under `key` (one of [`AttestationStore::unrevoked_attestation_keys`]).
     pub async fn get_at(&self, key: &Key) -> Result<Option<Event<AttestationEvent>>, StoreError> {
         let stored = self.attestations.get(key).await?.value;
         stored
@@ -427,10 +436,14 @@ mod tests {
             key.as_str(),
             format!("{}.revoked", attestation_key("a_b-1").unwrap())
         );
-        assert!(is_revocation_key(key.as_str()));
-        assert!(!is_revocation_key(
-            attestation_key("revoked").unwrap().as_str()
-        ));
-        assert!(!is_revocation_key("uid.other"));
+        assert_eq!(
+            revoked_attestation_key(key.as_str()),
+            Some(attestation_key("a_b-1").unwrap().as_str())
+        );
+        assert_eq!(
+            revoked_attestation_key(attestation_key("revoked").unwrap().as_str()),
+            None
+        );
+        assert_eq!(revoked_attestation_key("uid.other"), None);
     }
 }

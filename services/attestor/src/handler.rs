@@ -22,8 +22,8 @@ use chrono::{TimeDelta, Utc};
 use countersign_events::binding::percent_encode_value;
 use countersign_events::data::{Oversized, StepCompleted, TaskRunFinished, TaskRunRef};
 use countersign_events::{
-    AttestationEvent, Delivery, Event, EventPayload, HandlerError, LifecycleEvent, PublishError,
-    Publisher, StreamKind, Subjects,
+    AttestationEvent, Classify, Delivery, Event, EventPayload, HandlerError, LifecycleEvent,
+    PublishError, Publisher, StreamKind, Subjects,
 };
 use countersign_identity::attestation::AttestationSignError;
 use countersign_identity::spiffe_id::{
@@ -95,9 +95,10 @@ impl AttestError {
             reason: reason.into(),
         }
     }
+}
 
-    /// The dead-letter code when the error is poison, `None` when it is transient.
-    pub fn poison_code(&self) -> Option<&'static str> {
+impl Classify for AttestError {
+    fn poison_code(&self) -> Option<&'static str> {
         match self {
             AttestError::Malformed { .. } => Some("malformed_event"),
             AttestError::Store(error) if !error.is_transient() => Some("unusable_record"),
@@ -106,14 +107,6 @@ impl AttestError {
             AttestError::Annotate(error) if !error.is_transient() => Some("annotator_unusable"),
             AttestError::Export(error) if !error.is_transient() => Some("unexportable"),
             _ => None,
-        }
-    }
-
-    /// The consumer's view: transient or poison.
-    pub fn into_handler_error(self) -> HandlerError {
-        match self.poison_code() {
-            Some(code) => HandlerError::poison(code, self),
-            None => HandlerError::transient(self),
         }
     }
 }

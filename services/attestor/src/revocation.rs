@@ -15,7 +15,7 @@
 use chrono::Utc;
 use countersign_events::data::{RevocationKind, TrustBundleRotated};
 use countersign_events::{
-    AttestationEvent, Delivery, Event, HandlerError, PublishError, Publisher,
+    AttestationEvent, Classify, Delivery, Event, HandlerError, PublishError, Publisher,
 };
 use countersign_runtime::error_chain;
 use countersign_verdict::revocation::{RevokedAuthority, revocation_event, revoked_chains};
@@ -42,13 +42,11 @@ impl RevokeError {
             RevokeError::Publish(error) => error.is_transient(),
         }
     }
+}
 
-    fn into_handler_error(self) -> HandlerError {
-        if self.is_transient() {
-            HandlerError::transient(self)
-        } else {
-            HandlerError::poison("revocation_failed", self)
-        }
+impl Classify for RevokeError {
+    fn poison_code(&self) -> Option<&'static str> {
+        (!self.is_transient()).then_some("revocation_failed")
     }
 }
 
@@ -154,7 +152,7 @@ impl Revoker {
     /// many it revoked now.
     pub async fn revoke_under(&self, revoked: &[RevokedAuthority]) -> Result<usize, RevokeError> {
         let mut count = 0;
-        for key in self.store.attestation_keys().await? {
+        for key in self.store.unrevoked_attestation_keys().await? {
             let attestation = match self.store.get_at(&key).await {
                 Ok(Some(attestation)) => attestation,
                 Ok(None) => continue,
@@ -180,24 +178,16 @@ impl Revoker {
         revoked: &[RevokedAuthority],
     ) -> Result<bool, RevokeError> {
         let uid = &attestation.data.taskrun().uid;
-        let mut found = None;
-        for authority in revoked {
-            match revoked_chains(&attestation.data, &authority.authority) {
-                Ok(chains) if !chains.is_empty() => {
-                    found = Some((authority, chains));
-                    break;
-                }
-                Ok(_) => {}
-                Err(error) => {
-                    self.metrics.unreadable.inc();
-                    tracing::warn!(%uid, error = %error_chain(&error), "a stored attestation's signing context is unreadable; not re-evaluated");
-                    return Ok(false);
-                }
+        let (authority, chains) = match revoked_chains(&attestation.data, revoked) {
+            Ok(Some(found)) => found,
+            Ok(None) => return Ok(false),
+            Err(error) => {
+                self.metrics.unreadable.inc();
+                tracing::warn!(%uid, error = %error_chain(&error), "a stored attestation's signing context is unreadable; not re-evaluated");
+                return Ok(false);
             }
-        }
-        let Some((authority, chains)) = found else {
-            return Ok(false);
         };
+        // Another replica may have revoked it since the scan listed the keys.
         if self.store.revocation(uid).await?.is_some() {
             return Ok(false);
         }

@@ -10,17 +10,19 @@ use std::time::Duration;
 use chrono::{TimeDelta, Utc};
 use countersign_events::data::{ReasonCode, TerminationEntry, Verdict};
 use countersign_events::schema::validate_event;
-use countersign_events::{AttestationEvent, DeadLetter, Event};
+use countersign_events::{AttestationEvent, Classify as _, DeadLetter, Event, EventSource};
 use countersign_identity::attestation::{AttestationTime, AttestationVerifier, SignerPolicy};
 use countersign_identity::intoto::Verdict as PredicateVerdict;
 use countersign_identity::spiffe_id::SpiffeId;
-use countersign_identity::svid::{SvidLeaf, TrustBundleSet};
+use countersign_identity::svid::{SigningSvid, SvidLeaf, TrustBundleSet};
 use countersign_runtime::RunOutcome;
 use countersign_test_support::nats::NatsServer;
 use countersign_test_support::spire::{Spire, SpireOptions};
 use countersign_test_support::wait;
+use countersign_verdict::Decision;
 use countersign_verdict::attestation::AttestationEventExt as _;
-use countersign_verdict::store::AttestationStore;
+use countersign_verdict::attestation::{AttestationFacts, attest_in_context};
+use countersign_verdict::store::{AttestationStore, Created};
 use futures::StreamExt as _;
 use support::*;
 
@@ -601,6 +603,91 @@ async fn redelivery_and_two_replicas_give_one_attestation() {
     );
     first.stop().await;
     second.stop().await;
+}
+
+/// An attestor killed between a verdict's KV write and its publish leaves the attestation
+/// stored and never published. The `finished` event is then delivered again (to it restarted,
+/// or to another replica), which publishes the stored attestation as it is: no second
+/// decision, no second signature, one event in the stream.
+#[tokio::test]
+async fn an_attestation_stored_but_never_published_is_published_on_redelivery() {
+    let nats = NatsServer::start().await.unwrap();
+    let spire = spire_with_attestor(SpireOptions::default()).await;
+    let bus = TestBus::connect(&nats, "watcher").await;
+    let attestor = start_attestor(attestor_config(&nats.url(), &spire.agent_endpoint(), "")).await;
+    attestor.wait_ready().await;
+
+    // What the killed attestor left: its attestation of a TaskRun without results, decided a
+    // while ago and signed with an attestor SVID, in the bucket; nothing in the stream.
+    let taskrun = taskrun("killed-before-publish");
+    let created = Utc::now() - TimeDelta::seconds(30);
+    let decided_at = Utc::now() - TimeDelta::seconds(10);
+    let minted = spire.mint_x509(ATTESTOR_ID).await.unwrap();
+    let svid = SigningSvid::new(minted.chain, &minted.private_key).unwrap();
+    let mut bundles = TrustBundleSet::new();
+    bundles
+        .add_pem_detecting_trust_domains(spire.bundle_pem())
+        .unwrap();
+    let data = attest_in_context(
+        &Decision::NoResults,
+        AttestationFacts {
+            taskrun: &taskrun,
+            created,
+            finished: Some(created),
+            decided_at,
+            current_bundle_digest: &bundles.digest().to_hex(),
+        },
+        &bundles,
+        &svid,
+    )
+    .unwrap();
+    let stored = Event::observed_at(&EventSource::service("attestor"), decided_at, data);
+    assert!(matches!(
+        bus.store()
+            .await
+            .create(&taskrun.uid, &stored)
+            .await
+            .unwrap(),
+        Created::Stored
+    ));
+    assert!(bus.published(&taskrun).await.is_empty());
+
+    bus.finished(finished(
+        &taskrun,
+        created,
+        None,
+        vec![step("build", Vec::new(), created)],
+        Vec::new(),
+        &[],
+    ))
+    .await;
+    let published = bus.wait_published(&taskrun, 1).await;
+    assert_eq!(published.len(), 1, "one attestation event");
+    assert_eq!(
+        published[0].id, stored.id,
+        "the stored event, not a new one"
+    );
+    assert_eq!(
+        published[0].data, stored.data,
+        "the stored attestation, as signed"
+    );
+    check_attestation(&bus, &spire, &stored).await;
+    wait::until_true("the finished event acknowledged", TIMEOUT, || async {
+        attestor.metric("countersign_events_consumed_total{consumer=\"attestor\",outcome=\"ack\"}")
+            >= 1.0
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        countersign_test_support::metrics::sum(
+            &attestor.metrics(),
+            "countersign_attestor_verdicts_total",
+            &[],
+        ),
+        0.0,
+        "no second decision"
+    );
+    attestor.stop().await;
 }
 
 #[tokio::test]

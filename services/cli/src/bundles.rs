@@ -206,6 +206,24 @@ pub fn verify_at_signing_time(
             };
             PointInTimeFailure::new(kind, &error)
         })?;
+
+    // 5. The CA that issued the results' SVID, as the signed signing context names it, not
+    //    revoked then or since: the attestor's verdict rested on that chain.
+    let results_authority = verified
+        .predicate()
+        .signing
+        .as_ref()
+        .and_then(|signing| signing.results_authority.as_deref());
+    if let Some(authority) = results_authority
+        && let Some((sequence_number, how)) = history.revocation_since(authority, signed_at)
+    {
+        let error = PointInTimeError::AuthorityRevoked {
+            authority: authority.to_owned(),
+            sequence_number,
+            how,
+        };
+        return Err(PointInTimeFailure::new("authority_revoked", &error));
+    }
     Ok(VerifiedAtSigningTime {
         attestation: verified,
         chain,

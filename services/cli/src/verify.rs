@@ -320,7 +320,11 @@ pub fn verify(args: &VerifyArgs, out: &mut dyn Write) -> Result<Outcome, CliErro
         .as_deref()
         .map(bundles::read_history)
         .transpose()?;
-    verify_with(args, history, None, out)
+    if history.is_none() && args.bundle.is_none() {
+        return Err(no_trust_bundle());
+    }
+    let input = read_input(args)?;
+    verify_with(args, input, history, None, out)
 }
 
 /// Runs `verify --bundle-history-from-nats`: the history from the `{PREFIX}_TRUST_BUNDLES`
@@ -333,12 +337,10 @@ pub async fn verify_from_nats(
 ) -> Result<Outcome, CliError> {
     let (jetstream, subjects) = crate::nats::jetstream(nats).await?;
     let history = bundles::read_history_from_bucket(&jetstream, &subjects).await?;
+    let input = read_input(args)?;
     // The TaskRun the attestation claims, unverified: only to look its mark up; the mark counts
     // only if it names the payload that then verifies.
-    let claimed_uid = read_input(args)
-        .ok()
-        .and_then(|input| claimed_taskrun_uid(&input.attestation));
-    let revocation = match claimed_uid {
+    let revocation = match claimed_taskrun_uid(&input.attestation) {
         Some(uid) => match AttestationStore::open(&jetstream, &subjects).await {
             Ok(store) => store.revocation(&uid).await?,
             // No attestations bucket: nothing was attested here, so nothing was revoked.
@@ -347,7 +349,35 @@ pub async fn verify_from_nats(
         },
         None => None,
     };
-    verify_with(args, Some(history), revocation, out)
+    verify_with(args, input, Some(history), revocation, out)
+}
+
+fn no_trust_bundle() -> CliError {
+    CliError::Usage(
+        "give the trust bundle: --bundle FILE, --bundle-history FILE or \
+         --bundle-history-from-nats"
+            .to_owned(),
+    )
+}
+
+/// Writes the refusal of an attestation (`kind`, `message`), as JSON or as one line.
+fn reject(
+    args: &VerifyArgs,
+    kind: &str,
+    message: &str,
+    out: &mut dyn Write,
+) -> Result<Outcome, CliError> {
+    if args.json {
+        let document = json!({"valid": false, "error": kind, "message": message});
+        writeln!(
+            out,
+            "{}",
+            serde_json::to_string_pretty(&document).unwrap_or_default()
+        )?;
+    } else {
+        writeln!(out, "attestation INVALID ({kind}): {message}")?;
+    }
+    Ok(Outcome::Rejected)
 }
 
 /// The TaskRun UID an attestation's statement names, read without checking the signature.
@@ -375,6 +405,7 @@ fn revokes(revocation: &Event<AttestationEvent>, verified: &VerifiedAttestation)
 
 fn verify_with(
     args: &VerifyArgs,
+    input: Input,
     history: Option<Result<BundleHistory, bundles::PointInTimeFailure>>,
     revocation: Option<Event<AttestationEvent>>,
     out: &mut dyn Write,
@@ -396,7 +427,6 @@ fn verify_with(
     let mut timestamped = None;
     let (checked, signing_time) = match (history, &args.bundle) {
         (Some(history), _) => {
-            let input = read_input(args)?;
             let checked = timestamp(&input).and_then(|stamp| {
                 let timestamped_at = stamp.as_ref().map(VerifiedTimestamp::gen_time);
                 timestamped = stamp;
@@ -422,7 +452,6 @@ fn verify_with(
         }
         (None, Some(path)) => {
             let bundles = read_bundle(path, given_trust_domain.as_ref())?;
-            let input = read_input(args)?;
             let result = timestamp(&input).and_then(|stamp| {
                 // The timestamp's genTime replaces the attestor's claimed time; an explicit
                 // `--at` still wins.
@@ -438,29 +467,11 @@ fn verify_with(
             });
             (result, None)
         }
-        (None, None) => {
-            return Err(CliError::Usage(
-                "give the trust bundle: --bundle FILE, --bundle-history FILE or \
-                 --bundle-history-from-nats"
-                    .to_owned(),
-            ));
-        }
+        (None, None) => return Err(no_trust_bundle()),
     };
     let (verified, event) = match checked {
         Ok(verified) => verified,
-        Err((kind, message)) => {
-            if args.json {
-                let document = json!({"valid": false, "error": kind, "message": message});
-                writeln!(
-                    out,
-                    "{}",
-                    serde_json::to_string_pretty(&document).unwrap_or_default()
-                )?;
-            } else {
-                writeln!(out, "attestation INVALID ({kind}): {message}")?;
-            }
-            return Ok(Outcome::Rejected);
-        }
+        Err((kind, message)) => return reject(args, kind, &message, out),
     };
     if let Some(mismatch) = event
         .as_ref()
@@ -475,17 +486,7 @@ fn verify_with(
         } else {
             "event_mismatch"
         };
-        if args.json {
-            let document = json!({"valid": false, "error": kind, "message": mismatch});
-            writeln!(
-                out,
-                "{}",
-                serde_json::to_string_pretty(&document).unwrap_or_default()
-            )?;
-        } else {
-            writeln!(out, "attestation INVALID ({kind}): {mismatch}")?;
-        }
-        return Ok(Outcome::Rejected);
+        return reject(args, kind, &mismatch, out);
     }
 
     if let Some(revocation) = revocation.filter(|revocation| revokes(revocation, &verified)) {
@@ -499,18 +500,7 @@ fn verify_with(
                 )
             })
             .unwrap_or_default();
-        if args.json {
-            let document =
-                json!({"valid": false, "error": "authority_revoked", "message": message});
-            writeln!(
-                out,
-                "{}",
-                serde_json::to_string_pretty(&document).unwrap_or_default()
-            )?;
-        } else {
-            writeln!(out, "attestation INVALID (authority_revoked): {message}")?;
-        }
-        return Ok(Outcome::Rejected);
+        return reject(args, "authority_revoked", &message, out);
     }
 
     let predicate = verified.predicate();

@@ -7,6 +7,7 @@
 //! --bundle-history-from-nats` against the bucket itself, which also refuses, as `get` does, an
 //! attestation the attestor marked revoked.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::Duration;
@@ -17,15 +18,17 @@ use countersign_cli::exit_code;
 use countersign_events::EventPayload as _;
 use countersign_events::data::TaskRunRef;
 use countersign_events::kv::Bucket;
+use countersign_identity::crypto::Sha256Digest;
 use countersign_identity::spiffe_id::TrustDomain;
 use countersign_identity::svid::{SigningSvid, TrustBundleSet};
+use countersign_identity::tekton::VerifiedValue;
 use countersign_test_support::nats::NatsServer;
-use countersign_test_support::peers;
 use countersign_test_support::spire::{Spire, SpireOptions};
 use countersign_verdict::attestation::{AttestationFacts, attest_in_context};
 use countersign_verdict::bundle_history::{BundleHistoryFile, BundleRecord};
-use countersign_verdict::decide::Decision;
+use countersign_verdict::decide::{Decision, VerifiedDecision};
 use countersign_verdict::revocation::{RevokedAuthority, revocation_event};
+use countersign_verdict::steps::VerifiedStep;
 use countersign_verdict::store::AttestationStore;
 
 const COUNTERSIGN: &str = env!("CARGO_BIN_EXE_countersign");
@@ -95,19 +98,7 @@ fn verify_from_nats(nats: &NatsServer, attestation: &Path) -> (u8, serde_json::V
 }
 
 async fn spire_server(spire: &Spire, args: &[&str]) -> serde_json::Value {
-    let socket = spire.server_socket_path().display().to_string();
-    let output = tokio::process::Command::new(&peers().spire_server.path)
-        .args(args)
-        .args(["-socketPath", &socket, "-output", "json"])
-        .output()
-        .await
-        .expect("running spire-server");
-    assert!(
-        output.status.success(),
-        "spire-server {args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_slice(&output.stdout).expect("JSON")
+    spire.server_cli(args).await.expect("spire-server")
 }
 
 fn base64_field(value: &serde_json::Value) -> Vec<u8> {
@@ -155,16 +146,16 @@ async fn record(spire: &Spire, bucket: &Bucket<BundleRecord>) -> BundleRecord {
     record
 }
 
-/// An attestation event's data, signed with an SVID minted under the active CA.
-async fn attestation(spire: &Spire, dir: &Path, name: &str) -> PathBuf {
-    let minted = spire_server(spire, &["x509", "mint", "-spiffeID", ATTESTOR]).await;
-    let chain = minted[0]["x509_svid"]
-        .as_array()
-        .expect("a chain")
-        .iter()
-        .map(base64_field)
-        .collect();
-    let svid = SigningSvid::new(chain, &base64_field(&minted[0]["private_key"])).expect("an SVID");
+/// An attestation event's data, signed with an SVID minted under the active CA: a `no_results`
+/// one, or, with `results_authority`, a `verified` one whose results' SVID that CA issued.
+async fn attestation(
+    spire: &Spire,
+    dir: &Path,
+    name: &str,
+    results_authority: Option<String>,
+) -> PathBuf {
+    let minted = spire.mint_x509(ATTESTOR).await.expect("an SVID minted");
+    let svid = SigningSvid::new(minted.chain, &minted.private_key).expect("an SVID");
     let (_, authorities) = bundle(spire).await;
     let mut bundles = TrustBundleSet::new();
     bundles
@@ -180,8 +171,31 @@ async fn attestation(spire: &Spire, dir: &Path, name: &str) -> PathBuf {
         uid: format!("uid-{name}"),
     };
     let decided_at: DateTime<Utc> = Utc::now();
+    let decision = match results_authority {
+        Some(authority) => Decision::Verified(VerifiedDecision {
+            results: BTreeMap::from([(
+                "IMAGE_DIGEST".to_owned(),
+                VerifiedValue {
+                    raw: format!("sha256:{}", "a".repeat(64)),
+                    canonical: format!("sha256:{}", "a".repeat(64)),
+                },
+            )]),
+            signer_step: "build".to_owned(),
+            signer: VerifiedStep {
+                spiffe_id: format!("spiffe://example.org/ns/default/taskrun/{name}"),
+                svid_fingerprint: "0".repeat(64),
+                signed_at: decided_at,
+                issuing_authority: Some(authority),
+                results: BTreeMap::new(),
+                checks: Vec::new(),
+            },
+            trust_bundle_digest: bundles.digest().to_hex(),
+            checks: Vec::new(),
+        }),
+        None => Decision::NoResults,
+    };
     let event = attest_in_context(
-        &Decision::NoResults,
+        &decision,
         AttestationFacts {
             taskrun: &taskrun,
             created: decided_at,
@@ -232,7 +246,8 @@ async fn attestations_verify_at_their_signing_time_from_the_exported_history() {
     let dir = tempfile::tempdir().expect("a temporary directory");
 
     let first = record(&spire, &bucket).await;
-    let under_first = attestation(&spire, dir.path(), "under-first").await;
+    let under_first = attestation(&spire, dir.path(), "under-first", None).await;
+    let first_ca = Sha256Digest::of(&bundle(&spire).await.1[0].0).to_hex();
     // A rotation: the next CA prepared (a new bundle), then activated.
     spire_server(&spire, &["localauthority", "x509", "prepare"]).await;
     let second = record(&spire, &bucket).await;
@@ -252,7 +267,15 @@ async fn attestations_verify_at_their_signing_time_from_the_exported_history() {
         ],
     )
     .await;
-    let under_second = attestation(&spire, dir.path(), "under-second").await;
+    let under_second = attestation(&spire, dir.path(), "under-second", None).await;
+    // Signed under the second CA, over results whose SVID the first CA issued.
+    let results_under_first = attestation(
+        &spire,
+        dir.path(),
+        "results-under-first",
+        Some(first_ca.clone()),
+    )
+    .await;
 
     // Exported before any revocation: both verify, each against the bundle of its time.
     let export = dir.path().join("bundles.json");
@@ -271,7 +294,11 @@ async fn attestations_verify_at_their_signing_time_from_the_exported_history() {
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    for (attestation, expected) in [(&under_first, &first), (&under_second, &second)] {
+    for (attestation, expected) in [
+        (&under_first, &first),
+        (&under_second, &second),
+        (&results_under_first, &second),
+    ] {
         let (status, document) = verify(&nats, attestation, &export);
         assert_eq!(status, exit_code::OK, "{document}");
         // The same from the bucket itself.
@@ -323,6 +350,16 @@ async fn attestations_verify_at_their_signing_time_from_the_exported_history() {
     assert_eq!(document["error"], "authority_revoked", "{document}");
     let (status, document) = verify(&nats, &under_second, &export);
     assert_eq!(status, exit_code::OK, "{document}");
+    // Its signer's CA is fine, but the CA its results were verified under is not.
+    let (status, document) = verify(&nats, &results_under_first, &export);
+    assert_eq!(status, exit_code::REJECTED);
+    assert_eq!(document["error"], "authority_revoked", "{document}");
+    assert!(
+        document["message"]
+            .as_str()
+            .is_some_and(|message| message.contains(&first_ca)),
+        "{document}"
+    );
     let (status, document) = verify_from_nats(&nats, &under_first);
     assert_eq!(status, exit_code::REJECTED);
     assert_eq!(document["error"], "authority_revoked", "{document}");
@@ -473,14 +510,8 @@ async fn a_verified_timestamp_is_the_signing_time() {
     let recorded = record(&spire, &bucket).await;
 
     // Signed now, but claiming a decision a year from now, when its SVID has long expired.
-    let minted = spire_server(&spire, &["x509", "mint", "-spiffeID", ATTESTOR]).await;
-    let chain = minted[0]["x509_svid"]
-        .as_array()
-        .expect("a chain")
-        .iter()
-        .map(base64_field)
-        .collect();
-    let svid = SigningSvid::new(chain, &base64_field(&minted[0]["private_key"])).expect("an SVID");
+    let minted = spire.mint_x509(ATTESTOR).await.expect("an SVID minted");
+    let svid = SigningSvid::new(minted.chain, &minted.private_key).expect("an SVID");
     let (_, authorities) = bundle(&spire).await;
     let mut bundles = TrustBundleSet::new();
     bundles

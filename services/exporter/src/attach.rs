@@ -21,14 +21,14 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use countersign_events::data::{ExportStored, ExportedVsa};
-use countersign_events::{Delivery, Event, Handler, HandlerError};
+use countersign_events::{Classify, Delivery, Event, Handler, HandlerError};
 use countersign_identity::vsa::VSA_PREDICATE_TYPE;
 use countersign_runtime::error_chain;
 use countersign_verdict::export_store::ExportStore;
 use countersign_verdict::store::StoreError;
 
 use crate::config::ExporterConfig;
-use crate::credentials::{DockerConfig, DockerConfigError};
+use crate::credentials::{DockerConfig, DockerConfigError, DockerConfigFile};
 use crate::metrics::{AttachOutcome, ExporterMetrics};
 use crate::reference::{ImageTarget, ReferenceError};
 use crate::registry::{Indexed, RegistryClient, RegistryError, RegistryErrorKind, Repository};
@@ -97,14 +97,11 @@ impl AttachError {
             _ => None,
         }
     }
+}
 
-    /// The consumer's outcome for this error.
-    pub fn into_handler_error(self) -> HandlerError {
-        if self.is_transient() {
-            HandlerError::transient(self)
-        } else {
-            HandlerError::poison(self.code(), self)
-        }
+impl Classify for AttachError {
+    fn poison_code(&self) -> Option<&'static str> {
+        (!self.is_transient()).then(|| self.code())
     }
 }
 
@@ -119,6 +116,8 @@ struct Shared {
     config: Arc<ExporterConfig>,
     store: ExportStore,
     client: RegistryClient,
+    /// The Docker config file `push.docker_config` names, if any.
+    credentials: Option<DockerConfigFile>,
     metrics: ExporterMetrics,
 }
 
@@ -133,6 +132,7 @@ impl Exporter {
     ) -> Exporter {
         Exporter {
             shared: Arc::new(Shared {
+                credentials: config.push.docker_config.clone().map(DockerConfigFile::new),
                 config,
                 store,
                 client,
@@ -178,9 +178,9 @@ impl Exporter {
             }
         }
         if !allowed.is_empty() {
-            let credentials = match &self.shared.config.push.docker_config {
-                Some(path) => DockerConfig::read(path)?,
-                None => DockerConfig::default(),
+            let credentials = match &self.shared.credentials {
+                Some(file) => file.current().await?,
+                None => Arc::default(),
             };
             for (vsa, target) in allowed {
                 let started = Instant::now();

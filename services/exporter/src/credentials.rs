@@ -13,13 +13,16 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::path::Path;
+use std::os::unix::fs::MetadataExt as _;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::SystemTime;
 
 use base64::Engine as _;
 use countersign_runtime::bounded_read::{ReadFileError, read_bounded};
 use serde::Deserialize;
 
-use crate::reference::DOCKER_HUB;
+use crate::reference::canonical_host;
 
 /// The largest Docker config file read.
 pub const MAX_DOCKER_CONFIG_BYTES: u64 = 1024 * 1024;
@@ -146,6 +149,63 @@ impl DockerConfig {
     }
 }
 
+/// A Docker config file, read again only when it changes: a mounted Secret is rotated by
+/// swapping in a new file, which changes its inode, size or modification time, so a stat per
+/// event is all a steady file costs. The read runs on a blocking thread.
+#[derive(Debug)]
+pub struct DockerConfigFile {
+    path: PathBuf,
+    last: Mutex<Option<(FileStamp, Arc<DockerConfig>)>>,
+}
+
+/// What tells one version of a file from the next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileStamp {
+    inode: u64,
+    len: u64,
+    modified: Option<SystemTime>,
+}
+
+impl DockerConfigFile {
+    /// The file at `path`, not read yet.
+    pub fn new(path: PathBuf) -> DockerConfigFile {
+        DockerConfigFile {
+            path,
+            last: Mutex::new(None),
+        }
+    }
+
+    /// The file's credentials as it is now.
+    pub async fn current(&self) -> Result<Arc<DockerConfig>, DockerConfigError> {
+        let io_error = |source| {
+            DockerConfigError::Read(ReadFileError::Io {
+                path: self.path.clone(),
+                source,
+            })
+        };
+        // Stamped before it is read: a change after the stamp is seen by the next call.
+        let metadata = tokio::fs::metadata(&self.path).await.map_err(io_error)?;
+        let stamp = FileStamp {
+            inode: metadata.ino(),
+            len: metadata.len(),
+            modified: metadata.modified().ok(),
+        };
+        if let Some((seen, config)) = &*self.last.lock().unwrap_or_else(PoisonError::into_inner)
+            && *seen == stamp
+        {
+            return Ok(Arc::clone(config));
+        }
+        let path = self.path.clone();
+        let config = tokio::task::spawn_blocking(move || DockerConfig::read(&path))
+            .await
+            .map_err(|join| io_error(std::io::Error::other(join)))??;
+        let config = Arc::new(config);
+        *self.last.lock().unwrap_or_else(PoisonError::into_inner) =
+            Some((stamp, Arc::clone(&config)));
+        Ok(config)
+    }
+}
+
 /// The registry host an `auths` key names: the host of a URL, Docker Hub for its legacy keys.
 fn host_of(key: &str) -> String {
     let without_scheme = key
@@ -157,10 +217,7 @@ fn host_of(key: &str) -> String {
         .next()
         .unwrap_or(without_scheme)
         .to_ascii_lowercase();
-    match host.as_str() {
-        "index.docker.io" | "registry-1.docker.io" => DOCKER_HUB.to_owned(),
-        _ => host,
-    }
+    canonical_host(&host).to_owned()
 }
 
 fn decode_auth(auth: &str) -> Option<Credentials> {
@@ -203,6 +260,33 @@ mod tests {
         assert_eq!(config.credentials("ghcr.io").unwrap().password, "refresh");
         assert!(config.credentials("quay.io").is_none());
         assert!(!format!("{alice:?}").contains("s3cret"));
+    }
+
+    #[tokio::test]
+    async fn a_config_file_is_read_again_when_it_is_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.json");
+        let write = |user: &str| {
+            // A new file renamed into place, as a Secret volume rotates.
+            let staged = dir.path().join("staged.json");
+            let text = format!(
+                r#"{{"auths": {{"r.example": {{"username": "{user}", "password": "p"}}}}}}"#
+            );
+            std::fs::write(&staged, text).unwrap();
+            std::fs::rename(&staged, &path).unwrap();
+        };
+        let file = DockerConfigFile::new(path.clone());
+        assert!(matches!(
+            file.current().await,
+            Err(DockerConfigError::Read(_))
+        ));
+        write("alice");
+        let first = file.current().await.unwrap();
+        assert_eq!(first.credentials("r.example").unwrap().username, "alice");
+        assert!(Arc::ptr_eq(&first, &file.current().await.unwrap()));
+        write("bob");
+        let second = file.current().await.unwrap();
+        assert_eq!(second.credentials("r.example").unwrap().username, "bob");
     }
 
     #[test]

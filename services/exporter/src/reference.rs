@@ -20,6 +20,27 @@ pub const MAX_REPOSITORY_BYTES: usize = 255;
 /// The registry Docker Hub's references name.
 pub const DOCKER_HUB: &str = "docker.io";
 
+/// The host Docker Hub's registry API is served from.
+const DOCKER_HUB_API: &str = "registry-1.docker.io";
+
+/// A registry host as references and the allow-list name it: Docker Hub's other names (its
+/// legacy index, its API host) are `docker.io`.
+pub fn canonical_host(host: &str) -> &str {
+    match host {
+        "index.docker.io" | DOCKER_HUB_API => DOCKER_HUB,
+        _ => host,
+    }
+}
+
+/// The host that serves the registry API of `host` (a canonical host): Docker Hub's is not
+/// `docker.io`.
+pub fn api_host(host: &str) -> &str {
+    match host {
+        DOCKER_HUB => DOCKER_HUB_API,
+        _ => host,
+    }
+}
+
 /// Where a bundle is attached: `host/repository@digest`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ImageTarget {
@@ -154,11 +175,7 @@ impl ImageTarget {
             }
             _ => (DOCKER_HUB.to_owned(), name.to_owned()),
         };
-        let host = if host == "index.docker.io" {
-            DOCKER_HUB.to_owned()
-        } else {
-            host
-        };
+        let host = canonical_host(&host).to_owned();
         if !is_valid_registry_host(&host) {
             return Err(ReferenceError::Host { host });
         }

@@ -13,7 +13,8 @@
 //! 2. pushes the empty config blob and the bundle blob (skipped when the registry has them);
 //! 3. pushes the referrer manifest by its digest ([`crate::referrer`]);
 //! 4. if the registry answered with `OCI-Subject`, or serves `GET /v2/<repo>/referrers/<digest>`,
-//!    it indexes referrers itself: done;
+//!    it indexes referrers itself: done (what the registry answered to that question is kept per
+//!    registry, so it is asked once per process, as `oras` keeps it per repository);
 //! 5. otherwise (404: no Referrers API) updates the tag-schema index `<alg>-<hex>`: read it (an
 //!    absent tag is an empty index), add the referrer unless listed, push it with `If-Match`
 //!    on the read's `ETag` when the registry gave one, read it back and check the referrer is
@@ -29,7 +30,7 @@
 //! location on another host gets no `Authorization`.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Mutex, PoisonError};
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
@@ -40,7 +41,7 @@ use serde::Deserialize;
 use url::Url;
 
 use crate::credentials::Credentials;
-use crate::reference::{DOCKER_HUB, ImageDigest, ImageTarget};
+use crate::reference::{ImageDigest, ImageTarget, api_host};
 use crate::referrer::{
     Descriptor, EMPTY_BLOB, ImageIndex, OCI_INDEX_MEDIA_TYPE, OCI_MANIFEST_MEDIA_TYPE, Referrer,
     referrer_manifest, sha256_digest,
@@ -167,11 +168,7 @@ impl<'a> Repository<'a> {
         plain_http: bool,
         credentials: Option<&'a Credentials>,
     ) -> Result<Repository<'a>, RegistryError> {
-        let api_host = if target.host == DOCKER_HUB {
-            "registry-1.docker.io"
-        } else {
-            target.host.as_str()
-        };
+        let api_host = api_host(&target.host);
         let scheme = if plain_http { "http" } else { "https" };
         let base = Url::parse(&format!("{scheme}://{api_host}/")).map_err(|error| {
             RegistryError::new(
@@ -207,6 +204,8 @@ pub struct RegistryClient {
     http: reqwest::Client,
     max_read_bytes: usize,
     authorizations: Mutex<HashMap<(String, String), HeaderValue>>,
+    /// Whether each registry (by its API base URL) serves the Referrers API.
+    referrers_api: Mutex<HashMap<String, bool>>,
 }
 
 impl RegistryClient {
@@ -216,6 +215,7 @@ impl RegistryClient {
             http,
             max_read_bytes,
             authorizations: Mutex::new(HashMap::new()),
+            referrers_api: Mutex::new(HashMap::new()),
         }
     }
 
@@ -383,8 +383,32 @@ impl RegistryClient {
         Ok(response.headers().contains_key(OCI_SUBJECT))
     }
 
-    /// Whether the registry serves the Referrers API (404: it does not).
+    /// Whether the registry serves the Referrers API (404: it does not), asked once per
+    /// registry.
     async fn serves_referrers(
+        &self,
+        repository: &Repository<'_>,
+        digest: &ImageDigest,
+    ) -> Result<bool, RegistryError> {
+        let registry = repository.base.as_str();
+        let known = self
+            .referrers_api
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(registry)
+            .copied();
+        if let Some(serves) = known {
+            return Ok(serves);
+        }
+        let serves = self.ask_for_referrers(repository, digest).await?;
+        self.referrers_api
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(registry.to_owned(), serves);
+        Ok(serves)
+    }
+
+    async fn ask_for_referrers(
         &self,
         repository: &Repository<'_>,
         digest: &ImageDigest,

@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use countersign_events::{AttestationEvent, Event};
-use countersign_identity::intoto::{Statement, TaskRunResultsPredicate, Verdict};
-use countersign_verdict::attestation::{AttestationEventExt, envelope_digest};
+use countersign_identity::intoto::Verdict;
+use countersign_verdict::attestation::{AttestationEventExt, StatementError, envelope_digest};
 use serde::Serialize;
 use tokio::sync::watch;
 
@@ -45,12 +45,9 @@ pub struct VerdictRecord {
 /// Why a stored attestation was not taken into the replica.
 #[derive(Debug, thiserror::Error)]
 pub enum RecordError {
-    /// The envelope could not be read.
-    #[error("the attestation envelope cannot be read")]
-    Envelope(#[source] countersign_verdict::attestation::FromEventError),
-    /// The payload is not our Statement.
-    #[error("the attestation payload is not a TaskRun-results statement")]
-    Statement(#[source] serde_json::Error),
+    /// The envelope or its Statement could not be read.
+    #[error(transparent)]
+    Statement(#[from] StatementError),
     /// The signed statement names another TaskRun than the event.
     #[error("the signed statement names TaskRun UID {signed}, the event {event}")]
     UidMismatch {
@@ -71,10 +68,7 @@ impl VerdictRecord {
     /// [`REVOKED_REASON`] and no signed results.
     pub fn from_event(event: &Event<AttestationEvent>) -> Result<VerdictRecord, RecordError> {
         let data = &event.data;
-        let signed = data.signed_attestation().map_err(RecordError::Envelope)?;
-        let statement: Statement<TaskRunResultsPredicate> =
-            serde_json::from_slice(signed.envelope.unverified_payload())
-                .map_err(RecordError::Statement)?;
+        let statement = data.statement()?;
         let predicate = statement.predicate();
         let taskrun = data.taskrun();
         if predicate.taskrun.uid != taskrun.uid {

@@ -25,7 +25,9 @@ use chrono::{DateTime, Utc};
 use countersign_events::data::{
     EntryKind, PodRef, ReleaseReason, TaskRunDeleted, TaskRunFinished, TaskRunRef, TaskRunScheduled,
 };
-use countersign_events::{Delivery, Event, Handler, HandlerError, LifecycleEvent, PublishError};
+use countersign_events::{
+    Classify, Delivery, Event, Handler, HandlerError, LifecycleEvent, PublishError,
+};
 use countersign_runtime::error_chain;
 use countersign_spire_api::{
     CreateOutcome, DeleteOutcome, Entry, ItemStatus, SpireServerClient, UpdateEntriesError,
@@ -160,13 +162,11 @@ impl RegisterError {
             _ => false,
         }
     }
+}
 
-    /// The consumer's outcome for this error.
-    pub fn into_handler_error(self) -> HandlerError {
-        match self.kind() {
-            ErrorKind::Poison => HandlerError::poison(self.code(), self),
-            ErrorKind::Transient => HandlerError::transient(self),
-        }
+impl Classify for RegisterError {
+    fn poison_code(&self) -> Option<&'static str> {
+        (self.kind() == ErrorKind::Poison).then(|| self.code())
     }
 }
 

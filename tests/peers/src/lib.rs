@@ -32,207 +32,123 @@ pub const MINIMUM_GO: GoVersion = GoVersion {
     patch: 8,
 };
 
-/// One program built from a Go module.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Peer {
-    NatsServer,
-    SpireServer,
-    SpireAgent,
-    Etcd,
-    KubeApiserver,
+/// The one table of peers: each row names the [`Peer`], its field in [`Peers`], its binary's
+/// file name, the [`GoModule`] that pins it and the Go package built. A new peer is one row
+/// (and, for a new module, one `GoModule` in [`MODULES`]).
+macro_rules! peer_table {
+    ($(
+        $(#[$doc:meta])*
+        $variant:ident => $field:ident, $binary:literal, $module:ident, $package:literal;
+    )*) => {
+        /// One program built from a Go module.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum Peer {
+            $($(#[$doc])* $variant,)*
+        }
+
+        impl Peer {
+            /// Every peer, in the table's order.
+            pub const ALL: [Peer; [$(Peer::$variant),*].len()] = [$(Peer::$variant),*];
+
+            /// The binary's file name.
+            pub fn binary_name(self) -> &'static str {
+                match self {
+                    $(Peer::$variant => $binary,)*
+                }
+            }
+
+            fn module(self) -> &'static GoModule {
+                match self {
+                    $(Peer::$variant => &$module,)*
+                }
+            }
+
+            fn package(self) -> &'static str {
+                match self {
+                    $(Peer::$variant => $package,)*
+                }
+            }
+        }
+
+        /// Every peer, built.
+        #[derive(Debug, Clone)]
+        pub struct Peers {
+            $(pub $field: PeerBinary,)*
+        }
+
+        impl Peers {
+            pub fn get(&self, peer: Peer) -> &PeerBinary {
+                match peer {
+                    $(Peer::$variant => &self.$field,)*
+                }
+            }
+
+            /// Every peer's binary, each made by `binary`.
+            fn try_from_fn(
+                mut binary: impl FnMut(Peer) -> Result<PeerBinary, EnsureError>,
+            ) -> Result<Peers, EnsureError> {
+                Ok(Peers {
+                    $($field: binary(Peer::$variant)?,)*
+                })
+            }
+        }
+    };
+}
+
+peer_table! {
+    NatsServer => nats_server, "nats-server", NATS, "github.com/nats-io/nats-server/v2";
+    SpireServer => spire_server, "spire-server", SPIRE, "github.com/spiffe/spire/cmd/spire-server";
+    SpireAgent => spire_agent, "spire-agent", SPIRE, "github.com/spiffe/spire/cmd/spire-agent";
+    Etcd => etcd, "etcd", ETCD, "go.etcd.io/etcd/server/v3";
+    KubeApiserver => kube_apiserver, "kube-apiserver", KUBE, "k8s.io/kubernetes/cmd/kube-apiserver";
     /// Not a peer but a build tool: renders `k8s/` for the manifest tests.
-    Kustomize,
-    Kubelet,
-    KubeScheduler,
-    KubeControllerManager,
+    Kustomize => kustomize, "kustomize", KUSTOMIZE, "sigs.k8s.io/kustomize/kustomize/v5";
+    Kubelet => kubelet, "kubelet", KUBE, "k8s.io/kubernetes/cmd/kubelet";
+    KubeScheduler => kube_scheduler, "kube-scheduler", KUBE, "k8s.io/kubernetes/cmd/kube-scheduler";
+    KubeControllerManager => kube_controller_manager, "kube-controller-manager", KUBE, "k8s.io/kubernetes/cmd/kube-controller-manager";
     /// Tekton Pipelines' controller (TaskRun and PipelineRun reconcilers).
-    TektonController,
+    TektonController => tekton_controller, "tekton-controller", TEKTON, "github.com/tektoncd/pipeline/cmd/controller";
     /// The entrypointer Tekton injects into every step (it signs results with SPIRE).
-    TektonEntrypoint,
+    TektonEntrypoint => tekton_entrypoint, "tekton-entrypoint", TEKTON, "github.com/tektoncd/pipeline/cmd/entrypoint";
     /// Tekton's nop image binary (stops sidecars).
-    TektonNop,
+    TektonNop => tekton_nop, "tekton-nop", TEKTON, "github.com/tektoncd/pipeline/cmd/nop";
     /// Tekton's events controller (sends the CloudEvents to `config-events`' sink).
-    TektonEvents,
+    TektonEvents => tekton_events, "tekton-events", TEKTON, "github.com/tektoncd/pipeline/cmd/events";
     // --- Attestation verifiers (issue 16): independent consumers of our attestation formats.
     /// Our own small program around go-securesystemslib's DSSE envelope verifier.
-    DsseVerify,
+    DsseVerify => dsse_verify, "dsse-verify", DSSE_VERIFY, "countersign.dev/tests/peers/dsse-verify";
     /// sigstore's `cosign` (reads Sigstore bundles).
-    Cosign,
+    Cosign => cosign, "cosign", COSIGN, "github.com/sigstore/cosign/v3/cmd/cosign";
     /// `slsa-verifier` (reads SLSA VSAs).
-    SlsaVerifier,
+    SlsaVerifier => slsa_verifier, "slsa-verifier", SLSA_VERIFIER, "github.com/slsa-framework/slsa-verifier/v2/cli/slsa-verifier";
     /// Our SPIRE server CredentialComposer plugin that adds code signing to the attestor's SVID.
-    SpireCodeSigning,
+    SpireCodeSigning => spire_code_signing, "spire-code-signing", SPIRE_CODE_SIGNING, "countersign.dev/tests/peers/spire-code-signing";
     // --- Trace store (issue 19): where the services' OTLP spans are read back from.
     /// Jaeger v2 (an OpenTelemetry Collector distribution with a query API).
-    Jaeger,
+    Jaeger => jaeger, "jaeger", JAEGER, "github.com/jaegertracing/jaeger/cmd/jaeger";
     // --- The SPIFFE CSI driver on the real node (issue 14).
     /// The SPIFFE CSI driver (`csi.spiffe.io`): mounts the agent's socket directory into pods.
-    SpiffeCsiDriver,
+    SpiffeCsiDriver => spiffe_csi_driver, "spiffe-csi-driver", SPIFFE_CSI, "github.com/spiffe/spiffe-csi/cmd/spiffe-csi-driver";
     /// Our own small program serving the kubelet's plugin-registration protocol for that driver.
-    KubeletPluginRegistrar,
+    KubeletPluginRegistrar => kubelet_plugin_registrar, "kubelet-plugin-registrar", SPIFFE_CSI, "countersign.dev/tests/peers/spiffe-csi";
 
     // --- Compose (issue 19): runs compose/compose.yaml against podman's Docker API.
     /// Docker Compose v5 (the `docker compose` plugin, run standalone).
-    DockerCompose,
+    DockerCompose => docker_compose, "docker-compose", COMPOSE, "github.com/docker/compose/v5/cmd";
     /// natscli's `nats`, for the nats-box image the Compose file names.
-    NatsCli,
+    NatsCli => nats_cli, "nats", COMPOSE, "github.com/nats-io/natscli/nats";
 
     // --- OCI registries (issue 16): where the exporter attaches bundles as referrers.
     /// The CNCF Distribution registry (no Referrers API: the tag-schema fallback).
-    Registry,
+    Registry => registry, "registry", REGISTRY, "github.com/distribution/distribution/v3/cmd/registry";
     /// Our own few lines printing a bcrypt htpasswd line for the registry's auth.
-    RegistryHtpasswd,
+    RegistryHtpasswd => registry_htpasswd, "registry-htpasswd", REGISTRY, "countersign.dev/tests/peers/registry/htpasswd";
     /// `oras` (reads referrers: `oras discover`).
-    Oras,
+    Oras => oras, "oras", ORAS, "oras.land/oras/cmd/oras";
 
     // --- Timestamp authority (issue 17): RFC 3161 timestamps over attestation signatures.
     /// sigstore's timestamp authority (its REST API server, run by our few lines: see its `main.go`).
-    TimestampAuthority,
-}
-
-impl Peer {
-    pub const ALL: [Peer; 26] = [
-        Peer::NatsServer,
-        Peer::SpireServer,
-        Peer::SpireAgent,
-        Peer::Etcd,
-        Peer::KubeApiserver,
-        Peer::Kustomize,
-        Peer::Kubelet,
-        Peer::KubeScheduler,
-        Peer::KubeControllerManager,
-        Peer::TektonController,
-        Peer::TektonEntrypoint,
-        Peer::TektonNop,
-        Peer::TektonEvents,
-        // Attestation verifiers.
-        Peer::DsseVerify,
-        Peer::Cosign,
-        Peer::SlsaVerifier,
-        Peer::SpireCodeSigning,
-        // Trace store.
-        Peer::Jaeger,
-        // SPIFFE CSI driver.
-        Peer::SpiffeCsiDriver,
-        Peer::KubeletPluginRegistrar,
-        // Compose.
-        Peer::DockerCompose,
-        Peer::NatsCli,
-        // OCI registries.
-        Peer::Registry,
-        Peer::RegistryHtpasswd,
-        Peer::Oras,
-        // Timestamp authority.
-        Peer::TimestampAuthority,
-    ];
-
-    /// The binary's file name.
-    pub fn binary_name(self) -> &'static str {
-        match self {
-            Peer::NatsServer => "nats-server",
-            Peer::SpireServer => "spire-server",
-            Peer::SpireAgent => "spire-agent",
-            Peer::Etcd => "etcd",
-            Peer::KubeApiserver => "kube-apiserver",
-            Peer::Kustomize => "kustomize",
-            Peer::Kubelet => "kubelet",
-            Peer::KubeScheduler => "kube-scheduler",
-            Peer::KubeControllerManager => "kube-controller-manager",
-            Peer::TektonController => "tekton-controller",
-            Peer::TektonEntrypoint => "tekton-entrypoint",
-            Peer::TektonNop => "tekton-nop",
-            Peer::TektonEvents => "tekton-events",
-            // Attestation verifiers.
-            Peer::DsseVerify => "dsse-verify",
-            Peer::Cosign => "cosign",
-            Peer::SlsaVerifier => "slsa-verifier",
-            Peer::SpireCodeSigning => "spire-code-signing",
-            // Trace store.
-            Peer::Jaeger => "jaeger",
-            // SPIFFE CSI driver.
-            Peer::SpiffeCsiDriver => "spiffe-csi-driver",
-            Peer::KubeletPluginRegistrar => "kubelet-plugin-registrar",
-            // Compose.
-            Peer::DockerCompose => "docker-compose",
-            Peer::NatsCli => "nats",
-            // OCI registries.
-            Peer::Registry => "registry",
-            Peer::RegistryHtpasswd => "registry-htpasswd",
-            Peer::Oras => "oras",
-            // Timestamp authority.
-            Peer::TimestampAuthority => "timestamp-authority",
-        }
-    }
-
-    fn module(self) -> &'static GoModule {
-        match self {
-            Peer::NatsServer => &NATS,
-            Peer::SpireServer | Peer::SpireAgent => &SPIRE,
-            Peer::Etcd => &ETCD,
-            Peer::KubeApiserver
-            | Peer::Kubelet
-            | Peer::KubeScheduler
-            | Peer::KubeControllerManager => &KUBE,
-            Peer::Kustomize => &KUSTOMIZE,
-            Peer::TektonController
-            | Peer::TektonEntrypoint
-            | Peer::TektonNop
-            | Peer::TektonEvents => &TEKTON,
-            // Attestation verifiers.
-            Peer::DsseVerify => &DSSE_VERIFY,
-            Peer::Cosign => &COSIGN,
-            Peer::SlsaVerifier => &SLSA_VERIFIER,
-            Peer::SpireCodeSigning => &SPIRE_CODE_SIGNING,
-            // Trace store.
-            Peer::Jaeger => &JAEGER,
-            // SPIFFE CSI driver.
-            Peer::SpiffeCsiDriver | Peer::KubeletPluginRegistrar => &SPIFFE_CSI,
-            // Compose.
-            Peer::DockerCompose | Peer::NatsCli => &COMPOSE,
-            // OCI registries.
-            Peer::Registry | Peer::RegistryHtpasswd => &REGISTRY,
-            Peer::Oras => &ORAS,
-            // Timestamp authority.
-            Peer::TimestampAuthority => &TIMESTAMP_AUTHORITY,
-        }
-    }
-
-    fn package(self) -> &'static str {
-        match self {
-            Peer::NatsServer => "github.com/nats-io/nats-server/v2",
-            Peer::SpireServer => "github.com/spiffe/spire/cmd/spire-server",
-            Peer::SpireAgent => "github.com/spiffe/spire/cmd/spire-agent",
-            Peer::Etcd => "go.etcd.io/etcd/server/v3",
-            Peer::KubeApiserver => "k8s.io/kubernetes/cmd/kube-apiserver",
-            Peer::Kustomize => "sigs.k8s.io/kustomize/kustomize/v5",
-            Peer::Kubelet => "k8s.io/kubernetes/cmd/kubelet",
-            Peer::KubeScheduler => "k8s.io/kubernetes/cmd/kube-scheduler",
-            Peer::KubeControllerManager => "k8s.io/kubernetes/cmd/kube-controller-manager",
-            Peer::TektonController => "github.com/tektoncd/pipeline/cmd/controller",
-            Peer::TektonEntrypoint => "github.com/tektoncd/pipeline/cmd/entrypoint",
-            Peer::TektonNop => "github.com/tektoncd/pipeline/cmd/nop",
-            Peer::TektonEvents => "github.com/tektoncd/pipeline/cmd/events",
-            // Attestation verifiers.
-            Peer::DsseVerify => "countersign.dev/tests/peers/dsse-verify",
-            Peer::Cosign => "github.com/sigstore/cosign/v3/cmd/cosign",
-            Peer::SlsaVerifier => "github.com/slsa-framework/slsa-verifier/v2/cli/slsa-verifier",
-            Peer::SpireCodeSigning => "countersign.dev/tests/peers/spire-code-signing",
-            // Trace store.
-            Peer::Jaeger => "github.com/jaegertracing/jaeger/cmd/jaeger",
-            // SPIFFE CSI driver.
-            Peer::SpiffeCsiDriver => "github.com/spiffe/spiffe-csi/cmd/spiffe-csi-driver",
-            Peer::KubeletPluginRegistrar => "countersign.dev/tests/peers/spiffe-csi",
-            // Compose.
-            Peer::DockerCompose => "github.com/docker/compose/v5/cmd",
-            Peer::NatsCli => "github.com/nats-io/natscli/nats",
-            // OCI registries.
-            Peer::Registry => "github.com/distribution/distribution/v3/cmd/registry",
-            Peer::RegistryHtpasswd => "countersign.dev/tests/peers/registry/htpasswd",
-            Peer::Oras => "oras.land/oras/cmd/oras",
-            // Timestamp authority.
-            Peer::TimestampAuthority => "countersign.dev/tests/peers/timestamp-authority",
-        }
-    }
+    TimestampAuthority => timestamp_authority, "timestamp-authority", TIMESTAMP_AUTHORITY, "countersign.dev/tests/peers/timestamp-authority";
 }
 
 impl fmt::Display for Peer {
@@ -252,7 +168,8 @@ struct GoModule {
     peers: &'static [Peer],
     /// cgo is needed by SPIRE's sqlite datastore; everything else is built static.
     cgo: bool,
-    /// A rough figure for the progress message on a cold machine with 2 cores.
+    /// A rough figure for the progress message on a cold machine with 2 cores (measured on
+    /// 2026-12-07, a cold `.ci/run` on this machine class).
     cold_build_estimate: &'static str,
 }
 
@@ -268,7 +185,7 @@ const SPIRE: GoModule = GoModule {
     upstream: "github.com/spiffe/spire",
     peers: &[Peer::SpireServer, Peer::SpireAgent],
     cgo: true,
-    cold_build_estimate: "about 5 minutes",
+    cold_build_estimate: "about 8 minutes",
 };
 const ETCD: GoModule = GoModule {
     dir: "etcd",
@@ -287,7 +204,7 @@ const KUBE: GoModule = GoModule {
         Peer::KubeControllerManager,
     ],
     cgo: false,
-    cold_build_estimate: "about 25 minutes",
+    cold_build_estimate: "about 11 minutes",
 };
 const KUSTOMIZE: GoModule = GoModule {
     dir: "kustomize",
@@ -306,7 +223,7 @@ const TEKTON: GoModule = GoModule {
         Peer::TektonEvents,
     ],
     cgo: false,
-    cold_build_estimate: "about 6 minutes",
+    cold_build_estimate: "about 4 minutes",
 };
 // --- Attestation verifiers (issue 16).
 const DSSE_VERIFY: GoModule = GoModule {
@@ -321,7 +238,7 @@ const COSIGN: GoModule = GoModule {
     upstream: "github.com/sigstore/cosign/v3",
     peers: &[Peer::Cosign],
     cgo: false,
-    cold_build_estimate: "about 3 minutes",
+    cold_build_estimate: "about 5 minutes",
 };
 const SLSA_VERIFIER: GoModule = GoModule {
     dir: "slsa-verifier",
@@ -343,7 +260,7 @@ const JAEGER: GoModule = GoModule {
     upstream: "github.com/jaegertracing/jaeger",
     peers: &[Peer::Jaeger],
     cgo: false,
-    cold_build_estimate: "about 12 minutes",
+    cold_build_estimate: "about 7 minutes",
 };
 // --- The SPIFFE CSI driver on the real node (issue 14).
 const SPIFFE_CSI: GoModule = GoModule {
@@ -360,7 +277,7 @@ const COMPOSE: GoModule = GoModule {
     upstream: "github.com/docker/compose/v5",
     peers: &[Peer::DockerCompose, Peer::NatsCli],
     cgo: false,
-    cold_build_estimate: "about 5 minutes",
+    cold_build_estimate: "about 3 minutes",
 };
 
 // --- OCI registries (issue 16).
@@ -369,7 +286,7 @@ const REGISTRY: GoModule = GoModule {
     upstream: "github.com/distribution/distribution/v3",
     peers: &[Peer::Registry, Peer::RegistryHtpasswd],
     cgo: false,
-    cold_build_estimate: "about 1 minute",
+    cold_build_estimate: "about 3 minutes",
 };
 const ORAS: GoModule = GoModule {
     dir: "oras",
@@ -422,81 +339,7 @@ pub struct PeerBinary {
     pub path: PathBuf,
 }
 
-/// Every peer, built.
-#[derive(Debug, Clone)]
-pub struct Peers {
-    pub nats_server: PeerBinary,
-    pub spire_server: PeerBinary,
-    pub spire_agent: PeerBinary,
-    pub etcd: PeerBinary,
-    pub kube_apiserver: PeerBinary,
-    pub kustomize: PeerBinary,
-    pub kubelet: PeerBinary,
-    pub kube_scheduler: PeerBinary,
-    pub kube_controller_manager: PeerBinary,
-    pub tekton_controller: PeerBinary,
-    pub tekton_entrypoint: PeerBinary,
-    pub tekton_nop: PeerBinary,
-    pub tekton_events: PeerBinary,
-    // Attestation verifiers.
-    pub dsse_verify: PeerBinary,
-    pub cosign: PeerBinary,
-    pub slsa_verifier: PeerBinary,
-    pub spire_code_signing: PeerBinary,
-    // Trace store.
-    pub jaeger: PeerBinary,
-    // SPIFFE CSI driver.
-    pub spiffe_csi_driver: PeerBinary,
-    pub kubelet_plugin_registrar: PeerBinary,
-    // Compose.
-    pub docker_compose: PeerBinary,
-    pub nats_cli: PeerBinary,
-    // OCI registries.
-    pub registry: PeerBinary,
-    pub registry_htpasswd: PeerBinary,
-    pub oras: PeerBinary,
-    // Timestamp authority.
-    pub timestamp_authority: PeerBinary,
-}
-
 impl Peers {
-    pub fn get(&self, peer: Peer) -> &PeerBinary {
-        match peer {
-            Peer::NatsServer => &self.nats_server,
-            Peer::SpireServer => &self.spire_server,
-            Peer::SpireAgent => &self.spire_agent,
-            Peer::Etcd => &self.etcd,
-            Peer::KubeApiserver => &self.kube_apiserver,
-            Peer::Kustomize => &self.kustomize,
-            Peer::Kubelet => &self.kubelet,
-            Peer::KubeScheduler => &self.kube_scheduler,
-            Peer::KubeControllerManager => &self.kube_controller_manager,
-            Peer::TektonController => &self.tekton_controller,
-            Peer::TektonEntrypoint => &self.tekton_entrypoint,
-            Peer::TektonNop => &self.tekton_nop,
-            Peer::TektonEvents => &self.tekton_events,
-            // Attestation verifiers.
-            Peer::DsseVerify => &self.dsse_verify,
-            Peer::Cosign => &self.cosign,
-            Peer::SlsaVerifier => &self.slsa_verifier,
-            Peer::SpireCodeSigning => &self.spire_code_signing,
-            // Trace store.
-            Peer::Jaeger => &self.jaeger,
-            // SPIFFE CSI driver.
-            Peer::SpiffeCsiDriver => &self.spiffe_csi_driver,
-            Peer::KubeletPluginRegistrar => &self.kubelet_plugin_registrar,
-            // Compose.
-            Peer::DockerCompose => &self.docker_compose,
-            Peer::NatsCli => &self.nats_cli,
-            // OCI registries.
-            Peer::Registry => &self.registry,
-            Peer::RegistryHtpasswd => &self.registry_htpasswd,
-            Peer::Oras => &self.oras,
-            // Timestamp authority.
-            Peer::TimestampAuthority => &self.timestamp_authority,
-        }
-    }
-
     pub fn iter(&self) -> impl Iterator<Item = &PeerBinary> {
         Peer::ALL.into_iter().map(|peer| self.get(peer))
     }
@@ -795,7 +638,7 @@ fn assemble(
     pinned: &[Pinned],
     mut path_of: impl FnMut(&Pinned, Peer) -> Result<PathBuf, EnsureError>,
 ) -> Result<Peers, EnsureError> {
-    let mut binary = |peer: Peer| -> Result<PeerBinary, EnsureError> {
+    Peers::try_from_fn(|peer| {
         let module = peer.module();
         let pinned = pinned
             .iter()
@@ -806,40 +649,6 @@ fn assemble(
             version: pinned.version.clone(),
             path: path_of(pinned, peer)?,
         })
-    };
-    Ok(Peers {
-        nats_server: binary(Peer::NatsServer)?,
-        spire_server: binary(Peer::SpireServer)?,
-        spire_agent: binary(Peer::SpireAgent)?,
-        etcd: binary(Peer::Etcd)?,
-        kube_apiserver: binary(Peer::KubeApiserver)?,
-        kustomize: binary(Peer::Kustomize)?,
-        kubelet: binary(Peer::Kubelet)?,
-        kube_scheduler: binary(Peer::KubeScheduler)?,
-        kube_controller_manager: binary(Peer::KubeControllerManager)?,
-        tekton_controller: binary(Peer::TektonController)?,
-        tekton_entrypoint: binary(Peer::TektonEntrypoint)?,
-        tekton_nop: binary(Peer::TektonNop)?,
-        tekton_events: binary(Peer::TektonEvents)?,
-        // Attestation verifiers.
-        dsse_verify: binary(Peer::DsseVerify)?,
-        cosign: binary(Peer::Cosign)?,
-        slsa_verifier: binary(Peer::SlsaVerifier)?,
-        spire_code_signing: binary(Peer::SpireCodeSigning)?,
-        // Trace store.
-        jaeger: binary(Peer::Jaeger)?,
-        // SPIFFE CSI driver.
-        spiffe_csi_driver: binary(Peer::SpiffeCsiDriver)?,
-        kubelet_plugin_registrar: binary(Peer::KubeletPluginRegistrar)?,
-        // Compose.
-        docker_compose: binary(Peer::DockerCompose)?,
-        nats_cli: binary(Peer::NatsCli)?,
-        // OCI registries.
-        registry: binary(Peer::Registry)?,
-        registry_htpasswd: binary(Peer::RegistryHtpasswd)?,
-        oras: binary(Peer::Oras)?,
-        // Timestamp authority.
-        timestamp_authority: binary(Peer::TimestampAuthority)?,
     })
 }
 

@@ -111,6 +111,15 @@ pub struct Spire {
     dir: tempfile::TempDir,
 }
 
+/// An X509-SVID the server minted ([`Spire::mint_x509`]).
+#[derive(Debug, Clone)]
+pub struct MintedSvid {
+    /// The chain, leaf first (DER).
+    pub chain: Vec<Vec<u8>>,
+    /// The PKCS#8 private key (DER).
+    pub private_key: Vec<u8>,
+}
+
 /// A spire CLI command failed.
 #[derive(Debug, thiserror::Error)]
 #[error("`{command}` failed: {reason}\nstdout: {stdout}\nstderr: {stderr}")]
@@ -360,6 +369,51 @@ impl Spire {
         let output = run_command(&peers().spire_server.path, &args).await?;
         let text = String::from_utf8_lossy(&output.stdout).into_owned();
         parse_created_entry(spiffe_id, &text)
+    }
+
+    /// Runs the server's own CLI as an operator would, `spire-server <args> -socketPath <this
+    /// server's socket> -output json`, and returns what it printed.
+    pub async fn server_cli(&self, args: &[&str]) -> Result<serde_json::Value, CommandFailed> {
+        let socket = self.server_socket_path().display().to_string();
+        let mut full = args.to_vec();
+        full.extend(["-socketPath", &socket, "-output", "json"]);
+        let output = run_command(&peers().spire_server.path, &full).await?;
+        serde_json::from_slice(&output.stdout).map_err(|error| CommandFailed {
+            command: format!("spire-server {}", full.join(" ")),
+            reason: format!("its output is not JSON: {error}"),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        })
+    }
+
+    /// An X509-SVID for `spiffe_id` minted by the server under its active CA
+    /// (`spire-server x509 mint`): the chain, leaf first, and the PKCS#8 private key, DER.
+    pub async fn mint_x509(&self, spiffe_id: &str) -> Result<MintedSvid, CommandFailed> {
+        let minted = self
+            .server_cli(&["x509", "mint", "-spiffeID", spiffe_id])
+            .await?;
+        let unusable = |reason: &str| CommandFailed {
+            command: format!("spire-server x509 mint -spiffeID {spiffe_id}"),
+            reason: reason.to_owned(),
+            stdout: minted.to_string(),
+            stderr: String::new(),
+        };
+        let decode = |text: &serde_json::Value| {
+            text.as_str().and_then(|text| {
+                base64::Engine::decode(&base64::engine::general_purpose::STANDARD, text).ok()
+            })
+        };
+        let chain = minted[0]["x509_svid"]
+            .as_array()
+            .ok_or_else(|| unusable("no x509_svid chain"))?
+            .iter()
+            .map(|certificate| {
+                decode(certificate).ok_or_else(|| unusable("a certificate is not base64"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let private_key = decode(&minted[0]["private_key"])
+            .ok_or_else(|| unusable("the private key is not base64"))?;
+        Ok(MintedSvid { chain, private_key })
     }
 
     /// Registers `spiffe_id` for this test process (its uid and executable path, see

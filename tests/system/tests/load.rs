@@ -37,20 +37,11 @@ async fn binaries() -> Binaries {
         .unwrap_or_else(|error| panic!("building the binaries: {}", error_lines(&error)))
 }
 
-/// The sum over `texts` of the sample `series` (a full series name, labels included).
+/// The value of the sample `series` (a full series name, labels included) in each of `texts`.
 fn metric_sum(texts: &[String], series: &str) -> Vec<f64> {
     texts
         .iter()
-        .map(|text| {
-            text.lines()
-                .find_map(|line| {
-                    let (name, value) = line.rsplit_once(' ')?;
-                    (name == series)
-                        .then(|| value.parse::<f64>().ok())
-                        .flatten()
-                })
-                .unwrap_or(0.0)
-        })
+        .map(|text| countersign_test_support::metrics::value(text, series))
         .collect()
 }
 

@@ -11,7 +11,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use base64::Engine as _;
 use chrono::Utc;
 use countersign_attestor::revocation::{RevocationMetrics, Revoker, revoked_authorities};
 use countersign_events::data::{RevocationKind, SigningChain, TaskRunRef, TrustBundleRotated};
@@ -27,7 +26,6 @@ use countersign_runtime::config::{Environment, parse_config};
 use countersign_spire_api::SpireServerClient;
 use countersign_test_support::bus::TestBus;
 use countersign_test_support::nats::NatsServer;
-use countersign_test_support::peers;
 use countersign_test_support::service::RunningService;
 use countersign_test_support::spire::{Spire, SpireOptions};
 use countersign_test_support::wait;
@@ -54,21 +52,9 @@ struct Peers {
     admin: SpireServerClient,
 }
 
-/// Runs `spire-server <args> -socketPath <socket> -output json` and returns its JSON.
+/// Runs `spire-server <args>` against the test's server and returns its JSON.
 async fn spire_server(peers_: &Peers, args: &[&str]) -> serde_json::Value {
-    let socket = peers_.spire.server_socket_path().display().to_string();
-    let output = tokio::process::Command::new(&peers().spire_server.path)
-        .args(args)
-        .args(["-socketPath", &socket, "-output", "json"])
-        .output()
-        .await
-        .expect("running spire-server");
-    assert!(
-        output.status.success(),
-        "spire-server {args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_slice(&output.stdout).expect("spire-server writes JSON")
+    peers_.spire.server_cli(args).await.expect("spire-server")
 }
 
 async fn rotate(peers_: &Peers) {
@@ -93,20 +79,12 @@ async fn rotate(peers_: &Peers) {
 
 /// An SVID for `spiffe_id` minted by the server under its active CA.
 async fn mint(peers_: &Peers, spiffe_id: &str) -> SigningSvid {
-    let minted = spire_server(peers_, &["x509", "mint", "-spiffeID", spiffe_id]).await;
-    let minted = &minted[0];
-    let decode = |text: &serde_json::Value| {
-        base64::engine::general_purpose::STANDARD
-            .decode(text.as_str().expect("base64 text"))
-            .expect("base64")
-    };
-    let chain = minted["x509_svid"]
-        .as_array()
-        .expect("a chain")
-        .iter()
-        .map(decode)
-        .collect();
-    SigningSvid::new(chain, &decode(&minted["private_key"])).expect("a usable SVID")
+    let minted = peers_
+        .spire
+        .mint_x509(spiffe_id)
+        .await
+        .expect("an SVID minted");
+    SigningSvid::new(minted.chain, &minted.private_key).expect("a usable SVID")
 }
 
 async fn current_bundles(peers_: &Peers) -> TrustBundleSet {

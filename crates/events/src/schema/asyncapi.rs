@@ -78,7 +78,14 @@ fn channels(subjects: &Subjects) -> Vec<Channel> {
                 ),
                 parameters: &["cluster", "namespace", "name"],
                 message,
-                description: format!("{event_type} events, one subject per TaskRun."),
+                description: if event_type.family() == Family::Gate {
+                    format!(
+                        "{event_type} events, one subject per TaskRun or Pod the gate checked \
+                         (its namespace and name)."
+                    )
+                } else {
+                    format!("{event_type} events, one subject per TaskRun.")
+                },
             });
         }
     }

@@ -49,9 +49,10 @@ pub(super) const CASE: Case = Case {
     run: run_boxed,
 };
 
-/// The ratio the attestor should reach: a third of the single-core crypto bound, with NATS,
-/// the KV writes and the index on the same 2-core machine.
-const TARGET: f64 = 0.33;
+/// The ratio the attestor should reach: 0.8 of the single-core crypto bound, with NATS, the KV
+/// writes and the index on the same 2-core machine (issue 18 raised it from a third, once 0.63
+/// was reached: the consume path is what costs the rest).
+const TARGET: f64 = 0.8;
 
 /// The latency target.
 const P99_TARGET_MS: f64 = 20.0;

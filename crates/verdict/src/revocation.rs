@@ -9,10 +9,11 @@
 //! An attestation made before the signing context named its CAs names none, so no revocation
 //! reaches it here (`countersign verify --bundle-history` still refuses it, from the history).
 
-use crate::attestation::{AttestationEventExt as _, StatementError};
 use chrono::{DateTime, Utc};
 use countersign_events::AttestationEvent;
 use countersign_events::data::{AttestationRevoked, RevocationKind, SigningChain};
+
+use crate::attestation::{AttestationEventExt as _, StatementError};
 
 /// One CA a recorded bundle revoked.
 #[derive(Debug, Clone, PartialEq, Eq)]

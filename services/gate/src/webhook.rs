@@ -493,9 +493,38 @@ impl Gate {
 mod tests {
     use axum::body::Body;
     use axum::http::Request;
+    use proptest::prelude::*;
     use tower::ServiceExt as _;
 
     use super::*;
+
+    proptest! {
+        /// Whatever the API server (or anyone reaching the port) sends, the body is read as a
+        /// review or answered 400; nothing panics.
+        #[test]
+        fn any_body_is_read_as_a_review_or_refused_with_400(
+            bytes in prop::collection::vec(any::<u8>(), 0..300),
+            uid in "\\PC{0,40}",
+            kind in prop_oneof![Just("AdmissionReview".to_owned()), "\\PC{0,20}"],
+            object in prop_oneof![
+                Just(serde_json::Value::Null),
+                "\\PC{0,40}".prop_map(serde_json::Value::String),
+                any::<i64>().prop_map(serde_json::Value::from),
+            ],
+        ) {
+            if let Err((status, _)) = read_review(&bytes) {
+                prop_assert_eq!(status, StatusCode::BAD_REQUEST);
+            }
+            let shaped = serde_json::json!({
+                "apiVersion": "admission.k8s.io/v1",
+                "kind": kind,
+                "request": {"uid": uid, "operation": "CREATE", "object": object},
+            });
+            if let Err((status, _)) = read_review(shaped.to_string().as_bytes()) {
+                prop_assert_eq!(status, StatusCode::BAD_REQUEST);
+            }
+        }
+    }
 
     fn gate(default_mode: GateMode) -> Arc<Gate> {
         Arc::new(Gate {

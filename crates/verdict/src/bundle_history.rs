@@ -586,7 +586,9 @@ impl BundleHistory {
     /// The first record, from the bundle that held the CA `authority` (SHA-256 hex of its DER)
     /// at `at` on, that shows it revoked: tainted, or gone while still valid. What an
     /// attestation's results CA (named by its signing context, not by a chain the verifier
-    /// holds) is checked with. `None` when no record holds that CA or none revokes it.
+    /// holds) is checked with. `None` when no record holds that CA or none revokes it: a CA the
+    /// history never saw (a federated trust domain's, which the registrar does not record) is
+    /// not judged here; the attestor verified the results' chain against its bundle then.
     pub fn revocation_since(
         &self,
         authority: &str,
@@ -634,7 +636,7 @@ impl BundleHistory {
             return Vec::new();
         };
         let current = &records[position];
-        previous
+        let mut revoked: Vec<(String, Revocation)> = previous
             .authorities
             .iter()
             .filter_map(|authority| {
@@ -642,7 +644,23 @@ impl BundleHistory {
                     .filter(|_| !authority.tainted)
                     .map(|(_, how)| (authority.sha256.clone(), how))
             })
-            .collect()
+            .collect();
+        // A CA first recorded already tainted (the bundle in which it was active and untainted
+        // fell between two polls) is revoked by this record too.
+        revoked.extend(
+            current
+                .authorities
+                .iter()
+                .filter(|authority| {
+                    authority.tainted
+                        && !previous
+                            .authorities
+                            .iter()
+                            .any(|earlier| earlier.der == authority.der)
+                })
+                .map(|authority| (authority.sha256.clone(), Revocation::Tainted)),
+        );
+        revoked
     }
 }
 
@@ -851,6 +869,19 @@ mod tests {
             vec![(old_sha.clone(), Revocation::Tainted)]
         );
         assert!(history.newly_revoked(&removed).is_empty());
+        // First seen already tainted: the record that shows it revokes it.
+        let late = Ca::new();
+        let late_sha = Sha256Digest::of(&late.der()).to_hex();
+        let seen_tainted = record(2, &[(&new, false), (&late, true)], "2026-03-05T00:00:00Z");
+        let missed = BundleHistory::new([
+            record(1, &[(&new, false)], "2026-02-01T00:00:00Z"),
+            seen_tainted.clone(),
+        ])
+        .unwrap();
+        assert_eq!(
+            missed.newly_revoked(&seen_tainted),
+            vec![(late_sha, Revocation::Tainted)]
+        );
 
         let without_taint = BundleHistory::new([first, removed.clone()]).unwrap();
         assert!(matches!(

@@ -687,6 +687,12 @@ async fn an_attestation_stored_but_never_published_is_published_on_redelivery() 
         0.0,
         "no second decision"
     );
+    // Nor a second attestation signed and refused by the bucket.
+    assert_eq!(
+        attestor.metric("countersign_attestor_kv_conflicts_total{bucket=\"attestations\"}"),
+        0.0,
+        "no second attestation written"
+    );
     attestor.stop().await;
 }
 

@@ -143,7 +143,8 @@ async fn read_records(
         .collect())
 }
 
-/// The point-in-time check of the module docs (steps 2 to 4). `timestamped_at` is the genTime of
+/// The point-in-time check of the module docs (steps 2 to 4), then the results' CA (step 5: not
+/// revoked then or since, as far as the history knows it). `timestamped_at` is the genTime of
 /// the attestation's verified timestamp, when it has one: the signing time then, instead of the
 /// attestor's own claim.
 pub fn verify_at_signing_time(

@@ -31,6 +31,7 @@ use countersign_identity::attestation::{
     VerifiedAttestation,
 };
 use countersign_identity::crypto::Sha256Digest;
+use countersign_identity::dsse::Envelope;
 use countersign_identity::intoto::Statement;
 use countersign_identity::sigstore_bundle::SigstoreBundle;
 use countersign_identity::spiffe_id::SpiffeId;
@@ -144,16 +145,7 @@ fn verified_timestamp(
     input: &Input,
     chain: &TimestampAuthorityChain,
 ) -> Result<VerifiedTimestamp, (&'static str, String)> {
-    let signature = input
-        .attestation
-        .envelope
-        .signatures()
-        .first()
-        .map(|signature| signature.sig.as_slice())
-        .ok_or((
-            "timestamp_missing",
-            "the attestation has no signature".to_owned(),
-        ))?;
+    let signature = timestamped_signature(&input.attestation.envelope)?;
     if input.timestamps.is_empty() {
         return Err((
             "timestamp_missing",
@@ -170,6 +162,27 @@ fn verified_timestamp(
         .collect::<Result<Vec<_>, _>>()
         .map_err(|error| ("timestamp_invalid", error_chain(&error)))?;
     Ok(verified.swap_remove(0))
+}
+
+/// The one signature a timestamp covers. An envelope with more is refused: the DSSE check
+/// accepts it when any signature verifies, so a token over one (an old, genuine signature)
+/// could otherwise date an envelope that verifies by another.
+fn timestamped_signature(envelope: &Envelope) -> Result<&[u8], (&'static str, String)> {
+    match envelope.signatures() {
+        [only] => Ok(only.sig.as_slice()),
+        [] => Err((
+            "timestamp_missing",
+            "the attestation has no signature".to_owned(),
+        )),
+        more => Err((
+            "timestamp_invalid",
+            format!(
+                "the envelope has {} signatures; a timestamp covers one, so a timestamped \
+                 attestation must have exactly one",
+                more.len()
+            ),
+        )),
+    }
 }
 
 /// Whether a JSON document is a Sigstore bundle (by its media type).
@@ -601,4 +614,40 @@ fn verify_with(
         return Ok(Outcome::Rejected);
     }
     Ok(Outcome::Success)
+}
+
+#[cfg(test)]
+mod tests {
+    use countersign_identity::dsse::EnvelopeSignature;
+
+    use super::*;
+
+    fn envelope(signatures: usize) -> Envelope {
+        Envelope::from_parts(
+            "application/vnd.in-toto+json",
+            b"{}".to_vec(),
+            (0..signatures)
+                .map(|index| EnvelopeSignature {
+                    keyid: String::new(),
+                    sig: vec![index as u8; 64],
+                })
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn a_timestamp_covers_the_one_signature_and_no_envelope_with_more() {
+        assert_eq!(
+            timestamped_signature(&envelope(1)).map(<[u8]>::to_vec),
+            Ok(vec![0; 64])
+        );
+        assert_eq!(
+            timestamped_signature(&envelope(0)).unwrap_err().0,
+            "timestamp_missing"
+        );
+        assert_eq!(
+            timestamped_signature(&envelope(2)).unwrap_err().0,
+            "timestamp_invalid"
+        );
+    }
 }

@@ -80,7 +80,7 @@ impl ServiceConfig for ExporterConfig {
                     ),
                 ));
             }
-            if !hosts.insert(registry.host.as_str()) {
+            if !hosts.insert(crate::reference::canonical_host(&registry.host)) {
                 return Err(ConfigError::invalid(
                     key,
                     format!("the host {:?} is listed twice", registry.host),
@@ -116,11 +116,13 @@ impl ServiceConfig for ExporterConfig {
 }
 
 impl ExporterConfig {
-    /// The allow-list entry of `host`, if it is on the list.
+    /// The allow-list entry of `host` (as references name it), if it is on the list. An entry
+    /// may name Docker Hub by any of its names (`docker.io`, `index.docker.io`,
+    /// `registry-1.docker.io`).
     pub fn registry(&self, host: &str) -> Option<&RegistryConfig> {
         self.registries
             .iter()
-            .find(|registry| registry.host == host)
+            .find(|registry| crate::reference::canonical_host(&registry.host) == host)
     }
 }
 
@@ -132,7 +134,8 @@ impl ExporterConfig {
 pub struct PushConfig {
     /// A Docker config file (`{"auths": {"<host>": {"auth": "<base64 user:password>"}}}`, as
     /// `docker login`, `oras login` and a `kubernetes.io/dockerconfigjson` Secret write it), read
-    /// again for every event so a rotated Secret is picked up. Default: none (anonymous).
+    /// again when it changes (checked on every event) so a rotated Secret is picked up. Default:
+    /// none (anonymous).
     #[serde(default)]
     pub docker_config: Option<PathBuf>,
     /// A PEM file of extra certificate authorities for `https` registries (besides the
@@ -234,5 +237,13 @@ mod tests {
         assert_eq!(twice.unwrap_err().key(), Some("registries[1].host"));
         let bad = parse("[[registries]]\nhost = \"https://a.example\"\n");
         assert_eq!(bad.unwrap_err().key(), Some("registries[0].host"));
+
+        // Docker Hub by any of its names.
+        let hub = parse("[[registries]]\nhost = \"registry-1.docker.io\"\n").unwrap();
+        assert!(hub.registry("docker.io").is_some());
+        let hub_twice = parse(
+            "[[registries]]\nhost = \"docker.io\"\n[[registries]]\nhost = \"index.docker.io\"\n",
+        );
+        assert_eq!(hub_twice.unwrap_err().key(), Some("registries[1].host"));
     }
 }

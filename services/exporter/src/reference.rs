@@ -120,6 +120,21 @@ impl ImageDigest {
         &self.hex
     }
 
+    /// Whether `content` hashes to this digest, by its own algorithm.
+    pub fn matches(&self, content: &[u8]) -> bool {
+        let algorithm = match self.algorithm {
+            "sha512" => &ring::digest::SHA512,
+            _ => &ring::digest::SHA256,
+        };
+        let computed = ring::digest::digest(algorithm, content);
+        let hex: String = computed
+            .as_ref()
+            .iter()
+            .map(|byte| format!("{byte:02x}"))
+            .collect();
+        hex == self.hex
+    }
+
     /// The OCI tag-schema fallback tag of this digest: `<alg>-<hex>`, at most 128 characters.
     pub fn fallback_tag(&self) -> String {
         let mut tag = format!("{}-{}", self.algorithm, self.hex);
@@ -262,6 +277,19 @@ mod tests {
 
     fn digest() -> String {
         format!("sha256:{HEX}")
+    }
+
+    #[test]
+    fn content_is_checked_by_the_digest_s_own_algorithm() {
+        let empty_sha256 = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+        let empty_sha512 = "cf83e1357eefb8bdf1542850d66d8007d620e4050b5715dc83f4a921d36ce9ce\
+                            47d0d13c5d85f2b0ff8318d2877eec2f63b931bd47417a81a538327af927da3e";
+        let sha256 = ImageDigest::parse(&format!("sha256:{empty_sha256}")).unwrap();
+        let sha512 = ImageDigest::parse(&format!("sha512:{empty_sha512}")).unwrap();
+        assert!(sha256.matches(b""));
+        assert!(sha512.matches(b""));
+        assert!(!sha256.matches(b"{}"));
+        assert!(!sha512.matches(b"{}"));
     }
 
     #[test]

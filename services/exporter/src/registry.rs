@@ -13,8 +13,8 @@
 //! 2. pushes the empty config blob and the bundle blob (skipped when the registry has them);
 //! 3. pushes the referrer manifest by its digest ([`crate::referrer`]);
 //! 4. if the registry answered with `OCI-Subject`, or serves `GET /v2/<repo>/referrers/<digest>`,
-//!    it indexes referrers itself: done (what the registry answered to that question is kept per
-//!    registry, so it is asked once per process, as `oras` keeps it per repository);
+//!    it indexes referrers itself: done (a definite answer to that question is kept per
+//!    repository, as `oras` keeps it, so it is asked once);
 //! 5. otherwise (404: no Referrers API) updates the tag-schema index `<alg>-<hex>`: read it (an
 //!    absent tag is an empty index), add the referrer unless listed, push it with `If-Match`
 //!    on the read's `ETag` when the registry gave one, read it back and check the referrer is
@@ -26,7 +26,8 @@
 //! Authentication follows the registry's `WWW-Authenticate` challenge: `Basic` with the Docker
 //! config's credentials, or `Bearer` (the token flow: `GET realm?service=…&scope=repository:<repo>:pull,push`
 //! with those credentials, or anonymously). The answer is cached per registry and repository.
-//! Credentials are sent only to the allow-listed registry (and its token realm); an upload
+//! Credentials are sent only to the allow-listed registry and to a token realm on its own host
+//! (or `auth.docker.io` for Docker Hub): a realm elsewhere is asked anonymously. An upload
 //! location on another host gets no `Authorization`.
 
 use std::collections::HashMap;
@@ -44,7 +45,7 @@ use crate::credentials::Credentials;
 use crate::reference::{ImageDigest, ImageTarget, api_host};
 use crate::referrer::{
     Descriptor, EMPTY_BLOB, ImageIndex, OCI_INDEX_MEDIA_TYPE, OCI_MANIFEST_MEDIA_TYPE, Referrer,
-    referrer_manifest, sha256_digest,
+    referrer_manifest,
 };
 
 /// How many times the tag-schema index is read, updated and checked before giving up (a
@@ -204,7 +205,8 @@ pub struct RegistryClient {
     http: reqwest::Client,
     max_read_bytes: usize,
     authorizations: Mutex<HashMap<(String, String), HeaderValue>>,
-    /// Whether each registry (by its API base URL) serves the Referrers API.
+    /// Whether each repository (by its registry's API base URL and name) serves the Referrers
+    /// API.
     referrers_api: Mutex<HashMap<String, bool>>,
 }
 
@@ -273,7 +275,7 @@ impl RegistryClient {
         let response = expect_success(response, OPERATION)?;
         let content_type = content_type(response.headers());
         let body = read_bounded(response, self.max_read_bytes, OPERATION).await?;
-        if digest.algorithm() == "sha256" && sha256_digest(&body) != digest.to_string() {
+        if !digest.matches(&body) {
             return Err(RegistryError::new(
                 RegistryErrorKind::BadResponse,
                 OPERATION,
@@ -384,27 +386,31 @@ impl RegistryClient {
     }
 
     /// Whether the registry serves the Referrers API (404: it does not), asked once per
-    /// registry.
+    /// repository (as `oras` keeps it): a definite answer (an index, or 404) is kept, anything
+    /// else is asked again next time.
     async fn serves_referrers(
         &self,
         repository: &Repository<'_>,
         digest: &ImageDigest,
     ) -> Result<bool, RegistryError> {
-        let registry = repository.base.as_str();
+        let key = format!("{}{}", repository.base, repository.name);
         let known = self
             .referrers_api
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .get(registry)
+            .get(&key)
             .copied();
         if let Some(serves) = known {
             return Ok(serves);
         }
-        let serves = self.ask_for_referrers(repository, digest).await?;
-        self.referrers_api
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(registry.to_owned(), serves);
+        let answer = self.ask_for_referrers(repository, digest).await?;
+        let serves = answer == ReferrersAnswer::Served;
+        if answer != ReferrersAnswer::Unclear {
+            self.referrers_api
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(key, serves);
+        }
         Ok(serves)
     }
 
@@ -412,7 +418,7 @@ impl RegistryClient {
         &self,
         repository: &Repository<'_>,
         digest: &ImageDigest,
-    ) -> Result<bool, RegistryError> {
+    ) -> Result<ReferrersAnswer, RegistryError> {
         const OPERATION: &str = "asking for referrers";
         let url = repository.url(&format!("referrers/{digest}"))?;
         let response = self
@@ -423,12 +429,16 @@ impl RegistryClient {
             })
             .await?;
         if response.status() == StatusCode::NOT_FOUND {
-            return Ok(false);
+            return Ok(ReferrersAnswer::NotServed);
         }
         let response = expect_success(response, OPERATION)?;
         let is_index = content_type(response.headers())
             .is_some_and(|media_type| media_type == OCI_INDEX_MEDIA_TYPE);
-        Ok(is_index)
+        Ok(if is_index {
+            ReferrersAnswer::Served
+        } else {
+            ReferrersAnswer::Unclear
+        })
     }
 
     /// Adds `entry` to the tag-schema index `tag` (see the module docs).
@@ -636,9 +646,19 @@ impl RegistryClient {
                 &format!("repository:{}:pull,push", repository.name),
             );
         }
+        let trusted_realm = realm_may_have_credentials(&url, &repository.base);
         let mut request = self.http.request(Method::GET, url);
-        if let Some(credentials) = repository.credentials {
-            request = request.header(header::AUTHORIZATION, credentials.basic_header());
+        match repository.credentials {
+            Some(credentials) if trusted_realm => {
+                request = request.header(header::AUTHORIZATION, credentials.basic_header());
+            }
+            Some(_) => tracing::warn!(
+                realm,
+                registry = %repository.base,
+                "the registry names a token realm on another host; asking it for a token \
+                 anonymously, without the registry's credentials"
+            ),
+            None => {}
         }
         let response = request
             .send()
@@ -674,6 +694,30 @@ impl RegistryClient {
             )
         })
     }
+}
+
+/// What a registry answered to `GET /v2/<repo>/referrers/<digest>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ReferrersAnswer {
+    /// An OCI index: it serves the Referrers API.
+    Served,
+    /// 404: it does not.
+    NotServed,
+    /// A success that is not an index: taken as "not served" this time, asked again next time.
+    Unclear,
+}
+
+/// Whether the registry's credentials may go to the token `realm` it named: only a realm on
+/// the registry's own host (and port), or Docker Hub's token service for Docker Hub. A 401 answer
+/// is outside input (a proxy, a shared front end can shape it), so a realm elsewhere gets an
+/// anonymous request.
+fn realm_may_have_credentials(realm: &Url, registry: &Url) -> bool {
+    let same_host = realm.host_str() == registry.host_str()
+        && realm.port_or_known_default() == registry.port_or_known_default();
+    let docker_hub = registry.host_str() == Some(api_host(crate::reference::DOCKER_HUB))
+        && realm.scheme() == "https"
+        && realm.host_str() == Some("auth.docker.io");
+    same_host || docker_hub
 }
 
 #[derive(Deserialize)]
@@ -848,6 +892,33 @@ mod tests {
                 "{kind:?}"
             );
         }
+    }
+
+    #[test]
+    fn credentials_go_only_to_a_token_realm_of_the_registry_itself() {
+        let url = |text: &str| Url::parse(text).unwrap();
+        let registry = url("https://registry.example.org/");
+        assert!(realm_may_have_credentials(
+            &url("https://registry.example.org/token"),
+            &registry
+        ));
+        assert!(!realm_may_have_credentials(
+            &url("https://collector.evil.example/token"),
+            &registry
+        ));
+        assert!(!realm_may_have_credentials(
+            &url("https://registry.example.org:8443/token"),
+            &registry
+        ));
+        let hub = url("https://registry-1.docker.io/");
+        assert!(realm_may_have_credentials(
+            &url("https://auth.docker.io/token"),
+            &hub
+        ));
+        assert!(!realm_may_have_credentials(
+            &url("https://auth.docker.io/token"),
+            &registry
+        ));
     }
 
     #[test]

@@ -33,8 +33,9 @@ pub const MINIMUM_GO: GoVersion = GoVersion {
 };
 
 /// The one table of peers: each row names the [`Peer`], its field in [`Peers`], its binary's
-/// file name, the [`GoModule`] that pins it and the Go package built. A new peer is one row
-/// (and, for a new module, one `GoModule` in [`MODULES`]).
+/// file name, the [`GoModule`] that pins it and the Go package built. A new peer is one row,
+/// plus its name in its module's `peers` (a test checks the two agree), and, for a new module,
+/// one `GoModule` in [`MODULES`].
 macro_rules! peer_table {
     ($(
         $(#[$doc:meta])*
@@ -642,7 +643,7 @@ fn assemble(
         let module = peer.module();
         let pinned = pinned
             .iter()
-            .find(|p| std::ptr::eq(p.module, module))
+            .find(|p| p.module.dir == module.dir)
             .expect("every peer's module is in MODULES");
         Ok(PeerBinary {
             peer,
@@ -831,6 +832,22 @@ fn classify_build_failure(module: &'static str, stderr: String) -> EnsureError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_peer_is_built_by_its_module_and_every_module_is_known() {
+        for peer in Peer::ALL {
+            assert!(
+                peer.module().peers.contains(&peer),
+                "{peer} is missing from the `peers` of its module {}",
+                peer.module().dir
+            );
+        }
+        for module in MODULES {
+            for peer in module.peers {
+                assert_eq!(peer.module().dir, module.dir, "{peer} is in two modules");
+            }
+        }
+    }
 
     #[test]
     fn parses_go_versions() {

@@ -99,13 +99,6 @@ impl TimestampFailure {
             TimestampFailure::Refused(_) => "refused",
         }
     }
-
-    /// Always: a TSA that is down comes back, and a refused response is the TSA's or the
-    /// configuration's fault, not the event's. The event waits (nak) rather than being
-    /// attested without its timestamp.
-    pub fn is_transient(&self) -> bool {
-        true
-    }
 }
 
 /// The TSA client: its URL, its chain, an HTTP client with the configured timeout.

@@ -14,19 +14,10 @@
 //! time and the finish->attestation percentiles. Set `CHAOS_KEEP_LOGS` to a directory to keep
 //! every service's log of the run there (`<dir>/<seed>/`).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use countersign_system_tests::demo::chaos::{ChaosPlan, ChaosReport, Fault};
 use countersign_system_tests::demo::{Binaries, Demo, Reporter, error_lines};
-
-/// `<target>`, from this test's own path `<target>/<profile>/deps/<test>`.
-fn target_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("the test executable's path");
-    exe.ancestors()
-        .nth(3)
-        .expect("tests run from <target>/<profile>/deps")
-        .to_owned()
-}
 
 /// Both runs start the whole system; on a 2-core machine they take turns.
 static ONE_SYSTEM_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -75,7 +66,7 @@ async fn run(plan: ChaosPlan) -> ChaosReport {
     println!("chaos: seed {seed}");
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let root = countersign_test_support::repo_root();
-    let target = target_dir();
+    let target = countersign_test_support::workspace::target_dir();
     let binaries = tokio::task::spawn_blocking(move || {
         Binaries::build(&cargo, Path::new(&root), Some(&target))
     })

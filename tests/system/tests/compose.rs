@@ -160,14 +160,6 @@ struct Stack {
     credentials: tempfile::TempDir,
 }
 
-fn target_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("the test's path");
-    exe.ancestors()
-        .nth(3)
-        .expect("tests run from <target>/<profile>/deps")
-        .to_owned()
-}
-
 /// `docker compose … <args>`, failing with its output.
 fn compose_ok(project: &ComposeProject, args: &[&str]) -> String {
     let run = project
@@ -231,7 +223,7 @@ async fn start() -> Result<Stack, String> {
     let engine = PodmanEngine::start().unwrap_or_else(|error| panic!("{}", error_lines(&error)));
     let root = repo_root();
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let target = target_dir();
+    let target = countersign_test_support::workspace::target_dir();
     let binaries = tokio::task::spawn_blocking(move || {
         Binaries::build(&cargo, &root, Some(&target))
             .unwrap_or_else(|error| panic!("{}", error_lines(&error)))

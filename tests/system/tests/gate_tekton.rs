@@ -14,7 +14,7 @@
 //!
 //! The progress output is captured and shown only when the test fails.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use countersign_system_tests::demo::tekton::gate::{
     BUILT_DIGEST, GATED_FORGED, GatedOutcome, UPSTREAM_RESULT, UPSTREAM_TASK,
@@ -26,22 +26,13 @@ use countersign_system_tests::demo::{Binaries, Reporter, error_lines};
 /// upstream signed, or the upstream was (re-)attested as rejected.
 const FORGED_CODES: [&str; 2] = ["value_differs", "upstream_rejected"];
 
-/// `<target>`, from this test's own path `<target>/<profile>/deps/<test>`.
-fn target_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("the test executable's path");
-    exe.ancestors()
-        .nth(3)
-        .expect("tests run from <target>/<profile>/deps")
-        .to_owned()
-}
-
 // A current-thread runtime: the node moves this thread into its network namespace.
 #[tokio::test]
 async fn the_gate_admits_a_signed_result_and_stops_a_forged_one_before_tekton_creates_the_next_taskrun()
  {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let root = countersign_test_support::repo_root();
-    let target = target_dir();
+    let target = countersign_test_support::workspace::target_dir();
     let binaries = tokio::task::spawn_blocking(move || {
         Binaries::build(&cargo, Path::new(&root), Some(&target))
     })

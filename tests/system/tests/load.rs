@@ -8,7 +8,7 @@
 //! A backlog of old TaskRuns goes through the attestor's throttled backlog lane while live
 //! TaskRuns are attested at once, and every TaskRun of both is attested exactly once.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use countersign_system_tests::demo::configs::ServiceKind;
@@ -18,19 +18,10 @@ use countersign_system_tests::load::{
 };
 use countersign_test_support::wait;
 
-/// `<target>`, from this test's own path `<target>/<profile>/deps/<test>`.
-fn target_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("the test executable's path");
-    exe.ancestors()
-        .nth(3)
-        .expect("tests run from <target>/<profile>/deps")
-        .to_owned()
-}
-
 async fn binaries() -> Binaries {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let root = countersign_test_support::repo_root();
-    let target = target_dir();
+    let target = countersign_test_support::workspace::target_dir();
     tokio::task::spawn_blocking(move || Binaries::build(&cargo, Path::new(&root), Some(&target)))
         .await
         .expect("the build task")

@@ -11,28 +11,18 @@
 //!
 //! The progress output is captured and shown only when the test fails.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use countersign_events::data::ReasonCode;
 use countersign_system_tests::demo::tekton::{HONEST, TAMPERED, TektonDemo};
 use countersign_system_tests::demo::{Attested, Binaries, Reporter, error_lines};
-
-/// `<target>`, from this test's own path `<target>/<profile>/deps/<test>`, so the binaries are
-/// built (or found up to date) where cargo builds this test.
-fn target_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("the test executable's path");
-    exe.ancestors()
-        .nth(3)
-        .expect("tests run from <target>/<profile>/deps")
-        .to_owned()
-}
 
 // A current-thread runtime: the node moves this thread into its network namespace.
 #[tokio::test]
 async fn tektons_own_runs_are_verified_and_a_result_changed_after_the_run_is_rejected() {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let root = countersign_test_support::repo_root();
-    let target = target_dir();
+    let target = countersign_test_support::workspace::target_dir();
     let binaries = tokio::task::spawn_blocking(move || {
         Binaries::build(&cargo, Path::new(&root), Some(&target))
     })

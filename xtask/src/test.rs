@@ -66,7 +66,17 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
         anyhow::bail!("the workspace is not tidy (cargo xtask tidy); no test was run");
     }
-    let peers = crate::peers::ensure()?;
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let cargo_args = test_args(&args.cargo_args);
+    // On a fresh machine the peers (Go builds) and the test binaries (cargo) each take many
+    // minutes, and neither keeps both cores busy all the time: they are built side by side.
+    let peers = std::thread::scope(|scope| {
+        let peers = scope.spawn(crate::peers::ensure);
+        build_tests(&cargo, &cargo_args);
+        peers
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })?;
     for binary in peers.iter() {
         eprintln!(
             "peers: {} {} at {}",
@@ -76,8 +86,6 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
         );
     }
 
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let cargo_args = test_args(&args.cargo_args);
     let mut command = Command::new(cargo);
     command.args(&cargo_args);
     command.stdout(Stdio::piped());
@@ -112,6 +120,24 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// Builds the test binaries `cargo <cargo_args>` will run (`--no-run`), showing cargo's
+/// progress. A failed build is not an error here: the test run that follows reports it, with the
+/// summary line.
+fn build_tests(cargo: &std::ffi::OsStr, cargo_args: &[String]) {
+    let mut args = vec!["test".to_owned(), "--no-run".to_owned()];
+    args.extend(cargo_args.iter().skip(1).cloned());
+    eprintln!("building: cargo {}", args.join(" "));
+    match Command::new(cargo)
+        .args(&args)
+        .stdout(Stdio::null())
+        .status()
+    {
+        Ok(status) if !status.success() => eprintln!("building the tests failed ({status})"),
+        Ok(_) => {}
+        Err(error) => eprintln!("building the tests: running cargo failed: {error}"),
+    }
 }
 
 /// `cargo test` with every package (unless the arguments choose some: cargo would ignore `-p`

@@ -18,6 +18,8 @@
 //!   fail-closed verification of a response or stored token against the TSA's chain.
 //! * [`workload`]: the SPIFFE Workload API (current SVID and bundles, kept current; a signer's
 //!   fetch with retry).
+//! * [`spire_config`]: the `[spire]` configuration section every service shares (Tekton's
+//!   `config-spire` keys).
 //!
 //! Verification is parse-then-verify and fails closed: checked types (`SvidLeaf`,
 //! `VerifiedResults`, `VerifiedAttestation`) can only be made by the checks, every check has its
@@ -29,6 +31,7 @@ pub mod dsse;
 pub mod intoto;
 pub mod sigstore_bundle;
 pub mod spiffe_id;
+pub mod spire_config;
 pub mod svid;
 pub mod tekton;
 pub mod timestamp;

@@ -147,13 +147,31 @@ impl<C> Context<C> {
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, E>>,
     {
-        let token = self.shutdown.token();
         let what = latch.name().to_owned();
-        let done = retry_transient(&what, &token, Backoff::startup(), is_transient, step).await?;
+        let done = self.startup_step(&what, is_transient, step).await?;
         if done.is_some() {
             latch.release();
         }
         Ok(done)
+    }
+
+    /// [`Context::startup`] for one of several steps behind one readiness latch, which the
+    /// caller releases after the last: retries `step` until it succeeds, fails with an error
+    /// `is_transient` says retrying cannot fix, or shutdown begins (`Ok(None)`). `what` names the
+    /// step in the log lines of its retries.
+    pub async fn startup_step<T, E, F, Fut>(
+        &self,
+        what: &str,
+        is_transient: impl Fn(&E) -> bool,
+        step: F,
+    ) -> Result<Option<T>, E>
+    where
+        E: std::error::Error + 'static,
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        let token = self.shutdown.token();
+        retry_transient(what, &token, Backoff::startup(), is_transient, step).await
     }
 
     /// Runs until shutdown, then returns after every task of `tasks` returned and `nats` was

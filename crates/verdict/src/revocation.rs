@@ -15,6 +15,12 @@ use countersign_events::data::{AttestationRevoked, RevocationKind, SigningChain}
 
 use crate::attestation::{AttestationEventExt as _, StatementError};
 
+/// The reason code of an attestation refused or rejected because a CA that issued one of its
+/// signing chains was revoked: the gate's `rejected` record of a revoked attestation, and
+/// `countersign verify`'s refusal of one (from an `attestation.revoked` event or the bundle
+/// history).
+pub const AUTHORITY_REVOKED: &str = "authority_revoked";
+
 /// One CA a recorded bundle revoked.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RevokedAuthority {

@@ -2,16 +2,16 @@
 //! variables (see `countersign_runtime::config`), every key documented with its default in
 //! `services/attestor/README.md`.
 //!
-//! The SPIRE keys follow Tekton's `config-spire` ConfigMap: `[spire] trust_domain` is
-//! `spire-trust-domain` (default `example.org`) and `[spire] socket_path` is `spire-socket-path`
-//! (default: `SPIFFE_ENDPOINT_SOCKET`, else `unix:///spiffe-workload-api/spire-agent.sock`).
+//! `[spire]` is the section every service shares (`countersign_identity::spire_config`, Tekton's
+//! `config-spire` keys); the attestor reads `trust_domain`, `socket_path` (default:
+//! `SPIFFE_ENDPOINT_SOCKET`, else `unix:///spiffe-workload-api/spire-agent.sock`),
+//! `svid_timeout` and `clock_skew`.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use countersign_events::{BusConfig, ConsumerConfig, KvConfig};
-use countersign_identity::spiffe_id::ConfiguredTrustDomain;
-use countersign_identity::workload::{TEKTON_DEFAULT_SOCKET, WorkloadEndpoint};
+use countersign_identity::spire_config::SpireConfig;
 use countersign_runtime::config::{
     AdminConfig, ConfigError, ServiceConfig, ShutdownConfig, TelemetryConfig,
 };
@@ -43,7 +43,8 @@ pub struct AttestorConfig {
     /// `[consumer]`: the durable `attestor` consumer (ack wait, redeliveries, concurrency).
     #[serde(default)]
     pub consumer: ConsumerConfig,
-    /// `[spire]`: the trust domain and the Workload API.
+    /// `[spire]`: the trust domain, the Workload API, the first SVID's timeout and the clock
+    /// skew (the section every service shares, see `countersign_identity::spire_config`).
     #[serde(default)]
     pub spire: SpireConfig,
     /// `[store]`: the KV buckets.
@@ -64,10 +65,9 @@ impl ServiceConfig for AttestorConfig {
     countersign_runtime::shared_sections!(nats);
 
     fn validate(&self) -> Result<(), ConfigError> {
-        if let Some(socket) = &self.spire.socket_path {
-            WorkloadEndpoint::new(socket.as_str())
-                .map_err(|error| ConfigError::invalid("spire.socket_path", error.to_string()))?;
-        }
+        self.spire
+            .validate()
+            .map_err(|error| ConfigError::invalid(error.key, error.message))?;
         self.timestamp.validate()?;
         Ok(())
     }
@@ -141,72 +141,6 @@ impl Default for TimestampConfig {
             url: None,
             certificate_chain: None,
             timeout: TimestampConfig::default_timeout(),
-        }
-    }
-}
-
-// === [spire] ===
-
-/// `[spire]`: the trust domain TaskRuns run in and where the Workload API is.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SpireConfig {
-    /// The trust domain of TaskRun identities when an event does not name the SPIFFE ID
-    /// (Tekton's `spire-trust-domain`, also accepted as that key), checked when the config
-    /// loads. Default `example.org`, Tekton's default.
-    #[serde(default, alias = "spire-trust-domain")]
-    pub trust_domain: ConfiguredTrustDomain,
-    /// The Workload API address (Tekton's `spire-socket-path`). Default: the
-    /// `SPIFFE_ENDPOINT_SOCKET` variable, else `unix:///spiffe-workload-api/spire-agent.sock`.
-    #[serde(default)]
-    pub socket_path: Option<String>,
-    /// How long one attempt to get the attestor's first SVID and bundle may take before it is
-    /// retried. Default `30s`.
-    #[serde(
-        default = "SpireConfig::default_first_svid_timeout",
-        with = "humantime_serde"
-    )]
-    pub first_svid_timeout: Duration,
-    /// Allowance for clock differences between SPIRE, the nodes and the API server, applied to
-    /// the validity and issuance checks. Default `5s`.
-    #[serde(default = "SpireConfig::default_clock_skew", with = "humantime_serde")]
-    pub clock_skew: Duration,
-}
-
-impl SpireConfig {
-    /// Thirty seconds.
-    pub const fn default_first_svid_timeout() -> Duration {
-        Duration::from_secs(30)
-    }
-
-    /// Five seconds.
-    pub const fn default_clock_skew() -> Duration {
-        Duration::from_secs(5)
-    }
-
-    /// The Workload API address: the configured one, else `spiffe_endpoint_socket` (the
-    /// `SPIFFE_ENDPOINT_SOCKET` variable, read by `main`), else Tekton's default.
-    pub fn endpoint(
-        &self,
-        spiffe_endpoint_socket: Option<&str>,
-    ) -> Result<WorkloadEndpoint, countersign_identity::workload::EndpointConfigError> {
-        let chosen = self
-            .socket_path
-            .as_deref()
-            .filter(|address| !address.is_empty())
-            .or(spiffe_endpoint_socket.filter(|address| !address.is_empty()))
-            .unwrap_or(TEKTON_DEFAULT_SOCKET);
-        WorkloadEndpoint::new(chosen)
-    }
-}
-
-impl Default for SpireConfig {
-    fn default() -> Self {
-        SpireConfig {
-            trust_domain: ConfiguredTrustDomain::default(),
-            socket_path: None,
-            first_svid_timeout: SpireConfig::default_first_svid_timeout(),
-            clock_skew: SpireConfig::default_clock_skew(),
         }
     }
 }
@@ -309,6 +243,8 @@ mod tests {
         ConfigErrorKind, Environment, parse_config, validate_service_config,
     };
 
+    use countersign_identity::workload::TEKTON_DEFAULT_SOCKET;
+
     use super::*;
 
     fn parse(text: &str) -> Result<AttestorConfig, ConfigError> {
@@ -320,7 +256,7 @@ mod tests {
     #[test]
     fn defaults_are_tektons() {
         let config = parse("").unwrap();
-        assert_eq!(config.spire.trust_domain.as_str(), "example.org");
+        assert_eq!(config.spire.trust_domain().as_str(), "example.org");
         assert_eq!(
             config.spire.endpoint(None).unwrap().as_str(),
             TEKTON_DEFAULT_SOCKET
@@ -415,7 +351,7 @@ mod tests {
             assert_eq!(error.key(), Some(key), "{text}");
         }
         let tekton = parse("[spire]\nspire-trust-domain = \"prod.example\"\n").unwrap();
-        assert_eq!(tekton.spire.trust_domain.as_str(), "prod.example");
+        assert_eq!(tekton.spire.trust_domain().as_str(), "prod.example");
     }
 
     #[test]

@@ -12,8 +12,7 @@ use std::time::Duration;
 use chrono::Utc;
 use countersign_identity::svid::{SigningSvid, TrustBundleSet};
 use countersign_identity::workload::{WorkloadEndpoint, WorkloadError, WorkloadSource};
-use countersign_runtime::error_chain;
-use countersign_runtime::retry::{Backoff, retry_transient};
+use countersign_runtime::{Context, error_chain};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -108,21 +107,19 @@ impl MaterialWatch {
 }
 
 /// Connects to the Workload API, retrying (each attempt waits up to `attempt_timeout` for the
-/// first SVID) until it succeeds or `token` is cancelled.
-pub async fn connect_with_retry(
+/// first SVID) until it succeeds or shutdown begins (`None`).
+pub async fn connect_with_retry<C>(
+    ctx: &Context<C>,
     endpoint: &WorkloadEndpoint,
     attempt_timeout: Duration,
-    token: &CancellationToken,
 ) -> Option<WorkloadSource> {
     let what = format!(
         "getting the first SVID from the Workload API at {}",
         endpoint.as_str()
     );
     // Every failure is retried (the agent may come up at any time), so this is never `Err`.
-    retry_transient(
+    ctx.startup_step(
         &what,
-        token,
-        Backoff::startup(),
         |_: &WorkloadError| true,
         || WorkloadSource::connect(endpoint, attempt_timeout),
     )

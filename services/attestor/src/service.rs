@@ -20,7 +20,6 @@ use countersign_events::{
 use countersign_identity::workload::{EndpointConfigError, SPIFFE_ENDPOINT_SOCKET};
 use countersign_runtime::Context;
 use countersign_runtime::nats::NatsConnectError;
-use countersign_runtime::retry::{Backoff, retry_transient};
 use std::sync::Arc;
 
 use tokio::task::JoinSet;
@@ -91,7 +90,7 @@ pub async fn run(ctx: Context<AttestorConfig>) -> Result<(), RunError> {
         revocation_metrics.register(registry);
     });
     let endpoint = config.spire.endpoint(spiffe_endpoint_socket)?;
-    let trust_domain = config.spire.trust_domain.trust_domain().clone();
+    let trust_domain = config.spire.trust_domain().into_trust_domain();
     let annotator = if config.annotate.enabled {
         Some(Annotator::from_config(config.annotate.kubeconfig.as_deref()).await?)
     } else {
@@ -107,52 +106,46 @@ pub async fn run(ctx: Context<AttestorConfig>) -> Result<(), RunError> {
 
     // 2. Streams, the consumer, the buckets.
     let bus = Bus::new(client.clone(), config.bus.clone(), bus_metrics)?;
-    let Some(()) = retry_transient(
-        "creating the streams",
-        &token,
-        Backoff::startup(),
-        SetupError::is_transient,
-        || bus.ensure_streams(),
-    )
-    .await?
+    let Some(()) = ctx
+        .startup_step("creating the streams", SetupError::is_transient, || {
+            bus.ensure_streams()
+        })
+        .await?
     else {
         return Ok(());
     };
     let spec = ConsumerSpec::attestor(bus.subjects());
-    let Some(consumer) = retry_transient(
-        "binding the attestor consumer",
-        &token,
-        Backoff::startup(),
-        SetupError::is_transient,
-        || bus.ensure_consumer(&spec, &config.consumer),
-    )
-    .await?
+    let Some(consumer) = ctx
+        .startup_step(
+            "binding the attestor consumer",
+            SetupError::is_transient,
+            || bus.ensure_consumer(&spec, &config.consumer),
+        )
+        .await?
     else {
         return Ok(());
     };
     let revocations = ConsumerSpec::attestor_revocations(bus.subjects());
-    let Some(revocations_consumer) = retry_transient(
-        "binding the attestor's revocations consumer",
-        &token,
-        Backoff::startup(),
-        SetupError::is_transient,
-        || bus.ensure_consumer(&revocations, &config.consumer),
-    )
-    .await?
+    let Some(revocations_consumer) = ctx
+        .startup_step(
+            "binding the attestor's revocations consumer",
+            SetupError::is_transient,
+            || bus.ensure_consumer(&revocations, &config.consumer),
+        )
+        .await?
     else {
         return Ok(());
     };
     let backlog = if config.backlog.enabled {
         let backlog_spec = backlog_spec(bus.subjects());
         let backlog_config = config.backlog.consumer(&config.consumer);
-        let Some(backlog_consumer) = retry_transient(
-            "binding the attestor's backlog consumer",
-            &token,
-            Backoff::startup(),
-            SetupError::is_transient,
-            || bus.ensure_consumer(&backlog_spec, &backlog_config),
-        )
-        .await?
+        let Some(backlog_consumer) = ctx
+            .startup_step(
+                "binding the attestor's backlog consumer",
+                SetupError::is_transient,
+                || bus.ensure_consumer(&backlog_spec, &backlog_config),
+            )
+            .await?
         else {
             return Ok(());
         };
@@ -160,36 +153,33 @@ pub async fn run(ctx: Context<AttestorConfig>) -> Result<(), RunError> {
     } else {
         None
     };
-    let Some(attestations) = retry_transient(
-        "creating the attestation buckets",
-        &token,
-        Backoff::startup(),
-        StoreError::is_transient,
-        || AttestationStore::ensure(&bus, &config.store.attestations, &config.store.index),
-    )
-    .await?
+    let Some(attestations) = ctx
+        .startup_step(
+            "creating the attestation buckets",
+            StoreError::is_transient,
+            || AttestationStore::ensure(&bus, &config.store.attestations, &config.store.index),
+        )
+        .await?
     else {
         return Ok(());
     };
-    let Some(exports) = retry_transient(
-        "creating the exports bucket",
-        &token,
-        Backoff::startup(),
-        StoreError::is_transient,
-        || ExportStore::ensure(&bus, &config.store.exports),
-    )
-    .await?
+    let Some(exports) = ctx
+        .startup_step(
+            "creating the exports bucket",
+            StoreError::is_transient,
+            || ExportStore::ensure(&bus, &config.store.exports),
+        )
+        .await?
     else {
         return Ok(());
     };
-    let Some(steps) = retry_transient(
-        "creating the step verdicts bucket",
-        &token,
-        Backoff::startup(),
-        StoreError::is_transient,
-        || StepStore::ensure(&bus, &config.store.step_verdicts),
-    )
-    .await?
+    let Some(steps) = ctx
+        .startup_step(
+            "creating the step verdicts bucket",
+            StoreError::is_transient,
+            || StepStore::ensure(&bus, &config.store.step_verdicts),
+        )
+        .await?
     else {
         return Ok(());
     };
@@ -197,8 +187,7 @@ pub async fn run(ctx: Context<AttestorConfig>) -> Result<(), RunError> {
 
     // 3. The attestor's SVID and the trust bundles, kept current.
     let (sender, mut material) = material_channel();
-    let Some(source) =
-        connect_workload_api(&endpoint, config.spire.first_svid_timeout, &token).await
+    let Some(source) = connect_workload_api(&ctx, &endpoint, config.spire.svid_timeout).await
     else {
         return Ok(());
     };

@@ -34,6 +34,7 @@ use countersign_verdict::bundle_history::{
     BUCKET, BundleHistory, BundleHistoryFile, BundleRecord, ChainAtTime, HistoryError,
     PointInTimeError,
 };
+use countersign_verdict::revocation::AUTHORITY_REVOKED;
 
 use crate::args::{BundlesExportArgs, NatsArgs};
 use crate::exit::{CliError, Outcome};
@@ -203,7 +204,7 @@ pub fn verify_at_signing_time(
             let kind = match &error {
                 PointInTimeError::NoBundleAtTime { .. } => "no_bundle_at_time",
                 PointInTimeError::ChainInvalidAtTime { .. } => "chain_invalid_at_time",
-                PointInTimeError::AuthorityRevoked { .. } => "authority_revoked",
+                PointInTimeError::AuthorityRevoked { .. } => AUTHORITY_REVOKED,
             };
             PointInTimeFailure::new(kind, &error)
         })?;
@@ -223,7 +224,7 @@ pub fn verify_at_signing_time(
             sequence_number,
             how,
         };
-        return Err(PointInTimeFailure::new("authority_revoked", &error));
+        return Err(PointInTimeFailure::new(AUTHORITY_REVOKED, &error));
     }
     Ok(VerifiedAtSigningTime {
         attestation: verified,

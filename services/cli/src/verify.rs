@@ -45,6 +45,7 @@ use countersign_verdict::attestation::{
 };
 use countersign_verdict::bundle_history::BundleHistory;
 use countersign_verdict::reason::VerifierReasonExt as _;
+use countersign_verdict::revocation::AUTHORITY_REVOKED;
 use countersign_verdict::store::{AttestationStore, StoreErrorKind};
 use serde_json::json;
 
@@ -495,7 +496,7 @@ fn verify_with(
             .as_ref()
             .is_some_and(|event| event.revocation().is_some())
         {
-            "authority_revoked"
+            AUTHORITY_REVOKED
         } else {
             "event_mismatch"
         };
@@ -513,7 +514,7 @@ fn verify_with(
                 )
             })
             .unwrap_or_default();
-        return reject(args, "authority_revoked", &message, out);
+        return reject(args, AUTHORITY_REVOKED, &message, out);
     }
 
     let predicate = verified.predicate();

@@ -60,7 +60,7 @@ pub enum RecordError {
 
 /// The reason a revoked attestation's record gives: a CA that issued one of its signing chains
 /// was revoked, so it is not verified any more (`rejected`, no signed results).
-pub const REVOKED_REASON: &str = "authority_revoked";
+pub const REVOKED_REASON: &str = countersign_verdict::revocation::AUTHORITY_REVOKED;
 
 impl VerdictRecord {
     /// The record of an attestation event. A revocation (`attestation.revoked`, stored beside

@@ -3,20 +3,17 @@
 //! refused, and everything serde cannot check (trust domain, templates, prefixes, sizes) checked in
 //! [`RegistrarConfig::validate`] before anything is bound.
 //!
-//! The `[spire]` keys that Tekton's `config-spire` ConfigMap also has accept Tekton's spelling
-//! too: `spire-trust-domain`, `spire-socket-path`, `spire-server-addr`, `spire-node-alias-prefix`
-//! (in the file), or `COUNTERSIGN_SPIRE__TRUST_DOMAIN` and so on (in the environment).
+//! `[spire]` is the section every service shares (`countersign_identity::spire_config`); the
+//! keys Tekton's `config-spire` ConfigMap also has accept Tekton's spelling too:
+//! `spire-trust-domain`, `spire-socket-path`, `spire-server-addr`, `spire-node-alias-prefix` (in
+//! the file), or `COUNTERSIGN_SPIRE__TRUST_DOMAIN` and so on (in the environment).
 //!
 //! README.md lists every key with its default and meaning.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use countersign_events::{BusConfig, ConsumerConfig};
-use countersign_identity::spiffe_id::{
-    ConfiguredTrustDomain, DEFAULT_NODE_ALIAS_PREFIX, NodeAliasPrefix,
-};
-use countersign_identity::workload::{TEKTON_DEFAULT_SOCKET, WorkloadEndpoint};
+use countersign_identity::spire_config::SpireConfig;
 use countersign_runtime::ServiceConfig;
 use countersign_runtime::config::{AdminConfig, ConfigError, ShutdownConfig, TelemetryConfig};
 use countersign_runtime::nats::NatsConfig;
@@ -47,7 +44,8 @@ pub struct RegistrarConfig {
     /// `[consumer]`: how the durable `registrar` consumer is read (ack wait, retries, concurrency).
     #[serde(default)]
     pub consumer: ConsumerConfig,
-    /// `[spire]`: the SPIRE server and the identities (Tekton's `config-spire` keys).
+    /// `[spire]`: the SPIRE server and the identities (Tekton's `config-spire` keys; the section
+    /// every service shares, see `countersign_identity::spire_config`).
     #[serde(default)]
     pub spire: SpireConfig,
     /// `[entries]`: what the registration entries look like.
@@ -71,56 +69,6 @@ pub struct RegistrarConfig {
     /// `[bundle_history]`: recording every trust bundle SPIRE publishes.
     #[serde(default)]
     pub bundle_history: crate::bundle_history::BundleHistoryConfig,
-}
-
-/// `[spire]`: where the SPIRE server is and how identities are named. The first four keys are
-/// Tekton's `config-spire` keys, with Tekton's defaults.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct SpireConfig {
-    /// The trust domain of every SPIFFE ID, checked when the config loads. Default
-    /// `example.org` (Tekton's).
-    #[serde(alias = "spire-trust-domain")]
-    pub trust_domain: ConfiguredTrustDomain,
-    /// The path prefix of node alias SPIFFE IDs; must start with `/`. Default `/tekton-node/`.
-    #[serde(alias = "spire-node-alias-prefix")]
-    pub node_alias_prefix: String,
-    /// The SPIRE server's TCP address (`host:port`), reached with mTLS when
-    /// `server_socket_path` is unset. Default `spire-server.spire.svc.cluster.local:8081`.
-    #[serde(alias = "spire-server-addr")]
-    pub server_addr: String,
-    /// The SPIRE agent's Workload API socket, where the registrar gets its own SVID for mTLS.
-    /// Default `unix:///spiffe-workload-api/spire-agent.sock`.
-    #[serde(alias = "spire-socket-path")]
-    pub socket_path: String,
-    /// The SPIRE server's admin Unix socket. When set, the registrar runs as a sidecar of the
-    /// server and calls it over this socket (no TLS, no SVID) instead of `server_addr`.
-    /// Default: unset.
-    pub server_socket_path: Option<PathBuf>,
-    /// How long to wait at start-up for the registrar's own SVID (TCP mode). Default `2m`.
-    #[serde(with = "humantime_serde")]
-    pub svid_timeout: Duration,
-}
-
-impl Default for SpireConfig {
-    fn default() -> SpireConfig {
-        SpireConfig {
-            trust_domain: ConfiguredTrustDomain::default(),
-            node_alias_prefix: DEFAULT_NODE_ALIAS_PREFIX.to_owned(),
-            server_addr: "spire-server.spire.svc.cluster.local:8081".to_owned(),
-            socket_path: TEKTON_DEFAULT_SOCKET.to_owned(),
-            server_socket_path: None,
-            svid_timeout: Duration::from_secs(120),
-        }
-    }
-}
-
-impl SpireConfig {
-    /// The node alias prefix, parsed. Checked by [`RegistrarConfig::validate`].
-    pub fn node_alias_prefix(&self) -> Result<NodeAliasPrefix, ConfigError> {
-        NodeAliasPrefix::new(self.node_alias_prefix.clone())
-            .map_err(|error| ConfigError::invalid("spire.node_alias_prefix", error.to_string()))
-    }
 }
 
 /// The default workload selector templates: Tekton's.
@@ -301,17 +249,19 @@ impl ServiceConfig for RegistrarConfig {
     countersign_runtime::shared_sections!(nats);
 
     fn validate(&self) -> Result<(), ConfigError> {
-        self.spire.node_alias_prefix()?;
+        // The Workload API socket is used in TCP mode only (the admin socket needs no SVID).
+        let spire = if self.spire.server_socket_path.is_none() {
+            self.spire.validate()
+        } else {
+            self.spire.node_alias_prefix().map(drop)
+        };
+        spire.map_err(|error| ConfigError::invalid(error.key, error.message))?;
         self.bundle_history.validate()?;
-        if self.spire.server_socket_path.is_none() {
-            WorkloadEndpoint::new(self.spire.socket_path.clone())
-                .map_err(|error| ConfigError::invalid("spire.socket_path", error.to_string()))?;
-            if !self.spire.server_addr.contains(':') {
-                return Err(ConfigError::invalid(
-                    "spire.server_addr",
-                    "expected host:port",
-                ));
-            }
+        if self.spire.server_socket_path.is_none() && !self.spire.server_addr.contains(':') {
+            return Err(ConfigError::invalid(
+                "spire.server_addr",
+                "expected host:port",
+            ));
         }
         let prefix = &self.entries.id_prefix;
         if prefix.is_empty()
@@ -412,6 +362,10 @@ mod tests {
         ConfigErrorKind, Environment, parse_config, validate_service_config,
     };
 
+    use std::path::PathBuf;
+
+    use countersign_identity::workload::TEKTON_DEFAULT_SOCKET;
+
     use super::*;
 
     fn parse(text: &str, env: &[(&str, &str)]) -> Result<RegistrarConfig, ConfigError> {
@@ -424,16 +378,18 @@ mod tests {
     #[test]
     fn an_empty_config_has_tekton_compatible_defaults() {
         let config = parse("", &[]).expect("defaults are valid");
-        assert_eq!(config.spire.trust_domain.as_str(), "example.org");
+        assert_eq!(config.spire.trust_domain().as_str(), "example.org");
         assert_eq!(config.spire.node_alias_prefix, "/tekton-node/");
         assert_eq!(
             config.spire.server_addr,
             "spire-server.spire.svc.cluster.local:8081"
         );
+        assert_eq!(config.spire.socket_path, None);
         assert_eq!(
-            config.spire.socket_path,
-            "unix:///spiffe-workload-api/spire-agent.sock"
+            config.spire.endpoint(None).unwrap().as_str(),
+            TEKTON_DEFAULT_SOCKET
         );
+        assert_eq!(config.spire.svid_timeout, Duration::from_secs(30));
         assert_eq!(config.entries.id_prefix, "countersign.");
         assert_eq!(config.entries.hint, "countersign");
         assert_eq!(
@@ -461,10 +417,13 @@ mod tests {
             &[],
         )
         .expect("Tekton's spelling");
-        assert_eq!(config.spire.trust_domain.as_str(), "prod.example");
+        assert_eq!(config.spire.trust_domain().as_str(), "prod.example");
         assert_eq!(config.spire.node_alias_prefix, "/nodes/");
         assert_eq!(config.spire.server_addr, "spire:8081");
-        assert_eq!(config.spire.socket_path, "unix:///run/spire/agent.sock");
+        assert_eq!(
+            config.spire.socket_path.as_deref(),
+            Some("unix:///run/spire/agent.sock")
+        );
 
         let config = parse(
             "",
@@ -478,7 +437,7 @@ mod tests {
             ],
         )
         .expect("environment");
-        assert_eq!(config.spire.trust_domain.as_str(), "env.example");
+        assert_eq!(config.spire.trust_domain().as_str(), "env.example");
         assert_eq!(
             config.spire.server_socket_path,
             Some(PathBuf::from("/run/spire/api.sock"))

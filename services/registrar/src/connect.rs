@@ -7,11 +7,9 @@
 //! SPIRE connections are lazy: the registrar starts (and binds its consumer) while the server
 //! is down, and its calls fail transiently until the server is back.
 
-use countersign_identity::workload::WorkloadEndpoint;
+use countersign_identity::spire_config::SpireConfig;
 use countersign_spire_api::{ConnectError, SpireServerClient};
 use spiffe::{X509Source, X509SourceError};
-
-use crate::config::SpireConfig;
 
 /// Why the SPIRE server cannot be reached.
 #[derive(Debug, thiserror::Error)]
@@ -38,16 +36,21 @@ impl ConnectSpireError {
     }
 }
 
-/// A client of the SPIRE server, and the X509 source behind it in TCP mode (keep it alive).
+/// A client of the SPIRE server, and the X509 source behind it in TCP mode (keep it alive). In TCP
+/// mode the Workload API address is `[spire] socket_path`, else `spiffe_endpoint_socket` (the
+/// `SPIFFE_ENDPOINT_SOCKET` variable of the service's environment), else Tekton's default, and
+/// one attempt to get the first SVID takes at most `[spire] svid_timeout` (a timeout is
+/// transient: the start-up step tries again).
 pub async fn connect_spire(
     config: &SpireConfig,
+    spiffe_endpoint_socket: Option<&str>,
 ) -> Result<(SpireServerClient, Option<X509Source>), ConnectSpireError> {
     if let Some(socket) = &config.server_socket_path {
         tracing::info!(socket = %socket.display(), "calling the SPIRE server over its admin socket");
         return Ok((SpireServerClient::connect_unix_lazy(socket), None));
     }
-    let endpoint = WorkloadEndpoint::new(config.socket_path.clone())?;
-    let trust_domain = config.trust_domain.trust_domain();
+    let endpoint = config.endpoint(spiffe_endpoint_socket)?;
+    let trust_domain = config.trust_domain().into_trust_domain();
     let source = X509Source::builder()
         .endpoint(endpoint.as_str())
         .initial_sync_timeout(config.svid_timeout)
@@ -61,6 +64,6 @@ pub async fn connect_spire(
         );
     }
     let client =
-        SpireServerClient::connect_tcp_lazy(&config.server_addr, trust_domain, source.clone())?;
+        SpireServerClient::connect_tcp_lazy(&config.server_addr, &trust_domain, source.clone())?;
     Ok((client, Some(source)))
 }

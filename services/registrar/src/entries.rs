@@ -124,8 +124,11 @@ impl EntryPlanner {
     /// The planner of a (validated) configuration.
     pub fn from_config(config: &RegistrarConfig) -> Result<EntryPlanner, ConfigError> {
         Ok(EntryPlanner {
-            trust_domain: config.spire.trust_domain.trust_domain().clone(),
-            node_alias_prefix: config.spire.node_alias_prefix()?,
+            trust_domain: config.spire.trust_domain().into_trust_domain(),
+            node_alias_prefix: config
+                .spire
+                .node_alias_prefix()
+                .map_err(|error| ConfigError::invalid(error.key, error.message))?,
             id_prefix: config.entries.id_prefix.clone(),
             hint: config.entries.hint.clone(),
             agent_namespace: config.entries.agent_namespace.clone(),

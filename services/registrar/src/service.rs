@@ -25,6 +25,7 @@ use countersign_events::{
     Bus, ConsumerSpec, DurableConsumer, DurableError, EventMetrics, EventSource, KvConfig, KvSpec,
     SetupError, SubjectError, run_durable,
 };
+use countersign_identity::workload::SPIFFE_ENDPOINT_SOCKET;
 use countersign_runtime::config::ConfigError;
 use countersign_runtime::nats::NatsConnectError;
 use countersign_runtime::retry::Backoff;
@@ -128,6 +129,7 @@ pub fn build_registrar(
 /// and NATS was drained.
 pub async fn run(ctx: Context<RegistrarConfig>) -> Result<(), StartError> {
     let config = ctx.config.clone();
+    let spiffe_endpoint_socket = ctx.env.get(SPIFFE_ENDPOINT_SOCKET).map(str::to_owned);
     let nats_latch = ctx.readiness.latch("nats connected");
     let topology_latch = ctx
         .readiness
@@ -161,7 +163,7 @@ pub async fn run(ctx: Context<RegistrarConfig>) -> Result<(), StartError> {
     };
     let Some((spire, x509_source)) = ctx
         .startup(spire_connected, ConnectSpireError::is_transient, || {
-            connect_spire(&config.spire)
+            connect_spire(&config.spire, spiffe_endpoint_socket.as_deref())
         })
         .await?
     else {
@@ -236,7 +238,7 @@ pub async fn run(ctx: Context<RegistrarConfig>) -> Result<(), StartError> {
     tracing::info!(
         prefix = %config.entries.id_prefix,
         hint = %config.entries.hint,
-        trust_domain = %config.spire.trust_domain,
+        trust_domain = %config.spire.trust_domain(),
         "registrar started"
     );
     ctx.run_until_shutdown(Some(&client), tasks).await

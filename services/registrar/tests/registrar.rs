@@ -557,7 +557,7 @@ async fn over_tcp_with_mtls_the_registrar_uses_its_own_svid() {
     let mut config = harness.config();
     config.spire.server_socket_path = None;
     config.spire.server_addr = harness.spire.server_address();
-    config.spire.socket_path = harness.spire.agent_endpoint();
+    config.spire.socket_path = Some(harness.spire.agent_endpoint());
     config.spire.svid_timeout = TIMEOUT;
     let registrar = harness.start_registrar(config).await;
 

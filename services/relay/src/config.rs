@@ -499,10 +499,7 @@ impl RetryConfig {
         if !self.nak_backoff.is_empty() {
             return self.nak_backoff.iter().map(|delay| **delay).collect();
         }
-        let max_backoff = self.max_backoff.unwrap_or(Self::default_max_backoff());
-        let initial_backoff = self
-            .initial_backoff
-            .unwrap_or(Self::default_initial_backoff());
+        let (initial_backoff, max_backoff) = self.doubling_bounds();
         let mut delays = Vec::new();
         let mut delay = initial_backoff.min(max_backoff);
         loop {
@@ -512,6 +509,15 @@ impl RetryConfig {
             }
             delay = delay.saturating_mul(2).min(max_backoff);
         }
+    }
+
+    /// `initial_backoff` and `max_backoff`, each its default when unset.
+    fn doubling_bounds(&self) -> (Duration, Duration) {
+        (
+            self.initial_backoff
+                .unwrap_or(Self::default_initial_backoff()),
+            self.max_backoff.unwrap_or(Self::default_max_backoff()),
+        )
     }
 
     fn validate(&self, key: &str) -> Result<(), ConfigError> {
@@ -542,10 +548,8 @@ impl RetryConfig {
                 "must be more than zero",
             ));
         }
-        let initial_backoff = self
-            .initial_backoff
-            .unwrap_or(Self::default_initial_backoff());
-        if self.max_backoff.unwrap_or(Self::default_max_backoff()) < initial_backoff {
+        let (initial_backoff, max_backoff) = self.doubling_bounds();
+        if max_backoff < initial_backoff {
             return Err(ConfigError::invalid(
                 format!("{key}.max_backoff"),
                 "must not be shorter than `initial_backoff`",

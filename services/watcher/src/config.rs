@@ -6,7 +6,7 @@
 //! [cluster]
 //! name = "prod-eu"                  # COUNTERSIGN_CLUSTER__NAME
 //!
-//! [spire]
+//! [spire]                           # shared by every service; the watcher reads trust_domain
 //! trust_domain = "example.org"      # COUNTERSIGN_SPIRE__TRUST_DOMAIN; also `spire-trust-domain`
 //!
 //! [kubernetes]
@@ -26,6 +26,7 @@ use std::time::Duration;
 
 use countersign_events::{BusConfig, KvConfig, Subjects};
 use countersign_identity::spiffe_id::{ConfiguredTrustDomain, TrustDomain};
+use countersign_identity::spire_config::SpireConfig;
 use countersign_runtime::config::{
     AdminConfig, ConfigError, ServiceConfig, ShutdownConfig, TelemetryConfig,
 };
@@ -51,7 +52,8 @@ pub struct WatcherConfig {
     /// `[cluster]`: what events say about where TaskRuns run.
     #[serde(default)]
     pub cluster: ClusterConfig,
-    /// `[spire]`: the trust domain of TaskRun identities (the key every service shares).
+    /// `[spire]`: the section every service shares (see `countersign_identity::spire_config`);
+    /// the watcher reads only `trust_domain`, the trust domain of TaskRun identities.
     #[serde(default)]
     pub spire: SpireConfig,
     /// `[kubernetes]`: what is watched, and how.
@@ -99,16 +101,6 @@ impl Default for ClusterConfig {
             spire_trust_domain: None,
         }
     }
-}
-
-/// `[spire]`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SpireConfig {
-    /// The SPIRE trust domain of the TaskRun SPIFFE IDs: the value of Tekton's `config-spire`
-    /// `spire-trust-domain` (also accepted as that key). Default `example.org` (Tekton's default).
-    #[serde(default, alias = "spire-trust-domain")]
-    pub trust_domain: Option<ConfiguredTrustDomain>,
 }
 
 /// `[kubernetes]`.
@@ -298,6 +290,9 @@ impl ServiceConfig for WatcherConfig {
                 ),
             ));
         }
+        self.spire
+            .validate()
+            .map_err(|error| ConfigError::invalid(error.key, error.message))?;
         for (index, namespace) in self.kubernetes.namespaces.iter().enumerate() {
             if !is_namespace_name(namespace) {
                 return Err(ConfigError::invalid(

@@ -2,11 +2,11 @@
 //! registry. Every label has a small, fixed set of values.
 
 use countersign_events::{EventPayload, EventType, LifecycleEvent};
-use countersign_runtime::metrics::Metrics;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
 
 /// Where a transition was observed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -154,50 +154,51 @@ impl WatcherMetrics {
         WatcherMetrics::default()
     }
 
-    /// Registers every metric as `countersign_watcher_*` in `metrics`.
-    pub fn register(&self, metrics: &Metrics) {
-        metrics.register(
-            "watcher_transitions_published",
+    /// Registers them in `registry` under `countersign_watcher_`.
+    pub fn register(&self, registry: &mut Registry) {
+        let registry = registry.sub_registry_with_prefix("countersign_watcher");
+        registry.register(
+            "transitions_published",
             "TaskRun lifecycle transitions published, by transition and source",
             self.transitions_published.clone(),
         );
-        metrics.register(
-            "watcher_duplicates_skipped",
+        registry.register(
+            "duplicates_skipped",
             "Transitions not published again, by transition and reason",
             self.duplicates_skipped.clone(),
         );
-        metrics.register(
-            "watcher_ingress_requests",
+        registry.register(
+            "ingress_requests",
             "CloudEvents ingress requests, by outcome",
             self.ingress_requests.clone(),
         );
-        metrics.register(
-            "watcher_ignored_events",
+        registry.register(
+            "ignored_events",
             "CloudEvents received and ignored, by Tekton event type",
             self.ignored_events.clone(),
         );
-        metrics.register(
-            "watcher_watch_errors",
+        registry.register(
+            "watch_errors",
             "Errors of the Kubernetes watches, by resource (each is retried with backoff)",
             self.watch_errors.clone(),
         );
-        metrics.register(
-            "watcher_watch_restarts",
+        registry.register(
+            "watch_restarts",
             "Full (re)lists of the Kubernetes watches, by resource (the first list included)",
             self.watch_restarts.clone(),
         );
-        metrics.register(
-            "watcher_processing_errors",
+        registry.register(
+            "processing_errors",
             "TaskRuns whose transitions could not be published, by kind (transient ones are retried)",
             self.processing_errors.clone(),
         );
-        metrics.register(
-            "watcher_malformed_termination_messages",
+        registry.register(
+            "malformed_termination_messages",
             "Step termination messages that could not be parsed",
             self.malformed_messages.clone(),
         );
-        metrics.register(
-            "watcher_known_taskruns",
+        registry.register(
+            "known_taskruns",
             "TaskRuns recorded as live in the state bucket",
             self.known_taskruns.clone(),
         );

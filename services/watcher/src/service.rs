@@ -17,11 +17,9 @@ use countersign_events::{
 };
 use countersign_runtime::Context;
 use countersign_runtime::nats::NatsConnectError;
-use countersign_runtime::retry::{Backoff, retry_transient};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
-use tokio_util::sync::CancellationToken;
 
 use crate::config::WatcherConfig;
 use crate::derive::DeriveSettings;
@@ -100,10 +98,11 @@ pub async fn run_on(
     let synced_latch = ctx.readiness.latch("reflectors synced");
 
     let metrics = WatcherMetrics::new();
-    metrics.register(&ctx.metrics);
     let event_metrics = EventMetrics::new();
-    ctx.metrics
-        .with_registry(|registry| event_metrics.register(registry));
+    ctx.metrics.with_registry(|registry| {
+        metrics.register(registry);
+        event_metrics.register(registry);
+    });
 
     let settings = Arc::new(DeriveSettings {
         cluster: config.cluster.name.clone(),
@@ -127,13 +126,19 @@ pub async fn run_on(
         },
     };
     let (bus_ref, kv_spec_ref) = (&bus, &kv_spec);
-    let Some(kv) = retry_setup("streams and state bucket", &token, move || async move {
-        // The watcher publishes to the TaskRun stream only; the other streams are their
-        // publishers' business.
-        bus_ref.ensure_stream(StreamKind::TaskRuns).await?;
-        bus_ref.ensure_kv(kv_spec_ref).await
-    })
-    .await?
+    let Some(kv) = ctx
+        .startup_step(
+            "streams and state bucket",
+            SetupError::is_transient,
+            move || async move {
+                // The watcher publishes to the TaskRun stream only; the other streams are their
+                // publishers' business.
+                bus_ref.ensure_stream(StreamKind::TaskRuns).await?;
+                bus_ref.ensure_kv(kv_spec_ref).await
+            },
+        )
+        .await
+        .map_err(WatcherError::Setup)?
     else {
         return Ok(());
     };
@@ -142,7 +147,15 @@ pub async fn run_on(
         &config.cluster.name,
         config.state.deleted_retention,
     ));
-    let Some(live) = retry_load(&log, &token).await? else {
+    let Some(live) = ctx
+        .startup_step(
+            "loading the published transitions",
+            StateError::is_transient,
+            || log.load(),
+        )
+        .await
+        .map_err(WatcherError::State)?
+    else {
         return Ok(());
     };
     metrics.set_known_taskruns(live);
@@ -211,42 +224,4 @@ async fn kube_client(config: &WatcherConfig) -> Result<kube::Client, WatcherErro
             .map_err(|error| WatcherError::Kubernetes(kube::Error::InferConfig(error)))?,
     };
     kube::Client::try_from(client_config).map_err(WatcherError::Kubernetes)
-}
-
-/// Runs `setup` until it succeeds, retrying transient failures with a growing pause; `None` if
-/// shut down first.
-async fn retry_setup<T, F, Fut>(
-    what: &str,
-    token: &CancellationToken,
-    setup: F,
-) -> Result<Option<T>, WatcherError>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, SetupError>>,
-{
-    retry_transient(
-        what,
-        token,
-        Backoff::startup(),
-        SetupError::is_transient,
-        setup,
-    )
-    .await
-    .map_err(WatcherError::Setup)
-}
-
-/// Loads the transition log, retrying transient failures; `None` if shut down first.
-async fn retry_load(
-    log: &TransitionLog,
-    token: &CancellationToken,
-) -> Result<Option<usize>, WatcherError> {
-    retry_transient(
-        "loading the published transitions",
-        token,
-        Backoff::startup(),
-        StateError::is_transient,
-        || log.load(),
-    )
-    .await
-    .map_err(WatcherError::State)
 }

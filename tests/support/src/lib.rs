@@ -21,6 +21,9 @@
 //! - [`bus`]: [`bus::TestBus`], the test's side of the bus: a publisher and readers of streams,
 //!   dead letters and consumers.
 //! - [`metrics`]: reads a Prometheus text exposition (one series, or a sum over labels).
+//! - [`taskrun`]: TaskRuns signed by the real `countersign-signer` as workloads of the real agent
+//!   ([`taskrun::Pod`]), the watcher's events about them built by hand, and
+//!   [`taskrun::AttestorBus`], the bus as the watcher and the attestation's subscribers see it.
 //! - [`workspace`]: this workspace's binaries, built into the running test's target directory.
 //! - [`webhook`]: [`webhook::WebhookTls`], a CA and a serving certificate for an admission webhook
 //!   registered with a real kube-apiserver.
@@ -38,6 +41,7 @@ pub mod registry;
 pub mod service;
 pub mod spiffe_csi;
 pub mod spire;
+pub mod taskrun;
 pub mod tekton;
 pub mod timestamp_authority;
 pub mod wait;

@@ -56,3 +56,13 @@ pub fn workspace_binary(package: &str, binary: &str) -> PathBuf {
     built.insert(binary.to_owned(), path.clone());
     path
 }
+
+/// The `countersign-signer` binary.
+pub fn signer_binary() -> PathBuf {
+    workspace_binary("countersign-signer", "countersign-signer")
+}
+
+/// The `countersign` binary.
+pub fn cli_binary() -> PathBuf {
+    workspace_binary("countersign-cli", "countersign")
+}

@@ -11,16 +11,14 @@
 //! * an image in a registry that is not on the allow-list is dead-lettered, with its reason;
 //! * a registry that is down is retried, and the bundle lands once it is back.
 //!
-//! The attestor's own test support (`services/attestor/tests/support`) drives the TaskRuns.
-
-#[path = "../../../services/attestor/tests/support/mod.rs"]
-mod attestor_support;
+//! The TaskRuns are signed by the real `countersign-signer` as workloads of the agent and
+//! reported to the attestor as the watcher would (`countersign_test_support::taskrun`).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use attestor_support::*;
 use chrono::{TimeDelta, Utc};
+use countersign_attestor::AttestorConfig;
 use countersign_events::data::TaskRunRef;
 use countersign_exporter::ExporterConfig;
 use countersign_identity::sigstore_bundle::{
@@ -31,11 +29,19 @@ use countersign_identity::svid::TrustBundleSet;
 use countersign_identity::vsa::VSA_PREDICATE_TYPE;
 use countersign_runtime::Context;
 use countersign_runtime::config::{Environment, ServiceConfig as _, parse_config};
+use countersign_test_support::bus::{TIMEOUT, TestBus};
 use countersign_test_support::nats::NatsServer;
 use countersign_test_support::registry::{Registry, RegistryOptions};
 use countersign_test_support::service::RunningService;
 use countersign_test_support::spire::{Spire, SpireOptions};
+use countersign_test_support::taskrun::{
+    AttestorBus as _, Pod, finished, merged, step, taskrun, taskrun_id,
+};
 use countersign_test_support::{peers, wait};
+
+/// The attestor's SPIFFE ID (in SPIRE's default trust domain), the certificate identity cosign
+/// checks.
+const ATTESTOR_ID: &str = "spiffe://example.org/countersign/attestor";
 
 /// What a program printed and how it exited.
 #[derive(Debug)]
@@ -208,6 +214,20 @@ async fn attest(
     taskrun
 }
 
+/// The attestor's configuration: this NATS, this agent, quick retries.
+fn attestor_config(nats_url: &str, agent_endpoint: &str) -> AttestorConfig {
+    let text = format!(
+        "[nats]\nurl = \"{nats_url}\"\n\
+         [spire]\nsocket_path = \"{agent_endpoint}\"\nfirst_svid_timeout = \"5s\"\n\
+         [consumer]\nack_wait = \"5s\"\nnak_backoff = [\"200ms\"]\n\
+         [shutdown]\ngrace_period = \"10s\"\n"
+    );
+    let config: AttestorConfig =
+        parse_config(&text, &Environment::new()).expect("a valid attestor config");
+    config.validate().expect("a valid attestor config");
+    config
+}
+
 fn exporter_config(
     nats_url: &str,
     registries: &[&TestRegistry],
@@ -273,13 +293,26 @@ fn verify_attestation(registry: &TestRegistry, trusted_root: &Path, image: &str)
 #[tokio::test]
 async fn cosign_and_oras_find_and_verify_the_bundles_the_exporter_attaches() {
     let nats = NatsServer::start().await.unwrap();
-    let spire = spire_with_attestor(SpireOptions {
+    let spire = Spire::start(SpireOptions {
         code_signing_ids: vec![ATTESTOR_ID.to_owned()],
         ..SpireOptions::default()
     })
-    .await;
+    .await
+    .expect("SPIRE starts");
+    spire
+        .register_test_process(ATTESTOR_ID, false)
+        .await
+        .expect("registering the attestor");
     let bus = TestBus::connect(&nats, "watcher").await;
-    let attestor = start_attestor(attestor_config(&nats.url(), &spire.agent_endpoint(), "")).await;
+    let attestor = RunningService::start(
+        Context::new(
+            "attestor",
+            attestor_config(&nats.url(), &spire.agent_endpoint()),
+        ),
+        Duration::from_secs(10),
+        countersign_attestor::run,
+    )
+    .await;
     attestor.wait_ready().await;
 
     let open = TestRegistry::start(None).await;

@@ -164,8 +164,8 @@ impl Exporter {
                     source,
                 }
             })?;
-            if self.shared.config.registry(&target.host).is_some() {
-                allowed.push((vsa, target));
+            if let Some(registry) = self.shared.config.registry(&target.host) {
+                allowed.push((vsa, target, registry.plain_http));
             } else {
                 self.shared.metrics.record(AttachOutcome::NotAllowed);
                 tracing::warn!(artifact = %target, "the artifact's registry is not on the allow-list; not pushed");
@@ -182,9 +182,12 @@ impl Exporter {
                 Some(file) => file.current().await?,
                 None => Arc::default(),
             };
-            for (vsa, target) in allowed {
+            for (vsa, target, plain_http) in allowed {
                 let started = Instant::now();
-                match self.attach_one(vsa, &target, &credentials, export).await {
+                match self
+                    .attach_one(vsa, &target, plain_http, &credentials, export)
+                    .await
+                {
                     Ok(indexed) => {
                         self.shared.metrics.observe_duration(started.elapsed());
                         self.shared.metrics.record(match indexed {
@@ -209,10 +212,12 @@ impl Exporter {
         }
     }
 
+    /// Attaches the bundle of `vsa` to `target` (over plain HTTP when its allow-list entry says so).
     async fn attach_one(
         &self,
         vsa: &ExportedVsa,
         target: &ImageTarget,
+        plain_http: bool,
         credentials: &DockerConfig,
         export: &ExportStored,
     ) -> Result<Indexed, AttachError> {
@@ -221,11 +226,6 @@ impl Exporter {
                 key: vsa.key.clone(),
             }
         })?;
-        let plain_http = self
-            .shared
-            .config
-            .registry(&target.host)
-            .is_some_and(|registry| registry.plain_http);
         let registry_error = |source| AttachError::Registry {
             target: target.to_string(),
             source,

@@ -11,7 +11,10 @@
 //! - with the gate down, the API server denies (fail closed);
 //! - the verdict API answers what the webhook knows;
 //! - every checked decision is an event on the bus (`{p}.gate.{allowed|denied|warned}.…`), stored
-//!   in the attestations stream.
+//!   in the attestations stream;
+//! - Pods: in a namespace labelled `countersign.dev/images: deny-rejected`, an image whose digest a
+//!   rejected TaskRun produced is denied; with `require-verified`, also an image no verified
+//!   TaskRun produced and an image not pinned by digest; without the label, Pods are not checked.
 
 mod gate_support;
 
@@ -41,6 +44,7 @@ const TIMEOUT: Duration = Duration::from_secs(30);
 const DIGEST: &str = "sha256:5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c";
 const FORGED: &str = "sha256:0bad0bad0bad0bad0bad0bad0bad0bad0bad0bad0bad0bad0bad0bad0bad0bad";
 const MODE_LABEL: &str = "countersign.dev/gate";
+const IMAGES_LABEL: &str = "countersign.dev/images";
 
 fn pipelinerun_resource() -> ApiResource {
     ApiResource::from_gvk_with_plural(
@@ -71,7 +75,22 @@ struct Pipeline {
 }
 
 async fn create_namespace(kube: &KubeApiserver, test_label: &str, mode: &str) -> String {
+    create_namespace_with(kube, test_label, mode, None).await
+}
+
+/// A namespace in gate mode `mode`, with the Pod policy `images` (label `countersign.dev/images`)
+/// when given.
+async fn create_namespace_with(
+    kube: &KubeApiserver,
+    test_label: &str,
+    mode: &str,
+    images: Option<&str>,
+) -> String {
     let name = unique_name("gate");
+    let mut labels = json!({MODE_LABEL: mode, "countersign-test": test_label});
+    if let Some(policy) = images {
+        labels[IMAGES_LABEL] = json!(policy);
+    }
     let api: Api<DynamicObject> = Api::all_with(
         kube.client(),
         &ApiResource::from_gvk_with_plural(
@@ -81,7 +100,7 @@ async fn create_namespace(kube: &KubeApiserver, test_label: &str, mode: &str) ->
     );
     let namespace: DynamicObject = serde_json::from_value(json!({
         "apiVersion": "v1", "kind": "Namespace",
-        "metadata": {"name": name, "labels": {MODE_LABEL: mode, "countersign-test": test_label}}
+        "metadata": {"name": name, "labels": labels}
     }))
     .unwrap();
     api.create(&PostParams::default(), &namespace)
@@ -197,13 +216,21 @@ async fn create_taskrun(
     taskrun: &Value,
     dry_run: bool,
 ) -> Answer {
-    let uri = format!(
-        "/apis/tekton.dev/v1/namespaces/{namespace}/taskruns{}",
-        if dry_run { "?dryRun=All" } else { "" }
-    );
+    create(
+        kube,
+        &format!("/apis/tekton.dev/v1/namespaces/{namespace}/taskruns"),
+        taskrun,
+        dry_run,
+    )
+    .await
+}
+
+/// POSTs `object` to the collection at `path`, as a client would.
+async fn create(kube: &KubeApiserver, path: &str, object: &Value, dry_run: bool) -> Answer {
+    let uri = format!("{path}{}", if dry_run { "?dryRun=All" } else { "" });
     let request = http::Request::post(uri)
         .header("content-type", "application/json")
-        .body(serde_json::to_vec(taskrun).unwrap())
+        .body(serde_json::to_vec(object).unwrap())
         .unwrap();
     let response = kube
         .client()
@@ -230,24 +257,44 @@ async fn create_taskrun(
     }
 }
 
+/// What a webhook configuration sends to the gate: TaskRuns or Pods.
+#[derive(Debug, Clone, Copy)]
+enum Reviewed {
+    TaskRuns,
+    Pods,
+}
+
 async fn register_webhook(
     kube: &KubeApiserver,
     test_label: &str,
     port: u16,
     ca_pem: &str,
+    reviewed: Reviewed,
 ) -> String {
+    let (webhook_name, path, rule) = match reviewed {
+        Reviewed::TaskRuns => (
+            "taskruns.gate.countersign.dev",
+            "/validate/taskruns",
+            json!({"apiGroups": ["tekton.dev"], "apiVersions": ["v1"], "operations": ["CREATE"], "resources": ["taskruns"]}),
+        ),
+        Reviewed::Pods => (
+            "pods.gate.countersign.dev",
+            "/validate/pods",
+            json!({"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"], "resources": ["pods"]}),
+        ),
+    };
     let name = unique_name("countersign-gate");
     let api: Api<DynamicObject> = Api::all_with(kube.client(), &webhook_resource());
     let configuration: DynamicObject = serde_json::from_value(json!({
         "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingWebhookConfiguration",
         "metadata": {"name": name},
         "webhooks": [{
-            "name": "taskruns.gate.countersign.dev",
+            "name": webhook_name,
             "clientConfig": {
-                "url": format!("https://127.0.0.1:{port}/validate/taskruns"),
+                "url": format!("https://127.0.0.1:{port}{path}"),
                 "caBundle": base64::engine::general_purpose::STANDARD.encode(ca_pem)
             },
-            "rules": [{"apiGroups": ["tekton.dev"], "apiVersions": ["v1"], "operations": ["CREATE"], "resources": ["taskruns"]}],
+            "rules": [rule],
             "namespaceSelector": {"matchLabels": {"countersign-test": test_label}},
             "failurePolicy": "Fail",
             "sideEffects": "None",
@@ -302,7 +349,14 @@ async fn the_gate_admits_only_signed_values_and_fails_closed() {
     let test_label = unique_name("t");
     let enforced = create_namespace(kube, &test_label, "enforce").await;
     let warned = create_namespace(kube, &test_label, "warn").await;
-    let webhook = register_webhook(kube, &test_label, gate.webhook_port, &tls.ca_pem).await;
+    let webhook = register_webhook(
+        kube,
+        &test_label,
+        gate.webhook_port,
+        &tls.ca_pem,
+        Reviewed::TaskRuns,
+    )
+    .await;
 
     // The upstreams: verified with the value passed; rejected; verified but the value passed differs;
     // never attested.
@@ -534,6 +588,178 @@ async fn the_gate_admits_only_signed_values_and_fails_closed() {
         "{}",
         down.body
     );
+
+    let api: Api<DynamicObject> = Api::all_with(kube.client(), &webhook_resource());
+    let _ = api.delete(&webhook, &Default::default()).await;
+}
+
+/// A Pod running `images`, as a Deployment's ReplicaSet would create it.
+fn pod(images: &[&str]) -> Value {
+    let containers: Vec<Value> = images
+        .iter()
+        .enumerate()
+        .map(|(index, image)| json!({"name": format!("c{index}"), "image": image}))
+        .collect();
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": unique_name("app")},
+        "spec": {"containers": containers}
+    })
+}
+
+async fn create_pod(kube: &KubeApiserver, namespace: &str, images: &[&str]) -> Answer {
+    create(
+        kube,
+        &format!("/api/v1/namespaces/{namespace}/pods"),
+        &pod(images),
+        true,
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gate_keeps_images_of_rejected_or_unverified_taskruns_out_of_pods() {
+    let kube = KubeApiserver::shared().await;
+    kube.install_crds(&[fixtures_dir().join("crds/tekton/300-pipelinerun.yaml")])
+        .await
+        .expect("installing the PipelineRun CRD");
+    let nats = NatsServer::start().await.expect("starting nats-server");
+    let prefix = unique_name("gate").replace('-', "_");
+    let bus = Bus::new(
+        nats.client().await,
+        BusConfig {
+            prefix: prefix.clone(),
+            ..BusConfig::default()
+        },
+        EventMetrics::new(),
+    )
+    .unwrap();
+    let store = AttestationStore::ensure(&bus, &KvConfig::default(), &KvConfig::default())
+        .await
+        .expect("creating the attestation buckets");
+    bus.ensure_streams().await.expect("creating the streams");
+    let tls = WebhookTls::new();
+    let gate = RunningGate::start(&nats.url(), &prefix, kube.kubeconfig_path(), &tls, "").await;
+    let test_label = unique_name("t");
+    let deny_rejected =
+        create_namespace_with(kube, &test_label, "enforce", Some("deny-rejected")).await;
+    let require_verified =
+        create_namespace_with(kube, &test_label, "enforce", Some("require-verified")).await;
+    let unchecked = create_namespace(kube, &test_label, "enforce").await;
+    let webhook = register_webhook(
+        kube,
+        &test_label,
+        gate.webhook_port,
+        &tls.ca_pem,
+        Reviewed::Pods,
+    )
+    .await;
+
+    // Two builds, each with IMAGE_URL and IMAGE_DIGEST in its status: one verified, one rejected.
+    let verified = create_pipeline(kube, &deny_rejected, DIGEST).await;
+    let rejected = create_pipeline(kube, &deny_rejected, FORGED).await;
+    for (pipeline, digest, verdict) in [
+        (&verified, DIGEST, None),
+        (&rejected, FORGED, Some(ReasonCode::SignatureInvalid)),
+    ] {
+        let signed = BTreeMap::from([(
+            "IMAGE_DIGEST".to_owned(),
+            signed_digest(&ParamValue::String(digest.into())),
+        )]);
+        store
+            .create(
+                &pipeline.upstream_uid,
+                &attestation_event(
+                    &pipeline.namespace,
+                    &pipeline.upstream,
+                    &pipeline.upstream_uid,
+                    &signed,
+                    verdict,
+                ),
+            )
+            .await
+            .expect("storing an attestation");
+    }
+    let from_rejected = format!("r.example/app@{FORGED}");
+    let from_verified = format!("r.example/app@{DIGEST}");
+    let unknown =
+        "r.example/other@sha256:1111111111111111111111111111111111111111111111111111111111111111";
+
+    // The webhook takes effect when the API server's informer sees its configuration, and the
+    // rejected build's verdict when the gate's replica has it: until then a Pod may be admitted.
+    let denied = wait::until(
+        "the Pod webhook denies the rejected build's image",
+        TIMEOUT,
+        || async {
+            let answer = create_pod(kube, &deny_rejected, &[from_rejected.as_str()]).await;
+            (answer.status == 403).then_some(answer)
+        },
+    )
+    .await
+    .expect("the API server calls the gate for Pods");
+    assert!(
+        denied.body.contains("image_from_rejected_taskrun"),
+        "{}",
+        denied.body
+    );
+    assert!(denied.body.contains(&rejected.upstream), "{}", denied.body);
+
+    // deny-rejected: the verified build's image runs, so does an image no TaskRun produced; a Pod
+    // with the rejected image in any of its containers does not.
+    for images in [vec![from_verified.as_str()], vec![unknown]] {
+        let answer = create_pod(kube, &deny_rejected, &images).await;
+        assert_eq!(answer.status, 201, "{images:?}: {}", answer.body);
+    }
+    let answer = create_pod(
+        kube,
+        &deny_rejected,
+        &[from_verified.as_str(), from_rejected.as_str()],
+    )
+    .await;
+    assert_eq!(answer.status, 403, "{}", answer.body);
+    assert!(
+        answer.body.contains("image_from_rejected_taskrun"),
+        "{}",
+        answer.body
+    );
+
+    // require-verified (once the gate has seen the namespace's label): an unknown digest, an
+    // image by tag and the rejected build's image are each denied with their own reason; the
+    // verified build's image runs.
+    wait::until(
+        "the gate sees the require-verified namespace",
+        TIMEOUT,
+        || async {
+            let answer = create_pod(kube, &require_verified, &[unknown]).await;
+            (answer.status == 403).then_some(())
+        },
+    )
+    .await
+    .expect("an image no TaskRun produced is denied under require-verified");
+    for (image, code) in [
+        (unknown, "image_not_verified"),
+        ("r.example/app:latest", "image_not_pinned"),
+        (from_rejected.as_str(), "image_from_rejected_taskrun"),
+    ] {
+        let answer = create_pod(kube, &require_verified, &[image]).await;
+        assert_eq!(answer.status, 403, "{image}: {}", answer.body);
+        assert!(answer.body.contains(code), "{image}: {}", answer.body);
+    }
+    // The gate's replica learns each verdict and each TaskRun's results from its own watches.
+    wait::until(
+        "the verified build's image is admitted",
+        TIMEOUT,
+        || async {
+            let answer = create_pod(kube, &require_verified, &[from_verified.as_str()]).await;
+            (answer.status == 201).then_some(())
+        },
+    )
+    .await
+    .expect("the verified build's image runs under require-verified");
+
+    // No image policy label: Pods are not checked.
+    let answer = create_pod(kube, &unchecked, &[from_rejected.as_str()]).await;
+    assert_eq!(answer.status, 201, "{}", answer.body);
 
     let api: Api<DynamicObject> = Api::all_with(kube.client(), &webhook_resource());
     let _ = api.delete(&webhook, &Default::default()).await;

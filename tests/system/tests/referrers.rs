@@ -51,9 +51,18 @@ struct Run {
     stderr: String,
 }
 
-fn run(program: &Path, args: &[&str], envs: &[(&str, &Path)]) -> Run {
-    eprintln!("$ {} {}", program.display(), args.join(" "));
-    let output = std::process::Command::new(program)
+/// Runs `program` (in `dir` when given) and waits for it.
+fn run(program: &Path, args: &[&str], envs: &[(&str, &Path)], dir: Option<&Path>) -> Run {
+    let shown = format!("{} {}", program.display(), args.join(" "));
+    match dir {
+        Some(dir) => eprintln!("$ (cd {}) {shown}", dir.display()),
+        None => eprintln!("$ {shown}"),
+    }
+    let mut command = std::process::Command::new(program);
+    if let Some(dir) = dir {
+        command.current_dir(dir);
+    }
+    let output = command
         .args(args)
         .env("HOME", std::env::temp_dir())
         .envs(envs.iter().map(|(key, value)| (*key, *value)))
@@ -96,10 +105,15 @@ impl TestRegistry {
     }
 
     fn oras(&self, args: &[&str]) -> Run {
+        self.oras_in(None, args)
+    }
+
+    /// `oras` with this registry's credentials, in `dir` when given.
+    fn oras_in(&self, dir: Option<&Path>, args: &[&str]) -> Run {
         let config = self.docker_config().display().to_string();
         let mut all = args.to_vec();
         all.extend(["--plain-http", "--registry-config", &config]);
-        run(&peers().oras.path, &all, &[])
+        run(&peers().oras.path, &all, &[], dir)
     }
 
     fn cosign(&self, args: &[&str]) -> Run {
@@ -109,6 +123,7 @@ impl TestRegistry {
             &peers().cosign.path,
             &all,
             &[("DOCKER_CONFIG", self.config_dir.path())],
+            None,
         )
     }
 
@@ -117,17 +132,10 @@ impl TestRegistry {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("app.txt"), format!("{repository}:{tag}\n")).unwrap();
         let reference = format!("{}/{repository}:{tag}", self.registry.host());
-        let pushed = run_in(dir.path(), &peers().oras.path, &{
-            let config = self.docker_config().display().to_string();
-            vec![
-                "push".to_owned(),
-                reference.clone(),
-                "app.txt:text/plain".to_owned(),
-                "--plain-http".to_owned(),
-                "--registry-config".to_owned(),
-                config,
-            ]
-        });
+        let pushed = self.oras_in(
+            Some(dir.path()),
+            &["push", &reference, "app.txt:text/plain"],
+        );
         assert_eq!(pushed.code, Some(0), "{pushed:?}");
         let resolved = self.oras(&["resolve", &reference]);
         assert_eq!(resolved.code, Some(0), "{resolved:?}");
@@ -154,7 +162,8 @@ impl TestRegistry {
             &format!("a bundle referrer of {image}"),
             TIMEOUT,
             || async {
-                let referrers = self.discover(image);
+                // `oras` is a blocking child process: not on the runtime's worker.
+                let referrers = tokio::task::block_in_place(|| self.discover(image));
                 referrers
                     .iter()
                     .any(|referrer| referrer["artifactType"] == BUNDLE_MEDIA_TYPE)
@@ -164,28 +173,6 @@ impl TestRegistry {
         .await
         .expect("the exporter attaches the bundle")
     }
-}
-
-fn run_in(dir: &Path, program: &Path, args: &[String]) -> Run {
-    eprintln!(
-        "$ (cd {}) {} {}",
-        dir.display(),
-        program.display(),
-        args.join(" ")
-    );
-    let output = std::process::Command::new(program)
-        .current_dir(dir)
-        .args(args)
-        .env("HOME", std::env::temp_dir())
-        .output()
-        .unwrap();
-    let run = Run {
-        code: output.status.code(),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    };
-    eprintln!("{run:?}");
-    run
 }
 
 /// Runs a signed TaskRun whose results name `image_url` and `image_digest` through the attestor.
@@ -290,7 +277,7 @@ fn verify_attestation(registry: &TestRegistry, trusted_root: &Path, image: &str)
     ])
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cosign_and_oras_find_and_verify_the_bundles_the_exporter_attaches() {
     let nats = NatsServer::start().await.unwrap();
     let spire = Spire::start(SpireOptions {

@@ -69,7 +69,11 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let cargo_args = test_args(&args.cargo_args);
     // On a fresh machine the peers (Go builds) and the test binaries (cargo) each take many
-    // minutes, and neither keeps both cores busy all the time: they are built side by side.
+    // minutes, and neither keeps both cores busy all the time: they are built side by side. A
+    // missing or old Go is reported now, not after the test build.
+    if countersign_peers::locate().is_err() {
+        countersign_peers::go_version().context("the real test peers cannot be built")?;
+    }
     let peers = std::thread::scope(|scope| {
         let peers = scope.spawn(crate::peers::ensure);
         build_tests(&cargo, &cargo_args);

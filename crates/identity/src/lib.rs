@@ -18,7 +18,7 @@
 //!   fail-closed verification of a response or stored token against the TSA's chain.
 //! * [`workload`]: the SPIFFE Workload API (current SVID and bundles, kept current; a signer's
 //!   fetch with retry).
-//! * [`spire_config`]: the `[spire]` configuration section every service shares (Tekton's
+//! * [`spire_config`]: the `[spire]` configuration section the attestor, registrar and watcher share (Tekton's
 //!   `config-spire` keys).
 //!
 //! Verification is parse-then-verify and fails closed: checked types (`SvidLeaf`,

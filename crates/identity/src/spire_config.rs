@@ -1,5 +1,6 @@
-//! The `[spire]` configuration section every service shares, modelled on Tekton's `config-spire`
-//! ConfigMap: one section all services read, each using the keys it needs (the table below, and
+//! The `[spire]` configuration section the services that talk to SPIRE share (the attestor, the
+//! registrar and the watcher), modelled on Tekton's `config-spire` ConfigMap: one section they all
+//! read, each using the keys it needs (the table below, and
 //! the README's). The keys Tekton's ConfigMap also has accept Tekton's spelling too
 //! (`spire-trust-domain`, `spire-socket-path`, `spire-server-addr`, `spire-node-alias-prefix`),
 //! with Tekton's defaults.
@@ -14,7 +15,7 @@
 //! | `svid_timeout` (also `first_svid_timeout`) | `30s` | attestor, registrar (TCP mode) |
 //! | `clock_skew` | `5s` | attestor |
 //!
-//! Every key is accepted by every service (a service refuses only keys no service knows), and
+//! Each of the three accepts every key (it refuses only keys none of them knows), and
 //! [`SpireConfig::validate`] checks the values serde cannot, naming the key.
 
 use std::path::PathBuf;
@@ -34,7 +35,7 @@ pub const DEFAULT_SERVER_ADDR: &str = "spire-server.spire.svc.cluster.local:8081
 pub struct SpireConfig {
     /// The trust domain of every SPIFFE ID (TaskRuns', nodes', the services' own), checked when
     /// the config loads: Tekton's `spire-trust-domain` (also accepted as that key). Unset means
-    /// `example.org`, Tekton's default (see [`SpireConfig::trust_domain`]). Read by every service.
+    /// `example.org`, Tekton's default (see [`SpireConfig::trust_domain`]). Read by all three.
     #[serde(alias = "spire-trust-domain")]
     pub trust_domain: Option<ConfiguredTrustDomain>,
     /// The SPIRE agent's Workload API address, where a service gets its own SVID and the trust
@@ -50,7 +51,7 @@ pub struct SpireConfig {
     pub server_addr: String,
     /// The path prefix of node alias SPIFFE IDs; must start with `/`: Tekton's
     /// `spire-node-alias-prefix` (also accepted as that key). Default `/tekton-node/`. Read by
-    /// the registrar only (checked by every service).
+    /// the registrar only (checked by all three).
     #[serde(alias = "spire-node-alias-prefix")]
     pub node_alias_prefix: String,
     /// The SPIRE server's admin Unix socket. When set, the registrar runs as a sidecar of the

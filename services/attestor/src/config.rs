@@ -2,7 +2,7 @@
 //! variables (see `countersign_runtime::config`), every key documented with its default in
 //! `services/attestor/README.md`.
 //!
-//! `[spire]` is the section every service shares (`countersign_identity::spire_config`, Tekton's
+//! `[spire]` is the section the attestor, registrar and watcher share (`countersign_identity::spire_config`, Tekton's
 //! `config-spire` keys); the attestor reads `trust_domain`, `socket_path` (default:
 //! `SPIFFE_ENDPOINT_SOCKET`, else `unix:///spiffe-workload-api/spire-agent.sock`),
 //! `svid_timeout` and `clock_skew`.
@@ -33,7 +33,7 @@ pub struct AttestorConfig {
     /// `[shutdown]`: the drain's grace period.
     #[serde(default)]
     pub shutdown: ShutdownConfig,
-    /// `[nats]`: the connection (the section every service shares, see
+    /// `[nats]`: the connection (the section the attestor, registrar and watcher share, see
     /// `countersign_runtime::nats`).
     #[serde(default)]
     pub nats: NatsConfig,
@@ -44,7 +44,7 @@ pub struct AttestorConfig {
     #[serde(default)]
     pub consumer: ConsumerConfig,
     /// `[spire]`: the trust domain, the Workload API, the first SVID's timeout and the clock
-    /// skew (the section every service shares, see `countersign_identity::spire_config`).
+    /// skew (the section the attestor, registrar and watcher share, see `countersign_identity::spire_config`).
     #[serde(default)]
     pub spire: SpireConfig,
     /// `[store]`: the KV buckets.

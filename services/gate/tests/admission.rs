@@ -641,11 +641,13 @@ async fn the_gate_keeps_images_of_rejected_or_unverified_taskruns_out_of_pods() 
     let tls = WebhookTls::new();
     let gate = RunningGate::start(&nats.url(), &prefix, kube.kubeconfig_path(), &tls, "").await;
     let test_label = unique_name("t");
+    // The unlabelled namespace first: the gate's namespace watch sees namespaces in the order they
+    // were created, so once it denies in `deny_rejected` it knows `unchecked` too.
+    let unchecked = create_namespace(kube, &test_label, "enforce").await;
     let deny_rejected =
         create_namespace_with(kube, &test_label, "enforce", Some("deny-rejected")).await;
     let require_verified =
         create_namespace_with(kube, &test_label, "enforce", Some("require-verified")).await;
-    let unchecked = create_namespace(kube, &test_label, "enforce").await;
     let webhook = register_webhook(
         kube,
         &test_label,

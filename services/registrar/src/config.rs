@@ -3,7 +3,7 @@
 //! refused, and everything serde cannot check (trust domain, templates, prefixes, sizes) checked in
 //! [`RegistrarConfig::validate`] before anything is bound.
 //!
-//! `[spire]` is the section every service shares (`countersign_identity::spire_config`); the
+//! `[spire]` is the section the attestor, registrar and watcher share (`countersign_identity::spire_config`); the
 //! keys Tekton's `config-spire` ConfigMap also has accept Tekton's spelling too:
 //! `spire-trust-domain`, `spire-socket-path`, `spire-server-addr`, `spire-node-alias-prefix` (in
 //! the file), or `COUNTERSIGN_SPIRE__TRUST_DOMAIN` and so on (in the environment).
@@ -34,7 +34,7 @@ pub struct RegistrarConfig {
     /// `[shutdown]`: the drain's grace period.
     #[serde(default)]
     pub shutdown: ShutdownConfig,
-    /// `[nats]`: the NATS connection (the section every service shares, see
+    /// `[nats]`: the NATS connection (the section the attestor, registrar and watcher share, see
     /// `countersign_runtime::nats`).
     #[serde(default)]
     pub nats: NatsConfig,
@@ -45,7 +45,7 @@ pub struct RegistrarConfig {
     #[serde(default)]
     pub consumer: ConsumerConfig,
     /// `[spire]`: the SPIRE server and the identities (Tekton's `config-spire` keys; the section
-    /// every service shares, see `countersign_identity::spire_config`).
+    /// the attestor, registrar and watcher share, see `countersign_identity::spire_config`).
     #[serde(default)]
     pub spire: SpireConfig,
     /// `[entries]`: what the registration entries look like.

@@ -6,7 +6,7 @@
 //! [cluster]
 //! name = "prod-eu"                  # COUNTERSIGN_CLUSTER__NAME
 //!
-//! [spire]                           # shared by every service; the watcher reads trust_domain
+//! [spire]                           # shared with the attestor and registrar; the watcher reads trust_domain
 //! trust_domain = "example.org"      # COUNTERSIGN_SPIRE__TRUST_DOMAIN; also `spire-trust-domain`
 //!
 //! [kubernetes]
@@ -52,7 +52,7 @@ pub struct WatcherConfig {
     /// `[cluster]`: what events say about where TaskRuns run.
     #[serde(default)]
     pub cluster: ClusterConfig,
-    /// `[spire]`: the section every service shares (see `countersign_identity::spire_config`);
+    /// `[spire]`: the section the attestor, registrar and watcher share (see `countersign_identity::spire_config`);
     /// the watcher reads only `trust_domain`, the trust domain of TaskRun identities.
     #[serde(default)]
     pub spire: SpireConfig,
@@ -62,7 +62,7 @@ pub struct WatcherConfig {
     /// `[ingress]`: the HTTP endpoint for Tekton's CloudEvents.
     #[serde(default)]
     pub ingress: IngressConfig,
-    /// `[nats]`: the connection (the section every service shares, see
+    /// `[nats]`: the connection (the section the attestor, registrar and watcher share, see
     /// `countersign_runtime::nats`).
     #[serde(default)]
     pub nats: NatsConfig,

@@ -23,6 +23,21 @@ use crate::spire::{Spire, test_process_selectors};
 use crate::wait;
 use crate::workspace::{signer_binary, target_dir};
 
+/// The attestor's SPIFFE ID in SPIRE's default trust domain (what `countersign verify` and cosign
+/// check as the certificate identity).
+pub const ATTESTOR_ID: &str = "spiffe://example.org/countersign/attestor";
+
+/// The attestor's configuration text for a test: this NATS, this agent, quick retries, then
+/// `extra` (more TOML).
+pub fn attestor_config_text(nats_url: &str, agent_endpoint: &str, extra: &str) -> String {
+    format!(
+        "[nats]\nurl = \"{nats_url}\"\n\
+         [spire]\nsocket_path = \"{agent_endpoint}\"\nsvid_timeout = \"5s\"\n\
+         [consumer]\nack_wait = \"5s\"\nnak_backoff = [\"200ms\"]\n\
+         [shutdown]\ngrace_period = \"10s\"\n{extra}\n"
+    )
+}
+
 /// The results of the released-Tekton fixture ([`resigned_released_fixture`]), in declared order.
 pub const FIXTURE_RESULTS: [(&str, &str); 4] = [
     ("commit", "9f3e2c1a7b4d5e6f8091a2b3c4d5e6f708192a3b"),

@@ -35,13 +35,10 @@ use countersign_test_support::registry::{Registry, RegistryOptions};
 use countersign_test_support::service::RunningService;
 use countersign_test_support::spire::{Spire, SpireOptions};
 use countersign_test_support::taskrun::{
-    AttestorBus as _, Pod, finished, merged, step, taskrun, taskrun_id,
+    ATTESTOR_ID, AttestorBus as _, Pod, attestor_config_text, finished, merged, step, taskrun,
+    taskrun_id,
 };
 use countersign_test_support::{peers, wait};
-
-/// The attestor's SPIFFE ID (in SPIRE's default trust domain), the certificate identity cosign
-/// checks.
-const ATTESTOR_ID: &str = "spiffe://example.org/countersign/attestor";
 
 /// What a program printed and how it exited.
 #[derive(Debug)]
@@ -203,12 +200,7 @@ async fn attest(
 
 /// The attestor's configuration: this NATS, this agent, quick retries.
 fn attestor_config(nats_url: &str, agent_endpoint: &str) -> AttestorConfig {
-    let text = format!(
-        "[nats]\nurl = \"{nats_url}\"\n\
-         [spire]\nsocket_path = \"{agent_endpoint}\"\nfirst_svid_timeout = \"5s\"\n\
-         [consumer]\nack_wait = \"5s\"\nnak_backoff = [\"200ms\"]\n\
-         [shutdown]\ngrace_period = \"10s\"\n"
-    );
+    let text = attestor_config_text(nats_url, agent_endpoint, "");
     let config: AttestorConfig =
         parse_config(&text, &Environment::new()).expect("a valid attestor config");
     config.validate().expect("a valid attestor config");

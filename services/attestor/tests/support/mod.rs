@@ -24,9 +24,6 @@ pub use countersign_test_support::taskrun::*;
 #[allow(unused_imports)]
 pub use countersign_test_support::workspace::cli_binary;
 
-/// The attestor's SPIFFE ID in the tests (the default `countersign verify` expects).
-pub const ATTESTOR_ID: &str = "spiffe://example.org/countersign/attestor";
-
 // === peers ===
 
 /// A SPIRE whose agent serves this test process the attestor's identity.
@@ -49,12 +46,7 @@ pub async fn register_attestor(spire: &Spire) {
 
 /// The attestor's configuration for a test: this NATS, this agent, quick retries.
 pub fn attestor_config(nats_url: &str, agent_endpoint: &str, extra: &str) -> AttestorConfig {
-    let text = format!(
-        "[nats]\nurl = \"{nats_url}\"\n\
-         [spire]\nsocket_path = \"{agent_endpoint}\"\nfirst_svid_timeout = \"5s\"\n\
-         [consumer]\nack_wait = \"5s\"\nnak_backoff = [\"200ms\"]\n\
-         [shutdown]\ngrace_period = \"10s\"\n{extra}\n"
-    );
+    let text = attestor_config_text(nats_url, agent_endpoint, extra);
     let config: AttestorConfig =
         parse_config(&text, &Environment::new()).expect("a valid attestor config");
     config.validate().expect("a valid attestor config");

@@ -104,13 +104,13 @@ impl SpireConfig {
         &self,
         spiffe_endpoint_socket: Option<&str>,
     ) -> Result<WorkloadEndpoint, EndpointConfigError> {
-        let chosen = self
-            .socket_path
-            .as_deref()
-            .filter(|address| !address.is_empty())
-            .or(spiffe_endpoint_socket.filter(|address| !address.is_empty()))
-            .unwrap_or(TEKTON_DEFAULT_SOCKET);
-        WorkloadEndpoint::new(chosen)
+        WorkloadEndpoint::from_config(self.socket_path.as_deref(), |_| {
+            spiffe_endpoint_socket.map(str::to_owned)
+        })
+        .or_else(|error| match error {
+            EndpointConfigError::NotConfigured => WorkloadEndpoint::new(TEKTON_DEFAULT_SOCKET),
+            other => Err(other),
+        })
     }
 
     /// The node alias prefix, parsed (key `spire.node_alias_prefix`).

@@ -20,7 +20,7 @@ pub(crate) fn run() -> anyhow::Result<ExitCode> {
     }
     for binary in peers.iter() {
         println!(
-            "{:<15} {:<9} {}",
+            "{:<24} {:<9} {}",
             binary.peer.binary_name(),
             binary.version,
             binary.path.display()

@@ -2,7 +2,8 @@
 //! kube-apiserver, and for a real node kubelet, kube-scheduler, kube-controller-manager and Tekton
 //! Pipelines' controller, entrypoint, nop and events controller), kustomize to render the deployment manifests, and the
 //! independent verifiers of our attestation formats (cosign, slsa-verifier, and dsse-verify: our own
-//! few lines around go-securesystemslib's DSSE verifier), a trace store (Jaeger v2), the SPIFFE CSI driver
+//! few lines around go-securesystemslib's DSSE verifier), two OCI registries (CNCF Distribution, and
+//! go-containerregistry's with the Referrers API on) with `oras`, a trace store (Jaeger v2), the SPIFFE CSI driver
 //! with `kubelet-plugin-registrar` (our own program registering it with the kubelet), and Docker Compose
 //! with natscli (to run `compose/` against podman), sigstore's RFC 3161 timestamp authority (its REST API
 //! server run by our few lines: `timestamp-authority/main.go` says why not its `serve` command), from the Go module proxy, into a per-machine
@@ -144,6 +145,8 @@ peer_table! {
     Registry => registry, "registry", REGISTRY, "github.com/distribution/distribution/v3/cmd/registry";
     /// Our own few lines printing a bcrypt htpasswd line for the registry's auth.
     RegistryHtpasswd => registry_htpasswd, "registry-htpasswd", REGISTRY, "countersign.dev/tests/peers/registry/htpasswd";
+    /// go-containerregistry's registry with its OCI 1.1 Referrers API on (our few lines: see its `main.go`).
+    ReferrersRegistry => referrers_registry, "referrers-registry", REFERRERS_REGISTRY, "countersign.dev/tests/peers/referrers-registry";
     /// `oras` (reads referrers: `oras discover`).
     Oras => oras, "oras", ORAS, "oras.land/oras/cmd/oras";
 
@@ -289,6 +292,13 @@ const REGISTRY: GoModule = GoModule {
     cgo: false,
     cold_build_estimate: "about 3 minutes",
 };
+const REFERRERS_REGISTRY: GoModule = GoModule {
+    dir: "referrers-registry",
+    upstream: "github.com/google/go-containerregistry",
+    peers: &[Peer::ReferrersRegistry],
+    cgo: false,
+    cold_build_estimate: "about 30 seconds",
+};
 const ORAS: GoModule = GoModule {
     dir: "oras",
     upstream: "oras.land/oras",
@@ -306,7 +316,7 @@ const TIMESTAMP_AUTHORITY: GoModule = GoModule {
     cold_build_estimate: "about 1 minute",
 };
 
-const MODULES: [&GoModule; 16] = [
+const MODULES: [&GoModule; 17] = [
     &NATS,
     &SPIRE,
     &ETCD,
@@ -326,6 +336,7 @@ const MODULES: [&GoModule; 16] = [
     &COMPOSE,
     // OCI registries.
     &REGISTRY,
+    &REFERRERS_REGISTRY,
     &ORAS,
     // Timestamp authority.
     &TIMESTAMP_AUTHORITY,

@@ -11,7 +11,7 @@
 //! - [`kube`]: [`kube::KubeApiserver`], etcd and kube-apiserver with RBAC, certificates and the
 //!   Tekton TaskRun CRD.
 //! - [`jaeger`]: [`jaeger::Jaeger`], the trace store the services export OTLP to.
-//! - [`registry`]: [`registry::Registry`], an OCI registry (Distribution), with or without auth.
+//! - [`registry`]: [`registry::Registry`], an OCI registry: Distribution (tag schema), with or without auth, or go-containerregistry's (Referrers API).
 //! - [`timestamp_authority`]: [`timestamp_authority::TimestampAuthority`], an RFC 3161 timestamp
 //!   authority (sigstore's) with an in-memory signer, and its certificate chain.
 //!

@@ -1,9 +1,14 @@
-//! A real OCI registry (CNCF Distribution v3, `tests/peers/registry`) on a free loopback port,
-//! plain HTTP, with its own storage directory; optionally with htpasswd authentication (a user
-//! and password the test picks, hashed with bcrypt by our `registry-htpasswd`). Distribution
-//! serves no Referrers API: referrers are found through the OCI tag-schema fallback.
+//! A real OCI registry on a free loopback port, plain HTTP, with its own storage directory, of one
+//! of two kinds ([`RegistryKind`]):
 //!
-//! [`Registry::stop`] and [`Registry::start_again`] make an outage: same port, same storage.
+//! * CNCF Distribution v3 (`tests/peers/registry`), optionally with htpasswd authentication (a
+//!   user and password the test picks, hashed with bcrypt by our `registry-htpasswd`). It serves
+//!   no Referrers API: referrers are found through the OCI tag-schema fallback;
+//! * go-containerregistry's registry with its OCI 1.1 Referrers API on
+//!   (`tests/peers/referrers-registry`), without authentication. It keeps manifests in memory.
+//!
+//! [`Registry::stop`] and [`Registry::start_again`] make an outage: same port, same storage
+//! (for the Referrers API registry, the blobs only).
 //! [`Registry::docker_config`] writes the Docker config file (`auths`) that the exporter, `oras`
 //! (`--registry-config`) and `cosign` (`DOCKER_CONFIG`) read.
 
@@ -19,10 +24,22 @@ use crate::{peers, ports, short_tempdir, wait};
 /// How long a start may take before the test fails.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Which registry program.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum RegistryKind {
+    /// CNCF Distribution: no Referrers API (the tag-schema fallback); htpasswd on request.
+    #[default]
+    Distribution,
+    /// go-containerregistry's registry, serving the OCI 1.1 Referrers API; no authentication.
+    ReferrersApi,
+}
+
 /// What the registry is started with.
 #[derive(Debug, Clone, Default)]
 pub struct RegistryOptions {
-    /// `(user, password)`: require htpasswd (Basic) authentication.
+    /// Which registry program.
+    pub kind: RegistryKind,
+    /// `(user, password)`: require htpasswd (Basic) authentication (Distribution only).
     pub htpasswd: Option<(String, String)>,
 }
 
@@ -38,6 +55,10 @@ pub struct Registry {
 impl Registry {
     /// Starts a registry.
     pub async fn start(options: RegistryOptions) -> Result<Registry, PeerFailed> {
+        assert!(
+            options.kind == RegistryKind::Distribution || options.htpasswd.is_none(),
+            "only the Distribution registry takes htpasswd authentication"
+        );
         let dir = short_tempdir("cs-registry-");
         let mut registry = Registry {
             process: None,
@@ -87,6 +108,10 @@ impl Registry {
     }
 
     fn write_config(&self) -> Result<(), PeerFailed> {
+        if self.options.kind == RegistryKind::ReferrersApi {
+            // Configured by its command line.
+            return Ok(());
+        }
         let storage = self.dir.path().join("storage");
         let auth = match &self.options.htpasswd {
             Some((user, password)) => {
@@ -119,14 +144,28 @@ impl Registry {
     }
 
     async fn launch(&mut self) -> Result<(), PeerFailed> {
-        let log = self.dir.path().join("registry.log");
-        let args = vec![
-            "serve".to_owned(),
-            self.dir.path().join("config.yml").display().to_string(),
-        ];
+        let log = self.log_path();
+        let (program, args) = match self.options.kind {
+            RegistryKind::Distribution => (
+                &peers().registry.path,
+                vec![
+                    "serve".to_owned(),
+                    self.dir.path().join("config.yml").display().to_string(),
+                ],
+            ),
+            RegistryKind::ReferrersApi => (
+                &peers().referrers_registry.path,
+                vec![
+                    "--address".to_owned(),
+                    self.host(),
+                    "--disk".to_owned(),
+                    self.dir.path().join("blobs").display().to_string(),
+                ],
+            ),
+        };
         // No trace exporter: Distribution v3 would otherwise send OTLP to localhost.
         let envs = [("OTEL_TRACES_EXPORTER".to_owned(), "none".to_owned())];
-        let process = PeerProcess::spawn("registry", &peers().registry.path, &args, &envs, &log)
+        let process = PeerProcess::spawn("registry", program, &args, &envs, &log)
             .await
             .map_err(|error| PeerFailed {
                 name: "registry".into(),

@@ -1,10 +1,12 @@
 //! The exporter end to end, as a user meets its output: real NATS, the real SPIRE (with our
 //! CredentialComposer, so the attestor's SVID carries code signing), the attestor and the
 //! exporter in-process, real OCI registries (CNCF Distribution v3.1.2, which has no Referrers
-//! API: the tag-schema fallback), one open and one behind htpasswd, and unmodified `oras` and
-//! `cosign` reading what the exporter attached:
+//! API: the tag-schema fallback, one open and one behind htpasswd; and go-containerregistry's
+//! registry, which serves the OCI 1.1 Referrers API), and unmodified `oras` and `cosign` reading
+//! what the exporter attached:
 //!
-//! * `oras discover` lists the VSA bundle as a referrer of the image;
+//! * `oras discover` lists the VSA bundle as a referrer of the image: through the tag schema on
+//!   Distribution, through the Referrers API (and with no fallback tag written) on the other;
 //! * `cosign tree` shows it as a `https://slsa.dev/verification_summary/v1` referrer;
 //! * `cosign verify-attestation` verifies it, offline, with the SPIRE bundle as its trust root and
 //!   the attestor's SPIFFE ID as the certificate identity;
@@ -31,7 +33,7 @@ use countersign_runtime::Context;
 use countersign_runtime::config::{Environment, ServiceConfig as _, parse_config};
 use countersign_test_support::bus::{TIMEOUT, TestBus};
 use countersign_test_support::nats::NatsServer;
-use countersign_test_support::registry::{Registry, RegistryOptions};
+use countersign_test_support::registry::{Registry, RegistryKind, RegistryOptions};
 use countersign_test_support::service::RunningService;
 use countersign_test_support::spire::{Spire, SpireOptions};
 use countersign_test_support::taskrun::{
@@ -83,8 +85,9 @@ struct TestRegistry {
 }
 
 impl TestRegistry {
-    async fn start(htpasswd: Option<(&str, &str)>) -> TestRegistry {
+    async fn start(kind: RegistryKind, htpasswd: Option<(&str, &str)>) -> TestRegistry {
         let registry = Registry::start(RegistryOptions {
+            kind,
             htpasswd: htpasswd.map(|(user, password)| (user.to_owned(), password.to_owned())),
         })
         .await
@@ -139,9 +142,17 @@ impl TestRegistry {
         resolved.stdout.trim().to_owned()
     }
 
-    /// The referrers `oras discover` lists for `image` (`host/repo@digest`).
-    fn discover(&self, image: &str) -> Vec<serde_json::Value> {
-        let discovered = self.oras(&["discover", image, "--format", "json"]);
+    /// The referrers `oras discover` lists for `image` (`host/repo@digest`), asking the registry
+    /// the way `spec` says (`v1.1-referrers-api` or `v1.1-referrers-tag`).
+    fn discover(&self, image: &str, spec: &str) -> Vec<serde_json::Value> {
+        let discovered = self.oras(&[
+            "discover",
+            image,
+            "--format",
+            "json",
+            "--distribution-spec",
+            spec,
+        ]);
         if discovered.code != Some(0) {
             return Vec::new();
         }
@@ -153,24 +164,82 @@ impl TestRegistry {
             .unwrap_or_default()
     }
 
-    /// Waits until `oras discover` lists a Sigstore bundle referrer of `image`.
-    async fn wait_for_bundle(&self, image: &str) -> Vec<serde_json::Value> {
+    /// The manifests of the Sigstore bundle referrers of `image` that `oras discover` finds the
+    /// way `spec` says. Each referrer's manifest is fetched: a registry's referrers list may carry
+    /// no annotations and give the config's media type as the artifact type
+    /// (go-containerregistry's does), and the manifest is what cosign reads.
+    fn bundle_referrers(&self, image: &str, spec: &str) -> Vec<serde_json::Value> {
+        let repository = image
+            .split_once('@')
+            .map_or(image, |(repository, _)| repository);
+        self.discover(image, spec)
+            .iter()
+            .filter_map(|referrer| {
+                let digest = referrer["digest"].as_str()?;
+                let fetched = self.oras(&["manifest", "fetch", &format!("{repository}@{digest}")]);
+                if fetched.code != Some(0) {
+                    return None;
+                }
+                let manifest: serde_json::Value = serde_json::from_str(&fetched.stdout).ok()?;
+                (manifest["artifactType"] == BUNDLE_MEDIA_TYPE).then_some(manifest)
+            })
+            .collect()
+    }
+
+    /// Waits until `oras discover` (asking as `spec` says) finds a Sigstore bundle referrer of
+    /// `image`; the bundle referrers' manifests.
+    async fn wait_for_bundle(&self, image: &str, spec: &str) -> Vec<serde_json::Value> {
         wait::until(
-            &format!("a bundle referrer of {image}"),
+            &format!("a bundle referrer of {image} ({spec})"),
             TIMEOUT,
             || async {
                 // `oras` is a blocking child process: not on the runtime's worker.
-                let referrers = tokio::task::block_in_place(|| self.discover(image));
-                referrers
-                    .iter()
-                    .any(|referrer| referrer["artifactType"] == BUNDLE_MEDIA_TYPE)
-                    .then_some(referrers)
+                let referrers = tokio::task::block_in_place(|| self.bundle_referrers(image, spec));
+                (!referrers.is_empty()).then_some(referrers)
             },
         )
         .await
         .expect("the exporter attaches the bundle")
     }
+
+    /// The repository's tags (`oras repo tags`).
+    fn tags(&self, repository: &str) -> Vec<String> {
+        let listed = self.oras(&["repo", "tags", repository]);
+        assert_eq!(listed.code, Some(0), "{listed:?}");
+        listed.stdout.lines().map(str::to_owned).collect()
+    }
 }
+
+/// The exporter's count of bundles a registry's Referrers API indexes.
+const REFERRERS_API_ATTACHED: &str =
+    "countersign_exporter_attachments_total{outcome=\"attached_referrers_api\"}";
+/// The exporter's count of bundles it indexed in a tag-schema index.
+const TAG_SCHEMA_ATTACHED: &str =
+    "countersign_exporter_attachments_total{outcome=\"attached_tag_schema\"}";
+
+/// Waits until the exporter has counted `tag_schema` bundles indexed by itself and
+/// `referrers_api` by a registry's Referrers API (its metric follows the push by a moment).
+async fn wait_for_attachments(
+    exporter: &RunningService<ExporterConfig>,
+    tag_schema: f64,
+    referrers_api: f64,
+) {
+    wait::until_true(
+        &format!("{tag_schema} tag-schema and {referrers_api} Referrers API attachments"),
+        TIMEOUT,
+        || async {
+            exporter.metric(TAG_SCHEMA_ATTACHED) == tag_schema
+                && exporter.metric(REFERRERS_API_ATTACHED) == referrers_api
+        },
+    )
+    .await
+    .unwrap_or_else(|error| panic!("{error}\n{}", exporter.metrics()));
+}
+
+/// How `oras discover` asks a registry without the Referrers API: the tag schema.
+const TAG_SCHEMA: &str = "v1.1-referrers-tag";
+/// How `oras discover` asks a registry with the Referrers API.
+const REFERRERS_API: &str = "v1.1-referrers-api";
 
 /// Runs a signed TaskRun whose results name `image_url` and `image_digest` through the attestor.
 async fn attest(
@@ -294,14 +363,20 @@ async fn cosign_and_oras_find_and_verify_the_bundles_the_exporter_attaches() {
     .await;
     attestor.wait_ready().await;
 
-    let open = TestRegistry::start(None).await;
-    let mut locked = TestRegistry::start(Some(("ci-robot", "correct horse battery"))).await;
+    let open = TestRegistry::start(RegistryKind::Distribution, None).await;
+    let mut locked = TestRegistry::start(
+        RegistryKind::Distribution,
+        Some(("ci-robot", "correct horse battery")),
+    )
+    .await;
+    let indexing = TestRegistry::start(RegistryKind::ReferrersApi, None).await;
     let dir = tempfile::tempdir().unwrap();
-    let docker_config = merged_docker_config(dir.path(), &[&open, &locked]);
+    let registries = [&open, &locked, &indexing];
+    let docker_config = merged_docker_config(dir.path(), &registries);
     let exporter = RunningService::start(
         Context::new(
             "exporter",
-            exporter_config(&nats.url(), &[&open, &locked], &docker_config),
+            exporter_config(&nats.url(), &registries, &docker_config),
         ),
         Duration::from_secs(10),
         countersign_exporter::run,
@@ -326,8 +401,9 @@ async fn cosign_and_oras_find_and_verify_the_bundles_the_exporter_attaches() {
     let image_url = format!("{}/team/app", open.registry.host());
     let image = format!("{image_url}@{digest}");
     attest(&spire, &bus, "open-build", &image_url, &digest).await;
-    let referrers = open.wait_for_bundle(&image).await;
+    let referrers = open.wait_for_bundle(&image, TAG_SCHEMA).await;
     assert_eq!(referrers.len(), 1, "{referrers:?}");
+    wait_for_attachments(&exporter, 1.0, 0.0).await;
     assert_eq!(
         referrers[0]["annotations"]["dev.sigstore.bundle.predicateType"], VSA_PREDICATE_TYPE,
         "{referrers:?}"
@@ -360,13 +436,41 @@ async fn cosign_and_oras_find_and_verify_the_bundles_the_exporter_attaches() {
     ]);
     assert_ne!(wrong_identity.code, Some(0), "{wrong_identity:?}");
 
+    // A registry with the Referrers API: the exporter leaves the indexing to it and writes no
+    // fallback tag; `oras` finds the bundle through the API, and cosign verifies it.
+    let indexed_digest = indexing.push_image("team/indexed", "v1");
+    let indexed_url = format!("{}/team/indexed", indexing.registry.host());
+    let indexed_image = format!("{indexed_url}@{indexed_digest}");
+    attest(&spire, &bus, "indexed-build", &indexed_url, &indexed_digest).await;
+    let referrers = indexing
+        .wait_for_bundle(&indexed_image, REFERRERS_API)
+        .await;
+    assert_eq!(referrers.len(), 1, "{referrers:?}");
+    assert_eq!(
+        referrers[0]["annotations"]["dev.sigstore.bundle.predicateType"], VSA_PREDICATE_TYPE,
+        "{referrers:?}"
+    );
+    wait_for_attachments(&exporter, 1.0, 1.0).await;
+    let tags = indexing.tags(&indexed_url);
+    assert_eq!(
+        tags,
+        ["v1"],
+        "no tag-schema index next to the Referrers API"
+    );
+    let tree = indexing.cosign(&["tree", &indexed_image]);
+    assert_eq!(tree.code, Some(0), "{tree:?}");
+    assert!(tree.stdout.contains("via OCI referrer"), "{tree:?}");
+    let verified = verify_attestation(&indexing, &trusted_root, &indexed_image);
+    assert_eq!(verified.code, Some(0), "{verified:?}");
+    assert!(verified.stderr.contains("Verification for"), "{verified:?}");
+
     // A registry behind htpasswd: the exporter pushes with the Docker config's credentials, and
     // the tools read with theirs.
     let locked_digest = locked.push_image("team/locked", "v1");
     let locked_url = format!("{}/team/locked", locked.registry.host());
     let locked_image = format!("{locked_url}@{locked_digest}");
     attest(&spire, &bus, "locked-build", &locked_url, &locked_digest).await;
-    locked.wait_for_bundle(&locked_image).await;
+    locked.wait_for_bundle(&locked_image, TAG_SCHEMA).await;
     let verified = verify_attestation(&locked, &trusted_root, &locked_image);
     assert_eq!(verified.code, Some(0), "{verified:?}");
 
@@ -407,7 +511,7 @@ async fn cosign_and_oras_find_and_verify_the_bundles_the_exporter_attaches() {
     .await
     .expect("a transient failure while the registry is down");
     locked.registry.start_again().await.unwrap();
-    locked.wait_for_bundle(&later_image).await;
+    locked.wait_for_bundle(&later_image, TAG_SCHEMA).await;
     let verified = verify_attestation(&locked, &trusted_root, &later_image);
     assert_eq!(verified.code, Some(0), "{verified:?}");
     assert_eq!(

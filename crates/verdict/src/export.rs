@@ -54,9 +54,12 @@ pub const VERIFIER_COMPONENT: &str = "countersign";
 pub struct BuiltExport {
     /// The announcement (also stored as the export's manifest).
     pub event: ExportStored,
-    /// `(key, Sigstore bundle JSON)`: the results bundle first, then the VSAs in the event's
-    /// order.
-    pub bundles: Vec<(String, Vec<u8>)>,
+    /// `(key, Sigstore bundle)` of the results attestation, with its timestamps.
+    pub results_bundle: (String, SigstoreBundle),
+    /// `(key, Sigstore bundle)` of each VSA, in the event's order, without a timestamp: each is
+    /// a signature of its own, which the caller timestamps when it has an authority
+    /// ([`SigstoreBundle::signature_bytes`], [`SigstoreBundle::with_timestamps`]).
+    pub vsa_bundles: Vec<(String, SigstoreBundle)>,
     /// The type hints that were refused (logged by the caller; never stops the export).
     pub artifacts: ArtifactScan,
 }
@@ -108,7 +111,7 @@ pub fn build_export(
     let verdict = data.verdict();
     let signed = data.signed_attestation()?;
     // The attestation's timestamps cover its signature, so they travel in its bundle (the
-    // VSAs are signatures of their own, without one).
+    // VSAs are signatures of their own: the caller timestamps them).
     let results_bundle = SigstoreBundle::from_attestation(&signed)?
         .with_timestamps(event_timestamps(data.attestation())?)?;
     let results_key = bundle_key(&taskrun.uid)?;
@@ -136,7 +139,7 @@ pub fn build_export(
         verified_levels: vec![RESULTS_VERIFIED_LEVEL.to_owned()],
     };
 
-    let mut bundles = vec![(results_key.clone(), results_bundle.to_json())];
+    let mut vsa_bundles = Vec::new();
     let mut vsas = Vec::new();
     let mut add = |statement: Statement<VerificationSummary>,
                    artifact: Option<ExportedArtifact>|
@@ -153,7 +156,7 @@ pub fn build_export(
             },
         });
         let signed = sign_vsa(&statement, svid)?;
-        bundles.push((key, SigstoreBundle::from_attestation(&signed)?.to_json()));
+        vsa_bundles.push((key, SigstoreBundle::from_attestation(&signed)?));
         Ok(())
     };
 
@@ -189,11 +192,12 @@ pub fn build_export(
                 Verdict::NoResults => ExportedVerdict::NoResults,
                 Verdict::Rejected => ExportedVerdict::Rejected,
             },
-            bundle_key: results_key,
+            bundle_key: results_key.clone(),
             vsas,
             attested_at: data.attested_at(),
         },
-        bundles,
+        results_bundle: (results_key, results_bundle),
+        vsa_bundles,
         artifacts,
     })
 }

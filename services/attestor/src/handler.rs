@@ -472,8 +472,21 @@ impl Attestor {
                         "artifact type hint refused; no VSA for it"
                     );
                 }
-                for (key, json) in built.bundles {
-                    parts.exports.put_bundle(&key, json).await?;
+                let (results_key, results_bundle) = built.results_bundle;
+                parts
+                    .exports
+                    .put_bundle(&results_key, results_bundle.to_json())
+                    .await?;
+                for (key, mut bundle) in built.vsa_bundles {
+                    // Before it is stored, as the attestation's own: a VSA is never kept
+                    // without the timestamp a configured TSA owes it.
+                    if let Some(timestamper) = &parts.timestamper {
+                        let token = timestamper.token(bundle.signature_bytes()).await?;
+                        bundle = bundle
+                            .with_timestamps(vec![token])
+                            .map_err(ExportError::from)?;
+                    }
+                    parts.exports.put_bundle(&key, bundle.to_json()).await?;
                 }
                 let event = Event::observed_at(
                     parts.publisher.source(),

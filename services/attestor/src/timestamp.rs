@@ -8,6 +8,11 @@
 //! attestation. An attestation is never stored or published without its
 //! timestamp when a TSA is configured: every failure here (the TSA down or slow, an HTTP error, a
 //! response that does not verify) is transient, so the `finished` event is nak'ed and retried.
+//!
+//! Each exported VSA is a signature of its own, so it gets its own token
+//! ([`Timestamper::token`]) before its bundle is stored: admission policies that read VSAs from
+//! a registry with no transparency log (sigstore policy-controller with `signatureFormat:
+//! bundle`) require a signed timestamp.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -151,12 +156,26 @@ impl Timestamper {
 
     /// Timestamps the attestation of `event`: requests, verifies, and adds the token.
     pub async fn stamp(&self, event: &mut AttestationEvent) -> Result<(), TimestampFailure> {
+        let signature =
+            timestamped_bytes(event.attestation())?.ok_or(TimestampFailure::Unsigned)?;
+        let token = self.token(&signature).await?;
+        event
+            .attestation_mut()
+            .rfc3161_timestamps
+            .push(base64::engine::general_purpose::STANDARD.encode(token));
+        Ok(())
+    }
+
+    /// A verified RFC 3161 timestamp token over `signature` (a DSSE signature's bytes, as
+    /// Sigstore timestamps them): the DER of the authority's response. The attestation's own
+    /// signature is stamped by [`Timestamper::stamp`]; each VSA's by this.
+    pub async fn token(&self, signature: &[u8]) -> Result<Vec<u8>, TimestampFailure> {
         let started = Instant::now();
-        let result = self.request(event).await;
+        let result = self.request(signature).await;
         match &result {
             Ok(verified) => {
                 self.metrics.timestamp_obtained(started.elapsed());
-                tracing::debug!(gen_time = %verified.gen_time(), "attestation timestamped");
+                tracing::debug!(gen_time = %verified.gen_time(), "signature timestamped");
             }
             Err(failure) => {
                 self.metrics.timestamp_failed(failure.reason());
@@ -168,21 +187,11 @@ impl Timestamper {
                 );
             }
         }
-        let verified = result?;
-        event
-            .attestation_mut()
-            .rfc3161_timestamps
-            .push(base64::engine::general_purpose::STANDARD.encode(verified.response_der()));
-        Ok(())
+        Ok(result?.into_response_der())
     }
 
-    async fn request(
-        &self,
-        event: &AttestationEvent,
-    ) -> Result<VerifiedTimestamp, TimestampFailure> {
-        let signature =
-            timestamped_bytes(event.attestation())?.ok_or(TimestampFailure::Unsigned)?;
-        let request = TimestampRequest::new(&signature)?;
+    async fn request(&self, signature: &[u8]) -> Result<VerifiedTimestamp, TimestampFailure> {
+        let request = TimestampRequest::new(signature)?;
         let response = self
             .http
             .post(self.url.clone())

@@ -2,7 +2,8 @@
 //! the TaskRun's SVIDs), sigstore's timestamp authority, the attestor in-process with
 //! `[timestamp]`, and the real `countersign` binary. An attestation carries a token over its
 //! signature that verifies with the authority's chain, in its event and in its exported Sigstore
-//! bundle; `countersign verify --timestamp-authority-chain` accepts both and takes the token's
+//! bundle, and so does each exported VSA (a token over its own signature);
+//! `countersign verify --timestamp-authority-chain` accepts both and takes the token's
 //! genTime as the signing time, refuses them with another authority's chain, and refuses an
 //! attestation without a token. A timestamp authority that is down holds the attestation back
 //! (nak and retry), and nothing is stored or published meanwhile.
@@ -174,6 +175,41 @@ async fn attestations_carry_a_verified_timestamp_and_countersign_verifies_it() {
     assert_eq!(
         sigstore["verificationMaterial"]["timestampVerificationData"]["rfc3161Timestamps"][0]["signedTimestamp"],
         base64::engine::general_purpose::STANDARD.encode(&tokens[0])
+    );
+
+    // Every VSA is a signature of its own, with its own token over it.
+    let mut vsa_files: Vec<_> = std::fs::read_dir(&export_dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| {
+            path.file_name()
+                .and_then(|name| name.to_str())
+                .is_some_and(|name| name.starts_with("vsa-") && name.ends_with(".sigstore.json"))
+        })
+        .collect();
+    vsa_files.sort();
+    assert!(!vsa_files.is_empty(), "at least the TaskRun's VSA");
+    for file in &vsa_files {
+        let vsa: serde_json::Value = serde_json::from_slice(&std::fs::read(file).unwrap()).unwrap();
+        let tokens = vsa["verificationMaterial"]["timestampVerificationData"]["rfc3161Timestamps"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{} has no timestamp: {vsa}", file.display()));
+        assert_eq!(tokens.len(), 1, "{vsa}");
+        let decode = |value: &serde_json::Value| {
+            base64::engine::general_purpose::STANDARD
+                .decode(value.as_str().unwrap())
+                .unwrap()
+        };
+        let token = decode(&tokens[0]["signedTimestamp"]);
+        let vsa_signature = decode(&vsa["dsseEnvelope"]["signatures"][0]["sig"]);
+        let vsa_stamp = verify_stored_response(&token, &vsa_signature, &chain)
+            .unwrap_or_else(|error| panic!("{}: {error}", file.display()));
+        assert!(vsa_stamp.gen_time() >= before - TimeDelta::seconds(5));
+        // Over this VSA's signature, not the attestation's.
+        assert!(verify_stored_response(&token, &signature, &chain).is_err());
+    }
+    assert!(
+        attestor.metric("countersign_attestor_timestamps_total") >= 1.0 + vsa_files.len() as f64
     );
 
     let chain_path = authority.chain_path().display().to_string();

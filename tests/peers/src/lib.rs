@@ -1,7 +1,7 @@
 //! Builds the real peers Countersign is tested against (nats-server, spire-server, spire-agent, etcd,
 //! kube-apiserver, and for a real node kubelet, kube-scheduler, kube-controller-manager and Tekton
 //! Pipelines' controller, entrypoint, nop and events controller), kustomize to render the deployment manifests, and the
-//! independent verifiers of our attestation formats (cosign, slsa-verifier, and dsse-verify: our own
+//! independent verifiers of our attestation formats (cosign, policy-controller's `policy-tester`, slsa-verifier, and dsse-verify: our own
 //! few lines around go-securesystemslib's DSSE verifier), two OCI registries (CNCF Distribution, and
 //! go-containerregistry's with the Referrers API on) with `oras`, a trace store (Jaeger v2), the SPIFFE CSI driver
 //! with `kubelet-plugin-registrar` (our own program registering it with the kubelet), and Docker Compose
@@ -121,6 +121,8 @@ peer_table! {
     DsseVerify => dsse_verify, "dsse-verify", DSSE_VERIFY, "countersign.dev/tests/peers/dsse-verify";
     /// sigstore's `cosign` (reads Sigstore bundles).
     Cosign => cosign, "cosign", COSIGN, "github.com/sigstore/cosign/v3/cmd/cosign";
+    /// sigstore policy-controller's `policy-tester` (its admission verification of a ClusterImagePolicy, on one image).
+    PolicyTester => policy_tester, "policy-tester", POLICY_CONTROLLER, "github.com/sigstore/policy-controller/cmd/tester";
     /// `slsa-verifier` (reads SLSA VSAs).
     SlsaVerifier => slsa_verifier, "slsa-verifier", SLSA_VERIFIER, "github.com/slsa-framework/slsa-verifier/v2/cli/slsa-verifier";
     /// Our SPIRE server CredentialComposer plugin that adds code signing to the attestor's SVID.
@@ -244,6 +246,13 @@ const COSIGN: GoModule = GoModule {
     cgo: false,
     cold_build_estimate: "about 5 minutes",
 };
+const POLICY_CONTROLLER: GoModule = GoModule {
+    dir: "policy-controller",
+    upstream: "github.com/sigstore/policy-controller",
+    peers: &[Peer::PolicyTester],
+    cgo: false,
+    cold_build_estimate: "about 5 minutes",
+};
 const SLSA_VERIFIER: GoModule = GoModule {
     dir: "slsa-verifier",
     upstream: "github.com/slsa-framework/slsa-verifier/v2",
@@ -316,7 +325,7 @@ const TIMESTAMP_AUTHORITY: GoModule = GoModule {
     cold_build_estimate: "about 1 minute",
 };
 
-const MODULES: [&GoModule; 17] = [
+const MODULES: [&GoModule; 18] = [
     &NATS,
     &SPIRE,
     &ETCD,
@@ -326,6 +335,7 @@ const MODULES: [&GoModule; 17] = [
     // Attestation verifiers.
     &DSSE_VERIFY,
     &COSIGN,
+    &POLICY_CONTROLLER,
     &SLSA_VERIFIER,
     &SPIRE_CODE_SIGNING,
     // Trace store.

@@ -10,6 +10,10 @@
 //! * `cosign tree` shows it as a `https://slsa.dev/verification_summary/v1` referrer;
 //! * `cosign verify-attestation` verifies it, offline, with the SPIRE bundle as its trust root and
 //!   the attestor's SPIFFE ID as the certificate identity;
+//! * sigstore policy-controller's own verification (`policy-tester`) admits the image under the
+//!   README's `ClusterImagePolicy` and `TrustRoot` (the VSAs carry a timestamp from sigstore's
+//!   real timestamp authority, which policy-controller requires where there is no transparency
+//!   log), and denies an image without a VSA and a policy naming another identity;
 //! * an image in a registry that is not on the allow-list is dead-lettered, with its reason;
 //! * a registry that is down is retried, and the bundle lands once it is back.
 //!
@@ -17,6 +21,8 @@
 //! reported to the attestor as the watcher would (`countersign_test_support::taskrun`).
 
 use std::path::{Path, PathBuf};
+
+use base64::Engine as _;
 use std::time::Duration;
 
 use chrono::{TimeDelta, Utc};
@@ -24,10 +30,11 @@ use countersign_attestor::AttestorConfig;
 use countersign_events::data::TaskRunRef;
 use countersign_exporter::ExporterConfig;
 use countersign_identity::sigstore_bundle::{
-    SIGSTORE_BUNDLE_V03_MEDIA_TYPE as BUNDLE_MEDIA_TYPE, trusted_root_json,
+    SIGSTORE_BUNDLE_V03_MEDIA_TYPE as BUNDLE_MEDIA_TYPE, trusted_root_json_with_timestamp_authority,
 };
 use countersign_identity::spiffe_id::TrustDomain;
 use countersign_identity::svid::TrustBundleSet;
+use countersign_identity::timestamp::TimestampAuthorityChain;
 use countersign_identity::vsa::VSA_PREDICATE_TYPE;
 use countersign_runtime::Context;
 use countersign_runtime::config::{Environment, ServiceConfig as _, parse_config};
@@ -40,6 +47,7 @@ use countersign_test_support::taskrun::{
     ATTESTOR_ID, AttestorBus as _, Pod, attestor_config_text, finished, merged, step, taskrun,
     taskrun_id,
 };
+use countersign_test_support::timestamp_authority::TimestampAuthority;
 use countersign_test_support::{peers, wait};
 
 /// What a program printed and how it exited.
@@ -267,9 +275,18 @@ async fn attest(
     taskrun
 }
 
-/// The attestor's configuration: this NATS, this agent, quick retries.
-fn attestor_config(nats_url: &str, agent_endpoint: &str) -> AttestorConfig {
-    let text = attestor_config_text(nats_url, agent_endpoint, "");
+/// The attestor's configuration: this NATS, this agent, this timestamp authority, quick retries.
+fn attestor_config(
+    nats_url: &str,
+    agent_endpoint: &str,
+    authority: &TimestampAuthority,
+) -> AttestorConfig {
+    let timestamp = format!(
+        "[timestamp]\nurl = \"{}\"\ncertificate_chain = \"{}\"\ntimeout = \"5s\"\n",
+        authority.timestamp_url(),
+        authority.chain_path().display()
+    );
+    let text = attestor_config_text(nats_url, agent_endpoint, &timestamp);
     let config: AttestorConfig =
         parse_config(&text, &Environment::new()).expect("a valid attestor config");
     config.validate().expect("a valid attestor config");
@@ -319,6 +336,105 @@ fn merged_docker_config(dir: &Path, registries: &[&TestRegistry]) -> PathBuf {
     path
 }
 
+/// sigstore policy-controller's verification of one image (`policy-tester`), with the README's
+/// `ClusterImagePolicy` (for the images of one registry) and `TrustRoot` (SPIRE's CA and the
+/// timestamp authority).
+struct PolicyTester {
+    dir: PathBuf,
+    host: String,
+}
+
+impl PolicyTester {
+    fn new(dir: &Path, spire: &Spire, authority: &TimestampAuthority, host: &str) -> PolicyTester {
+        let dir = dir.join(format!("policy-{}", host.replace([':', '.'], "-")));
+        std::fs::create_dir_all(&dir).unwrap();
+        let base64 = |pem: &str| base64::engine::general_purpose::STANDARD.encode(pem);
+        let trust_root = format!(
+            "apiVersion: policy.sigstore.dev/v1alpha1
+kind: TrustRoot
+metadata:
+  name: countersign-spire
+spec:
+  sigstoreKeys:
+    certificateAuthorities:
+      - subject:
+          organization: SPIFFE
+          commonName: \"\"
+        uri: spiffe://{trust_domain}
+        certChain: {ca}
+    timestampAuthorities:
+      - subject:
+          organization: sigstore
+          commonName: timestamp-authority
+        uri: {tsa_url}
+        certChain: {tsa}
+",
+            trust_domain = spire.trust_domain(),
+            ca = base64(spire.bundle_pem()),
+            tsa_url = authority.timestamp_url(),
+            tsa = base64(authority.chain_pem()),
+        );
+        std::fs::write(dir.join("trust-root.yaml"), trust_root).unwrap();
+        PolicyTester {
+            dir,
+            host: host.to_owned(),
+        }
+    }
+
+    /// Runs `policy-tester` on `image` with the policy requiring a `PASSED` VSA signed by
+    /// `identity` (the README's `ClusterImagePolicy`, for this registry's images).
+    fn test(&self, registry: &TestRegistry, image: &str, identity: &str) -> Run {
+        let policy = format!(
+            "apiVersion: policy.sigstore.dev/v1beta1
+kind: ClusterImagePolicy
+metadata:
+  name: require-countersign-vsa
+spec:
+  images:
+    - glob: \"{host}/**\"
+  authorities:
+    - name: countersign-attestor
+      signatureFormat: bundle
+      keyless:
+        trustRootRef: countersign-spire
+        insecureIgnoreSCT: true
+        identities:
+          - issuerRegExp: \".*\"
+            subject: {identity}
+      rfc3161timestamp:
+        trustRootRef: countersign-spire
+      attestations:
+        - name: vsa-passed
+          predicateType: {VSA_PREDICATE_TYPE}
+          policy:
+            type: cue
+            data: |
+              predicateType: \"{VSA_PREDICATE_TYPE}\"
+              predicate: verificationResult: \"PASSED\"
+              predicate: verifier: id: \"{ATTESTOR_ID}\"
+",
+            host = self.host,
+        );
+        let policy_file = self.dir.join("policy.yaml");
+        std::fs::write(&policy_file, policy).unwrap();
+        let policy_file = policy_file.display().to_string();
+        let trust_root = self.dir.join("trust-root.yaml").display().to_string();
+        run(
+            &peers().policy_tester.path,
+            &[
+                "--policy",
+                &policy_file,
+                "--trustroot",
+                &trust_root,
+                "--image",
+                image,
+            ],
+            &[("DOCKER_CONFIG", registry.config_dir.path())],
+            None,
+        )
+    }
+}
+
 /// `cosign verify-attestation` of `image`, as the README says to run it.
 fn verify_attestation(registry: &TestRegistry, trusted_root: &Path, image: &str) -> Run {
     let root = trusted_root.display().to_string();
@@ -352,10 +468,13 @@ async fn cosign_and_oras_find_and_verify_the_bundles_the_exporter_attaches() {
         .await
         .expect("registering the attestor");
     let bus = TestBus::connect(&nats, "watcher").await;
+    let authority = TimestampAuthority::start()
+        .await
+        .expect("the timestamp authority starts");
     let attestor = RunningService::start(
         Context::new(
             "attestor",
-            attestor_config(&nats.url(), &spire.agent_endpoint()),
+            attestor_config(&nats.url(), &spire.agent_endpoint(), &authority),
         ),
         Duration::from_secs(10),
         countersign_attestor::run,
@@ -392,7 +511,12 @@ async fn cosign_and_oras_find_and_verify_the_bundles_the_exporter_attaches() {
     let trusted_root = dir.path().join("trusted_root.json");
     std::fs::write(
         &trusted_root,
-        trusted_root_json(&trust, &trust_domain).unwrap(),
+        trusted_root_json_with_timestamp_authority(
+            &trust,
+            &trust_domain,
+            &TimestampAuthorityChain::from_pem(authority.chain_pem()).unwrap(),
+        )
+        .unwrap(),
     )
     .unwrap();
 
@@ -436,6 +560,22 @@ async fn cosign_and_oras_find_and_verify_the_bundles_the_exporter_attaches() {
     ]);
     assert_ne!(wrong_identity.code, Some(0), "{wrong_identity:?}");
 
+    // policy-controller's own verification admits the image under the README's policy, and
+    // denies an image without a VSA, and the image under a policy naming another identity.
+    let policy = PolicyTester::new(dir.path(), &spire, &authority, &open.registry.host());
+    let admitted = policy.test(&open, &image, ATTESTOR_ID);
+    assert_eq!(admitted.code, Some(0), "{admitted:?}");
+    let unattested = open.push_image("team/app", "unattested");
+    let denied = policy.test(&open, &format!("{image_url}@{unattested}"), ATTESTOR_ID);
+    assert_eq!(denied.code, Some(1), "{denied:?}");
+    assert!(
+        denied.stdout.contains("no valid bundles exist"),
+        "{denied:?}"
+    );
+    let denied = policy.test(&open, &image, "spiffe://example.org/someone-else");
+    assert_eq!(denied.code, Some(1), "{denied:?}");
+    assert!(denied.stdout.contains("someone-else"), "{denied:?}");
+
     // A registry with the Referrers API: the exporter leaves the indexing to it and writes no
     // fallback tag; `oras` finds the bundle through the API, and cosign verifies it.
     let indexed_digest = indexing.push_image("team/indexed", "v1");
@@ -463,6 +603,9 @@ async fn cosign_and_oras_find_and_verify_the_bundles_the_exporter_attaches() {
     let verified = verify_attestation(&indexing, &trusted_root, &indexed_image);
     assert_eq!(verified.code, Some(0), "{verified:?}");
     assert!(verified.stderr.contains("Verification for"), "{verified:?}");
+    let policy = PolicyTester::new(dir.path(), &spire, &authority, &indexing.registry.host());
+    let admitted = policy.test(&indexing, &indexed_image, ATTESTOR_ID);
+    assert_eq!(admitted.code, Some(0), "{admitted:?}");
 
     // A registry behind htpasswd: the exporter pushes with the Docker config's credentials, and
     // the tools read with theirs.

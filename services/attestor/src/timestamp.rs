@@ -156,8 +156,11 @@ impl Timestamper {
 
     /// Timestamps the attestation of `event`: requests, verifies, and adds the token.
     pub async fn stamp(&self, event: &mut AttestationEvent) -> Result<(), TimestampFailure> {
-        let signature =
-            timestamped_bytes(event.attestation())?.ok_or(TimestampFailure::Unsigned)?;
+        let signature = match timestamped_bytes(event.attestation()) {
+            Ok(Some(signature)) => signature,
+            Ok(None) => return Err(self.failed(TimestampFailure::Unsigned)),
+            Err(error) => return Err(self.failed(error.into())),
+        };
         let token = self.token(&signature).await?;
         event
             .attestation_mut()
@@ -171,23 +174,26 @@ impl Timestamper {
     /// signature is stamped by [`Timestamper::stamp`]; each VSA's by this.
     pub async fn token(&self, signature: &[u8]) -> Result<Vec<u8>, TimestampFailure> {
         let started = Instant::now();
-        let result = self.request(signature).await;
-        match &result {
+        match self.request(signature).await {
             Ok(verified) => {
                 self.metrics.timestamp_obtained(started.elapsed());
                 tracing::debug!(gen_time = %verified.gen_time(), "signature timestamped");
+                Ok(verified.into_response_der())
             }
-            Err(failure) => {
-                self.metrics.timestamp_failed(failure.reason());
-                tracing::warn!(
-                    url = %self.url,
-                    reason = failure.reason(),
-                    error = %countersign_runtime::error_chain(failure),
-                    "no timestamp from the timestamp authority; the TaskRun is retried"
-                );
-            }
+            Err(failure) => Err(self.failed(failure)),
         }
-        Ok(result?.into_response_der())
+    }
+
+    /// Counts and logs `failure`, and returns it.
+    fn failed(&self, failure: TimestampFailure) -> TimestampFailure {
+        self.metrics.timestamp_failed(failure.reason());
+        tracing::warn!(
+            url = %self.url,
+            reason = failure.reason(),
+            error = %countersign_runtime::error_chain(&failure),
+            "no timestamp from the timestamp authority; the TaskRun is retried"
+        );
+        failure
     }
 
     async fn request(&self, signature: &[u8]) -> Result<VerifiedTimestamp, TimestampFailure> {

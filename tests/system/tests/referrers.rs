@@ -21,10 +21,9 @@
 //! reported to the attestor as the watcher would (`countersign_test_support::taskrun`).
 
 use std::path::{Path, PathBuf};
-
-use base64::Engine as _;
 use std::time::Duration;
 
+use base64::Engine as _;
 use chrono::{TimeDelta, Utc};
 use countersign_attestor::AttestorConfig;
 use countersign_events::data::TaskRunRef;

@@ -13,6 +13,8 @@
 //! | `countersign_attestor_timestamps_total` | | RFC 3161 timestamps obtained and verified (`[timestamp]`) |
 //! | `countersign_attestor_timestamp_failures_total` | `reason` | timestamp requests that failed (the TaskRun is retried) |
 //! | `countersign_attestor_timestamp_duration_seconds` | | request to a verified timestamp |
+//! | `countersign_attestor_attestations_revoked_total` | | stored attestations revoked (a CA of their signing chains was revoked) |
+//! | `countersign_attestor_revocation_unreadable_total` | | stored attestations a revocation scan could not read (skipped) |
 //!
 //! And, outside the prefix because it is the system's and not one service's,
 //! `countersign_attestation_latency_seconds` (TaskRun finished → attestation published,
@@ -62,6 +64,8 @@ pub struct AttestorMetrics {
     timestamps: Counter,
     timestamp_failures: Family<FailureLabels, Counter>,
     timestamp_duration: Histogram,
+    attestations_revoked: Counter,
+    revocation_unreadable: Counter,
 }
 
 impl Default for AttestorMetrics {
@@ -80,6 +84,8 @@ impl Default for AttestorMetrics {
             timestamp_failures: Family::default(),
             // 1 ms to about 16 s.
             timestamp_duration: Histogram::new(exponential_buckets(0.001, 2.0, 15)),
+            attestations_revoked: Counter::default(),
+            revocation_unreadable: Counter::default(),
         }
     }
 }
@@ -144,6 +150,26 @@ impl AttestorMetrics {
             "Time from a timestamp request to its verified response",
             self.timestamp_duration.clone(),
         );
+        registry.register(
+            "attestations_revoked",
+            "Stored attestations revoked because a CA that issued one of their signing chains was revoked",
+            self.attestations_revoked.clone(),
+        );
+        registry.register(
+            "revocation_unreadable",
+            "Stored attestations a revocation scan could not read (skipped)",
+            self.revocation_unreadable.clone(),
+        );
+    }
+
+    /// Counts a stored attestation revoked.
+    pub fn attestation_revoked(&self) {
+        self.attestations_revoked.inc();
+    }
+
+    /// Counts a stored attestation a revocation scan could not read.
+    pub fn revocation_unreadable(&self) {
+        self.revocation_unreadable.inc();
     }
 
     /// Records a verified timestamp and how long it took.

@@ -20,8 +20,8 @@ use countersign_events::{
 use countersign_runtime::error_chain;
 use countersign_verdict::revocation::{RevokedAuthority, revocation_event, revoked_chains};
 use countersign_verdict::store::{AttestationStore, StoreError};
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::registry::Registry;
+
+use crate::metrics::AttestorMetrics;
 
 /// Why a bundle event's revocations could not all be recorded.
 #[derive(Debug, thiserror::Error)]
@@ -50,40 +50,12 @@ impl Classify for RevokeError {
     }
 }
 
-/// The revocation counters.
-#[derive(Debug, Clone, Default)]
-pub struct RevocationMetrics {
-    revoked: Counter,
-    unreadable: Counter,
-}
-
-impl RevocationMetrics {
-    /// Counters at zero.
-    pub fn new() -> RevocationMetrics {
-        RevocationMetrics::default()
-    }
-
-    /// Registers the counters.
-    pub fn register(&self, registry: &mut Registry) {
-        registry.register(
-            "countersign_attestor_attestations_revoked",
-            "Stored attestations revoked because a CA that issued one of their signing chains was revoked",
-            self.revoked.clone(),
-        );
-        registry.register(
-            "countersign_attestor_revocation_unreadable",
-            "Stored attestations a revocation scan could not read (skipped)",
-            self.unreadable.clone(),
-        );
-    }
-}
-
 /// Revokes stored attestations (see the module docs). Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Revoker {
     store: AttestationStore,
     publisher: Publisher,
-    metrics: RevocationMetrics,
+    metrics: AttestorMetrics,
 }
 
 /// The CAs `event` revokes, with how.
@@ -111,11 +83,7 @@ pub fn revoked_authorities(event: &TrustBundleRotated) -> Vec<RevokedAuthority> 
 
 impl Revoker {
     /// A revoker over `store`, publishing as the attestor.
-    pub fn new(
-        store: AttestationStore,
-        publisher: Publisher,
-        metrics: RevocationMetrics,
-    ) -> Revoker {
+    pub fn new(store: AttestationStore, publisher: Publisher, metrics: AttestorMetrics) -> Revoker {
         Revoker {
             store,
             publisher,
@@ -158,7 +126,7 @@ impl Revoker {
                 Ok(None) => continue,
                 Err(error) if error.is_transient() => return Err(error.into()),
                 Err(error) => {
-                    self.metrics.unreadable.inc();
+                    self.metrics.revocation_unreadable();
                     tracing::warn!(%key, error = %error_chain(&error), "a stored attestation is unreadable; not re-evaluated");
                     continue;
                 }
@@ -182,7 +150,7 @@ impl Revoker {
             Ok(Some(found)) => found,
             Ok(None) => return Ok(false),
             Err(error) => {
-                self.metrics.unreadable.inc();
+                self.metrics.revocation_unreadable();
                 tracing::warn!(%uid, error = %error_chain(&error), "a stored attestation's signing context is unreadable; not re-evaluated");
                 return Ok(false);
             }
@@ -200,7 +168,7 @@ impl Revoker {
         let event = self.publisher.event(data);
         self.publisher.publish(&event).await?;
         self.store.record_revocation(uid, &event).await?;
-        self.metrics.revoked.inc();
+        self.metrics.attestation_revoked();
         tracing::warn!(
             %uid,
             namespace = %attestation.data.taskrun().namespace,

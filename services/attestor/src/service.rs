@@ -30,7 +30,7 @@ use crate::handler::{Attestor, AttestorParts};
 use crate::lane::{Lane, Throttle, backlog_spec, lane_of};
 use crate::material::{connect_with_retry as connect_workload_api, keep_current, material_channel};
 use crate::metrics::AttestorMetrics;
-use crate::revocation::{RevocationMetrics, Revoker};
+use crate::revocation::Revoker;
 use countersign_verdict::export_store::ExportStore;
 use countersign_verdict::store::{AttestationStore, StoreError};
 
@@ -83,11 +83,9 @@ pub async fn run(ctx: Context<AttestorConfig>) -> Result<(), RunError> {
 
     let bus_metrics = EventMetrics::new();
     let metrics = AttestorMetrics::new();
-    let revocation_metrics = RevocationMetrics::new();
     ctx.metrics.with_registry(|registry| {
         bus_metrics.register(registry);
         metrics.register(registry);
-        revocation_metrics.register(registry);
     });
     let endpoint = config.spire.endpoint(spiffe_endpoint_socket)?;
     let trust_domain = config.spire.trust_domain().into_trust_domain();
@@ -208,7 +206,7 @@ pub async fn run(ctx: Context<AttestorConfig>) -> Result<(), RunError> {
     let revoker = Revoker::new(
         attestations.clone(),
         bus.publisher(EventSource::service(SERVICE_NAME)),
-        revocation_metrics,
+        metrics.clone(),
     );
     let attestor = Attestor::new(AttestorParts {
         publisher: bus.publisher(EventSource::service(SERVICE_NAME)),

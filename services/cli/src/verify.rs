@@ -24,7 +24,9 @@
 use std::io::Write;
 
 use chrono::{DateTime, Utc};
-use countersign_events::data::{SignedAttestation as EventAttestation, Verdict as EventVerdict};
+use countersign_events::data::{
+    AttestationRevoked, SignedAttestation as EventAttestation, Verdict as EventVerdict,
+};
 use countersign_events::{AttestationEvent, Event, EventPayload as _, EventType};
 use countersign_identity::attestation::{
     AttestationTime, AttestationVerifier, AttestationVerifyError, SignedAttestation, SignerPolicy,
@@ -321,8 +323,8 @@ fn event_mismatch(event: &AttestationEvent, verified: &VerifiedAttestation) -> O
         }
         // A revocation never verifies.
         AttestationEvent::Revoked(revoked) => Some(format!(
-            "the attestation was revoked: the CA sha256:{} that issued its signing chain was revoked in bundle {}",
-            revoked.authority, revoked.sequence_number
+            "the attestation was revoked: {}",
+            revocation_cause(revoked)
         )),
     }
 }
@@ -403,6 +405,14 @@ fn claimed_taskrun_uid(attestation: &SignedAttestation) -> Option<String> {
         .pointer("/taskrun/uid")
         .and_then(serde_json::Value::as_str)
         .map(str::to_owned)
+}
+
+/// Why an attestation was revoked, in words: which CA, in which bundle.
+fn revocation_cause(revoked: &AttestationRevoked) -> String {
+    format!(
+        "the CA sha256:{} that issued its signing chain was revoked in bundle {}",
+        revoked.authority, revoked.sequence_number
+    )
 }
 
 /// Whether `revocation` (a stored `attestation.revoked` event) revokes `verified`: it names
@@ -507,12 +517,7 @@ fn verify_with(
         let message = revocation
             .data
             .revocation()
-            .map(|revoked| {
-                format!(
-                    "the attestor revoked it: the CA sha256:{} that issued its signing chain was revoked in bundle {}",
-                    revoked.authority, revoked.sequence_number
-                )
-            })
+            .map(|revoked| format!("the attestor revoked it: {}", revocation_cause(revoked)))
             .unwrap_or_default();
         return reject(args, AUTHORITY_REVOKED, &message, out);
     }

@@ -10,6 +10,8 @@
 
 use std::fmt;
 
+use countersign_identity::vsa::{ArtifactDigest, DigestAlgorithm};
+
 /// The longest image reference taken (the distribution spec's practical limit is 255 for the
 /// repository; the host and tag add to it).
 pub const MAX_REFERENCE_BYTES: usize = 512;
@@ -52,12 +54,11 @@ pub struct ImageTarget {
     pub digest: ImageDigest,
 }
 
-/// A digest a registry serves: `sha256:<64 hex>` or `sha512:<128 hex>`, lower case.
+/// A digest a registry serves: `sha256:<64 hex>` or `sha512:<128 hex>`, lower case. The VSA's
+/// artifact digest ([`ArtifactDigest`], which also takes `sha384`), narrowed to what the OCI
+/// image spec registers.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ImageDigest {
-    algorithm: &'static str,
-    hex: String,
-}
+pub struct ImageDigest(ArtifactDigest);
 
 /// Why an artifact cannot be attached to.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -88,43 +89,30 @@ pub enum ReferenceError {
 impl ImageDigest {
     /// Parses `alg:hex`.
     pub fn parse(text: &str) -> Result<ImageDigest, ReferenceError> {
-        let refuse = || ReferenceError::Digest {
-            digest: text.chars().take(140).collect(),
-        };
-        let (algorithm, hex) = text.split_once(':').ok_or_else(refuse)?;
-        let (algorithm, length) = match algorithm {
-            "sha256" => ("sha256", 64),
-            "sha512" => ("sha512", 128),
-            _ => return Err(refuse()),
-        };
-        if hex.len() != length
-            || !hex
-                .bytes()
-                .all(|byte| byte.is_ascii_digit() || (b'a'..=b'f').contains(&byte))
-        {
-            return Err(refuse());
+        match ArtifactDigest::parse(text) {
+            Ok(digest) if digest.algorithm() != DigestAlgorithm::Sha384 => Ok(ImageDigest(digest)),
+            _ => Err(ReferenceError::Digest {
+                digest: text.chars().take(140).collect(),
+            }),
         }
-        Ok(ImageDigest {
-            algorithm,
-            hex: hex.to_owned(),
-        })
     }
 
     /// The algorithm, `sha256` or `sha512`.
     pub fn algorithm(&self) -> &'static str {
-        self.algorithm
+        self.0.algorithm().as_str()
     }
 
     /// The hex digits.
     pub fn hex(&self) -> &str {
-        &self.hex
+        self.0.hex()
     }
 
     /// Whether `content` hashes to this digest, by its own algorithm.
     pub fn matches(&self, content: &[u8]) -> bool {
-        let algorithm = match self.algorithm {
-            "sha512" => &ring::digest::SHA512,
-            _ => &ring::digest::SHA256,
+        let algorithm = match self.0.algorithm() {
+            DigestAlgorithm::Sha512 => &ring::digest::SHA512,
+            DigestAlgorithm::Sha384 => &ring::digest::SHA384,
+            DigestAlgorithm::Sha256 => &ring::digest::SHA256,
         };
         let computed = ring::digest::digest(algorithm, content);
         let hex: String = computed
@@ -132,12 +120,12 @@ impl ImageDigest {
             .iter()
             .map(|byte| format!("{byte:02x}"))
             .collect();
-        hex == self.hex
+        hex == self.0.hex()
     }
 
     /// The OCI tag-schema fallback tag of this digest: `<alg>-<hex>`, at most 128 characters.
     pub fn fallback_tag(&self) -> String {
-        let mut tag = format!("{}-{}", self.algorithm, self.hex);
+        let mut tag = format!("{}-{}", self.algorithm(), self.hex());
         tag.truncate(128);
         tag
     }
@@ -145,7 +133,7 @@ impl ImageDigest {
 
 impl fmt::Display for ImageDigest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}", self.algorithm, self.hex)
+        self.0.fmt(f)
     }
 }
 
@@ -368,6 +356,8 @@ mod tests {
             "sha256:ABC",
             "sha256",
             &format!("sha256:{}", &HEX[1..]),
+            // A VSA may name a sha384 digest; the OCI image spec registers none.
+            &format!("sha384:{}", "a".repeat(96)),
         ] {
             assert!(matches!(
                 ImageDigest::parse(bad),

@@ -383,6 +383,17 @@ spec:
     /// Runs `policy-tester` on `image` with the policy requiring a `PASSED` VSA signed by
     /// `identity` (the README's `ClusterImagePolicy`, for this registry's images).
     fn test(&self, registry: &TestRegistry, image: &str, identity: &str) -> Run {
+        self.run(registry, image, identity, true)
+    }
+
+    /// As [`PolicyTester::test`]; without `rfc3161timestamp` in the policy when `timestamped` is
+    /// false.
+    fn run(&self, registry: &TestRegistry, image: &str, identity: &str, timestamped: bool) -> Run {
+        let rfc3161 = if timestamped {
+            "      rfc3161timestamp:\n        trustRootRef: countersign-spire\n"
+        } else {
+            ""
+        };
         let policy = format!(
             "apiVersion: policy.sigstore.dev/v1beta1
 kind: ClusterImagePolicy
@@ -400,9 +411,7 @@ spec:
         identities:
           - issuerRegExp: \".*\"
             subject: {identity}
-      rfc3161timestamp:
-        trustRootRef: countersign-spire
-      attestations:
+{rfc3161}      attestations:
         - name: vsa-passed
           predicateType: {VSA_PREDICATE_TYPE}
           policy:
@@ -574,6 +583,16 @@ async fn cosign_and_oras_find_and_verify_the_bundles_the_exporter_attaches() {
     let denied = policy.test(&open, &image, "spiffe://example.org/someone-else");
     assert_eq!(denied.code, Some(1), "{denied:?}");
     assert!(denied.stdout.contains("someone-else"), "{denied:?}");
+    // Without `rfc3161timestamp`, policy-controller asks for a transparency-log entry, which
+    // SPIRE workloads do not make: the README says to name the timestamp authority.
+    let denied = policy.run(&open, &image, ATTESTOR_ID, false);
+    assert_eq!(denied.code, Some(1), "{denied:?}");
+    assert!(
+        denied
+            .stdout
+            .contains("not enough verified log entries from transparency log"),
+        "{denied:?}"
+    );
 
     // A registry with the Referrers API: the exporter leaves the indexing to it and writes no
     // fallback tag; `oras` finds the bundle through the API, and cosign verifies it.

@@ -12,7 +12,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use chrono::Utc;
-use countersign_attestor::revocation::{RevocationMetrics, Revoker, revoked_authorities};
+use countersign_attestor::metrics::AttestorMetrics;
+use countersign_attestor::revocation::{Revoker, revoked_authorities};
 use countersign_events::data::{RevocationKind, SigningChain, TaskRunRef, TrustBundleRotated};
 use countersign_events::kv::{Bucket, SnapshotValue};
 use countersign_events::{
@@ -263,7 +264,7 @@ async fn a_revoked_ca_revokes_exactly_the_attestations_signed_under_it_once() {
     let revoker = Revoker::new(
         store.clone(),
         peers_.bus.bus.publisher(EventSource::service("attestor")),
-        RevocationMetrics::new(),
+        AttestorMetrics::new(),
     );
     let spec = countersign_events::ConsumerSpec::attestor_revocations(peers_.bus.subjects());
     let consumer = peers_

@@ -284,6 +284,15 @@ impl KubeApiserver {
             })?;
         }
         let etcd_dir = self.etcd_dir.path().to_owned();
+        // Its ports are taken again: wait until nothing holds them (seen in `cargo xtask chaos`:
+        // etcd's restart refused with "address already in use" on its peer port, cause unknown).
+        let ports = [self.etcd_client_port, self.etcd_peer_port];
+        let _ = wait::until_true(
+            "etcd's ports to be free again",
+            Duration::from_secs(10),
+            || async { ports.iter().all(|port| port_is_free(*port)) },
+        )
+        .await;
         let etcd = spawn_etcd(
             &self.files,
             &etcd_dir,
@@ -296,7 +305,11 @@ impl KubeApiserver {
             EtcdStart::Exited => {
                 return Err(StartError::Etcd(PeerFailed::new(
                     &etcd,
-                    "etcd exited before it was healthy again on its data",
+                    format!(
+                        "etcd exited before it was healthy again on its data\n\
+                         sockets on its ports (ss -tanp):\n{}",
+                        sockets_on(&ports)
+                    ),
                 )));
             }
         };
@@ -941,6 +954,26 @@ async fn start_etcd(files: &Files, etcd_dir: &Path) -> Result<(PeerProcess, u16,
             log_tail: String::new(),
         }
     })))
+}
+
+/// Whether a listener could bind 127.0.0.1:`port` now (as etcd's would: both set
+/// `SO_REUSEADDR`).
+fn port_is_free(port: u16) -> bool {
+    std::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, port)).is_ok()
+}
+
+/// What `ss -tanp` shows on `ports`, for a failure message (empty if `ss` is missing).
+fn sockets_on(ports: &[u16]) -> String {
+    let output = std::process::Command::new("ss").arg("-tanp").output();
+    let Ok(output) = output else {
+        return String::new();
+    };
+    let needles: Vec<String> = ports.iter().map(|port| format!(":{port} ")).collect();
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter(|line| needles.iter().any(|needle| line.contains(needle.as_str())))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// Starts etcd on `files.etcd_data` (new or kept) with the given ports; its guard removes

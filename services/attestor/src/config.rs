@@ -33,7 +33,7 @@ pub struct AttestorConfig {
     /// `[shutdown]`: the drain's grace period.
     #[serde(default)]
     pub shutdown: ShutdownConfig,
-    /// `[nats]`: the connection (the section the attestor, registrar and watcher share, see
+    /// `[nats]`: the connection (the section every service shares, see
     /// `countersign_runtime::nats`).
     #[serde(default)]
     pub nats: NatsConfig,

@@ -34,7 +34,7 @@ pub struct RegistrarConfig {
     /// `[shutdown]`: the drain's grace period.
     #[serde(default)]
     pub shutdown: ShutdownConfig,
-    /// `[nats]`: the NATS connection (the section the attestor, registrar and watcher share, see
+    /// `[nats]`: the NATS connection (the section every service shares, see
     /// `countersign_runtime::nats`).
     #[serde(default)]
     pub nats: NatsConfig,

@@ -62,7 +62,7 @@ pub struct WatcherConfig {
     /// `[ingress]`: the HTTP endpoint for Tekton's CloudEvents.
     #[serde(default)]
     pub ingress: IngressConfig,
-    /// `[nats]`: the connection (the section the attestor, registrar and watcher share, see
+    /// `[nats]`: the connection (the section every service shares, see
     /// `countersign_runtime::nats`).
     #[serde(default)]
     pub nats: NatsConfig,

@@ -286,11 +286,11 @@ impl KubeApiserver {
         let etcd_dir = self.etcd_dir.path().to_owned();
         // Its ports are taken again: wait until nothing holds them (seen in `cargo xtask chaos`:
         // etcd's restart refused with "address already in use" on its peer port, cause unknown).
-        let ports = [self.etcd_client_port, self.etcd_peer_port];
+        let etcd_ports = [self.etcd_client_port, self.etcd_peer_port];
         let _ = wait::until_true(
             "etcd's ports to be free again",
             Duration::from_secs(10),
-            || async { ports.iter().all(|port| port_is_free(*port)) },
+            || async { etcd_ports.iter().all(|port| ports::is_free(*port)) },
         )
         .await;
         let etcd = spawn_etcd(
@@ -308,7 +308,7 @@ impl KubeApiserver {
                     format!(
                         "etcd exited before it was healthy again on its data\n\
                          sockets on its ports (ss -tanp):\n{}",
-                        sockets_on(&ports)
+                        sockets_on(&etcd_ports)
                     ),
                 )));
             }
@@ -954,12 +954,6 @@ async fn start_etcd(files: &Files, etcd_dir: &Path) -> Result<(PeerProcess, u16,
             log_tail: String::new(),
         }
     })))
-}
-
-/// Whether a listener could bind 127.0.0.1:`port` now (as etcd's would: both set
-/// `SO_REUSEADDR`).
-fn port_is_free(port: u16) -> bool {
-    std::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, port)).is_ok()
 }
 
 /// What `ss -tanp` shows on `ports`, for a failure message (empty if `ss` is missing).

@@ -11,9 +11,3 @@ pub fn free_port() -> u16 {
         .expect("local address of a bound listener")
         .port()
 }
-
-/// Whether a listener could bind 127.0.0.1:`port` now (as a peer restarted on it would: Rust's and
-/// Go's listeners both set `SO_REUSEADDR`).
-pub fn is_free(port: u16) -> bool {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok()
-}

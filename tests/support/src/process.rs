@@ -131,20 +131,32 @@ impl PeerProcess {
         &self.log
     }
 
-    /// Whether the peer process is still alive.
+    /// Whether the peer process is still alive: it exists and is not a zombie whose every thread
+    /// has exited (see [`PeerProcess::peer_is_dead`]).
     pub fn is_running(&self) -> bool {
-        self.pid.is_some_and(|pid| signal::kill(pid, None).is_ok()) && !self.peer_is_zombie()
+        self.pid.is_some_and(|pid| signal::kill(pid, None).is_ok()) && !self.peer_is_dead()
     }
 
-    fn peer_is_zombie(&self) -> bool {
-        let Some(pid) = self.pid else { return false };
-        fs::read_to_string(format!("/proc/{pid}/stat"))
+    /// Whether the peer has exited and released everything it held. The guard reaps it only when
+    /// the test lets go of it, so a killed peer stays a zombie meanwhile. A zombie *leader* is not
+    /// enough: after a SIGKILL of a multi-threaded process (every Go peer), the leader can be a
+    /// zombie while other threads still run their exit, and its sockets close only when the last
+    /// of them drops the shared file table. A peer restarted on the same ports then fails with
+    /// "address already in use" (seen in `cargo xtask chaos`: etcd on its peer port). So it is
+    /// dead when the leader is a zombie and it is the only task left.
+    fn peer_is_dead(&self) -> bool {
+        let Some(pid) = self.pid else { return true };
+        let leader_is_zombie = fs::read_to_string(format!("/proc/{pid}/stat"))
             .map(|stat| {
                 stat.rsplit_once(')')
                     .and_then(|(_, rest)| rest.split_whitespace().next().map(|state| state == "Z"))
                     .unwrap_or(false)
             })
-            .unwrap_or(true)
+            .unwrap_or(true);
+        let tasks_left = fs::read_dir(format!("/proc/{pid}/task"))
+            .map(|tasks| tasks.count())
+            .unwrap_or(0);
+        leader_is_zombie && tasks_left <= 1
     }
 
     /// Sends a signal to the peer itself.

@@ -259,6 +259,20 @@ pub struct Recovery {
     pub took: Duration,
 }
 
+/// How many of the slowest attestations a report lists.
+pub const SLOWEST_LISTED: usize = 10;
+
+/// One of the TaskRuns whose attestation took longest.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Slowest {
+    /// `ns/name uid`.
+    pub taskrun: String,
+    /// When it finished, since the run began.
+    pub finished_at: Duration,
+    /// From its finish to its attestation stored.
+    pub took: Duration,
+}
+
 /// What a chaos run found.
 #[derive(Debug, Clone, Default)]
 pub struct ChaosReport {
@@ -286,6 +300,9 @@ pub struct ChaosReport {
     pub recoveries: Vec<Recovery>,
     /// Finish → attestation of every attested TaskRun.
     pub latencies: Vec<Duration>,
+    /// The TaskRuns whose attestation took longest (at most [`SLOWEST_LISTED`], longest
+    /// first): each with when it finished in the run, to set beside the faults.
+    pub slowest: Vec<Slowest>,
     /// How long the TaskRuns took to play.
     pub played_in: Duration,
 }
@@ -349,6 +366,14 @@ impl ChaosReport {
             self.latencies.iter().max().copied().unwrap_or_default().as_secs_f64(),
             self.latencies.len()
         ));
+        for slow in &self.slowest {
+            text.push_str(&format!(
+                "  slow: {} finished at {:.1} s, attested {:.2} s later\n",
+                slow.taskrun,
+                slow.finished_at.as_secs_f64(),
+                slow.took.as_secs_f64()
+            ));
+        }
         text.push_str(&format!("dead letters: {}\n", self.dead_letters.len()));
         let listed: [(&str, Vec<String>); 6] = [
             ("missing", self.missing.clone()),
@@ -487,6 +512,7 @@ impl Demo {
         let api_server_up = RwLock::new(());
         let logs_dir = self.dir.path().join("logs");
         let began = Instant::now();
+        let began_at = SystemTime::now();
         let (played_everything, played_everything_seen) = watch::channel(false);
         let Demo {
             services,
@@ -572,7 +598,7 @@ impl Demo {
                 what: format!("connecting to nats-server: {error}"),
             })?;
         let jetstream = async_nats::jetstream::new(client);
-        check_attestations(&jetstream, &finished, &mut report).await?;
+        check_attestations(&jetstream, &finished, began_at, &mut report).await?;
         if report.oversized > 0 && oversized_log_lines(&self.dir.path().join("logs")) == 0 {
             report.wrong.push(format!(
                 "{} oversized TaskRun(s), but no watcher log line says why (\"{OVERSIZED_LOG}\")",
@@ -1125,6 +1151,7 @@ fn peer_pid(program: &Path, dir: &Path) -> Option<nix::unistd::Pid> {
 async fn check_attestations(
     jetstream: &async_nats::jetstream::Context,
     finished: &[Finished],
+    began_at: SystemTime,
     report: &mut ChaosReport,
 ) -> Result<(), ChaosError> {
     let stream_name = stream_name(StreamKind::Attestations)?;
@@ -1214,12 +1241,23 @@ async fn check_attestations(
                 .wrong
                 .push(format!("{}: {got}, expected {expected}", taskrun.label));
         }
-        report.latencies.push(
-            stored_at
-                .duration_since(taskrun.finished_at)
+        let took = stored_at
+            .duration_since(taskrun.finished_at)
+            .unwrap_or(Duration::ZERO);
+        report.latencies.push(took);
+        report.slowest.push(Slowest {
+            taskrun: taskrun.label.clone(),
+            finished_at: taskrun
+                .finished_at
+                .duration_since(began_at)
                 .unwrap_or(Duration::ZERO),
-        );
+            took,
+        });
     }
+    report
+        .slowest
+        .sort_by(|a, b| b.took.cmp(&a.took).then_with(|| a.taskrun.cmp(&b.taskrun)));
+    report.slowest.truncate(SLOWEST_LISTED);
     Ok(())
 }
 
@@ -1439,6 +1477,26 @@ mod tests {
         assert_eq!(
             percentile(&[Duration::from_secs(3)], 99),
             Duration::from_secs(3)
+        );
+    }
+
+    #[test]
+    fn the_summary_lists_the_slowest_attestations_with_when_they_finished() {
+        let report = ChaosReport {
+            latencies: vec![Duration::from_millis(14_180)],
+            slowest: vec![Slowest {
+                taskrun: "chaos/run-0612 uid-612".into(),
+                finished_at: Duration::from_millis(124_900),
+                took: Duration::from_millis(14_180),
+            }],
+            ..ChaosReport::default()
+        };
+        assert!(
+            report.summary().contains(
+                "  slow: chaos/run-0612 uid-612 finished at 124.9 s, attested 14.18 s later\n"
+            ),
+            "{}",
+            report.summary()
         );
     }
 

@@ -27,7 +27,7 @@ use countersign_tekton::{TASKRUN_LABEL, TaskRun, TaskRunPod};
 const LIST_PAGE_SIZE: u32 = 100;
 
 /// The wait before a failed watch (or list) is tried again: 100 ms doubling up to 2 s, back to
-/// 100 ms on the next event.
+/// 100 ms on the next event (see [`delay_after`] for a desync).
 ///
 /// Not kube's `default_backoff` (client-go's 800 ms doubling up to 30 s, kind to an API server
 /// that thousands of clients hammer): after an API server restart it left the watcher blind for
@@ -37,28 +37,21 @@ const LIST_PAGE_SIZE: u32 = 100;
 /// replica, so a retry every 2 s at most is no load an API server notices.
 const WATCH_BACKOFF: Backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
 
-/// [`WATCH_BACKOFF`] as kube's watch stream takes it.
-#[derive(Debug)]
-struct WatchBackoff(Backoff);
-
-impl WatchBackoff {
-    fn new() -> WatchBackoff {
-        WatchBackoff(WATCH_BACKOFF)
+/// How long a watch waits after `error` before it tries again, from `backoff` (which the next
+/// event resets).
+///
+/// A desync (410 Gone: the resource version it would resume from is older than the API server
+/// keeps) is an answer from a server that is up, and kube's watcher lists again after it: that
+/// relist waits only the first step, not the delay the outage before it built up. After an API
+/// server restart the watch typically resumes with exactly this (seen in `cargo xtask chaos`:
+/// refused connections for the restart, then "too old resource version"; kube's own stream
+/// backoff then held the relist 2 s more, and every TaskRun finished meanwhile with it). This
+/// waits no less than a relist that succeeds did already: its events reset the backoff too.
+fn delay_after(backoff: &mut Backoff, error: &watcher::Error) -> Duration {
+    if matches!(error, watcher::Error::WatchError(status) if status.code == 410) {
+        backoff.reset();
     }
-}
-
-impl Iterator for WatchBackoff {
-    type Item = Duration;
-
-    fn next(&mut self) -> Option<Duration> {
-        Some(self.0.next_delay())
-    }
-}
-
-impl kube::runtime::utils::Backoff for WatchBackoff {
-    fn reset(&mut self) {
-        self.0.reset();
-    }
+    backoff.next_delay()
 }
 
 /// How many TaskRuns may wait in the work queue before the watches stop reading until the
@@ -81,9 +74,7 @@ impl KubernetesSource {
         if !self.selector.selects_all() {
             config = config.labels_from(&self.selector);
         }
-        let stream = watcher::watcher(api, config)
-            .backoff(WatchBackoff::new())
-            .modify(trim_taskrun);
+        let stream = watcher::watcher(api, config).modify(trim_taskrun);
         let store = &self.scopes[scope].taskruns;
         let mut first_list = true;
         self.drive(stream, Resource::TaskRuns, &token, |event| match event {
@@ -149,9 +140,7 @@ impl KubernetesSource {
         let config = watcher::Config::default()
             .page_size(LIST_PAGE_SIZE)
             .labels_from(&selector);
-        let stream = watcher::watcher(api, config)
-            .backoff(WatchBackoff::new())
-            .modify(trim_pod);
+        let stream = watcher::watcher(api, config).modify(trim_pod);
         let store = &self.scopes[scope].pods;
         let mut first_list = true;
         self.drive(stream, Resource::Pods, &token, |event| match event {
@@ -203,7 +192,8 @@ impl KubernetesSource {
         self.queue.add(key);
     }
 
-    /// Runs one watch until `token` is cancelled, counting errors and (re)lists.
+    /// Runs one watch until `token` is cancelled, counting errors and (re)lists; after an error
+    /// it waits as [`delay_after`] says.
     async fn drive<K>(
         &self,
         stream: impl Stream<Item = Result<Event<K>, watcher::Error>>,
@@ -212,6 +202,7 @@ impl KubernetesSource {
         mut handle: impl FnMut(Event<K>),
     ) {
         let mut stream = std::pin::pin!(stream);
+        let mut backoff = WATCH_BACKOFF;
         loop {
             self.queue.wait_below(QUEUE_LIMIT, token).await;
             let item = tokio::select! {
@@ -221,6 +212,7 @@ impl KubernetesSource {
             match item {
                 None => break,
                 Some(Ok(event)) => {
+                    backoff.reset();
                     if matches!(event, Event::Init) {
                         self.metrics.watch_restart(resource);
                     }
@@ -228,11 +220,17 @@ impl KubernetesSource {
                 }
                 Some(Err(error)) => {
                     self.metrics.watch_error(resource);
+                    let delay = delay_after(&mut backoff, &error);
                     tracing::warn!(
                         resource = resource.as_str(),
                         error = %error_chain(&error),
-                        "watch failed; retrying with backoff"
+                        retry_in = ?delay,
+                        "watch failed; retrying"
                     );
+                    tokio::select! {
+                        () = token.cancelled() => break,
+                        () = tokio::time::sleep(delay) => {}
+                    }
                 }
             }
         }
@@ -273,17 +271,51 @@ impl KubernetesSource {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kube::runtime::utils::Backoff as _;
+    use kube::core::Status;
+
+    fn refused() -> watcher::Error {
+        watcher::Error::WatchFailed(kube::Error::Api(Box::new(
+            Status::failure("connection refused", "ServiceUnavailable").with_code(503),
+        )))
+    }
+
+    fn gone() -> watcher::Error {
+        watcher::Error::WatchError(Box::new(
+            Status::failure("too old resource version: 11066 (11225)", "Expired").with_code(410),
+        ))
+    }
 
     #[test]
     fn a_failed_watch_is_retried_within_two_seconds_and_quickly_again_after_an_event() {
-        let mut backoff = WatchBackoff::new();
-        let delays: Vec<Duration> = backoff.by_ref().take(7).collect();
+        let mut backoff = WATCH_BACKOFF;
+        let delays: Vec<Duration> = (0..7)
+            .map(|_| delay_after(&mut backoff, &refused()))
+            .collect();
         assert_eq!(
             delays,
             [100, 200, 400, 800, 1_600, 2_000, 2_000].map(Duration::from_millis)
         );
         backoff.reset();
-        assert_eq!(backoff.next(), Some(Duration::from_millis(100)));
+        assert_eq!(
+            delay_after(&mut backoff, &refused()),
+            Duration::from_millis(100)
+        );
+    }
+
+    #[test]
+    fn a_desync_after_an_outage_relists_after_the_first_step() {
+        let mut backoff = WATCH_BACKOFF;
+        for _ in 0..6 {
+            delay_after(&mut backoff, &refused());
+        }
+        assert_eq!(
+            delay_after(&mut backoff, &gone()),
+            Duration::from_millis(100)
+        );
+        // A desync resets the backoff, and the next error then takes its second step.
+        assert_eq!(
+            delay_after(&mut backoff, &refused()),
+            Duration::from_millis(200)
+        );
     }
 }

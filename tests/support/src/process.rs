@@ -134,7 +134,7 @@ impl PeerProcess {
     /// Whether the peer process is still alive: it exists and is not a zombie whose every thread
     /// has exited (see [`PeerProcess::peer_is_dead`]).
     pub fn is_running(&self) -> bool {
-        self.pid.is_some_and(|pid| signal::kill(pid, None).is_ok()) && !self.peer_is_dead()
+        !self.peer_is_dead()
     }
 
     /// Whether the peer has exited and released everything it held. The guard reaps it only when
@@ -143,20 +143,16 @@ impl PeerProcess {
     /// zombie while other threads still run their exit, and its sockets close only when the last
     /// of them drops the shared file table. A peer restarted on the same ports then fails with
     /// "address already in use" (seen in `cargo xtask chaos`: etcd on its peer port). So it is
-    /// dead when the leader is a zombie and it is the only task left.
+    /// dead when it is gone, or when the leader is a zombie and it is the only task left.
     fn peer_is_dead(&self) -> bool {
-        let Some(pid) = self.pid else { return true };
-        let leader_is_zombie = fs::read_to_string(format!("/proc/{pid}/stat"))
-            .map(|stat| {
-                stat.rsplit_once(')')
-                    .and_then(|(_, rest)| rest.split_whitespace().next().map(|state| state == "Z"))
-                    .unwrap_or(false)
-            })
-            .unwrap_or(true);
+        let Some(pid) = self.pid() else { return true };
+        let Some(state) = process_state(pid) else {
+            return true;
+        };
         let tasks_left = fs::read_dir(format!("/proc/{pid}/task"))
             .map(|tasks| tasks.count())
             .unwrap_or(0);
-        leader_is_zombie && tasks_left <= 1
+        state == 'Z' && tasks_left <= 1
     }
 
     /// Sends a signal to the peer itself.
@@ -216,6 +212,14 @@ impl Drop for PeerProcess {
         }
         self.stop(Duration::from_secs(5));
     }
+}
+
+/// The state letter of process `pid`'s main thread in `/proc/<pid>/stat` (`R`, `S`, `Z`, …);
+/// `None` when there is no such process.
+pub fn process_state(pid: u32) -> Option<char> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.split_whitespace().next()?.chars().next()
 }
 
 /// The last few KiB of a log file.

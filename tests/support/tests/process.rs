@@ -10,7 +10,7 @@ use std::net::{Ipv4Addr, TcpListener};
 use std::path::Path;
 use std::time::Duration;
 
-use countersign_test_support::process::PeerProcess;
+use countersign_test_support::process::{PeerProcess, process_state};
 use countersign_test_support::wait;
 use nix::sys::signal::Signal;
 
@@ -27,12 +27,6 @@ print(listener.getsockname()[1], flush=True)
 threading.Thread(target=threading.Event().wait).start()
 ctypes.CDLL(None).pthread_exit(None)
 ";
-
-fn main_thread_state(pid: u32) -> Option<String> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let (_, rest) = stat.rsplit_once(')')?;
-    rest.split_whitespace().next().map(str::to_owned)
-}
 
 #[tokio::test]
 async fn a_zombie_main_thread_with_a_live_thread_is_still_running_and_holds_its_port() {
@@ -56,7 +50,7 @@ async fn a_zombie_main_thread_with_a_live_thread_is_still_running_and_holds_its_
     .await
     .unwrap();
     wait::until_true("the main thread to be a zombie", WAIT, || async {
-        main_thread_state(pid).as_deref() == Some("Z")
+        process_state(pid) == Some('Z')
     })
     .await
     .unwrap();

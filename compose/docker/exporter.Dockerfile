@@ -1,14 +1,29 @@
-# countersign-exporter: built from the workspace (build context: the repository root), run as a
-# non-root user on a distroless image with only glibc and CA certificates.
-FROM docker.io/library/rust:1.89-bookworm AS build
+# countersign-exporter, run as a non-root user on distroless `cc-debian12` (glibc and CA certificates,
+# nothing else). Two ways to get the binary; both end on the same last stage:
+#
+#   docker build -f compose/docker/exporter.Dockerfile .
+#       from source, in the `rust` image (build context: the repository root);
+#   docker build -f compose/docker/exporter.Dockerfile --build-arg BINARIES=prebuilt <dir>
+#       a binary built beforehand: <dir> holds `countersign-exporter`, built on a glibc no newer than
+#       Debian 12's (what `cargo xtask images` does, with cargo on the build machine).
+#
+# The stage not chosen is skipped (BuildKit, podman/buildah).
+ARG BINARIES=source
+
+FROM docker.io/library/rust:1.89-bookworm AS source
 WORKDIR /src
 COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     cargo build --release --locked -p countersign-exporter \
-    && cp target/release/countersign-exporter /countersign-exporter
+    && mkdir /out && cp target/release/countersign-exporter /out/
+
+FROM scratch AS prebuilt
+COPY countersign-exporter /out/
+
+FROM ${BINARIES} AS binaries
 
 FROM gcr.io/distroless/cc-debian12:nonroot
-COPY --from=build /countersign-exporter /usr/local/bin/countersign-exporter
+COPY --from=binaries /out/countersign-exporter /usr/local/bin/countersign-exporter
 USER 65532:65532
 ENTRYPOINT ["/usr/local/bin/countersign-exporter"]

@@ -45,6 +45,10 @@ pub enum ImageEntry {
     Symlink { path: String, target: String },
 }
 
+/// The `created_by` of the one history entry of every image written here: how an engine's image
+/// is told apart from one pulled under the same name.
+pub const CREATED_BY: &str = "countersign-test-support";
+
 /// An image `FROM scratch`: its name, its files and how it starts.
 #[derive(Debug, Clone)]
 pub struct ImageSpec {
@@ -135,7 +139,7 @@ impl ImageSpec {
                 "WorkingDir": self.working_dir,
             },
             "rootfs": { "type": "layers", "diff_ids": [layer_digest] },
-            "history": [{ "created": "1970-01-01T00:00:00Z", "created_by": "countersign-test-support" }],
+            "history": [{ "created": "1970-01-01T00:00:00Z", "created_by": CREATED_BY }],
         });
         if !self.user.is_empty() {
             config["config"]["User"] = json!(self.user);

@@ -254,34 +254,52 @@ async fn start() -> Result<Stack, String> {
         ),
         busybox: BUSYBOX.into(),
     };
-    let specs = images::specs(&programs).unwrap_or_else(|error| panic!("{}", error_lines(&error)));
-    let archives = tempfile::tempdir().expect("a temporary directory");
+    let work = tempfile::tempdir().expect("a temporary directory");
     let started = Instant::now();
-    images::build_and_load(&specs, engine.cli(), archives.path(), &mut |_| {})
+    let root = repo_root();
+    let names = images::build_all(&programs, engine.cli(), &root, work.path(), &mut |_| {})
         .unwrap_or_else(|error| panic!("{}", error_lines(&error)));
     eprintln!(
         "compose: {} images built and loaded in {:.1}s",
-        specs.len(),
+        names.len(),
         started.elapsed().as_secs_f64()
     );
     // The skip condition proper: podman may be installed and still unable to run anything.
-    let nats_image = specs
+    let nats_image = names
         .iter()
-        .find(|spec| spec.name.starts_with("docker.io/library/nats:"))
+        .find(|name| name.starts_with("docker.io/library/nats:"))
         .expect("a NATS image");
-    if let Err(reason) = engine.can_run(&nats_image.name) {
+    if let Err(reason) = engine.can_run(nats_image) {
         return Err(reason.to_string());
     }
-    // Every image the Compose file names is one of those just loaded: the test runs exactly them.
+    // Every image the Compose file names is one of those just built: the test runs exactly them.
     let document = compose_document();
-    let names: Vec<&str> = specs.iter().map(|spec| spec.name.as_str()).collect();
     for (service, definition) in document["services"].as_object().expect("services") {
         let image = definition["image"]
             .as_str()
             .unwrap_or_else(|| panic!("{service} names its image"));
         assert!(
-            names.contains(&image),
+            names.iter().any(|name| name == image),
             "{service}'s image {image} is one `cargo xtask images` builds ({names:?})"
+        );
+    }
+    // The services' images are their Dockerfiles' last stage: distroless's non-root user and
+    // working directory, the binary as the entrypoint.
+    for (service, _) in &programs.services {
+        let config = engine
+            .cli()
+            .run(&[
+                "image",
+                "inspect",
+                "--format",
+                "{{.Config.User}} {{.Config.WorkingDir}} {{.Config.Entrypoint}}",
+                &images::service_image_name(service),
+            ])
+            .unwrap_or_else(|error| panic!("{}", error_lines(&error)));
+        assert_eq!(
+            config.trim(),
+            format!("65532:65532 /home/nonroot [/usr/local/bin/countersign-{service}]"),
+            "the image of {service}"
         );
     }
 

@@ -1,12 +1,14 @@
-//! `countersign-images [--debug | --dockerfiles]`: builds every image the manifests and the
+//! `countersign-images [--debug | --from-source]`: builds every image the manifests and the
 //! Compose file name and loads it into podman or docker, whichever answers (what
 //! `cargo xtask images` runs).
 //!
 //! By default, without a registry: builds the services with cargo (`--release` unless
-//! `--debug`), locates (or builds) the peers for NATS, nats-box and SPIRE, then writes each image
-//! and loads it under its name; see `countersign_system_tests::images` for what each holds and why
-//! no base image is pulled. With `--dockerfiles`, where a registry is reachable: the services'
-//! images from `compose/docker/*.Dockerfile` with `<engine> build` (NATS and SPIRE are then
+//! `--debug`), locates (or builds) the peers for NATS, nats-box and SPIRE, then builds the
+//! services' images from `compose/docker/*.Dockerfile` with their binaries
+//! (`BINARIES=prebuilt`) on a distroless base made of this machine's Debian packages, and writes
+//! and loads the others; see `countersign_system_tests::images` for what each holds and why no
+//! image is pulled. With `--from-source`, where a registry is reachable: the services' images
+//! from the same Dockerfiles, built from source in the `rust` image (NATS and SPIRE are then
 //! pulled by Compose).
 
 use std::process::ExitCode;
@@ -22,17 +24,17 @@ const USAGE: u8 = 64;
 
 fn main() -> ExitCode {
     let mut release = true;
-    let mut dockerfiles = false;
+    let mut from_source = false;
     for arg in std::env::args().skip(1) {
         match arg.as_str() {
             "--debug" => release = false,
-            "--dockerfiles" => dockerfiles = true,
+            "--from-source" => from_source = true,
             "-h" | "--help" => {
                 println!(
-                    "usage: countersign-images [--debug | --dockerfiles]\n\n  --debug        build \
-                     the services in cargo's dev profile (faster to build, larger images)\n  \
-                     --dockerfiles  build the services' images from compose/docker/*.Dockerfile with \
-                     the engine (needs a registry)"
+                    "usage: countersign-images [--debug | --from-source]\n\n  --debug        \
+                     build the services in cargo's dev profile (faster to build, larger images)\n  \
+                     --from-source  build the services from source in their Dockerfiles' rust stage \
+                     (needs a registry)"
                 );
                 return ExitCode::SUCCESS;
             }
@@ -42,8 +44,8 @@ fn main() -> ExitCode {
             }
         }
     }
-    let result = if dockerfiles {
-        run_dockerfiles()
+    let result = if from_source {
+        run_from_source()
     } else {
         run(release)
     };
@@ -56,14 +58,14 @@ fn main() -> ExitCode {
     }
 }
 
-fn run_dockerfiles() -> Result<(), String> {
+fn run_from_source() -> Result<(), String> {
     let started = Instant::now();
     let cli = ContainerCli::detect().map_err(|error| error.to_string())?;
     eprintln!(
-        "images: building the services' images from their Dockerfiles with {}",
+        "images: building the services from source in their Dockerfiles with {}",
         cli.program.display()
     );
-    images::build_from_dockerfiles(&cli, &countersign_test_support::repo_root(), &mut |name| {
+    images::build_from_source(&cli, &countersign_test_support::repo_root(), &mut |name| {
         println!("{name}");
     })
     .map_err(|error| error_lines(&error))?;
@@ -114,15 +116,14 @@ fn run(release: bool) -> Result<(), String> {
         ),
         busybox: BUSYBOX.into(),
     };
-    let specs = images::specs(&programs).map_err(|error| error_lines(&error))?;
     let dir = tempfile::tempdir().map_err(|error| format!("a temporary directory: {error}"))?;
-    images::build_and_load(&specs, &cli, dir.path(), &mut |image| {
-        println!("{}  {}", image.name, image.config_digest);
+    let names = images::build_all(&programs, &cli, &root, dir.path(), &mut |name| {
+        println!("{name}");
     })
     .map_err(|error| error_lines(&error))?;
     eprintln!(
-        "images: {} images loaded into {} in {:.0}s",
-        specs.len(),
+        "images: {} images built into {} in {:.0}s",
+        names.len(),
         cli.program.display(),
         started.elapsed().as_secs_f64()
     );

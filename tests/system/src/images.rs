@@ -268,7 +268,10 @@ fn merged_usr(path: &str) -> String {
         if relative == top {
             return format!("usr/{top}");
         }
-        if let Some(rest) = relative.strip_prefix(top).and_then(|rest| rest.strip_prefix('/')) {
+        if let Some(rest) = relative
+            .strip_prefix(top)
+            .and_then(|rest| rest.strip_prefix('/'))
+        {
             return format!("usr/{top}/{rest}");
         }
     }
@@ -684,7 +687,10 @@ mod tests {
             "tmp",
             "home/nonroot",
         ] {
-            assert!(paths.iter().any(|path| path == wanted), "{wanted} in the base");
+            assert!(
+                paths.iter().any(|path| path == wanted),
+                "{wanted} in the base"
+            );
         }
         assert!(
             spec.entries.iter().any(|entry| matches!(

@@ -27,7 +27,7 @@ use countersign_tekton::{TASKRUN_LABEL, TaskRun, TaskRunPod};
 const LIST_PAGE_SIZE: u32 = 100;
 
 /// The wait before a failed watch (or list) is tried again: 100 ms doubling up to 2 s, back to
-/// 100 ms on the next event (see [`delay_after`] for a desync).
+/// 100 ms on the next event (see [`Retries`] for a desync and a refused connection).
 ///
 /// Not kube's `default_backoff` (client-go's 800 ms doubling up to 30 s, kind to an API server
 /// that thousands of clients hammer): after an API server restart it left the watcher blind for
@@ -37,21 +37,109 @@ const LIST_PAGE_SIZE: u32 = 100;
 /// replica, so a retry every 2 s at most is no load an API server notices.
 const WATCH_BACKOFF: Backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
 
-/// How long a watch waits after `error` before it tries again, from `backoff` (which the next
-/// event resets).
+/// How long one request may go unanswered while the API server comes back after refusing
+/// connections, before it is abandoned and the watch lists again.
 ///
-/// A desync (410 Gone: the resource version it would resume from is older than the API server
-/// keeps) is an answer from a server that is up, and kube's watcher lists again after it: that
-/// relist waits only the first step, not the delay the outage before it built up. After an API
-/// server restart the watch typically resumes with exactly this (seen in `cargo xtask chaos`:
-/// refused connections for the restart, then "too old resource version"; kube's own stream
-/// backoff then held the relist 2 s more, and every TaskRun finished meanwhile with it). This
-/// waits no less than a relist that succeeds did already: its events reset the backoff too.
-fn delay_after(backoff: &mut Backoff, error: &watcher::Error) -> Duration {
-    if matches!(error, watcher::Error::WatchError(status) if status.code == 410) {
-        backoff.reset();
+/// A starting kube-apiserver accepts connections seconds before it serves, and holds what it
+/// accepted meanwhile until well after it is ready. Measured against the test kube-apiserver
+/// (1.37) killed with its etcd and started again: a list sent 1.2 s after the kill was answered
+/// at 7.8 s and a resumed watch sent then at 8.8 s (with 410), while lists sent again every
+/// 0.5 s were answered from 4.2 s on, before the server even reported ready. A page of 100 objects
+/// normally takes well under this.
+const RECOVERY_ANSWER_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// How many requests in a row may be abandoned that way; after them the watch waits as long as
+/// the server takes (a server that is up but slow is not listed at again and again).
+const RECOVERY_ATTEMPTS: u32 = 15;
+
+/// When and how a watch tries again: the backoff between failures, and whether it is recovering
+/// from an API server that refused connections.
+///
+/// A refused connection means nothing listens where the API server was: it is down or starting
+/// again. Its successor's watch cache starts at the current resource version, so resuming the
+/// watch from an older one ends in a 410 and a list anyway, and only once that cache is built.
+/// The watch lists at once instead, and while the server comes back each request waits at most
+/// [`RECOVERY_ANSWER_TIMEOUT`] before it is sent again, [`RECOVERY_ATTEMPTS`] times at most;
+/// the first answer ends the recovery.
+#[derive(Debug, Clone)]
+struct Retries {
+    backoff: Backoff,
+    /// How many more requests may be abandoned; 0 when not recovering.
+    recovering: u32,
+}
+
+/// What a watch does next after an error or an unanswered request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Retry {
+    /// How long to wait first.
+    delay: Duration,
+    /// Whether to start a new watch (which lists first) rather than let kube's resume.
+    relist: bool,
+}
+
+impl Retries {
+    fn new() -> Retries {
+        Retries {
+            backoff: WATCH_BACKOFF,
+            recovering: 0,
+        }
     }
-    backoff.next_delay()
+
+    /// An event arrived. `Init` is announced by kube's watcher before it sends the list; every
+    /// other event is an answer from the server.
+    fn event(&mut self, answered: bool) {
+        self.backoff.reset();
+        if answered {
+            self.recovering = 0;
+        }
+    }
+
+    /// How long the next request may go unanswered: bounded only while recovering.
+    fn answer_timeout(&self) -> Option<Duration> {
+        (self.recovering > 0).then_some(RECOVERY_ANSWER_TIMEOUT)
+    }
+
+    /// After `error`: the next step of the backoff (a desync, 410, resets it first: it is an
+    /// answer from a server that is up, and kube lists again after it); a refused connection
+    /// starts a recovery and a new watch.
+    fn failed(&mut self, error: &watcher::Error) -> Retry {
+        if matches!(error, watcher::Error::WatchError(status) if status.code == 410) {
+            self.backoff.reset();
+        }
+        let refused = connection_refused(error);
+        if refused {
+            self.recovering = RECOVERY_ATTEMPTS;
+        }
+        Retry {
+            delay: self.backoff.next_delay(),
+            relist: refused,
+        }
+    }
+
+    /// A request went unanswered for [`RECOVERY_ANSWER_TIMEOUT`] while recovering: sent again
+    /// at once, as a new watch.
+    fn unanswered(&mut self) -> Retry {
+        self.recovering = self.recovering.saturating_sub(1);
+        Retry {
+            delay: Duration::ZERO,
+            relist: true,
+        }
+    }
+}
+
+/// Whether the API server refused the connection (somewhere in the error's causes).
+fn connection_refused(error: &watcher::Error) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(current) = cause {
+        if current
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused)
+        {
+            return true;
+        }
+        cause = current.source();
+    }
+    false
 }
 
 /// How many TaskRuns may wait in the work queue before the watches stop reading until the
@@ -74,10 +162,10 @@ impl KubernetesSource {
         if !self.selector.selects_all() {
             config = config.labels_from(&self.selector);
         }
-        let stream = watcher::watcher(api, config).modify(trim_taskrun);
+        let watch = || watcher::watcher(api.clone(), config.clone()).modify(trim_taskrun);
         let store = &self.scopes[scope].taskruns;
         let mut first_list = true;
-        self.drive(stream, Resource::TaskRuns, &token, |event| match event {
+        self.drive(watch, Resource::TaskRuns, &token, |event| match event {
             Event::Init => store.begin_list(),
             Event::InitApply(taskrun) | Event::Apply(taskrun) => self.store_taskrun(scope, taskrun),
             Event::InitDone => {
@@ -140,10 +228,10 @@ impl KubernetesSource {
         let config = watcher::Config::default()
             .page_size(LIST_PAGE_SIZE)
             .labels_from(&selector);
-        let stream = watcher::watcher(api, config).modify(trim_pod);
+        let watch = || watcher::watcher(api.clone(), config.clone()).modify(trim_pod);
         let store = &self.scopes[scope].pods;
         let mut first_list = true;
-        self.drive(stream, Resource::Pods, &token, |event| match event {
+        self.drive(watch, Resource::Pods, &token, |event| match event {
             Event::Init => store.begin_list(),
             Event::InitApply(pod) | Event::Apply(pod) => self.store_pod(scope, pod),
             Event::InitDone => {
@@ -192,46 +280,72 @@ impl KubernetesSource {
         self.queue.add(key);
     }
 
-    /// Runs one watch until `token` is cancelled, counting errors and (re)lists; after an error
-    /// it waits as [`delay_after`] says.
-    async fn drive<K>(
+    /// Runs one watch (made by `watch`, again whenever [`Retries`] says to list anew) until
+    /// `token` is cancelled, counting errors and (re)lists.
+    async fn drive<K, S>(
         &self,
-        stream: impl Stream<Item = Result<Event<K>, watcher::Error>>,
+        watch: impl Fn() -> S,
         resource: Resource,
         token: &CancellationToken,
         mut handle: impl FnMut(Event<K>),
-    ) {
-        let mut stream = std::pin::pin!(stream);
-        let mut backoff = WATCH_BACKOFF;
+    ) where
+        S: Stream<Item = Result<Event<K>, watcher::Error>>,
+    {
+        let mut stream = Box::pin(watch());
+        let mut retries = Retries::new();
         loop {
             self.queue.wait_below(QUEUE_LIMIT, token).await;
+            let timeout = retries.answer_timeout();
+            let next = async {
+                match timeout {
+                    Some(timeout) => tokio::time::timeout(timeout, stream.next()).await.ok(),
+                    None => Some(stream.next().await),
+                }
+            };
             let item = tokio::select! {
                 () = token.cancelled() => break,
-                item = stream.next() => item,
+                item = next => item,
             };
-            match item {
-                None => break,
-                Some(Ok(event)) => {
-                    backoff.reset();
-                    if matches!(event, Event::Init) {
+            let retry = match item {
+                Some(None) => break,
+                Some(Some(Ok(event))) => {
+                    let init = matches!(event, Event::Init);
+                    retries.event(!init);
+                    if init {
                         self.metrics.watch_restart(resource);
                     }
                     handle(event);
+                    continue;
                 }
-                Some(Err(error)) => {
+                Some(Some(Err(error))) => {
                     self.metrics.watch_error(resource);
-                    let delay = delay_after(&mut backoff, &error);
+                    let retry = retries.failed(&error);
                     tracing::warn!(
                         resource = resource.as_str(),
                         error = %error_chain(&error),
-                        retry_in = ?delay,
+                        retry_in = ?retry.delay,
+                        relist = retry.relist,
                         "watch failed; retrying"
                     );
-                    tokio::select! {
-                        () = token.cancelled() => break,
-                        () = tokio::time::sleep(delay) => {}
-                    }
+                    retry
                 }
+                None => {
+                    self.metrics.watch_error(resource);
+                    let retry = retries.unanswered();
+                    tracing::warn!(
+                        resource = resource.as_str(),
+                        waited = ?timeout.unwrap_or_default(),
+                        "the API server did not answer while coming back; listing again"
+                    );
+                    retry
+                }
+            };
+            tokio::select! {
+                () = token.cancelled() => break,
+                () = tokio::time::sleep(retry.delay) => {}
+            }
+            if retry.relist {
+                stream = Box::pin(watch());
             }
         }
     }
@@ -273,9 +387,21 @@ mod tests {
     use super::*;
     use kube::core::Status;
 
+    /// What kube's client returns when nothing listens at the API server's address.
     fn refused() -> watcher::Error {
+        watcher::Error::WatchStartFailed(kube::Error::Service(Box::new(std::io::Error::from(
+            std::io::ErrorKind::ConnectionRefused,
+        ))))
+    }
+
+    /// An error answered by a server that is up.
+    fn unavailable() -> watcher::Error {
         watcher::Error::WatchFailed(kube::Error::Api(Box::new(
-            Status::failure("connection refused", "ServiceUnavailable").with_code(503),
+            Status::failure(
+                "the server is currently unable to handle the request",
+                "ServiceUnavailable",
+            )
+            .with_code(503),
         )))
     }
 
@@ -285,37 +411,94 @@ mod tests {
         ))
     }
 
+    fn delays(retries: &mut Retries, error: &watcher::Error, times: usize) -> Vec<Duration> {
+        (0..times).map(|_| retries.failed(error).delay).collect()
+    }
+
     #[test]
     fn a_failed_watch_is_retried_within_two_seconds_and_quickly_again_after_an_event() {
-        let mut backoff = WATCH_BACKOFF;
-        let delays: Vec<Duration> = (0..7)
-            .map(|_| delay_after(&mut backoff, &refused()))
-            .collect();
+        let mut retries = Retries::new();
         assert_eq!(
-            delays,
+            delays(&mut retries, &unavailable(), 7),
             [100, 200, 400, 800, 1_600, 2_000, 2_000].map(Duration::from_millis)
         );
-        backoff.reset();
+        retries.event(true);
         assert_eq!(
-            delay_after(&mut backoff, &refused()),
+            retries.failed(&unavailable()).delay,
             Duration::from_millis(100)
         );
     }
 
     #[test]
     fn a_desync_after_an_outage_relists_after_the_first_step() {
-        let mut backoff = WATCH_BACKOFF;
-        for _ in 0..6 {
-            delay_after(&mut backoff, &refused());
-        }
-        assert_eq!(
-            delay_after(&mut backoff, &gone()),
-            Duration::from_millis(100)
+        let mut retries = Retries::new();
+        delays(&mut retries, &refused(), 6);
+        let retry = retries.failed(&gone());
+        assert_eq!(retry.delay, Duration::from_millis(100));
+        assert!(
+            !retry.relist,
+            "kube's watcher lists again after a 410 itself"
         );
         // A desync resets the backoff, and the next error then takes its second step.
         assert_eq!(
-            delay_after(&mut backoff, &refused()),
+            retries.failed(&unavailable()).delay,
             Duration::from_millis(200)
         );
+    }
+
+    #[test]
+    fn only_a_refused_connection_starts_a_recovery() {
+        assert!(connection_refused(&refused()));
+        for error in [unavailable(), gone()] {
+            assert!(!connection_refused(&error), "{error}");
+            let mut retries = Retries::new();
+            assert!(!retries.failed(&error).relist);
+            assert_eq!(
+                retries.answer_timeout(),
+                None,
+                "{error}: waits as long as it takes"
+            );
+        }
+    }
+
+    #[test]
+    fn after_a_refused_connection_the_watch_lists_anew_and_abandons_requests_left_unanswered() {
+        let mut retries = Retries::new();
+        let retry = retries.failed(&refused());
+        assert_eq!(
+            retry,
+            Retry {
+                delay: Duration::from_millis(100),
+                relist: true
+            }
+        );
+        // `Init` comes from kube before the list is sent: not an answer.
+        retries.event(false);
+        assert_eq!(retries.answer_timeout(), Some(RECOVERY_ANSWER_TIMEOUT));
+        assert_eq!(
+            retries.unanswered(),
+            Retry {
+                delay: Duration::ZERO,
+                relist: true
+            }
+        );
+        assert_eq!(retries.answer_timeout(), Some(RECOVERY_ANSWER_TIMEOUT));
+        // The first answer ends the recovery: from then on a request waits as long as it takes.
+        retries.event(true);
+        assert_eq!(retries.answer_timeout(), None);
+    }
+
+    #[test]
+    fn a_server_that_stays_slow_is_waited_for_after_the_recovery_attempts() {
+        let mut retries = Retries::new();
+        retries.failed(&refused());
+        for _ in 0..RECOVERY_ATTEMPTS {
+            assert_eq!(retries.answer_timeout(), Some(RECOVERY_ANSWER_TIMEOUT));
+            retries.unanswered();
+        }
+        assert_eq!(retries.answer_timeout(), None);
+        // Refused again (the server went away again): a new recovery.
+        retries.failed(&refused());
+        assert_eq!(retries.answer_timeout(), Some(RECOVERY_ANSWER_TIMEOUT));
     }
 }

@@ -3,8 +3,9 @@
 //!
 //! - Scopes: one cluster-wide pair of watches, or one pair per configured namespace, each with the
 //!   configured label selector (pods are also selected by `tekton.dev/taskRun`). Watches recover
-//!   after 100 ms doubling to 2 s, a relist after a desync after 100 ms (`watch::delay_after`);
-//!   errors and (re)lists are counted.
+//!   after 100 ms doubling to 2 s, a relist after a desync after 100 ms; after a refused
+//!   connection they list anew, sending again what a starting API server leaves unanswered for
+//!   1 s (`watch::Retries`); errors and (re)lists are counted.
 //! - Level-triggered processing: watch events update the [`ObjectStore`]s and queue the
 //!   TaskRun's `(namespace, name)` on a [`WorkQueue`]; a worker reads the TaskRun and its pod from
 //!   the stores as they are now, derives every transition ([`crate::derive`]) and hands them to

@@ -85,11 +85,13 @@ impl Retries {
         }
     }
 
-    /// An event arrived. `Init` is announced by kube's watcher before it sends the list; every
-    /// other event is an answer from the server.
+    /// An event arrived. `Init` is announced by kube's watcher before it sends the list, so it
+    /// changes nothing (a new watch after a refused connection must not reset the backoff while
+    /// the server is still down); every other event is an answer from the server, which resets
+    /// the backoff and ends a recovery.
     fn event(&mut self, answered: bool) {
-        self.backoff.reset();
         if answered {
+            self.backoff.reset();
             self.recovering = 0;
         }
     }
@@ -472,9 +474,12 @@ mod tests {
                 relist: true
             }
         );
-        // `Init` comes from kube before the list is sent: not an answer.
+        // `Init` comes from kube before the list is sent: not an answer, and while the server
+        // still refuses, the backoff goes on growing.
         retries.event(false);
         assert_eq!(retries.answer_timeout(), Some(RECOVERY_ANSWER_TIMEOUT));
+        assert_eq!(retries.failed(&refused()).delay, Duration::from_millis(200));
+        retries.event(false);
         assert_eq!(
             retries.unanswered(),
             Retry {

@@ -465,7 +465,8 @@ pub fn dockerfile(service: &str) -> String {
     format!("compose/docker/{service}.Dockerfile")
 }
 
-/// Builds every image without a registry and loads it into `cli`, reporting each name: the
+/// Builds every image without a registry and loads it into `cli`, reporting and returning each
+/// name: the
 /// Dockerfiles' base ([`prepare_base`]), each service's image from its Dockerfile with the
 /// binary of `programs` ([`build_service_images`]), then the images of others
 /// ([`third_party_specs`]). `dir` holds the build contexts and archives meanwhile.
@@ -476,8 +477,7 @@ pub fn build_all(
     dir: &Path,
     report: &mut dyn FnMut(&str),
 ) -> Result<Vec<String>, BuildError> {
-    let mut names = Vec::new();
-    prepare_base(cli, dir, report)?;
+    let mut names = vec![prepare_base(cli, dir, report)?];
     names.extend(build_service_images(
         cli,
         repo_root,
@@ -494,12 +494,12 @@ pub fn build_all(
 
 /// Makes sure `cli` has [`DISTROLESS_CC`]: an image of that name that someone pulled is kept;
 /// otherwise (absent, or one written here before) it is written from this machine's Debian
-/// packages ([`distroless_cc_image`]) and loaded.
+/// packages ([`distroless_cc_image`]) and loaded. Returns its name.
 pub fn prepare_base(
     cli: &ContainerCli,
     dir: &Path,
     report: &mut dyn FnMut(&str),
-) -> Result<(), BuildError> {
+) -> Result<String, BuildError> {
     // `created_by` of the image writer's one history entry marks an image written here.
     let history = cli.run(&[
         "image",
@@ -512,13 +512,13 @@ pub fn prepare_base(
         && !history.contains(images::CREATED_BY)
     {
         report(&format!("{DISTROLESS_CC} (as found, not rebuilt)"));
-        return Ok(());
+        return Ok(DISTROLESS_CC.to_owned());
     }
     let spec = distroless_cc_image()?;
     build_and_load(std::slice::from_ref(&spec), cli, dir, &mut |image| {
         report(&image.name)
     })?;
-    Ok(())
+    Ok(DISTROLESS_CC.to_owned())
 }
 
 /// Builds each service's image from its Dockerfile with `cli` (`<engine> build --build-arg

@@ -304,6 +304,7 @@ impl KubernetesSource {
                     None => Some(stream.next().await),
                 }
             };
+            // `None`: unanswered within the recovery's bound; `Some(None)`: the stream ended.
             let item = tokio::select! {
                 () = token.cancelled() => break,
                 item = next => item,

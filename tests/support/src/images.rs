@@ -45,6 +45,18 @@ pub enum ImageEntry {
     Symlink { path: String, target: String },
 }
 
+impl ImageEntry {
+    /// Where the entry goes in the image (relative to its root).
+    pub fn path(&self) -> &str {
+        match self {
+            ImageEntry::Directory { path, .. }
+            | ImageEntry::File { path, .. }
+            | ImageEntry::Contents { path, .. }
+            | ImageEntry::Symlink { path, .. } => path,
+        }
+    }
+}
+
 /// The `created_by` of the one history entry of every image written here: how an engine's image
 /// is told apart from one pulled under the same name.
 pub const CREATED_BY: &str = "countersign-test-support";
@@ -206,16 +218,11 @@ impl ImageSpec {
     fn layer(&self) -> Result<Vec<u8>, WriteError> {
         let mut tar = TarWriter::default();
         for entry in &self.entries {
-            let path = match entry {
-                ImageEntry::Directory { path, .. }
-                | ImageEntry::File { path, .. }
-                | ImageEntry::Contents { path, .. }
-                | ImageEntry::Symlink { path, .. } => path,
-            };
+            let path = entry.path();
             if path.len() > 99 {
                 return Err(WriteError::PathTooLong {
                     image: self.name.clone(),
-                    path: path.clone(),
+                    path: path.to_owned(),
                 });
             }
             match entry {
@@ -376,12 +383,7 @@ pub fn with_parent_directories(entries: Vec<ImageEntry>) -> Vec<ImageEntry> {
     let mut seen = std::collections::BTreeSet::new();
     let mut out = Vec::new();
     for entry in entries {
-        let path = match &entry {
-            ImageEntry::Directory { path, .. }
-            | ImageEntry::File { path, .. }
-            | ImageEntry::Contents { path, .. }
-            | ImageEntry::Symlink { path, .. } => path.trim_end_matches('/').to_owned(),
-        };
+        let path = entry.path().trim_end_matches('/').to_owned();
         let mut parent = String::new();
         let parts: Vec<&str> = path.split('/').filter(|part| !part.is_empty()).collect();
         for part in parts.iter().take(parts.len().saturating_sub(1)) {

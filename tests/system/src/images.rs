@@ -97,7 +97,11 @@ pub enum PackageError {
 /// `/home/nonroot`, with `SSL_CERT_FILE` set, as the public `:nonroot` image. Unlike that image,
 /// every file is owned by root (the image writer's), `/home/nonroot` too (mode 0755).
 pub fn distroless_cc_image() -> Result<ImageSpec, BuildError> {
+    // By path in the image, so that each path is written once and parents come first.
     let mut files = std::collections::BTreeMap::new();
+    let mut add = |entry: ImageEntry| {
+        files.insert(entry.path().to_owned(), entry);
+    };
     for package in DISTROLESS_CC_PACKAGES {
         let error = |source| BuildError::Package {
             package: package.to_owned(),
@@ -108,10 +112,9 @@ pub fn distroless_cc_image() -> Result<ImageSpec, BuildError> {
             if ["/bin", "/lib", "/lib64", "/sbin"].contains(&path.as_str()) {
                 continue;
             }
-            let Some(entry) = host_entry(&path).map_err(error)? else {
-                continue;
-            };
-            files.insert(merged_usr(&path), entry);
+            if let Some(entry) = host_entry(&path).map_err(error)? {
+                add(entry);
+            }
         }
     }
     for (path, target) in [
@@ -121,49 +124,37 @@ pub fn distroless_cc_image() -> Result<ImageSpec, BuildError> {
         ("sbin", "usr/sbin"),
         ("etc/os-release", "../usr/lib/os-release"),
     ] {
-        files.insert(
-            path.to_owned(),
-            ImageEntry::Symlink {
-                path: path.to_owned(),
-                target: target.to_owned(),
-            },
-        );
+        add(ImageEntry::Symlink {
+            path: path.to_owned(),
+            target: target.to_owned(),
+        });
     }
     for (path, source) in [
         ("usr/lib/os-release", "/usr/lib/os-release"),
         (CA_CERTIFICATES.trim_start_matches('/'), CA_CERTIFICATES),
     ] {
-        files.insert(
-            path.to_owned(),
-            ImageEntry::File {
-                path: path.to_owned(),
-                source: source.into(),
-                mode: 0o644,
-            },
-        );
+        add(ImageEntry::File {
+            path: path.to_owned(),
+            source: source.into(),
+            mode: 0o644,
+        });
     }
     for (path, contents) in [
         ("etc/passwd", PASSWD),
         ("etc/group", GROUP),
         ("etc/nsswitch.conf", NSSWITCH),
     ] {
-        files.insert(
-            path.to_owned(),
-            ImageEntry::Contents {
-                path: path.to_owned(),
-                contents: contents.as_bytes().to_vec(),
-                mode: 0o644,
-            },
-        );
+        add(ImageEntry::Contents {
+            path: path.to_owned(),
+            contents: contents.as_bytes().to_vec(),
+            mode: 0o644,
+        });
     }
     for (path, mode) in [("tmp", 0o1777), ("home/nonroot", 0o755)] {
-        files.insert(
-            path.to_owned(),
-            ImageEntry::Directory {
-                path: path.to_owned(),
-                mode,
-            },
-        );
+        add(ImageEntry::Directory {
+            path: path.to_owned(),
+            mode,
+        });
     }
     let mut spec = ImageSpec::new(
         DISTROLESS_CC,
@@ -466,9 +457,8 @@ pub fn dockerfile(service: &str) -> String {
 }
 
 /// Builds every image without a registry and loads it into `cli`, reporting and returning each
-/// name: the
-/// Dockerfiles' base ([`prepare_base`]), each service's image from its Dockerfile with the
-/// binary of `programs` ([`build_service_images`]), then the images of others
+/// name: the Dockerfiles' base ([`prepare_base`]), each service's image from its Dockerfile with
+/// the binary of `programs` ([`build_service_images`]), then the images of others
 /// ([`third_party_specs`]). `dir` holds the build contexts and archives meanwhile.
 pub fn build_all(
     programs: &Programs,
@@ -670,13 +660,7 @@ mod tests {
             return;
         }
         let spec = distroless_cc_image().expect("the base image");
-        let path_of = |entry: &ImageEntry| match entry {
-            ImageEntry::Directory { path, .. }
-            | ImageEntry::File { path, .. }
-            | ImageEntry::Contents { path, .. }
-            | ImageEntry::Symlink { path, .. } => path.clone(),
-        };
-        let paths: Vec<String> = spec.entries.iter().map(path_of).collect();
+        let paths: Vec<&str> = spec.entries.iter().map(ImageEntry::path).collect();
         for wanted in [
             "usr/lib64/ld-linux-x86-64.so.2",
             "usr/lib/x86_64-linux-gnu/libc.so.6",
@@ -687,10 +671,7 @@ mod tests {
             "tmp",
             "home/nonroot",
         ] {
-            assert!(
-                paths.iter().any(|path| path == wanted),
-                "{wanted} in the base"
-            );
+            assert!(paths.contains(&wanted), "{wanted} in the base");
         }
         assert!(
             spec.entries.iter().any(|entry| matches!(

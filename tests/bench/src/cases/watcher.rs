@@ -149,6 +149,11 @@ async fn run(options: Options) -> anyhow::Result<CaseReport> {
     eprintln!("watcher: created in {:?}", started.elapsed());
 
     // Phase 1: the backlog, through the watcher.
+    // created and finished; with the pod also scheduled and one step-completed per step.
+    let per_taskrun = if pods { 3 + STEP_CONTAINERS.len() } else { 2 };
+    let backlog_events = (per_taskrun * taskruns) as u64;
+    // The live phase adds `live` TaskRuns, each created and finished.
+    let all_events = backlog_events + 2 * live as u64;
     let admin_port = ports::free_port();
     let ingress_port = ports::free_port();
     let spawned_at = Instant::now();
@@ -167,7 +172,7 @@ async fn run(options: Options) -> anyhow::Result<CaseReport> {
         .env("COUNTERSIGN_BUS__PREFIX", PREFIX)
         .env(
             "COUNTERSIGN_BUS__STREAMS__TASKRUNS__MAX_BYTES",
-            stream_max_bytes(taskruns, live).to_string(),
+            stream_max_bytes(all_events).to_string(),
         )
         .env("COUNTERSIGN_CLUSTER__NAME", "bench")
         .env(
@@ -196,9 +201,6 @@ async fn run(options: Options) -> anyhow::Result<CaseReport> {
     let ready_after = spawned_at.elapsed();
     let jetstream = nats.jetstream().await;
     let stream_name = Subjects::new(PREFIX)?.stream_name(StreamKind::TaskRuns);
-    // created and finished; with the pod also scheduled and one step-completed per step.
-    let per_taskrun = if pods { 3 + STEP_CONTAINERS.len() } else { 2 };
-    let backlog_events = (per_taskrun * taskruns) as u64;
     wait_for_messages(&jetstream, &stream_name, backlog_events).await?;
     let stored_after = spawned_at.elapsed();
     let rss = memory_mib(pid, "VmRSS")?;
@@ -236,7 +238,7 @@ async fn run(options: Options) -> anyhow::Result<CaseReport> {
             .await
             .context("patching the live TaskRuns")?;
         let patches = patched_at.elapsed();
-        wait_for_messages(&jetstream, &stream_name, backlog_events + 2 * live as u64).await?;
+        wait_for_messages(&jetstream, &stream_name, all_events).await?;
         let live_elapsed = patched_at.elapsed();
         live_rate = live as f64 / live_elapsed.as_secs_f64().max(f64::EPSILON);
         eprintln!(
@@ -551,18 +553,17 @@ async fn create_taskruns(
     Ok(())
 }
 
-/// Waits until the stream holds at least `count` messages.
-/// The TaskRuns stream's size limit for the run: its default (1 GiB, oldest dropped first) holds
-/// about 425,000 of these events (seen at 100,000 TaskRuns with pods: the stream stopped at
-/// 425,020 of 500,000, and the wait for all of them could never end), so larger runs get room for
-/// every event at 4 KiB each.
-fn stream_max_bytes(taskruns: usize, live: usize) -> u64 {
+/// The TaskRuns stream's size limit for a run of `events`: its default (1 GiB, oldest dropped
+/// first) holds about 425,000 of these events (seen at 100,000 TaskRuns with pods: the stream
+/// stopped at 425,020 of 500,000, and the wait for all of them could never end), so larger runs
+/// get room for every event at 4 KiB each.
+fn stream_max_bytes(events: u64) -> u64 {
     const DEFAULT: u64 = 1024 * 1024 * 1024;
     const PER_EVENT: u64 = 4 * 1024;
-    let events = (taskruns as u64) * (3 + STEP_CONTAINERS.len() as u64) + 2 * live as u64;
     DEFAULT.max(events * PER_EVENT)
 }
 
+/// Waits until the stream holds at least `count` messages.
 async fn wait_for_messages(
     jetstream: &async_nats::jetstream::Context,
     stream_name: &str,
